@@ -1,0 +1,525 @@
+"""Recipes: YAML files loaded into typed, frozen, validated dataclasses.
+
+A recipe has sections (``prepare``, ``data``, ``model``, ``train``, ``tta``, ``sample``,
+``ablate``, ``pipeline``).  Every field has the paper's value as its default, so a file
+only needs the keys it changes, and ``recipes/paper.yaml`` spells the whole protocol out.
+
+Loading collects *every* problem before failing, each reported as
+``recipes/x.yaml: stages.2.lr: must be > 0, got -0.01``; unknown keys get a
+"did you mean" hint.  ``--set dotted.key=value`` overrides are applied to the raw data
+before validation, so they are checked exactly like the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import yaml
+
+from .errors import RecipeError
+
+#: Folder of the recipes shipped with fertool (``recipes/`` at the top of the repo).
+RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+
+
+# --------------------------------------------------------------------------- checks
+# A check is (predicate, message); it lives in the dataclass field's metadata.
+
+
+def _check(pred: Callable[[Any], bool], message: str) -> dict:
+    return {"check": (pred, message)}
+
+
+def positive() -> dict:
+    return _check(lambda v: v > 0, "must be > 0")
+
+
+def non_negative() -> dict:
+    return _check(lambda v: v >= 0, "must be >= 0")
+
+
+def in_range(lo: float, hi: float) -> dict:
+    return _check(lambda v: lo <= v <= hi, f"must be between {lo} and {hi}")
+
+
+def one_of(*choices: Any) -> dict:
+    return _check(lambda v: v in choices, "must be one of " + ", ".join(map(str, choices)))
+
+
+def each(pred: Callable[[Any], bool], message: str) -> dict:
+    return _check(lambda v: all(pred(x) for x in v), message)
+
+
+# --------------------------------------------------------------------------- schema
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    """How ``fertool prepare`` turns 48x48 CSV pixels into training images (SPEC §1)."""
+
+    size: int = field(default=224, metadata=positive())
+    rgb: bool = True  # grey -> RGB by channel replication
+    truncate: bool = True  # floor to uint8 (the reference); False rounds
+    jpeg_quality: int = field(default=100, metadata=in_range(1, 100))
+    subsampling: str = field(default="4:4:4", metadata=one_of("4:4:4", "4:2:2", "4:2:0"))
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the data is and which splits play which role."""
+
+    csv: str | None = None  # FER2013 CSV (``--csv`` overrides)
+    images: str | None = None  # prepared image folder (``--images`` overrides)
+    train_split: str = "Training"
+    val_split: str = "PublicTest"
+    test_split: str = "PrivateTest"
+    # Validation/test images: "reference" = float bilinear straight from the CSV
+    # (no floor, no JPEG: the reference protocol), "prepared" = the JPEG files.
+    eval_source: str = field(default="reference", metadata=one_of("reference", "prepared"))
+
+
+@dataclass(frozen=True)
+class LHCModuleConfig:
+    """One LHC module: where it goes and its hyper-parameters (Table 2 row)."""
+
+    after: str  # "stem" or "stage{S}_unit{U}"
+    heads: int = field(metadata=positive())
+    dim: int = field(metadata=positive())
+    pool: int = field(default=3, metadata=positive())
+    kernel: int = field(default=3, metadata=positive())
+    scale: float = 1.0  # the constant g of the dynamic scaling
+
+
+#: Table 2 of the paper.
+TABLE2: tuple[LHCModuleConfig, ...] = (
+    LHCModuleConfig(after="stem", heads=8, dim=196),
+    LHCModuleConfig(after="stage1_unit3", heads=8, dim=196),
+    LHCModuleConfig(after="stage2_unit4", heads=7, dim=56),
+    LHCModuleConfig(after="stage3_unit6", heads=7, dim=14),
+    LHCModuleConfig(after="stage4_unit3", heads=1, dim=25),
+)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The network: backbone, head, LHC modules and controller initialisation."""
+
+    backbone: str = field(default="resnet34v2", metadata=one_of("resnet34v2", "resnet34_tv"))
+    input_size: int = field(default=224, metadata=positive())
+    num_classes: int = field(default=7, metadata=_check(lambda v: v >= 2, "must be >= 2"))
+    hidden: tuple[int, ...] = field(default=(4096, 1024), metadata=each(lambda v: v > 0, "must all be > 0"))
+    dropout: float = field(default=0.4, metadata=_check(lambda v: 0 <= v < 1, "must be in [0, 1)"))
+    bn_eps: float = field(default=2e-5, metadata=positive())
+    bn_momentum: float = field(default=0.99, metadata=_check(lambda v: 0 < v < 1, "must be in (0, 1)"))  # Keras convention
+    # Local file with pre-trained backbone weights for stage 1: a Keras .h5
+    # (classification_models), a fertool checkpoint, or a torchvision .pth.
+    pretrained: str | None = None
+    lhc: tuple[LHCModuleConfig, ...] = TABLE2
+    controller_init: tuple[float, ...] = (0.0, 0.0, 0.0, -1.0, -0.5)
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Keras ImageDataGenerator semantics (SPEC §4)."""
+
+    rotation: float = field(default=0.0, metadata=in_range(0, 180))  # degrees, uniform in [-r, r]
+    shift: float = field(default=0.0, metadata=in_range(0, 1))  # fraction of the size, x and y
+    zoom: float = field(default=0.0, metadata=in_range(0, 0.99))  # factors uniform in [1-z, 1+z], x and y independent
+    flip: bool = False  # horizontal, probability 0.5
+    fill: str = field(default="nearest", metadata=one_of("nearest", "constant", "reflect"))
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    """One training stage (a row of the table in SPEC §4)."""
+
+    model: str = field(default="backbone", metadata=one_of("backbone", "lhc", "controller"))
+    optimizer: str = field(default="sgd", metadata=one_of("sgd", "adam"))
+    lr: float = field(default=0.01, metadata=positive())
+    batch_size: int = field(default=64, metadata=positive())
+    patience: int = field(default=10, metadata=non_negative())
+    max_epochs: int = field(default=300, metadata=positive())
+    eps: float = field(default=1e-7, metadata=positive())  # Adam epsilon (Keras default)
+    momentum: float = field(default=0.0, metadata=in_range(0, 1))
+    weight_decay: float = field(default=0.0, metadata=non_negative())
+    augment: AugmentConfig = AugmentConfig()
+
+
+def _paper_stages() -> dict[str, StageConfig]:
+    return {
+        "1": StageConfig(optimizer="adam", lr=1e-4, batch_size=48, patience=30,
+                         augment=AugmentConfig(rotation=30, flip=True)),
+        "2": StageConfig(optimizer="sgd", lr=0.01, batch_size=64, patience=10,
+                         augment=AugmentConfig(rotation=10, shift=0.1, zoom=0.1, flip=True)),
+        "3": StageConfig(optimizer="sgd", lr=0.01, batch_size=64, patience=5),
+        "4": StageConfig(model="lhc", optimizer="sgd", lr=0.01, batch_size=64, patience=3),
+        "controller": StageConfig(model="controller", optimizer="adam", lr=1e-4, batch_size=32, patience=1),
+    }
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Engine settings shared by all stages, and the stages themselves."""
+
+    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    channels_last: bool = True  # on CUDA
+    compile: bool = False  # torch.compile the model
+    deterministic: bool = False  # bit-reproducible CPU runs
+    sync_bn: bool = False  # SyncBatchNorm under torchrun
+    eval_batch_size: int = field(default=256, metadata=positive())
+    num_workers: int = field(default=0, metadata=non_negative())
+    selection_factor: float = field(default=1.1, metadata=positive())  # stage-4 selection rule
+    stages: dict[str, StageConfig] = field(default_factory=_paper_stages)
+
+
+@dataclass(frozen=True)
+class TTAPass:
+    """A product grid of views; the identity combination is skipped (SPEC §5)."""
+
+    zoom: tuple[float, ...] = (1.0,)  # central crop fraction, < 1 zooms in
+    rotation: tuple[float, ...] = (0.0,)  # radians, positive = counter-clockwise
+    shift_h: tuple[float, ...] = (0.0,)  # pixels at reference_size, positive = right
+    shift_v: tuple[float, ...] = (0.0,)  # pixels at reference_size, positive = down
+    flip: tuple[bool, ...] = (False,)
+
+
+@dataclass(frozen=True)
+class TTAPreset:
+    identity_weight: float = field(default=3.0, metadata=non_negative())
+    reference_size: int = field(default=224, metadata=positive())  # shifts scale with input_size / this
+    passes: tuple[TTAPass, ...] = ()
+
+
+def _tta_presets() -> dict[str, TTAPreset]:
+    return {
+        "paper": TTAPreset(
+            identity_weight=3.0,
+            passes=(
+                TTAPass(rotation=(0.0, 0.4, -0.4), shift_h=(0.0, 10.0, -10.0),
+                        shift_v=(0.0, 10.0, -10.0), flip=(False, True)),
+                TTAPass(zoom=(0.9,), rotation=(0.0, 0.15, -0.15), flip=(False, True)),
+            ),
+        ),
+        "flip": TTAPreset(identity_weight=1.0, passes=(TTAPass(flip=(False, True)),)),
+    }
+
+
+@dataclass(frozen=True)
+class TTAConfig:
+    preset: str = "paper"
+    presets: dict[str, TTAPreset] = field(default_factory=_tta_presets)
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """The synthetic sample data set (``fertool sample-data``)."""
+
+    per_class: int = field(default=60, metadata=positive())  # Training images per class
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class AblateConfig:
+    modes: tuple[str, ...] = field(default=("off", "detrain"),
+                                   metadata=each(lambda v: v in ("off", "detrain"), "must be off or detrain"))
+    sets: tuple[str, ...] = field(default=("single", "cumulative"),
+                                  metadata=each(lambda v: v in ("single", "cumulative", "all"),
+                                                "must be single, cumulative or all"))
+    tolerance: float = field(default=0.005, metadata=non_negative())  # accuracy drop still "kept"
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    seeds: tuple[int, ...] = (1,)
+    tta: bool = True
+    ablate: bool = True
+
+
+@dataclass(frozen=True)
+class Recipe:
+    prepare: PrepareConfig = PrepareConfig()
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = field(default_factory=TrainConfig)
+    tta: TTAConfig = field(default_factory=TTAConfig)
+    sample: SampleConfig = SampleConfig()
+    ablate: AblateConfig = AblateConfig()
+    pipeline: PipelineConfig = PipelineConfig()
+
+
+# --------------------------------------------------------------------------- building
+
+
+_MISSING = object()
+
+
+def _type_name(tp: Any) -> str:
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    origin = typing.get_origin(tp)
+    if origin in (tuple, list):
+        return "a list"
+    if origin is dict:
+        return "a mapping"
+    if _is_optional(tp):
+        return _type_name(_strip_optional(tp)) + " or null"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
+
+
+def _is_optional(tp: Any) -> bool:
+    origin = typing.get_origin(tp)
+    return origin in (typing.Union, types.UnionType) and type(None) in typing.get_args(tp)
+
+
+def _strip_optional(tp: Any) -> Any:
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    return args[0]
+
+
+def _convert(value: Any, tp: Any, loc: str, problems: list[str]) -> Any:
+    """Convert raw YAML ``value`` to type ``tp``; append problems, return _MISSING on failure."""
+    if _is_optional(tp):
+        if value is None:
+            return None
+        tp = _strip_optional(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, loc, problems)
+    origin = typing.get_origin(tp)
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            problems.append(f"{loc}: must be a list, got {value!r}")
+            return _MISSING
+        (item_tp, *_rest) = typing.get_args(tp)
+        items = [_convert(v, item_tp, f"{loc}.{i}", problems) for i, v in enumerate(value)]
+        return _MISSING if any(i is _MISSING for i in items) else tuple(items)
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            problems.append(f"{loc}: must be a mapping, got {value!r}")
+            return _MISSING
+        _key_tp, val_tp = typing.get_args(tp)
+        out = {str(k): _convert(v, val_tp, f"{loc}.{k}", problems) for k, v in value.items()}
+        return _MISSING if any(v is _MISSING for v in out.values()) else out
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    else:  # pragma: no cover - schema error, not user error
+        raise TypeError(f"unsupported recipe type {tp!r} at {loc}")
+    problems.append(f"{loc}: must be {_type_name(tp)}, got {value!r}")
+    return _MISSING
+
+
+def _build(cls: type, raw: Any, loc: str, problems: list[str]) -> Any:
+    where = f"{loc}: " if loc else ""
+    if not isinstance(raw, Mapping):
+        problems.append(f"{where}must be a mapping, got {raw!r}")
+        return _MISSING
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    for key in raw:
+        if str(key) not in known:
+            hint = difflib.get_close_matches(str(key), known, n=1)
+            suggestion = f" (did you mean '{hint[0]}'?)" if hint else f" (known: {', '.join(known)})"
+            problems.append(f"{_join(loc, key)}: unknown key{suggestion}")
+    kwargs: dict[str, Any] = {}
+    failed = False
+    for name, f in known.items():
+        sub = _join(loc, name)
+        if name in raw:
+            value = _convert(raw[name], hints[name], sub, problems)
+            if value is _MISSING:
+                failed = True
+                continue
+            check = f.metadata.get("check")
+            if check is not None and value is not None:
+                pred, message = check
+                try:
+                    ok = pred(value)
+                except TypeError:
+                    ok = False
+                if not ok:
+                    problems.append(f"{sub}: {message}, got {_show(value)}")
+                    failed = True
+                    continue
+            kwargs[name] = value
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            problems.append(f"{sub}: required key is missing")
+            failed = True
+    if failed:
+        return _MISSING
+    return cls(**kwargs)
+
+
+def _join(loc: str, key: Any) -> str:
+    return f"{loc}.{key}" if loc else str(key)
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, tuple):
+        return str(list(value))
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+# --------------------------------------------------------------------------- raw data
+
+
+def to_dict(obj: Any) -> Any:
+    """Plain-types form of a recipe (tuples -> lists), for YAML, JSON and checkpoints."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {str(k): to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+def _merge(base: Any, over: Any) -> Any:
+    """Deep-merge mapping ``over`` into ``base``; lists and scalars replace."""
+    if isinstance(base, dict) and isinstance(over, Mapping):
+        out = dict(base)
+        for k, v in over.items():
+            k = str(k) if not isinstance(k, str) else k
+            out[k] = _merge(base[k], v) if k in base else v
+        return out
+    return over
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"stages.2.lr=0.01"`` -> ``("stages.2.lr", 0.01)``; the value is read as YAML."""
+    if "=" not in text:
+        raise RecipeError(f"--set {text}: expected dotted.key=value")
+    key, value = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise RecipeError(f"--set {text}: empty key")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError:
+        parsed = value
+    return key, parsed
+
+
+def _apply_override(raw: dict, key: str, value: Any) -> str | None:
+    """Set ``raw[dotted key] = value`` in place; return a problem message or None."""
+    parts = key.split(".")
+    node: Any = raw
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        where = ".".join(parts[: i + 1])
+        if isinstance(node, list):
+            if not part.lstrip("-").isdigit() or not -len(node) <= int(part) < len(node):
+                return f"--set {key}: {where}: no list item {part} (the list has {len(node)})"
+            idx = int(part)
+            if last:
+                node[idx] = value
+            else:
+                node = node[idx]
+            continue
+        if not isinstance(node, dict):
+            return f"--set {key}: {'.'.join(parts[:i])} is not a mapping"
+        if last:
+            node[part] = value
+        else:
+            if part not in node or node[part] is None:
+                node[part] = {}
+            node = node[part]
+    return None
+
+
+def resolve_recipe_path(name: str | os.PathLike) -> Path:
+    """A path to a YAML file, or the name of a shipped recipe (``paper``, ``demo``...)."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    for candidate in (RECIPES_DIR / f"{name}.yaml", RECIPES_DIR / str(name)):
+        if candidate.is_file():
+            return candidate
+    shipped = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml")) if RECIPES_DIR.is_dir() else []
+    raise RecipeError(f"{name}: no such recipe file" + (f" (shipped recipes: {', '.join(shipped)})" if shipped else ""))
+
+
+def load_recipe(source: str | os.PathLike | Mapping | None = None, overrides: Sequence[str] = ()) -> Recipe:
+    """Load and validate a recipe.
+
+    ``source`` is a YAML path, a shipped recipe name, an already-parsed mapping (e.g.
+    the recipe stored in a checkpoint), or None for the built-in defaults (the paper).
+    ``overrides`` are ``dotted.key=value`` strings.  Every problem is collected and
+    raised together as one :class:`RecipeError`.
+    """
+    label = "recipe"
+    raw_file: Any = {}
+    if isinstance(source, Mapping):
+        raw_file = dict(source)
+        label = "recipe"
+    elif source is not None:
+        path = resolve_recipe_path(source)
+        label = str(source) if Path(source).is_file() else str(path)
+        try:
+            raw_file = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            line = f"line {mark.line + 1}: " if mark is not None else ""
+            raise RecipeError(f"{label}: {line}invalid YAML ({getattr(exc, 'problem', exc)})") from None
+        except OSError as exc:
+            raise RecipeError(f"{label}: cannot read ({exc.strerror})") from None
+        if raw_file is None:
+            raw_file = {}
+        if not isinstance(raw_file, Mapping):
+            raise RecipeError(f"{label}: the top level must be a mapping of sections, got {type(raw_file).__name__}")
+    problems: list[str] = []
+    # Unknown top-level sections are reported before merging so that the hint is precise.
+    raw = _merge(to_dict(Recipe()), raw_file)
+    for text in overrides:
+        key, value = parse_override(text)
+        problem = _apply_override(raw, key, value)
+        if problem:
+            problems.append(problem)
+    recipe = _build(Recipe, raw, "", problems)
+    if not problems:
+        problems.extend(_cross_checks(recipe))
+    if problems:
+        raise RecipeError([f"{label}: {p}" for p in problems])
+    return recipe
+
+
+def _cross_checks(recipe: Recipe) -> list[str]:
+    """Checks that involve more than one field."""
+    problems = []
+    m = recipe.model
+    if len(m.controller_init) != len(m.lhc) and m.lhc:
+        problems.append(
+            f"model.controller_init: needs one value per LHC module ({len(m.lhc)}), got {len(m.controller_init)}"
+        )
+    if recipe.tta.preset not in recipe.tta.presets:
+        problems.append(
+            f"tta.preset: unknown preset {recipe.tta.preset!r} (known: {', '.join(recipe.tta.presets)})"
+        )
+    return problems
+
+
+def save_recipe(recipe: Recipe, path: str | os.PathLike) -> None:
+    """Write the resolved recipe as YAML (atomically) next to a command's outputs."""
+    from .utils import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(dump_recipe(recipe), encoding="utf-8")
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    return yaml.safe_dump(to_dict(recipe), sort_keys=False, default_flow_style=None)

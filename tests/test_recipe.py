@@ -1,0 +1,90 @@
+import pytest
+import yaml
+
+from fertool.errors import RecipeError
+from fertool.recipe import RECIPES_DIR, TABLE2, load_recipe, save_recipe, to_dict
+
+
+def test_defaults_are_the_paper():
+    r = load_recipe()
+    assert r.prepare.size == 224 and r.prepare.jpeg_quality == 100 and r.prepare.subsampling == "4:4:4"
+    assert [m.heads for m in r.model.lhc] == [8, 8, 7, 7, 1]
+    assert [m.dim for m in r.model.lhc] == [196, 196, 56, 14, 25]
+    s = r.train.stages
+    assert (s["1"].optimizer, s["1"].lr, s["1"].batch_size, s["1"].patience) == ("adam", 1e-4, 48, 30)
+    assert (s["2"].augment.rotation, s["2"].augment.shift, s["2"].augment.zoom) == (10, 0.1, 0.1)
+    assert s["controller"].model == "controller" and s["controller"].patience == 1
+    assert r.model.controller_init == (0.0, 0.0, 0.0, -1.0, -0.5)
+
+
+def test_every_problem_reported_together_with_location(tmp_path):
+    path = tmp_path / "x.yaml"
+    path.write_text(
+        "train:\n  stages:\n    2:\n      lr: -0.01\n      optimiser: sgd\n"
+        "model:\n  lhc:\n    - {after: stem, heads: 0, dim: 4}\n"
+        "prepare:\n  jpeg_quality: high\n"
+    )
+    with pytest.raises(RecipeError) as info:
+        load_recipe(path)
+    problems = info.value.problems
+    assert f"{path}: train.stages.2.lr: must be > 0, got -0.01" in problems
+    assert f"{path}: train.stages.2.optimiser: unknown key (did you mean 'optimizer'?)" in problems
+    assert f"{path}: model.lhc.0.heads: must be > 0, got 0" in problems
+    assert f"{path}: prepare.jpeg_quality: must be an integer, got 'high'" in problems
+    # controller_init no longer matches the module count is only checked once fields are valid
+    assert len(problems) == 4
+
+
+def test_set_overrides_are_typed_and_checked():
+    r = load_recipe(None, ["train.stages.2.lr=0.005", "model.lhc.0.heads=4", "model.hidden=[8, 4]"])
+    assert r.train.stages["2"].lr == 0.005
+    assert r.model.lhc[0].heads == 4
+    assert r.model.hidden == (8, 4)
+    with pytest.raises(RecipeError, match=r"model.input_size: must be an integer, got 'big'"):
+        load_recipe(None, ["model.input_size=big"])
+    with pytest.raises(RecipeError, match=r"no list item 7 \(the list has 5\)"):
+        load_recipe(None, ["model.lhc.7.heads=1"])
+    with pytest.raises(RecipeError, match="expected dotted.key=value"):
+        load_recipe(None, ["model.input_size"])
+
+
+def test_cross_field_check_controller_init():
+    with pytest.raises(RecipeError, match=r"model.controller_init: needs one value per LHC module \(5\), got 2"):
+        load_recipe(None, ["model.controller_init=[0, 0]"])
+
+
+def test_invalid_yaml_names_the_line(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("model:\n  input_size: [1,\n")
+    with pytest.raises(RecipeError, match=r"bad.yaml: line \d+: invalid YAML"):
+        load_recipe(path)
+
+
+def test_unknown_recipe_name_lists_shipped():
+    with pytest.raises(RecipeError, match="no such recipe file"):
+        load_recipe("no-such-recipe")
+
+
+def test_round_trip_through_saved_yaml(tmp_path):
+    r = load_recipe(None, ["model.input_size=64", "train.stages.4.patience=2"])
+    save_recipe(r, tmp_path / "recipe.yaml")
+    again = load_recipe(tmp_path / "recipe.yaml")
+    assert again == r
+    assert load_recipe(to_dict(r)) == r
+
+
+@pytest.mark.parametrize("path", sorted(RECIPES_DIR.glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_recipes_load(path):
+    load_recipe(path)
+    # and contain no key that merely repeats an unknown section
+    assert isinstance(yaml.safe_load(path.read_text()), dict)
+
+
+def test_table2_matches_spec():
+    assert [(m.after, m.heads, m.dim, m.pool, m.kernel, m.scale) for m in TABLE2] == [
+        ("stem", 8, 196, 3, 3, 1.0),
+        ("stage1_unit3", 8, 196, 3, 3, 1.0),
+        ("stage2_unit4", 7, 56, 3, 3, 1.0),
+        ("stage3_unit6", 7, 14, 3, 3, 1.0),
+        ("stage4_unit3", 1, 25, 3, 3, 1.0),
+    ]
