@@ -1,0 +1,1 @@
+"""Data: FER2013 CSV reading, preparation, caches, datasets and augmentation."""
