@@ -1,0 +1,182 @@
+"""Pictures of the analysis commands (matplotlib, Agg backend, written atomically).
+
+Every function takes plain arrays / dicts and a destination path; none runs a model.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from ..utils import atomic_path
+
+__all__ = ["plot_runs", "plot_ablation", "plot_head_correlation", "plot_attention"]
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: str | os.PathLike, dpi: int = 100) -> None:
+    plt = _pyplot()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+
+
+def plot_runs(results: Sequence[Any], path: str | os.PathLike, *, title: str = "") -> None:
+    """Strip plot: test accuracy of every run per group; TTA as a second (hollow) marker.
+
+    ``results`` are :class:`fertool.analysis.report.RunResult` s; rejected runs are grey
+    crosses, superseded stages are not drawn.
+    """
+    plt = _pyplot()
+    from .report import _group_order
+
+    groups = sorted({r.group for r in results if r.status != "superseded"}, key=_group_order)
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.8 * len(groups) + 1.5), 4.5))
+    rng = np.random.default_rng(0)  # fixed jitter: the same runs give the same picture
+    labels_done: set[str] = set()
+
+    def mark(x, y, label, **kw):
+        ax.scatter(x, y, label=None if label in labels_done else label, **kw)
+        labels_done.add(label)
+
+    for gi, group in enumerate(groups):
+        for r in (r for r in results if r.group == group and r.status != "superseded"):
+            x = gi + rng.uniform(-0.12, 0.12)
+            if r.status == "rejected":
+                mark(x - 0.1, 100 * r.accuracy, "rejected (no TTA)", marker="x", color="0.5")
+                continue
+            mark(x - 0.1, 100 * r.accuracy, "no TTA", marker="o", color="C0", alpha=0.8)
+            if r.tta_accuracy is not None:
+                mark(x + 0.1, 100 * r.tta_accuracy, "TTA", marker="^", facecolors="none", edgecolors="C3")
+    ax.set_xticks(range(len(groups)))
+    ax.set_xticklabels(groups, rotation=15 if len(groups) > 3 else 0)
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_xlim(-0.6, len(groups) - 0.4)
+    ax.grid(axis="y", alpha=0.3)
+    if title:
+        ax.set_title(title)
+    if labels_done:
+        ax.legend(loc="best", fontsize=8)
+    _save(fig, path)
+
+
+def plot_ablation(results: Sequence[Mapping[str, Any]], path: str | os.PathLike, *, title: str = "") -> None:
+    """Horizontal bars: accuracy change (percentage points) of each ablated set, per mode.
+
+    ``results`` are the ``ablation.json`` rows (``mode``, ``set``, ``delta``, ``tta_delta``).
+    """
+    plt = _pyplot()
+    modes = list(dict.fromkeys(r["mode"] for r in results))
+    sets = list(dict.fromkeys(tuple(r["set"]) for r in results))
+    has_tta = any(r.get("tta_delta") is not None for r in results)
+    series = [(m, "delta") for m in modes] + ([(m, "tta_delta") for m in modes] if has_tta else [])
+    height = 0.8 / max(1, len(series))
+    fig, ax = plt.subplots(figsize=(7.5, 1.2 + 0.32 * len(sets) * max(1, len(series)) ** 0.5))
+    lookup = {(r["mode"], tuple(r["set"])): r for r in results}
+    for si, (mode, key) in enumerate(series):
+        ys, xs = [], []
+        for i, s in enumerate(sets):
+            row = lookup.get((mode, s))
+            if row is not None and row.get(key) is not None:
+                ys.append(i + (si - (len(series) - 1) / 2) * height)
+                xs.append(100 * row[key])
+        label = mode + (" (TTA)" if key == "tta_delta" else "")
+        ax.barh(ys, xs, height=height, label=label, color=f"C{si}", hatch="//" if key == "tta_delta" else None)
+    ax.set_yticks(range(len(sets)))
+    ax.set_yticklabels(["+".join(s) for s in sets], fontsize=8)
+    ax.invert_yaxis()
+    ax.axvline(0, color="k", lw=0.8)
+    ax.set_xlabel("accuracy change vs the full model (percentage points)")
+    ax.grid(axis="x", alpha=0.3)
+    if title:
+        ax.set_title(title)
+    ax.legend(loc="best", fontsize=8)
+    _save(fig, path)
+
+
+def plot_head_correlation(corr: np.ndarray, path: str | os.PathLike, *, title: str = "") -> None:
+    """Heatmap of a heads x heads correlation matrix, values written in the cells."""
+    plt = _pyplot()
+    n = corr.shape[0]
+    fig, ax = plt.subplots(figsize=(1.0 + 0.55 * n, 0.6 + 0.55 * n))
+    im = ax.imshow(corr, vmin=-1, vmax=1, cmap="RdBu_r")
+    for i in range(n):
+        for j in range(n):
+            if np.isfinite(corr[i, j]):
+                ax.text(j, i, f"{corr[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                        color="w" if abs(corr[i, j]) > 0.6 else "k")
+    ax.set_xticks(range(n))
+    ax.set_yticks(range(n))
+    ax.set_xticklabels([str(i + 1) for i in range(n)])
+    ax.set_yticklabels([str(i + 1) for i in range(n)])
+    ax.set_xlabel("head")
+    ax.set_ylabel("head")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    if title:
+        ax.set_title(title, fontsize=9)
+    _save(fig, path)
+
+
+def plot_attention(
+    image: np.ndarray,
+    weights: np.ndarray,
+    energy: np.ndarray,
+    stripe_rows: float,
+    path: str | os.PathLike,
+    *,
+    title: str = "",
+) -> None:
+    """One image through one LHC module.
+
+    Args:
+        image: (S, S, 3) float 0..255, the network input.
+        weights: (heads, C, C) softmax attention weights W_h (rows: query channel).
+        energy: (H, W) output energy mean_c |A[c, y, x]| of the module's attention output.
+        stripe_rows: stripe height in rows (r / W, may be fractional); stripes are drawn.
+    """
+    plt = _pyplot()
+    heads = weights.shape[0]
+    panels = 2 + heads
+    ncols = min(5, panels)
+    nrows = -(-panels // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(2.6 * ncols, 2.6 * nrows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    size = image.shape[0]
+    shown = np.clip(image / 255.0, 0, 1)
+    axes[0, 0].imshow(shown)
+    axes[0, 0].set_title("input", fontsize=8)
+    ax = axes.flat[1]
+    ax.imshow(shown)
+    h, w = energy.shape
+    im = ax.imshow(energy, cmap="inferno", alpha=0.6, extent=(0, size, size, 0), interpolation="nearest")
+    # Stripe boundaries: head k covers flattened positions [k*r, (k+1)*r), row-major.
+    for k in range(1, heads):
+        y = k * stripe_rows * size / h
+        ax.axhline(y, color="c", lw=0.8)
+    ax.set_xlim(0, size)
+    ax.set_ylim(size, 0)
+    ax.set_title("output energy mean|A| per stripe", fontsize=8)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
+    vmax = float(weights.max()) if weights.size else 1.0
+    for hd in range(heads):
+        ax = axes.flat[2 + hd]
+        ax.axis("on")
+        ax.imshow(weights[hd], cmap="viridis", vmin=0, vmax=vmax, interpolation="nearest")
+        ax.set_title(f"head {hd + 1}: W (C x C)", fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if title:
+        fig.suptitle(title, fontsize=9)
+    _save(fig, path)

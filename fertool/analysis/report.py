@@ -1,0 +1,439 @@
+"""Run statistics across seeds: Table 7 of the paper (SPEC §6, §7).
+
+``report(run_dirs)`` walks the given folders for evaluation results
+(``.../eval-<split>/metrics.json``, written by ``fertool evaluate`` next to a checkpoint)
+and summarises the test accuracy of the runs per group.
+
+What counts as a run
+    A ``metrics.json`` under ``RUN/<stage>/eval-<split>/`` (``<stage>`` one of stage1,
+    stage2, stage3, stage4, controller) belongs to run ``RUN``; the pipeline layout
+    ``RUN/seed-<S>/<stage>/...`` is the same rule one level down, so every seed folder is a
+    run.  A checkpoint evaluated outside a stage folder is a run of its own (the folder of
+    the checkpoint).  With ``group_by="model"`` (or ``"recipe"``) a run contributes its
+    *latest* evaluated stage to each group: stages 1-3 all produce a ResNet34v2, and the
+    one that finished the backbone training (stage 3) is the run's ResNet34v2; the others
+    are listed as superseded.
+
+Groups
+    ``model``: the architecture of the evaluated checkpoint (``arch`` in metrics.json, else
+    implied by the stage folder): ResNet34v2 / LHC-Net / LHC-NetC.  ``stage``: the stage
+    folder.  ``recipe``: model + a fingerprint of the run's ``recipe.yaml`` (sha256 of the
+    recipe without its ``pipeline`` section and data paths, first 8 hex digits), to compare
+    training recipes.
+
+Statistics (per group, on test accuracy; the same with TTA where every run has it)
+    n, top 40%, top 40% without the best, top 25%, top 25% without the best, best, mean,
+    std.  "Top k%" is the mean of the best ``m`` runs with ``m = round_half_up(k/100 * n)``
+    and at least 1 (20 runs -> 8 and 5, as in the paper; 5 runs -> 2 and 1); "without the
+    best" is the mean of runs 2..m and needs m >= 2 (else n/a).  std is the sample standard
+    deviation (n - 1 in the denominator; n/a for one run).
+
+Selection rule
+    Runs whose ``stage4/summary.json`` says ``selection.accepted: false`` (the paper's rule,
+    SPEC §4: training loss above 1.1x that of the starting ResNet) are rejected: their
+    stage-4 (LHC-Net) and controller (LHC-NetC) results are listed separately and left out
+    of the statistics.  The backbone results of such a run are unaffected.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+from ..errors import DataError, FertoolError
+from . import atomic_dir
+
+__all__ = [
+    "STAGES",
+    "MODEL_NAMES",
+    "PAPER_TABLE7",
+    "RunResult",
+    "top_count",
+    "run_statistics",
+    "find_results",
+    "report",
+    "render_markdown",
+]
+
+#: Stage folders of a run, in training order (the engine's layout).
+STAGES = ("stage1", "stage2", "stage3", "stage4", "controller")
+#: Architecture implied by a stage folder when metrics.json has no ``arch``.
+STAGE_ARCH = {"stage1": "resnet34v2", "stage2": "resnet34v2", "stage3": "resnet34v2",
+              "stage4": "lhc_net", "controller": "lhc_netc"}
+#: Display names of the architectures (the paper's names).
+MODEL_NAMES = {"resnet34v2": "ResNet34v2", "lhc_net": "LHC-Net", "lhc_netc": "LHC-NetC",
+               "resnet34_tv": "ResNet34 (torchvision)"}
+#: Table 7 (no TTA) and the single-model numbers of SPEC §7, in percent.
+PAPER_TABLE7 = {
+    "ResNet34v2": {"top40": 72.69, "top25": 72.75, "best": 72.81, "best_tta": 73.92},
+    "LHC-Net": {"top40": 72.89, "top25": 73.02, "best": 73.39, "best_tta": 74.42},
+    "LHC-NetC": {"top40": 73.04, "top25": 73.21, "best": 73.53, "best_tta": 74.28},
+}
+GROUP_BY = ("model", "stage", "recipe")
+#: Statistic keys, in table order, with their column titles.
+STAT_COLUMNS = (
+    ("n", "runs"),
+    ("top40", "top 40%"),
+    ("top40_wo_best", "top 40% w/o best"),
+    ("top25", "top 25%"),
+    ("top25_wo_best", "top 25% w/o best"),
+    ("best", "best"),
+    ("mean", "mean"),
+    ("std", "std"),
+)
+_REJECTED_STAGES = ("stage4", "controller")
+
+
+@dataclass
+class RunResult:
+    """One evaluated checkpoint: a point of Table 7."""
+
+    run: str  # the run folder
+    stage: str | None  # stage folder (stage1..controller) or the metrics' "stage"
+    arch: str | None
+    group: str
+    seed: int | None
+    accuracy: float
+    tta_accuracy: float | None
+    metrics: str  # path of metrics.json
+    recipe_id: str | None = None
+    status: str = "used"  # used | rejected | superseded
+    note: str | None = None
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def top_count(n: int, percent: int) -> int:
+    """Number of runs in the top ``percent``% of ``n``: round half up, at least 1, at most n.
+
+    Exact integer arithmetic: ``floor(n * percent / 100 + 1/2)``.
+    """
+    if n <= 0:
+        return 0
+    return max(1, min(n, (2 * n * percent + 100) // 200))
+
+
+def run_statistics(values: Sequence[float]) -> dict[str, Any]:
+    """Table-7 statistics of accuracies ``values`` (see the module docstring); None = n/a."""
+    vals = sorted((float(v) for v in values), reverse=True)
+    n = len(vals)
+    out: dict[str, Any] = {"n": n}
+    if n == 0:
+        out.update({k: None for k, _ in STAT_COLUMNS[1:]})
+        return out
+    for percent in (40, 25):
+        m = top_count(n, percent)
+        out[f"top{percent}"] = sum(vals[:m]) / m
+        out[f"top{percent}_wo_best"] = sum(vals[1:m]) / (m - 1) if m >= 2 else None
+        out[f"top{percent}_runs"] = m
+    mean = sum(vals) / n
+    out["best"] = vals[0]
+    out["mean"] = mean
+    out["std"] = math.sqrt(sum((v - mean) ** 2 for v in vals) / (n - 1)) if n >= 2 else None
+    return out
+
+
+# --------------------------------------------------------------------------- discovery
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DataError(f"{path}: not a readable JSON file ({exc})") from None
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: expected a JSON object")
+    return data
+
+
+def _accuracy(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise DataError(f"{where}: expected an accuracy between 0 and 1, got {value!r}")
+    return float(value)
+
+
+def _tta_accuracy(metrics: dict, where: str) -> float | None:
+    tta = metrics.get("tta")
+    if isinstance(tta, dict) and tta.get("accuracy") is not None:
+        return _accuracy(tta["accuracy"], f"{where}: tta.accuracy")
+    if metrics.get("tta_accuracy") is not None:
+        return _accuracy(metrics["tta_accuracy"], f"{where}: tta_accuracy")
+    return None
+
+
+def _seed(metrics: dict, stage_dir: Path | None, run_dir: Path) -> int | None:
+    """The run's seed: metrics.json, else a stage summary.json of the run, else ``seed-<S>``."""
+    if isinstance(metrics.get("seed"), int):
+        return metrics["seed"]
+    summaries = [stage_dir] if stage_dir is not None else []
+    summaries += [run_dir / s for s in STAGES if run_dir / s != stage_dir]
+    for folder in summaries:
+        if not (folder / "summary.json").is_file():
+            continue
+        try:
+            seed = json.loads((folder / "summary.json").read_text(encoding="utf-8")).get("seed")
+        except (OSError, json.JSONDecodeError, AttributeError):
+            seed = None
+        if isinstance(seed, int):
+            return seed
+    match = re.fullmatch(r"seed-?(\d+)", run_dir.name)
+    return int(match.group(1)) if match else None
+
+
+def _recipe_id(run_dir: Path, stage_dir: Path | None) -> str | None:
+    """Fingerprint of the run's recipe: sha256 of its JSON without ``pipeline`` and data paths."""
+    for folder in (run_dir, stage_dir, run_dir.parent):
+        if folder is not None and (folder / "recipe.yaml").is_file():
+            try:
+                raw = yaml.safe_load((folder / "recipe.yaml").read_text(encoding="utf-8"))
+            except (OSError, yaml.YAMLError):
+                return None
+            if not isinstance(raw, dict):
+                return None
+            raw = dict(raw)
+            raw.pop("pipeline", None)
+            if isinstance(raw.get("data"), dict):
+                raw["data"] = {k: v for k, v in raw["data"].items() if k not in ("csv", "images")}
+            text = json.dumps(raw, sort_keys=True, default=str)
+            return hashlib.sha256(text.encode("utf-8")).hexdigest()[:8]
+    return None
+
+
+def _selection(run_dir: Path) -> dict | None:
+    """The stage-4 selection record of a run, or None when there is none."""
+    path = run_dir / "stage4" / "summary.json"
+    if not path.is_file():
+        return None
+    selection = _read_json(path).get("selection")
+    return selection if isinstance(selection, dict) else None
+
+
+def find_results(
+    run_dirs: Sequence[str | os.PathLike],
+    *,
+    split: str = "PrivateTest",
+    group_by: str = "model",
+) -> list[RunResult]:
+    """Every ``eval-<split>/metrics.json`` under ``run_dirs``, as :class:`RunResult` s.
+
+    Marks rejected runs (selection rule) and superseded stages (see the module docstring).
+    """
+    if group_by not in GROUP_BY:
+        raise FertoolError(f"--group-by: must be one of {', '.join(GROUP_BY)}, got {group_by!r}")
+    if not run_dirs:
+        raise FertoolError("report: give at least one run folder")
+    files: dict[Path, None] = {}
+    for run_dir in run_dirs:
+        root = Path(run_dir)
+        if not root.is_dir():
+            raise DataError(f"{root}: no such run folder")
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames.sort()
+            if Path(dirpath).name == f"eval-{split}" and "metrics.json" in filenames:
+                files[(Path(dirpath) / "metrics.json").resolve()] = None
+    if not files:
+        raise DataError(
+            f"{', '.join(map(str, run_dirs))}: no evaluation results (eval-{split}/metrics.json); "
+            "run fertool evaluate on the checkpoints first"
+        )
+    results = []
+    for path in files:
+        metrics = _read_json(path)
+        where = str(path)
+        if "accuracy" not in metrics:
+            raise DataError(f"{where}: no 'accuracy' key")
+        ckpt_dir = path.parent.parent
+        if ckpt_dir.name in STAGES:
+            stage_dir, run_dir, stage = ckpt_dir, ckpt_dir.parent, ckpt_dir.name
+        else:
+            stage_dir, run_dir = None, ckpt_dir
+            stage = metrics.get("stage")
+            stage = None if stage is None else str(stage)
+        arch = metrics.get("arch") or STAGE_ARCH.get(stage or "")
+        model = MODEL_NAMES.get(arch, arch or "unknown")
+        recipe_id = _recipe_id(run_dir, stage_dir)
+        group = {"model": model, "stage": stage or "unknown",
+                 "recipe": f"{model} @ {recipe_id or 'no recipe'}"}[group_by]
+        result = RunResult(
+            run=str(run_dir.resolve()), stage=stage, arch=arch, group=group,
+            seed=_seed(metrics, stage_dir, run_dir),
+            accuracy=_accuracy(metrics["accuracy"], f"{where}: accuracy"),
+            tta_accuracy=_tta_accuracy(metrics, where), metrics=where, recipe_id=recipe_id,
+        )
+        if stage in _REJECTED_STAGES or arch in ("lhc_net", "lhc_netc"):
+            selection = _selection(run_dir)
+            if selection is not None and selection.get("accepted") is False:
+                result.status = "rejected"
+                ratio = selection.get("ratio")
+                result.note = "selection rule" + (f": train loss ratio {ratio:.3f}" if isinstance(ratio, (int, float)) else "")
+        results.append(result)
+    # One result per (run, group): the latest stage; earlier ones are superseded.
+    order = {s: i for i, s in enumerate(STAGES)}
+    latest: dict[tuple[str, str], RunResult] = {}
+    for r in results:
+        if r.status == "rejected":
+            continue
+        key = (r.run, r.group)
+        if key not in latest or order.get(r.stage or "", -1) > order.get(latest[key].stage or "", -1):
+            latest[key] = r
+    for r in results:
+        if r.status == "used" and latest[(r.run, r.group)] is not r:
+            r.status = "superseded"
+            r.note = f"{latest[(r.run, r.group)].stage} is this run's {r.group}"
+    results.sort(key=lambda r: (_group_order(r.group), r.run, order.get(r.stage or "", -1)))
+    # Show runs relative to the folder above the common parent of the given folders.
+    base = Path(os.path.commonpath([str(Path(d).resolve()) for d in run_dirs])).parent
+    for r in results:
+        r.run = os.path.relpath(r.run, base)
+    return results
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _default_out(run_dirs: Sequence[str | os.PathLike]) -> Path:
+    resolved = [str(Path(d).resolve()) for d in run_dirs]
+    return Path(os.path.commonpath(resolved)) / "report"
+
+
+def report(
+    run_dirs: Sequence[str | os.PathLike],
+    *,
+    group_by: str = "model",
+    split: str = "PrivateTest",
+    tta: bool | None = None,
+    out_dir: str | os.PathLike | None = None,
+) -> dict:
+    """Table 7 from the evaluated runs under ``run_dirs`` (module docstring has the rules).
+
+    ``tta``: None includes the TTA statistics of a group when every used run of it has TTA
+    metrics; False leaves TTA out; True requires them.  Writes ``report.md``,
+    ``report.json`` and ``runs.png`` to ``out_dir`` (default: ``report/`` in the common
+    parent of ``run_dirs``) atomically, and returns the report dict (``"out_dir"`` included).
+    """
+    results = find_results(run_dirs, split=split, group_by=group_by)
+    groups: dict[str, dict] = {}
+    for name in sorted({r.group for r in results}, key=_group_order):
+        used = [r for r in results if r.group == name and r.status == "used"]
+        entry: dict[str, Any] = {"plain": run_statistics([r.accuracy for r in used]), "tta": None}
+        with_tta = [r.tta_accuracy for r in used if r.tta_accuracy is not None]
+        if tta is not False and used and len(with_tta) == len(used):
+            entry["tta"] = run_statistics(with_tta)
+        elif tta is True:
+            missing = next(r for r in used if r.tta_accuracy is None) if used else None
+            if missing is not None:
+                raise DataError(f"{missing.metrics}: has no TTA metrics (evaluate with --tta, or report --no-tta)")
+        entry["rejected"] = sum(r.group == name and r.status == "rejected" for r in results)
+        groups[name] = entry
+    out = Path(out_dir) if out_dir is not None else _default_out(run_dirs)
+    data = {
+        "split": split,
+        "group_by": group_by,
+        "rules": {
+            "top_k": "mean of the best round_half_up(k% x n) runs, at least 1",
+            "without_best": "the same runs without the best one; needs at least 2",
+            "std": "sample standard deviation (n - 1)",
+            "per_run": "the latest evaluated stage of a run represents it in each group",
+            "rejected": "stage4/summary.json selection.accepted == false: LHC-Net / LHC-NetC results excluded",
+        },
+        "groups": groups,
+        "runs": [asdict(r) for r in results],
+        "paper": PAPER_TABLE7,
+        "out_dir": str(out),
+    }
+    from ..utils import write_json
+    from .plots import plot_runs
+
+    with atomic_dir(out) as tmp:
+        write_json(tmp / "report.json", data)
+        (tmp / "report.md").write_text(render_markdown(data), encoding="utf-8")
+        plot_runs(results, tmp / "runs.png", title=f"{split} accuracy per run")
+    return data
+
+
+def _group_order(name: str) -> tuple:
+    known = list(PAPER_TABLE7)
+    head = name.split(" @ ")[0]
+    return (known.index(head) if head in known else len(known), name)
+
+
+def _pct(value: float | None, digits: int = 2) -> str:
+    return "n/a" if value is None else f"{100 * value:.{digits}f}"
+
+
+def _stat_cell(key: str, stats: dict) -> str:
+    value = stats.get(key)
+    if key == "n":
+        return str(value)
+    if key.startswith("top") and not key.endswith("wo_best") and value is not None:
+        return f"{_pct(value)} ({stats[key + '_runs']})"
+    return _pct(value)
+
+
+def _table(rows: list[list[str]], header: list[str]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines
+
+
+def render_markdown(data: dict) -> str:
+    """``report.md``: the statistics tables, the paper's numbers, rejected runs, all runs."""
+    groups, runs = data["groups"], data["runs"]
+    used = [r for r in runs if r["status"] == "used"]
+    lines = [
+        f"# Test accuracy across runs ({data['split']})",
+        "",
+        f"{len(used)} results from {len({r['run'] for r in runs})} run folder(s), grouped by {data['group_by']}. "
+        "Accuracies in percent. Top k% = mean of the best round-half-up(k% x n) runs (at least 1; "
+        "the number of runs in brackets); w/o best drops the best of them (needs 2); std is the sample "
+        "standard deviation. A run's latest evaluated stage represents it in each group.",
+        "",
+        "## Without TTA",
+        "",
+    ]
+    header = ["group"] + [title for _, title in STAT_COLUMNS]
+    lines += _table([[g] + [_stat_cell(k, e["plain"]) for k, _ in STAT_COLUMNS] for g, e in groups.items()], header)
+    tta_groups = {g: e for g, e in groups.items() if e["tta"] is not None}
+    if tta_groups:
+        lines += ["", "## With TTA", ""]
+        lines += _table([[g] + [_stat_cell(k, e["tta"]) for k, _ in STAT_COLUMNS] for g, e in tta_groups.items()],
+                        header)
+    lines += ["", "## The paper (FER2013 PrivateTest; Table 7 without TTA, best single model with TTA)", ""]
+    paper_rows = []
+    for model, p in PAPER_TABLE7.items():
+        ours = groups.get(model)
+        plain = ours["plain"] if ours else {}
+        ours_tta = ours["tta"] if ours and ours["tta"] else {}
+        paper_rows.append([
+            model,
+            f"{p['top40']:.2f}", _pct(plain.get("top40")),
+            f"{p['top25']:.2f}", _pct(plain.get("top25")),
+            f"{p['best']:.2f}", _pct(plain.get("best")),
+            f"{p['best_tta']:.2f}", _pct(ours_tta.get("best")),
+        ])
+    lines += _table(paper_rows, ["model", "paper top 40%", "ours", "paper top 25%", "ours", "paper best", "ours",
+                                 "paper best TTA", "ours"])
+    rejected = [r for r in runs if r["status"] == "rejected"]
+    lines += ["", "## Rejected by the selection rule (excluded from the statistics)", ""]
+    if rejected:
+        lines += _table([[r["run"], str(r["seed"]), str(r["stage"]), _pct(r["accuracy"]), r["note"] or ""]
+                         for r in rejected], ["run", "seed", "stage", "accuracy", "why"])
+    else:
+        lines.append("None.")
+    lines += ["", "## All results", ""]
+    lines += _table(
+        [[r["group"], r["run"], str(r["seed"]), str(r["stage"]), _pct(r["accuracy"]), _pct(r["tta_accuracy"]),
+          r["status"] + (f" ({r['note']})" if r["note"] and r["status"] == "superseded" else "")]
+         for r in runs],
+        ["group", "run", "seed", "stage", "accuracy", "TTA accuracy", "status"],
+    )
+    return "\n".join(lines) + "\n"
