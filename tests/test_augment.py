@@ -224,3 +224,11 @@ def test_shared_grey_channels_stay_shared():
     full = aug(x.contiguous(), torch.Generator().manual_seed(1))
     assert out.stride(1) == 0  # resampled once
     torch.testing.assert_close(out, full, atol=1e-4, rtol=0)
+
+
+def test_fast_affine_grid_matches_torch():
+    from fertool.data.augment import _affine_grid
+
+    theta = torch.randn(3, 2, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    expected = torch.nn.functional.affine_grid(theta, [3, 1, 7, 9], align_corners=False)
+    torch.testing.assert_close(_affine_grid(theta, 7, 9), expected, atol=1e-12, rtol=0)
