@@ -261,3 +261,21 @@ def test_folder_dataset_errors(tmp_path):
     _write_png(tmp_path / "Happiness" / "a.png", _grey(1))
     with pytest.raises(DataError, match="'Happiness' and 'happy' are both class Happiness"):
         open_image_split(tmp_path, "Training")
+
+
+def test_cache_of_fertool_prepare_output(tmp_path):
+    prepare_mod = pytest.importorskip("fertool.data.prepare")
+    sample_mod = pytest.importorskip("fertool.data.sample")
+    from fertool.data.csv import load_split
+    from fertool.data.resize import to_prepared_uint8
+    from fertool.recipe import PrepareConfig
+
+    sample_mod.generate_sample(tmp_path / "s.csv", per_class=2, seed=0)
+    prepare_mod.prepare(tmp_path / "s.csv", tmp_path / "prep", config=PrepareConfig(size=32), workers=1)
+    split = open_image_split(tmp_path / "prep", "Training")
+    arrays = load_split(tmp_path / "s.csv", "Training")
+    assert split.images.shape == (len(arrays.labels), 32, 32)  # RGB JPEGs of grey: one channel kept
+    assert split.labels.tolist() == list(arrays.labels) and split.rows.tolist() == list(arrays.rows)
+    expected = to_prepared_uint8(torch.from_numpy(arrays.images), 32).numpy()  # (N, 32, 32[, 3])
+    expected = expected[..., 0] if expected.ndim == 4 else expected
+    assert np.abs(split.images.astype(int) - expected.astype(int)).max() <= 2  # JPEG q100 4:4:4 only
