@@ -1,0 +1,433 @@
+"""``fertool prepare``: a FER2013 CSV -> one JPEG per row, a manifest and a summary (SPEC §1).
+
+Output layout of ``DIR``::
+
+    DIR/<Usage>/<Class>/<row>.jpg   row = 0-based data row of the CSV, 5 digits
+    DIR/manifest.csv                row,split,label,class,path,pixels_sha256
+    DIR/prepare.json                recipe, source CSV + sha256, counts, skipped rows, checks
+    DIR/recipe.yaml                 the resolved recipe
+
+``pixels_sha256`` is the sha256 of the 2304 source bytes (48x48 uint8, row-major), so an
+image can be traced back to its CSV row.
+
+Pixels: 48x48 grey -> ``size`` float32 bilinear with half-pixel centres (TF
+``tf.image.resize``), floor to uint8, grey -> RGB by replication, JPEG (quality 100,
+4:4:4 for the reference).  The resize here is the float32 formula of
+``reference/README.md`` §2 in NumPy, the same arithmetic, in the same order, as
+:func:`fertool.data.resize.resize_bilinear`; tests pin both to the fixture bit for bit.
+It is NumPy rather than torch on purpose: importing torch (CUDA build) costs ~520 MB of
+resident memory per process, more than the whole memory budget of ``prepare``, and
+nothing else here needs it.
+
+The CSV is streamed: the parent process reads chunks of lines (hashing the file on the
+way) and worker processes parse, resize, encode and write them; at most a few chunks
+are in flight, so memory stays flat however long the CSV is.  Everything is built in a
+hidden temporary sibling of ``DIR`` that is renamed into place only when complete, so an
+interrupted run never leaves a dataset that looks finished, and ``overwrite`` keeps the
+old ``DIR`` until the new one is complete.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import dataclasses
+import datetime
+import hashlib
+import json
+import multiprocessing
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+import numpy as np
+
+from .. import CLASS_NAMES, __version__
+from ..errors import DataError, FertoolError
+from .csv import SIDE, SPLITS, BadRow, Layout, RawChunk, bad_rows_error, count_lines, iter_chunks, open_csv, parse_chunk
+
+if TYPE_CHECKING:
+    from ..recipe import PrepareConfig, Recipe
+
+#: The canonical Kaggle FER2013 (SPEC §1).
+CANONICAL_FER2013 = {
+    "rows": 35_887,
+    "splits": {"Training": 28_709, "PublicTest": 3_589, "PrivateTest": 3_589},
+    "training_classes": (3995, 436, 4097, 7215, 4830, 3171, 4965),
+}
+MANIFEST_HEADER = "row,split,label,class,path,pixels_sha256"
+#: How the summary's warnings about the canonical check begin.
+CANONICAL_PREFIX = "not the canonical FER2013"
+#: Rows per task sent to a worker: large enough to amortise the per-task cost, small
+#: enough that the vectorised parse and resize stay in cache.
+CHUNK_ROWS = 64
+#: With ``workers=None``, one worker process per this many rows at most (starting a
+#: worker costs ~0.3 s, which small CSVs do not repay).
+ROWS_PER_AUTO_WORKER = 1000
+
+_SAMPLING = {"4:4:4": "IMWRITE_JPEG_SAMPLING_FACTOR_444", "4:2:2": "IMWRITE_JPEG_SAMPLING_FACTOR_422",
+             "4:2:0": "IMWRITE_JPEG_SAMPLING_FACTOR_420"}
+
+
+# --------------------------------------------------------------------------- pixels
+
+
+def _source_coords(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per output index: both source indices and the float32 weight (reference formula)."""
+    scale = np.float32(in_size) / np.float32(out_size)
+    src = (np.arange(out_size, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5)
+    lo = np.floor(src)
+    lerp = src - lo
+    i0 = np.clip(lo, 0, in_size - 1).astype(np.intp)
+    i1 = np.clip(lo + 1, 0, in_size - 1).astype(np.intp)
+    return i0, i1, lerp
+
+
+def resize_float(grey: np.ndarray, size: int) -> np.ndarray:
+    """(n, H, W) -> float32 (n, size, size), bit-identical to TF bilinear (SPEC §1).
+
+    ``top = a[y0,x0] + (a[y0,x1] - a[y0,x0]) * xlerp``; ``out = top + (bottom - top) * ylerp``,
+    every operation in float32, rows (x) first: :func:`fertool.data.resize.resize_bilinear`
+    in NumPy.
+    """
+    x = np.asarray(grey, dtype=np.float32)
+    n, in_h, in_w = x.shape
+    x0, x1, xlerp = _source_coords(in_w, size)
+    y0, y1, ylerp = _source_coords(in_h, size)
+    rows = np.take(x, x0, axis=2)  # (n, H, size)
+    right = np.take(x, x1, axis=2)
+    right -= rows
+    right *= xlerp
+    rows += right  # rows = left + (right - left) * xlerp
+    out = np.take(rows, y0, axis=1)  # (n, size, size): top
+    delta = np.take(rows, y1, axis=1)  # bottom
+    delta -= out
+    delta *= ylerp[:, None]
+    out += delta  # out = top + (bottom - top) * ylerp
+    return out
+
+
+def prepare_pixels(grey: np.ndarray, *, size: int = 224, rgb: bool = True, truncate: bool = True) -> np.ndarray:
+    """48x48 grey uint8 (n, 48, 48) -> the training images, uint8 (n, size, size[, 3]).
+
+    ``truncate`` floors like the reference (``np.floor(rgb).astype('uint8')``); False
+    rounds half to even.  The bilinear result of 0..255 inputs stays within [0, 255]
+    up to float rounding, so the float -> uint8 conversion after the floor/round is
+    exact; values are clipped anyway.
+    """
+    out = resize_float(grey, size)
+    if truncate:
+        np.floor(out, out=out)
+    else:
+        np.rint(out, out=out)
+    np.clip(out, 0, 255, out=out)
+    images = out.astype(np.uint8)
+    if rgb:
+        images = np.repeat(images[..., None], 3, axis=-1)  # (n, S, S) -> (n, S, S, 3)
+    return images
+
+
+def jpeg_params(quality: int, subsampling: str) -> list[int]:
+    """OpenCV ``imencode`` parameters: quality and chroma sampling (4:4:4 = none)."""
+    import cv2
+
+    return [cv2.IMWRITE_JPEG_QUALITY, int(quality),
+            cv2.IMWRITE_JPEG_SAMPLING_FACTOR, int(getattr(cv2, _SAMPLING[subsampling]))]
+
+
+def encode_jpeg(image: np.ndarray, params: list[int]) -> bytes:
+    """uint8 (S, S) grey or (S, S, 3) RGB -> JPEG bytes (channel order is irrelevant:
+    prepared images have three equal channels)."""
+    import cv2
+
+    ok, buf = cv2.imencode(".jpg", image, params)
+    if not ok:  # pragma: no cover - OpenCV only fails on invalid arguments
+        raise DataError(f"JPEG encoding failed for an image of shape {image.shape}")
+    return buf.tobytes()
+
+
+def image_relpath(split: str, label: int, row: int) -> str:
+    """``<Usage>/<Class>/<row>.jpg``, relative to the output folder."""
+    return f"{split}/{CLASS_NAMES[label]}/{row:05d}.jpg"
+
+
+# --------------------------------------------------------------------------- worker side
+
+
+@dataclass(frozen=True)
+class _Task:
+    layout: Layout
+    chunk: RawChunk
+    root: str  # the temporary output folder
+    size: int
+    rgb: bool
+    truncate: bool
+    params: tuple[int, ...]  # JPEG parameters
+    write: bool  # False: only validate (a bad row was found and nothing will be kept)
+
+
+@dataclass(frozen=True)
+class _Result:
+    rows: np.ndarray  # int64 (n,)
+    labels: np.ndarray  # int64 (n,)
+    splits: np.ndarray  # int8 (n,)
+    digests: bytes  # n * 32 bytes: sha256 of each row's source pixels
+    bad: list[BadRow]
+    read: int  # data rows in the chunk, good or bad
+
+
+def _init_worker_process() -> None:
+    import signal
+
+    import cv2
+
+    cv2.setNumThreads(1)  # one process per core already
+    # Ctrl-C goes to the whole process group: the parent handles it (cancels the
+    # pending chunks, removes the temporary folder); workers just finish their chunk.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _mp_context() -> multiprocessing.context.BaseContext:
+    """``fork`` where it exists: workers start at once, share the parent's imports and,
+    unlike ``spawn``, do not re-run the caller's script (a library function must not
+    require an ``if __name__ == "__main__"`` guard).  Workers only run NumPy/OpenCV code."""
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+
+
+def _work(task: _Task) -> _Result:
+    """Parse, resize, encode and write one chunk (runs in a worker process)."""
+    parsed = parse_chunk(task.layout, task.chunk)
+    pixels = parsed.pixels
+    digests = b"".join(hashlib.sha256(p.tobytes()).digest() for p in pixels)
+    if task.write and len(pixels):
+        images = prepare_pixels(pixels, size=task.size, rgb=task.rgb, truncate=task.truncate)
+        params = list(task.params)
+        paths = [image_relpath(SPLITS[s], label, row)
+                 for row, label, s in zip(parsed.rows.tolist(), parsed.labels.tolist(), parsed.splits.tolist())]
+        for folder in {os.path.dirname(p) for p in paths}:
+            os.makedirs(os.path.join(task.root, folder), exist_ok=True)
+        for image, rel in zip(images, paths):
+            with open(os.path.join(task.root, rel), "wb") as fh:
+                fh.write(encode_jpeg(image, params))
+    return _Result(parsed.rows, parsed.labels, parsed.splits, digests, parsed.bad, len(task.chunk.rows))
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def canonical_differences(counts: dict[str, list[int]]) -> list[str]:
+    """How per-split class counts differ from the canonical FER2013 (empty: identical)."""
+    diffs = []
+    total = sum(sum(c) for c in counts.values())
+    if total != CANONICAL_FER2013["rows"]:
+        diffs.append(f"{total:,} rows, the canonical FER2013 has {CANONICAL_FER2013['rows']:,}")
+    for split, expected in CANONICAL_FER2013["splits"].items():
+        got = sum(counts.get(split, ()))
+        if got != expected:
+            diffs.append(f"{split}: {got:,} rows, canonical {expected:,}")
+    training = counts.get("Training", [0] * len(CLASS_NAMES))
+    for name, got, expected in zip(CLASS_NAMES, training, CANONICAL_FER2013["training_classes"]):
+        if got != expected:
+            diffs.append(f"Training/{name}: {got:,} images, canonical {expected:,}")
+    return diffs
+
+
+# --------------------------------------------------------------------------- prepare
+
+
+def _check_destination(out_dir: Path, csv_path: Path, overwrite: bool) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DataError(f"{out_dir}: exists and is not a directory")
+    if not out_dir.is_dir() or not any(out_dir.iterdir()):
+        return
+    if not overwrite:
+        raise DataError(f"{out_dir}: directory exists and is not empty (use --overwrite to replace it)")
+    if not (out_dir / "prepare.json").is_file():
+        raise DataError(
+            f"{out_dir}: not a fertool prepared dataset (no prepare.json); refusing to replace it, "
+            "even with --overwrite: choose another --out"
+        )
+    if out_dir.resolve() in csv_path.resolve().parents:
+        raise DataError(f"{csv_path}: the CSV is inside {out_dir}, which --overwrite would delete; move it first")
+
+
+def _auto_workers(workers: int | None, total: int) -> int:
+    if workers is not None:
+        if workers < 1:
+            raise DataError(f"workers must be >= 1, got {workers}")
+        return workers
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(cores, total // ROWS_PER_AUTO_WORKER))
+
+
+def _install(tmp: Path, out_dir: Path) -> None:
+    """Move the finished ``tmp`` folder to ``out_dir``; an old ``out_dir`` goes last."""
+    if out_dir.is_dir() and not any(out_dir.iterdir()):
+        out_dir.rmdir()
+    if not out_dir.exists():
+        os.rename(tmp, out_dir)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+    os.rename(out_dir, old / "data")
+    try:
+        os.rename(tmp, out_dir)
+    except BaseException:
+        os.rename(old / "data", out_dir)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def prepare(
+    csv_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    config: PrepareConfig,
+    recipe: Recipe | None = None,
+    overwrite: bool = False,
+    skip_bad: bool = False,
+    workers: int | None = None,
+    progress: Callable[[int, int | None], None] | None = None,
+) -> dict:
+    """Prepare a FER2013 CSV into ``out_dir`` (layout in the module docstring).
+
+    ``config`` says how pixels are made (SPEC §1); ``recipe`` (default: the built-in
+    one with this ``config``) is saved as ``recipe.yaml``.  Bad rows: by default nothing
+    is written and one :class:`DataError` lists them (``FILE:LINE: problem``);
+    ``skip_bad`` writes the good rows and records the bad ones in ``prepare.json``.
+    ``workers`` processes (default: one per core, fewer for small CSVs; 1 = in this
+    process).  ``progress(done, total)`` is called as rows are processed.
+    Returns the summary written to ``prepare.json``; its ``warnings`` list says how the
+    CSV differs from the canonical FER2013 and what was skipped.
+    """
+    from ..recipe import Recipe, dump_recipe, to_dict
+
+    csv_path, out_dir = Path(csv_path), Path(out_dir)
+    recipe = dataclasses.replace(recipe or Recipe(), prepare=config)
+    layout, fh = open_csv(csv_path)  # header problems are reported before anything else
+    fh.close()
+    _check_destination(out_dir, csv_path, overwrite)
+    total = max(count_lines(csv_path) - 1, 0)  # upper bound on data rows (blank lines)
+    nworkers = _auto_workers(workers, total)
+    params = tuple(jpeg_params(config.jpeg_quality, config.subsampling))
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    try:
+        summary = _run(csv_path, tmp, layout, config, params, skip_bad, nworkers, total, progress)
+        summary["recipe"] = to_dict(recipe.prepare)
+        summary["output"] = str(out_dir.resolve())
+        (tmp / "recipe.yaml").write_text(dump_recipe(recipe), encoding="utf-8")
+        (tmp / "prepare.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        _check_destination(out_dir, csv_path, overwrite)  # nothing appeared meanwhile
+        _install(tmp, out_dir)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        where = exc.filename or out_dir
+        raise DataError(f"{where}: cannot write the prepared dataset ({exc.strerror or exc})") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return summary
+
+
+def _run(
+    csv_path: Path,
+    tmp: Path,
+    layout: Layout,
+    config: PrepareConfig,
+    params: tuple[int, ...],
+    skip_bad: bool,
+    nworkers: int,
+    total: int,
+    progress: Callable[[int, int | None], None] | None,
+) -> dict:
+    """Stream the CSV through the workers into ``tmp``; write the manifest; summarise."""
+    counts = np.zeros((len(SPLITS), len(CLASS_NAMES)), np.int64)
+    bad: list[BadRow] = []
+    done = 0
+    write = True
+    hasher = hashlib.sha256()
+    manifest = open(tmp / "manifest.csv", "w", encoding="utf-8", newline="\n")
+
+    def handle(result: _Result) -> None:
+        nonlocal done, write
+        if result.bad:
+            bad.extend(result.bad)
+            write = write and skip_bad
+        np.add.at(counts, (result.splits.astype(np.int64), result.labels), 1)
+        lines = []
+        for i, (row, label, split) in enumerate(zip(result.rows.tolist(), result.labels.tolist(),
+                                                    result.splits.tolist())):
+            digest = result.digests[32 * i : 32 * (i + 1)].hex()
+            name = SPLITS[split]
+            lines.append(f"{row},{name},{label},{CLASS_NAMES[label]},{image_relpath(name, label, row)},{digest}\n")
+        manifest.write("".join(lines))
+        done += result.read
+        if progress is not None:
+            progress(done, max(total, done))
+
+    executor = None
+    try:
+        manifest.write(MANIFEST_HEADER + "\n")
+        if progress is not None:
+            progress(0, total)
+        if nworkers > 1:
+            executor = concurrent.futures.ProcessPoolExecutor(
+                max_workers=nworkers, mp_context=_mp_context(), initializer=_init_worker_process
+            )
+        pending: collections.deque = collections.deque()
+        _, fh = open_csv(csv_path)
+        with fh:
+            fh.seek(0)
+            hasher.update(fh.readline())  # the header line; iter_chunks hashes the rest
+            for chunk in iter_chunks(fh, chunk_rows=CHUNK_ROWS, hasher=hasher):
+                task = _Task(layout, chunk, str(tmp), config.size, config.rgb, config.truncate, params, write)
+                if executor is None:
+                    handle(_work(task))
+                    continue
+                pending.append(executor.submit(_work, task))
+                while len(pending) > 3 * nworkers or (pending and pending[0].done()):
+                    handle(pending.popleft().result())
+        while pending:
+            handle(pending.popleft().result())
+    finally:
+        manifest.close()
+        if executor is not None:
+            executor.shutdown(wait=True, cancel_futures=True)
+
+    if done == 0:
+        raise DataError(f"{csv_path}: no data rows after the header (line 1)")
+    if bad and not skip_bad:
+        raise bad_rows_error(csv_path, bad, hint="; nothing was written (--skip-bad writes the good rows)")
+    if not counts.any():
+        raise DataError(f"{csv_path}: all {done:,} data rows are bad; nothing to prepare")
+
+    per_split = {SPLITS[s]: counts[s].tolist() for s in range(len(SPLITS)) if counts[s].any()}
+    differences = canonical_differences(per_split)
+    warnings = [f"{CANONICAL_PREFIX}: {d}" for d in differences]
+    if bad:
+        warnings.insert(0, f"skipped {len(bad):,} bad row{'s' if len(bad) != 1 else ''} (listed in prepare.json)")
+    return {
+        "fertool_version": __version__,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "source": {
+            "csv": str(csv_path.resolve()),
+            "sha256": hasher.hexdigest(),
+            "format": layout.format,
+            "header": list(layout.header),
+            "data_rows": done,
+        },
+        "recipe": None,  # filled by prepare()
+        "output": None,
+        "images": int(counts.sum()),
+        "counts": {split: dict(zip(CLASS_NAMES, c)) for split, c in per_split.items()},
+        "split_totals": {split: int(sum(c)) for split, c in per_split.items()},
+        "skipped": [{"row": b.row, "line": b.line, "problem": b.problem} for b in bad],
+        "canonical_fer2013": {"match": not differences, "differences": differences},
+        "warnings": warnings,
+        "workers": nworkers,
+    }
