@@ -1,0 +1,19 @@
+"""Deployment: classify faces in users' photos and videos, export models for other runtimes.
+
+* :mod:`fertool.deploy.faces` — face detection (OpenCV Haar cascade, scikit-image LBP
+  cascade, OpenCV YuNet DNN) and the preparation of a face crop into exactly the input
+  the network was trained on (SPEC §1);
+* :mod:`fertool.deploy.predict` — ``predict_paths`` over images, folders and videos
+  (streamed), annotated outputs, the live webcam loop;
+* :mod:`fertool.deploy.export` — ONNX / TorchScript export with the preprocessing
+  contract in the metadata and a parity check.
+"""
+
+import os
+
+
+def file_mode() -> int:
+    """Permissions of a new output file under the current umask (``mkstemp`` creates 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask

@@ -1,0 +1,703 @@
+"""Classify the facial expressions of the faces in photos, folders, videos and a webcam.
+
+:func:`predict_paths` is the library side of ``fertool predict``: it expands the inputs
+(files, folders searched recursively), finds faces (:mod:`fertool.deploy.faces`), prepares
+every face exactly like the training images (SPEC §1, see :func:`fertool.deploy.faces.prepare_face`),
+classifies them in batches through :func:`fertool.evaluation.predict_probs` (plain, and with
+a TTA preset of SPEC §5 when asked) and yields, in input order:
+
+* :class:`FaceResult` per face (path, video frame, box, class probabilities, label);
+* :class:`InputDone` when an input is finished (faces found, annotated output written);
+* :class:`InputProblem` for an input that failed (missing, unreadable, not an image or
+  video, empty folder, no face): the others are still processed.
+
+Videos are streamed: frames are read one at a time, every ``every``-th frame is
+searched for faces, and at most ``batch_size`` faces plus a bounded frame buffer
+(``MAX_BUFFER_BYTES``, only when an annotated video is written) are held at once, so
+memory does not grow with the video's length.  Frames that are not searched are only
+grabbed, not decoded, unless they are written out.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+
+import cv2
+import numpy as np
+import torch
+
+from .. import CLASS_NAMES
+from ..errors import DataError, FertoolError
+from ..utils import atomic_path
+from . import file_mode
+from .faces import Box, FaceDetector, crop_face, gui_problem, load_detector, prepare_faces
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "VIDEO_EXTENSIONS",
+    "FaceResult",
+    "InputDone",
+    "InputProblem",
+    "FaceClassifier",
+    "resolve_tta",
+    "expand_inputs",
+    "read_image",
+    "annotate",
+    "predict_paths",
+    "run_webcam",
+    "MAX_BUFFER_BYTES",
+]
+
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".dib", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pbm", ".pnm", ".jp2"}
+)
+VIDEO_EXTENSIONS = frozenset({".mp4", ".m4v", ".avi", ".mov", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp"})
+#: Most bytes of decoded video frames held while their faces wait for a batch (annotated output only).
+MAX_BUFFER_BYTES = 256 * 2**20
+
+Progress = Callable[..., None]
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class FaceResult:
+    """One classified face. ``frame`` is the 0-based video frame index (None for a photo)."""
+
+    path: str
+    frame: int | None
+    face: int  # index of the face in its image/frame, largest first
+    box: Box
+    probs: dict[str, float]
+    label: str
+    tta_probs: dict[str, float] | None = None
+    tta_label: str | None = None
+
+    @property
+    def probability(self) -> float:
+        return self.probs[self.label]
+
+    @property
+    def best(self) -> tuple[str, float]:
+        """The label and probability to show: the TTA ones when TTA ran."""
+        if self.tta_probs is not None and self.tta_label is not None:
+            return self.tta_label, self.tta_probs[self.tta_label]
+        return self.label, self.probability
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "path": self.path,
+            "frame": self.frame,
+            "face": self.face,
+            "box": self.box.as_list(),
+            "detector_score": self.box.score,
+            "label": self.label,
+            "probability": self.probability,
+            "probs": self.probs,
+        }
+        if self.tta_probs is not None:
+            out["tta_label"] = self.tta_label
+            out["tta_probability"] = self.tta_probs[self.tta_label]
+            out["tta_probs"] = self.tta_probs
+        return out
+
+
+@dataclass(frozen=True)
+class InputDone:
+    """An input that was processed: ``faces`` classified, ``frames`` searched (videos)."""
+
+    path: str
+    kind: str  # "image" | "video"
+    faces: int
+    frames: int | None = None
+    output: str | None = None
+    labels: dict[str, int] = field(default_factory=dict)  # faces per (shown) label
+
+
+@dataclass(frozen=True)
+class InputProblem:
+    """An input that could not be processed, with a one-line reason."""
+
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}"
+
+
+Event = FaceResult | InputDone | InputProblem
+
+
+# --------------------------------------------------------------------------- classifier
+
+
+def resolve_tta(name: str, recipe: Mapping[str, Any] | None = None):
+    """The TTA preset ``name`` of ``recipe`` (a checkpoint's stored recipe) or of the defaults."""
+    from ..errors import RecipeError
+    from ..recipe import load_recipe
+
+    try:
+        resolved = load_recipe(recipe) if recipe else load_recipe(None)
+    except RecipeError:  # a recipe from an older fertool: its presets are not needed
+        resolved = load_recipe(None)
+    presets = resolved.tta.presets
+    if name not in presets:
+        raise FertoolError(f"--tta-preset {name}: unknown TTA preset (known: {', '.join(presets)})")
+    return presets[name]
+
+
+class FaceClassifier:
+    """A checkpoint's model ready to classify prepared faces (N, S, S) uint8, in batches."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        *,
+        size: int,
+        class_names: Sequence[str] = CLASS_NAMES,
+        device: torch.device | str = "cpu",
+        tta=None,
+        tta_name: str | None = None,
+        batch_size: int = 64,
+    ) -> None:
+        if batch_size < 1:
+            raise FertoolError(f"--batch-size: must be >= 1, got {batch_size}")
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.size = int(size)
+        self.class_names = tuple(class_names)
+        self.tta = tta
+        self.tta_name = tta_name
+        self.batch_size = batch_size
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        checkpoint: str | os.PathLike | Mapping[str, Any],
+        *,
+        device: torch.device | str = "cpu",
+        tta: str | None = None,
+        batch_size: int = 64,
+    ) -> "FaceClassifier":
+        """Load a fertool checkpoint (path or loaded dict); ``tta`` names a preset."""
+        from ..checkpoint import load_checkpoint, model_from_checkpoint
+
+        ckpt = checkpoint if isinstance(checkpoint, Mapping) else load_checkpoint(checkpoint)
+        model = model_from_checkpoint(ckpt)
+        size = int(getattr(model, "input_size", ckpt.get("arch_args", {}).get("input_size", 224)))
+        preset = resolve_tta(tta, ckpt.get("recipe")) if tta else None
+        return cls(
+            model,
+            size=size,
+            class_names=ckpt.get("class_names") or CLASS_NAMES,
+            device=device,
+            tta=preset,
+            tta_name=tta,
+            batch_size=batch_size,
+        )
+
+    def classify(self, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Softmax probabilities (N, C) of prepared faces (N, S, S) uint8, and the TTA ones."""
+        from ..data.datasets import ArraySplit
+        from ..evaluation import predict_probs
+
+        split = ArraySplit(
+            images=faces,
+            labels=torch.zeros(len(faces), dtype=torch.int64),
+            name="faces",
+            class_names=self.class_names,
+        )
+        out = predict_probs(self.model, split, batch_size=self.batch_size, device=self.device, tta=self.tta)
+        return out["probs"], out["tta_probs"]
+
+    def _dict(self, p: np.ndarray) -> dict[str, float]:
+        return {name: float(v) for name, v in zip(self.class_names, p)}
+
+    def result(self, path: str, frame: int | None, face: int, box: Box, p: np.ndarray, tta_p: np.ndarray | None) -> FaceResult:
+        tta_probs = self._dict(tta_p) if tta_p is not None else None
+        return FaceResult(
+            path=path,
+            frame=frame,
+            face=face,
+            box=box,
+            probs=self._dict(p),
+            label=self.class_names[int(np.argmax(p))],
+            tta_probs=tta_probs,
+            tta_label=self.class_names[int(np.argmax(tta_p))] if tta_p is not None else None,
+        )
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def input_kind(path: Path) -> str | None:
+    """``image`` or ``video`` by extension, None when the extension says neither."""
+    suffix = path.suffix.lower()
+    if suffix in IMAGE_EXTENSIONS:
+        return "image"
+    if suffix in VIDEO_EXTENSIONS:
+        return "video"
+    return None
+
+
+def expand_inputs(paths: Iterable[str | os.PathLike]) -> Iterator[tuple[Path, Path | None] | InputProblem]:
+    """``(file, folder it was found in or None)`` per input file; problems for bad inputs.
+
+    Folders are searched recursively for image and video extensions (sorted, hidden
+    files skipped); an empty folder or a missing path is an :class:`InputProblem`.
+    """
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found = sorted(
+                p for p in path.rglob("*")
+                if p.is_file() and input_kind(p) is not None
+                and not any(part.startswith(".") for part in p.relative_to(path).parts)
+            )
+            if not found:
+                yield InputProblem(str(path), "folder holds no images or videos")
+            for p in found:
+                yield p, path
+        elif path.is_file():
+            yield path, None
+        elif path.exists():
+            yield InputProblem(str(path), "not a regular file or folder")
+        else:
+            yield InputProblem(str(path), "no such file or folder")
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Decode an image file to BGR uint8 (H, W, 3) (EXIF orientation applied); DataError if not."""
+    try:
+        buf = np.fromfile(path, dtype=np.uint8)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror})") from None
+    if buf.size == 0:
+        raise DataError(f"{path}: empty file")
+    try:
+        image = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    except cv2.error:
+        image = None
+    if image is None:
+        raise DataError(f"{path}: not an image OpenCV can decode (corrupt or another kind of file)")
+    return image
+
+
+# --------------------------------------------------------------------------- drawing
+
+
+def annotate(image_bgr: np.ndarray, results: Sequence[FaceResult]) -> np.ndarray:
+    """A copy of the image with each face's box and ``label probability`` drawn on it."""
+    out = image_bgr.copy()
+    h, w = out.shape[:2]
+    thick = max(1, round(min(h, w) / 300))
+    scale = max(0.4, min(h, w) / 900)
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    colour = (60, 200, 60)  # BGR green
+    for r in results:
+        x, y, bw, bh = r.box.as_list()
+        cv2.rectangle(out, (x, y), (x + bw, y + bh), colour, thick)
+        label, p = r.best
+        text = f"{label} {p:.0%}"
+        (tw, th), base = cv2.getTextSize(text, font, scale, thick)
+        top = y - th - base - 4 if y - th - base - 4 >= 0 else min(h - th - base - 4, y + bh)
+        cv2.rectangle(out, (x, top), (x + tw + 4, top + th + base + 4), colour, -1)
+        cv2.putText(out, text, (x + 2, top + th + 2), font, scale, (0, 0, 0), thick, cv2.LINE_AA)
+    return out
+
+
+def _write_image(path: Path, image: np.ndarray) -> Path:
+    """Encode by the file's extension (PNG when OpenCV cannot write it) and write atomically."""
+    try:
+        ok, buf = cv2.imencode(path.suffix.lower() or ".png", image)
+    except cv2.error:
+        ok = False
+    if not ok:
+        path = path.with_suffix(".png")
+        ok, buf = cv2.imencode(".png", image)
+    with atomic_path(path) as tmp:
+        buf.tofile(tmp)
+        os.chmod(tmp, file_mode())
+    return path
+
+
+class _Names:
+    """Output paths under ``--out``: same base names, folder structure kept, no collisions."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.out_dir = out_dir
+        self.used: set[Path] = set()
+
+    def __call__(self, path: Path, root: Path | None, suffix: str | None = None) -> Path:
+        rel = path.relative_to(root) if root is not None else Path(path.name)
+        if suffix is not None:
+            rel = rel.with_suffix(suffix)
+        candidate = self.out_dir / rel
+        n = 2
+        while candidate in self.used:
+            candidate = self.out_dir / rel.with_name(f"{rel.stem}-{n}{rel.suffix}")
+            n += 1
+        self.used.add(candidate)
+        return candidate
+
+
+# --------------------------------------------------------------------------- the pipeline
+
+
+@dataclass
+class _Work:
+    """Faces of one image or searched video frame, waiting for a classification batch."""
+
+    path: str
+    frame: int | None
+    boxes: list[Box]
+    faces: np.ndarray  # (k, S, S) uint8 prepared faces
+    image: np.ndarray | None = None  # kept only when an annotated copy is written
+    out: Path | None = None
+    results: list[FaceResult] = field(default_factory=list)
+
+
+def _classify(classifier: FaceClassifier, works: Sequence[_Work]) -> None:
+    """Classify the faces of all ``works`` in one call and store their results."""
+    todo = [w for w in works if w.boxes]
+    if not todo:
+        return
+    faces = np.concatenate([w.faces for w in todo])  # (N, S, S) uint8
+    probs, tta = classifier.classify(faces)
+    i = 0
+    for w in todo:
+        w.results = [
+            classifier.result(w.path, w.frame, j, box, probs[i + j], tta[i + j] if tta is not None else None)
+            for j, box in enumerate(w.boxes)
+        ]
+        i += len(w.boxes)
+
+
+def _label_counts(results: Iterable[FaceResult]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for r in results:
+        label = r.best[0]
+        counts[label] = counts.get(label, 0) + 1
+    return counts
+
+
+class _Predictor:
+    def __init__(
+        self,
+        classifier: FaceClassifier,
+        detector: FaceDetector,
+        *,
+        margin: float,
+        every: int,
+        jpeg: bool,
+        names: _Names | None,
+        progress: Progress | None,
+        max_buffer_bytes: int,
+    ) -> None:
+        self.classifier = classifier
+        self.detector = detector
+        self.margin = margin
+        self.every = every
+        self.jpeg = jpeg
+        self.names = names
+        self.progress = progress
+        self.max_buffer_bytes = max_buffer_bytes
+
+    def faces_of(self, image: np.ndarray, path: str, frame: int | None) -> _Work:
+        boxes = self.detector.detect(image)
+        crops = [crop_face(image, b, self.margin) for b in boxes]
+        return _Work(path, frame, boxes, prepare_faces(crops, self.classifier.size, jpeg=self.jpeg))
+
+    # ------------------------------------------------------------------ photos
+
+    def images(self, items: Sequence[tuple[Path, Path | None] | InputProblem]) -> Iterator[Event]:
+        """Photos (and problems) in order; faces of consecutive photos share batches."""
+        pending: list[_Work | InputProblem] = []
+        n_faces = 0
+        total = sum(1 for it in items if not isinstance(it, InputProblem))
+        done = 0
+        for item in items:
+            if isinstance(item, InputProblem):
+                pending.append(item)
+                continue
+            path, root = item
+            try:
+                image = read_image(path)
+            except DataError as exc:
+                pending.append(InputProblem(str(path), str(exc).split(": ", 1)[-1]))
+            else:
+                work = self.faces_of(image, str(path), None)
+                if not work.boxes:
+                    pending.append(InputProblem(str(path), "no face found"))
+                else:
+                    if self.names is not None:
+                        work.image, work.out = image, self.names(path, root)
+                    pending.append(work)
+                    n_faces += len(work.boxes)
+            done += 1
+            if self.progress is not None:
+                self.progress(done, total, description="images")
+            if n_faces >= self.classifier.batch_size:
+                yield from self._flush_images(pending)
+                pending, n_faces = [], 0
+        yield from self._flush_images(pending)
+
+    def _flush_images(self, pending: list[_Work | InputProblem]) -> Iterator[Event]:
+        _classify(self.classifier, [w for w in pending if isinstance(w, _Work)])
+        for w in pending:
+            if isinstance(w, InputProblem):
+                yield w
+                continue
+            yield from w.results
+            written = None
+            if w.out is not None and w.image is not None:
+                written = str(_write_image(w.out, annotate(w.image, w.results)))
+            yield InputDone(w.path, "image", len(w.results), output=written, labels=_label_counts(w.results))
+
+    # ------------------------------------------------------------------ videos
+
+    def video(self, path: Path, root: Path | None) -> Iterator[Event]:
+        cap = cv2.VideoCapture(str(path))
+        if not cap.isOpened():
+            cap.release()
+            yield InputProblem(str(path), "not a video OpenCV can open (corrupt or another kind of file)")
+            return
+        out_path = self.names(path, root, ".mp4") if self.names is not None else None
+        tmp: Path | None = None
+        writer = None
+        state = {"faces": 0, "last": [], "labels": {}}
+        searched = 0
+        index = 0
+        total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+        total = total if total > 0 else None
+        fps = cap.get(cv2.CAP_PROP_FPS)
+        fps = fps if fps and fps > 0 else 25.0
+        pending: list[tuple[int, np.ndarray | None, _Work | None]] = []
+        n_faces = n_bytes = 0
+        try:
+            while True:
+                search = index % self.every == 0
+                if search or out_path is not None:
+                    ok, frame = cap.read()
+                else:
+                    ok, frame = cap.grab(), None  # skipped frames are not decoded
+                if not ok:
+                    break
+                if out_path is not None and writer is None:
+                    out_path.parent.mkdir(parents=True, exist_ok=True)
+                    fd, name = tempfile.mkstemp(prefix=f".{out_path.stem}.", suffix=".tmp.mp4", dir=out_path.parent)
+                    os.close(fd)
+                    tmp = Path(name)
+                    h, w = frame.shape[:2]
+                    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+                    if not writer.isOpened():
+                        raise DataError(f"{out_path}: OpenCV cannot write an mp4v video here")
+                work = None
+                if search:
+                    searched += 1
+                    work = self.faces_of(frame, str(path), index)
+                    n_faces += len(work.boxes)
+                if out_path is not None:
+                    pending.append((index, frame, work))
+                    n_bytes += frame.nbytes
+                elif work is not None and work.boxes:
+                    pending.append((index, None, work))
+                index += 1
+                if self.progress is not None:
+                    self.progress(index, total, description=path.name)
+                if n_faces >= self.classifier.batch_size or n_bytes >= self.max_buffer_bytes:
+                    yield from self._flush_video(pending, writer, state)
+                    pending, n_faces, n_bytes = [], 0, 0
+            yield from self._flush_video(pending, writer, state)
+            if writer is not None:
+                writer.release()
+                writer = None
+        except DataError as exc:
+            yield InputProblem(str(path), str(exc))
+            return
+        finally:
+            cap.release()
+            if writer is not None:
+                writer.release()
+            if tmp is not None and (state["faces"] == 0 or writer is not None):
+                tmp.unlink(missing_ok=True)
+        if index == 0:
+            yield InputProblem(str(path), "no frame could be decoded (corrupt or not a video)")
+            return
+        if state["faces"] == 0:
+            yield InputProblem(str(path), f"no face found in any of the {searched} searched frames (every {self.every})")
+            return
+        written = None
+        if tmp is not None and out_path is not None:
+            os.chmod(tmp, file_mode())
+            os.replace(tmp, out_path)
+            written = str(out_path)
+        yield InputDone(str(path), "video", state["faces"], frames=searched, output=written, labels=state["labels"])
+
+    def _flush_video(self, pending, writer, state) -> Iterator[Event]:
+        _classify(self.classifier, [w for _, _, w in pending if w is not None])
+        for _, frame, work in pending:
+            if work is not None:  # a searched frame: its faces replace the previous ones
+                state["last"] = work.results
+                state["faces"] += len(work.results)
+                for label, n in _label_counts(work.results).items():
+                    state["labels"][label] = state["labels"].get(label, 0) + n
+                yield from work.results
+            if writer is not None and frame is not None:
+                writer.write(annotate(frame, state["last"]))
+
+
+def predict_paths(
+    paths: Iterable[str | os.PathLike],
+    checkpoint: str | os.PathLike | Mapping[str, Any] | FaceClassifier,
+    *,
+    detector: FaceDetector | str | None = None,
+    margin: float = 0.1,
+    every: int = 5,
+    batch_size: int = 64,
+    device: torch.device | str = "cpu",
+    tta: str | None = None,
+    out_dir: str | os.PathLike | None = None,
+    jpeg: bool = True,
+    progress: Progress | None = None,
+    max_buffer_bytes: int = MAX_BUFFER_BYTES,
+) -> Iterator[Event]:
+    """Classify every face in ``paths`` (images, folders, videos); yield events in input order.
+
+    ``checkpoint``: a fertool checkpoint path / dict, or a ready :class:`FaceClassifier`.
+    ``detector``: a :class:`~fertool.deploy.faces.FaceDetector` or a ``--detector`` spec
+    (``auto``, ``haar``, ``lbp``, a YuNet ``.onnx``).  ``margin``: crop margin as a fraction
+    of the face box.  ``every``: search every N-th video frame.  ``tta``: name of a TTA
+    preset (``paper``, ``flip``, or one of the checkpoint's recipe).  ``jpeg``: apply the
+    training data's JPEG round trip to each face (default, as in training).
+    ``out_dir``: write annotated copies (images under their own names, videos as
+    ``<stem>.mp4``, mp4v) and ``predictions.jsonl`` (one line per face) there.
+    ``progress(done, total, description=...)`` counts photos, then each video's frames.
+
+    Bad inputs are yielded as :class:`InputProblem` and do not stop the others; a bad
+    checkpoint, detector or option raises :class:`FertoolError` before anything is read.
+    """
+    if every < 1:
+        raise FertoolError(f"--every: must be >= 1, got {every}")
+    if margin < 0:
+        raise FertoolError(f"--margin: must be >= 0, got {margin}")
+    if isinstance(checkpoint, FaceClassifier):
+        classifier = checkpoint
+    else:
+        classifier = FaceClassifier.from_checkpoint(checkpoint, device=device, tta=tta, batch_size=batch_size)
+    if detector is None or isinstance(detector, (str, os.PathLike)):
+        detector = load_detector(detector)
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None and out.exists() and not out.is_dir():
+        raise FertoolError(f"--out {out}: exists and is not a folder")
+    predictor = _Predictor(
+        classifier,
+        detector,
+        margin=margin,
+        every=every,
+        jpeg=jpeg,
+        names=_Names(out) if out is not None else None,
+        progress=progress,
+        max_buffer_bytes=max_buffer_bytes,
+    )
+    events = _events(predictor, list(expand_inputs(paths)))
+    if out is None:
+        yield from events
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "predictions.jsonl") as tmp, open(tmp, "w", encoding="utf-8") as log:
+        for event in events:
+            if isinstance(event, FaceResult):
+                log.write(json.dumps(event.to_dict()) + "\n")
+            yield event
+        os.chmod(tmp, file_mode())
+
+
+def _events(predictor: _Predictor, items: list[tuple[Path, Path | None] | InputProblem]) -> Iterator[Event]:
+    """Runs of photos are batched together; each video is streamed on its own."""
+    photos: list[tuple[Path, Path | None] | InputProblem] = []
+    for item in items:
+        if isinstance(item, InputProblem) or input_kind(item[0]) == "image":
+            photos.append(item)
+            continue
+        if photos:
+            yield from predictor.images(photos)
+            photos = []
+        path, root = item
+        if input_kind(path) == "video":
+            yield from predictor.video(path, root)
+        else:  # unknown extension: a photo if it decodes as one, else try it as a video
+            try:
+                read_image(path)
+            except DataError:
+                yield from _as_video(predictor, path, root)
+            else:
+                yield from predictor.images([item])
+    if photos:
+        yield from predictor.images(photos)
+
+
+def _as_video(predictor: _Predictor, path: Path, root: Path | None) -> Iterator[Event]:
+    for event in predictor.video(path, root):
+        if isinstance(event, InputProblem) and "OpenCV can open" in event.message:
+            event = InputProblem(str(path), "not an image or video OpenCV can read")
+        yield event
+
+
+# --------------------------------------------------------------------------- webcam
+
+
+def run_webcam(
+    camera: int,
+    classifier: FaceClassifier,
+    *,
+    detector: FaceDetector | str | None = None,
+    margin: float = 0.1,
+    every: int = 5,
+    jpeg: bool = True,
+    on_results: Callable[[list[FaceResult]], None] | None = None,
+    window: str = "fertool (q or Esc to quit)",
+) -> int:
+    """Live window of camera ``camera`` with the faces classified every ``every`` frames.
+
+    Needs a GUI build of OpenCV and a display: otherwise a one-line :class:`FertoolError`
+    says so before the camera is opened.  Returns the number of frames shown.
+    """
+    problem = gui_problem()
+    if problem is not None:
+        raise FertoolError(problem)
+    if detector is None or isinstance(detector, (str, os.PathLike)):
+        detector = load_detector(detector)
+    predictor = _Predictor(classifier, detector, margin=margin, every=every, jpeg=jpeg, names=None,
+                           progress=None, max_buffer_bytes=MAX_BUFFER_BYTES)
+    cap = cv2.VideoCapture(int(camera))
+    if not cap.isOpened():
+        raise FertoolError(f"--webcam {camera}: cannot open camera {camera}")
+    shown = 0
+    last: list[FaceResult] = []
+    try:
+        while True:
+            ok, frame = cap.read()
+            if not ok:
+                break
+            if shown % every == 0:
+                work = predictor.faces_of(frame, f"webcam:{camera}", shown)
+                _classify(classifier, [work])
+                last = work.results
+                if on_results is not None:
+                    on_results(last)
+            cv2.imshow(window, annotate(frame, last))
+            shown += 1
+            key = cv2.waitKey(1) & 0xFF
+            if key in (27, ord("q")) or cv2.getWindowProperty(window, cv2.WND_PROP_VISIBLE) < 1:
+                break
+    finally:
+        cap.release()
+        cv2.destroyAllWindows()
+    return shown
