@@ -1,0 +1,64 @@
+"""``fertool export``: a checkpoint's model as ONNX or TorchScript, checked against PyTorch."""
+
+from __future__ import annotations
+
+import contextlib
+from enum import Enum
+from pathlib import Path
+
+import typer
+
+from ._common import QuietOption, err, out
+
+
+class ExportFormat(str, Enum):
+    onnx = "onnx"
+    torchscript = "torchscript"
+
+
+def export_cmd(
+    checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="fertool checkpoint (.pt) to export."),
+    fmt: ExportFormat = typer.Option(..., "--format", "-f", help="onnx (needs fertool[export]) or torchscript."),
+    out_path: Path = typer.Option(..., "--out", "-o", help="Output file (.onnx / .pt); replaced only on success."),
+    opset: int = typer.Option(17, "--opset", min=9, help="ONNX opset version."),
+    batch: int = typer.Option(2, "--batch", min=1, help="Batch size of the tracing example (the batch axis stays dynamic)."),
+    samples: int = typer.Option(4, "--samples", min=1, help="Random 0..255 images for the parity check."),
+    tolerance: float = typer.Option(
+        1e-4, "--tolerance", min=0.0, help="Largest accepted |probability difference| from the PyTorch model."
+    ),
+    quiet: bool = QuietOption,
+) -> None:
+    """Export the model (eval mode, softmax output, dynamic batch) with its preprocessing contract.
+
+    The input contract (size, raw 0..255 float values, NCHW grey replicated to RGB,
+    class names, architecture, preparation of SPEC §1) is stored in the file's metadata.
+    The export is then run on random images and compared with the PyTorch model
+    (ONNX with onnxruntime when installed).
+    """
+    from ..deploy.export import export_model
+
+    status = err.status(f"exporting to {fmt.value} and checking parity...") if not quiet else contextlib.nullcontext()
+    with status:
+        info = export_model(
+            checkpoint, out_path, fmt=fmt.value, opset=opset, batch=batch, samples=samples, tolerance=tolerance
+        )
+    meta = info["metadata"]
+    out.print(f"wrote {info['path']} ({fmt.value}, {info['bytes'] / 2**20:.1f} MiB)")
+    out.print(
+        f"  {meta['arch']}: input float32 (batch, 3, {meta['input']['size']}, {meta['input']['size']}) "
+        f"raw 0..255, grey replicated to RGB -> softmax over {len(meta['class_names'])} classes "
+        f"({', '.join(meta['class_names'])})"
+    )
+    if info["max_abs_diff"] is None:
+        out.print("  parity: not checked (onnxruntime is not installed: pip install 'fertool[export]')")
+    else:
+        out.print(
+            f"  parity: max |softmax difference| = {info['max_abs_diff']:.3g} on {info['samples']} random images "
+            f"({info['checked_with']} vs PyTorch)"
+        )
+    if not quiet:
+        err.print("the preprocessing contract is in the file's metadata (fertool.deploy.export.read_export_metadata)")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("export")(export_cmd)

@@ -1,0 +1,285 @@
+"""Export a checkpoint's model to ONNX or TorchScript, with its preprocessing contract.
+
+The exported graph maps float32 images (B, 3, S, S) with raw grey values 0..255 (one
+grey image replicated to three channels, NCHW) to softmax probabilities (B, C) in
+``class_names`` order; the batch axis is dynamic.  Everything a deployer needs to feed it
+correctly travels inside the file (:func:`export_metadata`):
+
+* ONNX: ``metadata_props`` — ``fertool`` holds the whole contract as JSON, and the main
+  fields are repeated as plain keys (``input_size``, ``class_names``, ...).  Needs the
+  ``onnx`` package (``pip install 'fertool[export]'``).
+* TorchScript: ``torch.jit.trace`` of the eval-mode model, with the contract as the extra
+  file ``fertool.json`` (``torch.jit.load(path, _extra_files={"fertool.json": ""})``).
+
+After export the file is loaded back and run on a few random 0..255 images; the largest
+absolute difference of its probabilities from the PyTorch model's is returned (ONNX is
+checked with onnxruntime when installed).  The file is written to a temporary sibling
+and only moved into place when export and check succeeded.
+
+The ONNX graph uses the TorchScript-based exporter (``dynamo=False``): it handles the
+LHC module (einsum, pools, softmax) and needs no extra package; the dynamo exporter
+would require ``onnxscript``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+import warnings
+import zipfile
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import CLASS_NAMES, __version__
+from ..errors import FertoolError, ModelError
+from . import file_mode
+
+__all__ = ["FORMATS", "export_model", "export_metadata", "read_export_metadata", "PREPARATION"]
+
+FORMATS = ("onnx", "torchscript")
+METADATA_NAME = "fertool.json"
+INPUT_NAME = "images"
+OUTPUT_NAME = "probs"
+
+#: How an image must be made before it enters the exported model (SPEC §1).
+PREPARATION = (
+    "face crop (square, with a margin) -> grey -> 48x48 (cv2.INTER_AREA, FER2013's size) -> "
+    "bilinear resize to SxS in float32 with half-pixel centres and no antialiasing (TensorFlow 2 "
+    "tf.image.resize) -> floor to uint8 -> grey replicated to 3 channels -> JPEG quality 100, 4:4:4 "
+    "round trip (as the stored training images) -> float32 NCHW, raw values 0..255 (no mean/std: "
+    "the network's first BatchNorm normalises). fertool.deploy.faces.face_to_input does all of it."
+)
+
+
+class _WithSoftmax(nn.Module):
+    """The classifier followed by a softmax: (B, 3, S, S) 0..255 -> (B, C) probabilities."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.model(images), dim=-1)
+
+
+def export_metadata(ckpt: Mapping[str, Any], *, fmt: str, checkpoint_path: str | os.PathLike | None = None) -> dict:
+    """The preprocessing contract and provenance stored in an export (plain JSON types)."""
+    arch_args = dict(ckpt.get("arch_args") or {})
+    size = int(arch_args.get("input_size", 224))
+    return {
+        "format": "fertool-export",
+        "fertool_version": __version__,
+        "export_format": fmt,
+        "arch": ckpt.get("arch"),
+        "arch_args": arch_args,
+        "stage": ckpt.get("stage"),
+        "epoch": ckpt.get("epoch"),
+        "checkpoint": Path(checkpoint_path).name if checkpoint_path is not None else None,
+        "class_names": list(ckpt.get("class_names") or CLASS_NAMES),
+        "input": {
+            "name": INPUT_NAME,
+            "shape": ["batch", 3, size, size],
+            "size": size,
+            "dtype": "float32",
+            "layout": "NCHW",
+            "channels": "RGB with three identical channels (grey replicated)",
+            "value_range": [0.0, 255.0],
+            "normalisation": "none",
+        },
+        "output": {"name": OUTPUT_NAME, "shape": ["batch", len(ckpt.get("class_names") or CLASS_NAMES)],
+                   "meaning": "softmax probabilities in class_names order"},
+        "preparation": PREPARATION,
+    }
+
+
+@contextlib.contextmanager
+def _quiet_export():
+    """Silence tracer/exporter warnings (Python-level shape checks in the LHC layer) and
+    TorchScript's deprecation notices."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+def _export_torchscript(wrapped: nn.Module, sample: torch.Tensor, path: Path, metadata: dict) -> None:
+    with _quiet_export(), torch.no_grad():
+        traced = torch.jit.trace(wrapped, (sample,), check_trace=False)
+        torch.jit.save(traced, str(path), _extra_files={METADATA_NAME: json.dumps(metadata)})
+
+
+def _require_onnx():
+    try:
+        import onnx
+    except ImportError:
+        raise FertoolError(
+            "ONNX export needs the 'onnx' package: pip install 'fertool[export]' (onnx, onnxruntime)"
+        ) from None
+    return onnx
+
+
+def _export_onnx(wrapped: nn.Module, sample: torch.Tensor, path: Path, metadata: dict, opset: int) -> None:
+    onnx = _require_onnx()
+    with _quiet_export(), torch.no_grad():
+        try:
+            torch.onnx.export(
+                wrapped,
+                (sample,),
+                str(path),
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                opset_version=opset,
+                do_constant_folding=True,
+                dynamo=False,
+            )
+        except Exception as exc:  # the exporter raises many types; report one line
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelError(f"ONNX export (opset {opset}) failed: {first[:200]}") from None
+    model = onnx.load(str(path))
+    del model.metadata_props[:]
+    flat = {
+        "fertool": json.dumps(metadata),
+        "fertool_version": metadata["fertool_version"],
+        "arch": str(metadata["arch"]),
+        "class_names": json.dumps(metadata["class_names"]),
+        "input_size": str(metadata["input"]["size"]),
+        "input_layout": "NCHW, grey replicated to 3 channels",
+        "input_value_range": "0..255 float32, no normalisation",
+        "output": "softmax probabilities",
+    }
+    for key, value in flat.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    model.doc_string = f"fertool {metadata['arch']} facial expression classifier. Input preparation: {PREPARATION}"
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
+def _run_export(path: Path, fmt: str, x: torch.Tensor) -> tuple[np.ndarray | None, str | None]:
+    """Probabilities of the exported file on ``x``, and the runtime used (None: not checked)."""
+    if fmt == "torchscript":
+        with _quiet_export():  # torch.jit.load warns that TorchScript is deprecated
+            loaded = torch.jit.load(str(path), map_location="cpu")
+        with torch.no_grad():
+            return loaded(x).numpy(), f"torch.jit {torch.__version__}"
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return None, None
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0], f"onnxruntime {ort.__version__}"
+
+
+def export_model(
+    checkpoint_path: str | os.PathLike,
+    out_path: str | os.PathLike,
+    *,
+    fmt: str,
+    opset: int = 17,
+    batch: int = 2,
+    samples: int = 4,
+    seed: int = 0,
+    tolerance: float = 1e-4,
+    progress: Callable[..., None] | None = None,
+) -> dict:
+    """Export the checkpoint's model (eval mode, softmax output) to ``out_path``.
+
+    ``fmt``: ``onnx`` or ``torchscript``.  ``batch``: batch size of the example input
+    used for tracing (the batch axis stays dynamic: the check runs ``samples`` images at
+    once).  Returns ``{"max_abs_diff": float | None, "checked_with": str | None,
+    "metadata": dict, "path": str, "bytes": int}``; a difference above ``tolerance``
+    raises :class:`ModelError` and leaves ``out_path`` as it was.
+    """
+    from ..checkpoint import load_checkpoint, model_from_checkpoint
+
+    if fmt not in FORMATS:
+        raise FertoolError(f"--format: unknown export format {fmt!r} (known: {', '.join(FORMATS)})")
+    if batch < 1:
+        raise FertoolError(f"--batch: must be >= 1, got {batch}")
+    if samples < 1:
+        raise FertoolError(f"--samples: must be >= 1, got {samples}")
+    out_path = Path(out_path)
+    if out_path.is_dir():
+        raise FertoolError(f"--out {out_path}: is a folder, expected a file name")
+    if fmt == "onnx":
+        _require_onnx()
+    ckpt = load_checkpoint(checkpoint_path)
+    model = model_from_checkpoint(ckpt).eval()
+    size = int(getattr(model, "input_size", ckpt["arch_args"].get("input_size", 224)))
+    metadata = export_metadata(ckpt, fmt=fmt, checkpoint_path=checkpoint_path)
+    wrapped = _WithSoftmax(model).eval()
+    gen = torch.Generator().manual_seed(seed)
+    sample = torch.randint(0, 256, (batch, 3, size, size), generator=gen).to(torch.float32)
+    check = torch.randint(0, 256, (samples, 3, size, size), generator=gen).to(torch.float32)
+
+    step = 0
+
+    def tick(description: str) -> None:
+        nonlocal step
+        if progress is not None:
+            progress(step, 3, description=description)
+        step += 1
+
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        tick(f"export {fmt}")
+        if fmt == "onnx":
+            _export_onnx(wrapped, sample, tmp, metadata, opset)
+        else:
+            _export_torchscript(wrapped, sample, tmp, metadata)
+        tick("parity check")
+        with torch.no_grad():
+            expected = wrapped(check).numpy()  # (samples, C)
+        got, checked_with = _run_export(tmp, fmt, check)
+        max_abs_diff = float(np.abs(got - expected).max()) if got is not None else None
+        if max_abs_diff is not None and not max_abs_diff <= tolerance:
+            raise ModelError(
+                f"{out_path}: exported model disagrees with PyTorch (max |p diff| = {max_abs_diff:.3g} "
+                f"> tolerance {tolerance:g}, {checked_with}); nothing written"
+            )
+        tick("done")
+        os.chmod(tmp, file_mode())
+        os.replace(tmp, out_path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return {
+        "path": str(out_path),
+        "format": fmt,
+        "bytes": out_path.stat().st_size,
+        "max_abs_diff": max_abs_diff,
+        "checked_with": checked_with,
+        "samples": samples,
+        "metadata": metadata,
+    }
+
+
+def read_export_metadata(path: str | os.PathLike) -> dict:
+    """The fertool contract stored in an exported ``.onnx`` or TorchScript file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FertoolError(f"{path}: no such file")
+    if zipfile.is_zipfile(path):  # TorchScript archives are zip files: read the extra file only
+        with zipfile.ZipFile(path) as zf:
+            names = [n for n in zf.namelist() if n.endswith(f"/extra/{METADATA_NAME}")]
+            if not names:
+                raise FertoolError(f"{path}: TorchScript file without {METADATA_NAME} (not exported by fertool)")
+            return json.loads(zf.read(names[0]).decode("utf-8"))
+    onnx = _require_onnx()
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:
+        raise FertoolError(f"{path}: neither a TorchScript archive nor an ONNX model") from None
+    props = {p.key: p.value for p in model.metadata_props}
+    if "fertool" not in props:
+        raise FertoolError(f"{path}: ONNX model without fertool metadata (not exported by fertool)")
+    return json.loads(props["fertool"])
