@@ -1,0 +1,125 @@
+"""``fertool evaluate``: accuracy and more of a checkpoint, plain and with the paper's TTA."""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from ._common import QuietOption, RecipeOption, SetOption, err, out, progress_callback
+
+
+def evaluate_cli(
+    checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="fertool checkpoint (.pt) to evaluate."),
+    csv: Optional[Path] = typer.Option(None, "--csv", help="FER2013 CSV: images made the reference way (SPEC §1)."),
+    images: Optional[Path] = typer.Option(
+        None, "--images", help="Prepared image folder (fertool prepare) or a folder of class subfolders."
+    ),
+    split: str = typer.Option("PrivateTest", "--split", help="Split to evaluate: Training, PublicTest, PrivateTest."),
+    tta: bool = typer.Option(False, "--tta", help="Also evaluate with test-time augmentation (SPEC §5)."),
+    tta_preset: Optional[str] = typer.Option(
+        None, "--tta-preset", metavar="PRESET",
+        help="TTA preset from the recipe's tta.presets (paper, flip, ...); implies --tta. "
+        "Default: the recipe's tta.preset (paper).",
+    ),
+    out_dir: Optional[Path] = typer.Option(
+        None, "--out", "-o", help="Output folder (default: <checkpoint dir>/eval-<split>/)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print metrics.json to stdout and nothing else."),
+    batch_size: int = typer.Option(256, "--batch-size", min=1, help="Images per forward pass."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    recipe: Optional[str] = RecipeOption,
+    sets: Optional[List[str]] = SetOption,
+    quiet: bool = QuietOption,
+) -> None:
+    """Evaluate a checkpoint: accuracy, loss, balanced accuracy, macro-F1, per-class scores,
+    confusion matrix, bootstrap 95% interval and tied predictions; with --tta, plain and TTA
+    side by side.  Writes metrics.json, probs.npz, confusion.png and recipe.yaml."""
+    from ..evaluation.evaluate import evaluate_checkpoint
+
+    with ExitStack() as stack:
+        bar = None
+
+        def cb(done: int, total: int | None = None) -> None:
+            nonlocal bar  # the bar appears when inference starts, not before input errors
+            if bar is None:
+                description = f"evaluate {split}" + (" + TTA" if tta or tta_preset else "")
+                bar = stack.enter_context(progress_callback(description, quiet=quiet or as_json))
+            bar(done, total)
+
+        report = evaluate_checkpoint(
+            checkpoint,
+            csv=csv,
+            images=images,
+            split=split,
+            tta=tta_preset if tta_preset is not None else (True if tta else None),
+            out_dir=out_dir,
+            recipe=recipe,
+            overrides=sets or (),
+            batch_size=batch_size,
+            device=device,
+            progress=cb,
+        )
+    if as_json:
+        typer.echo((Path(report["out_dir"]) / "metrics.json").read_text(encoding="utf-8"), nl=False)
+        return
+    render_report(report)
+    if not quiet:
+        err.print(f"wrote {report['out_dir']}/ (metrics.json, probs.npz, confusion.png, recipe.yaml)")
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f}%"
+
+
+def render_report(report: dict) -> None:
+    """Rich tables of a metrics.json dict: summary, per-class scores, confusion matrices."""
+    from rich.table import Table
+
+    tta = report.get("tta")
+    variants = [("plain", report)] + ([(f"TTA ({tta['preset']})", tta)] if tta else [])
+    title = f"{report.get('arch')} stage {report.get('stage')} on {report['split']} ({report['n']:,} images)"
+    summary = Table(title=title, title_justify="left")
+    summary.add_column("metric")
+    for name, _ in variants:
+        summary.add_column(name, justify="right")
+    rows = [
+        ("accuracy", lambda m: _pct(m["accuracy"])),
+        ("95% interval", lambda m: f"{_pct(m['accuracy_ci']['low'])} - {_pct(m['accuracy_ci']['high'])}"),
+        ("loss", lambda m: f"{m['loss']:.4f}"),
+        ("balanced accuracy", lambda m: _pct(m["balanced_accuracy"])),
+        ("macro-F1", lambda m: _pct(m["macro_f1"])),
+        ("tied top predictions", lambda m: str(m["ties"])),
+    ]
+    for label, fmt in rows:
+        summary.add_row(label, *(fmt(m) for _, m in variants))
+    out.print(summary)
+
+    per_class = Table(title="per class (P precision, R recall)", title_justify="left")
+    per_class.add_column("class")
+    per_class.add_column("support", justify="right")
+    for name, _ in variants:
+        for col in ("P", "R", "F1"):
+            per_class.add_column(col + ("" if name == "plain" else " TTA"), justify="right")
+    for cls in report["class_names"]:
+        cells = [cls, str(report["per_class"][cls]["support"])]
+        for _, m in variants:
+            s = m["per_class"][cls]
+            cells += [_pct(s["precision"]), _pct(s["recall"]), _pct(s["f1"])]
+        per_class.add_row(*cells)
+    out.print(per_class)
+
+    for name, m in variants:
+        matrix = Table(title=f"confusion, {name} (row = true class; count and % of the row)", title_justify="left")
+        matrix.add_column("true \\ predicted")
+        for cls in report["class_names"]:
+            matrix.add_column(cls[:8], justify="right")
+        for cls, counts, rates in zip(report["class_names"], m["confusion"], m["confusion_normalised"]):
+            matrix.add_row(cls, *(f"{c} {100 * r:.0f}%" for c, r in zip(counts, rates)))
+        out.print(matrix)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("evaluate")(evaluate_cli)

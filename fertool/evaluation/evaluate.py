@@ -1,0 +1,232 @@
+"""``fertool evaluate``: a checkpoint on one split, plain and with the paper's TTA (SPEC §5).
+
+Images come the reference way from the CSV (48x48 originals resized on the fly, float,
+no floor, no JPEG; SPEC §1) or from a prepared / class-subfolder image folder.  Results
+go to ``<checkpoint dir>/eval-<split>/`` by default:
+
+* ``metrics.json``: accuracy, loss, balanced accuracy, macro-F1, per-class scores,
+  confusion matrices, bootstrap interval, ties; ``"tta"`` holds the same for the TTA
+  probabilities when TTA ran;
+* ``probs.npz``: ``rows`` (source CSV rows or image indices), ``labels``, ``probs`` and
+  ``tta_probs`` (plain and TTA softmax, float32), ``class_names``: every report can be
+  redone from it without inference (:func:`metrics_from_probs`);
+* ``confusion.png`` (plain and TTA side by side) and the resolved ``recipe.yaml``.
+
+Every input problem is detected before anything is written; the outputs are built in a
+temporary sibling folder and moved into place file by file.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from .. import CLASS_NAMES
+from ..errors import DataError, FertoolError, RecipeError
+from ..recipe import Recipe, TTAPreset, load_recipe, save_recipe, to_dict
+from ..utils import write_json
+
+__all__ = ["evaluate_checkpoint", "metrics_from_probs", "resolve_tta", "default_out_dir"]
+
+Progress = Callable[[int, "int | None"], None]
+
+
+def default_out_dir(checkpoint_path: str | os.PathLike, split: str) -> Path:
+    return Path(checkpoint_path).resolve().parent / f"eval-{split}"
+
+
+def resolve_tta(recipe: Recipe, tta: str | bool | TTAPreset | None) -> tuple[str | None, TTAPreset | None]:
+    """(name, preset) for a preset name of ``recipe.tta.presets``, True (the recipe's
+    ``tta.preset``), a preset, or None / False (no TTA)."""
+    if tta is None or tta is False:
+        return None, None
+    if tta is True:
+        tta = recipe.tta.preset
+    if isinstance(tta, TTAPreset):
+        return "custom", tta
+    if tta not in recipe.tta.presets:
+        raise RecipeError(f"tta: unknown preset {tta!r} (known: {', '.join(recipe.tta.presets)})")
+    return tta, recipe.tta.presets[tta]
+
+
+def _resolve_recipe(ckpt: Mapping[str, Any], recipe: Recipe | str | os.PathLike | Mapping | None,
+                    overrides: Sequence[str]) -> Recipe:
+    """The recipe given, else the one stored in the checkpoint, else the defaults; then ``overrides``."""
+    if isinstance(recipe, Recipe):
+        return load_recipe(to_dict(recipe), overrides) if overrides else recipe
+    source = recipe if recipe is not None else ckpt.get("recipe")
+    return load_recipe(source, overrides)
+
+
+def _open_split(csv: str | None, images: str | None, split: str, size: int, progress: Progress | None):
+    if csv is not None:
+        from ..data.datasets import reference_split
+
+        if not Path(csv).is_file():
+            raise DataError(f"{csv}: CSV file not found")
+        return reference_split(csv, split, size), {"csv": str(csv)}
+    try:
+        from ..data.cache import open_image_split
+    except ImportError:  # pragma: no cover - input-pipeline module not installed yet
+        raise FertoolError("--images needs fertool.data.cache, which this installation lacks; use --csv") from None
+    return open_image_split(images, split, progress=progress), {"images": str(images)}
+
+
+def _check_split(data, where: str, split: str, size: int, num_classes: int) -> None:
+    """Refuse an empty split, labels outside the model's classes, or images of another size."""
+    if len(data) == 0:
+        raise DataError(f"{where}: split '{split}' has no images")
+    labels = data.labels.numpy()
+    bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
+    if len(bad):
+        rows = getattr(data, "rows", None)
+        at = f"row {int(rows[bad[0]])}" if rows is not None else f"image {int(bad[0])}"
+        raise DataError(
+            f"{where}: split '{split}' has label {int(labels[bad[0]])} ({at}, {len(bad)} such images) "
+            f"but the checkpoint has {num_classes} classes"
+        )
+    if data.size != size:
+        raise DataError(f"{where}: images are {data.size}x{data.size} but the checkpoint's model takes {size}x{size}")
+
+
+def metrics_from_probs(probs: np.ndarray, labels: np.ndarray, class_names: Sequence[str], *,
+                       resamples: int = 1000, seed: int = 0) -> dict:
+    """The figures of one set of probabilities (also used to redo a report from probs.npz)."""
+    from .metrics import classification_metrics
+
+    return classification_metrics(probs, labels, class_names=class_names, resamples=resamples, seed=seed)
+
+
+def evaluate_checkpoint(
+    checkpoint_path: str | os.PathLike,
+    *,
+    csv: str | os.PathLike | None = None,
+    images: str | os.PathLike | None = None,
+    split: str = "PrivateTest",
+    tta: str | bool | TTAPreset | None = None,
+    out_dir: str | os.PathLike | None = None,
+    recipe: Recipe | str | os.PathLike | Mapping | None = None,
+    overrides: Sequence[str] = (),
+    batch_size: int = 256,
+    device: str = "cpu",
+    amp: bool | None = None,
+    resamples: int = 1000,
+    progress: Progress | None = None,
+) -> dict:
+    """Evaluate a checkpoint on ``split`` and write the report files; return metrics.json's dict.
+
+    ``tta`` is a preset name of ``recipe.tta.presets`` (``"paper"``, ``"flip"``...) or True
+    for the recipe's ``tta.preset`` (the paper's).  The
+    recipe is ``recipe`` if given, else the one stored in the checkpoint, else the
+    defaults, with ``overrides`` applied.  Without ``csv`` / ``images`` the recipe's
+    ``data.csv`` (then ``data.images``) is used.  ``amp`` defaults to the recipe's
+    ``train.amp`` (bf16 autocast, CUDA only).  The returned dict also carries
+    ``"out_dir"`` and ``"files"``.
+    """
+    from ..checkpoint import load_checkpoint, model_from_checkpoint
+    from ..utils import resolve_device
+    from .inference import predict_probs
+
+    checkpoint_path = Path(checkpoint_path)
+    ckpt = load_checkpoint(checkpoint_path)
+    rcp = _resolve_recipe(ckpt, recipe, overrides)
+    tta_name, preset = resolve_tta(rcp, tta)
+    if csv is not None and images is not None:
+        raise FertoolError("give either a CSV or an image folder, not both")
+    if csv is None and images is None:
+        csv, images = rcp.data.csv, (rcp.data.images if rcp.data.csv is None else None)
+    if csv is None and images is None:
+        raise DataError(
+            f"{checkpoint_path}: no data to evaluate on: pass --csv or --images (the checkpoint's recipe has no data.csv)"
+        )
+    arch_args = dict(ckpt.get("arch_args") or {})
+    size = int(arch_args.get("input_size", 224))
+    class_names = list(ckpt.get("class_names") or CLASS_NAMES)
+    num_classes = int(arch_args.get("num_classes", len(class_names)))
+    if len(class_names) != num_classes:
+        class_names = [f"class{i}" for i in range(num_classes)]
+    dev = resolve_device(device)
+
+    data, source = _open_split(None if csv is None else str(csv), None if images is None else str(images),
+                               split, size, None)
+    _check_split(data, str(csv if csv is not None else images), split, size, num_classes)
+    model = model_from_checkpoint(ckpt)
+
+    use_amp = rcp.train.amp if amp is None else amp
+    start = time.perf_counter()
+    result = predict_probs(model, data, batch_size=batch_size, device=dev, amp=use_amp,
+                           channels_last=rcp.train.channels_last and dev.type == "cuda", tta=preset,
+                           progress=progress)
+    seconds = time.perf_counter() - start
+    labels = data.labels.numpy()
+    rows = getattr(data, "rows", None)
+    rows = np.asarray(rows, dtype=np.int64) if rows is not None else np.arange(len(data), dtype=np.int64)
+
+    report: dict[str, Any] = {
+        "checkpoint": str(checkpoint_path),
+        "arch": ckpt.get("arch"),
+        "stage": ckpt.get("stage"),
+        "epoch": ckpt.get("epoch"),
+        "seed": (ckpt.get("extra") or {}).get("seed"),
+        "split": split,
+        **source,
+        "input_size": size,
+        "class_names": class_names,
+        "device": str(dev),
+        "amp": bool(use_amp and dev.type == "cuda"),
+        "seconds": seconds,
+        "images_per_s": len(data) / seconds if seconds > 0 else None,
+    }
+    report.update(metrics_from_probs(result["probs"], labels, class_names, resamples=resamples))
+    if preset is not None:
+        from .tta import tta_divisor, tta_plan
+
+        views = tta_plan(preset, size)
+        report["tta"] = {
+            "preset": tta_name,
+            "views": len(views),
+            "identity_weight": float(preset.identity_weight),
+            "divisor": tta_divisor(preset, views),
+            **metrics_from_probs(result["tta_probs"], labels, class_names, resamples=resamples),
+        }
+    else:
+        report["tta"] = None
+
+    out = Path(out_dir) if out_dir is not None else default_out_dir(checkpoint_path, split)
+    files = _write_outputs(out, report, rcp, rows, labels, result, class_names)
+    return {**report, "out_dir": str(out), "files": files}
+
+
+def _write_outputs(out: Path, report: dict, rcp: Recipe, rows: np.ndarray, labels: np.ndarray,
+                   result: dict, class_names: Sequence[str]) -> list[str]:
+    """Build every file in a temporary sibling folder, then move each into ``out``."""
+    from .plots import plot_confusion
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        write_json(tmp / "metrics.json", report)
+        arrays = {"rows": rows, "labels": labels.astype(np.int64), "probs": result["probs"],
+                  "class_names": np.asarray(class_names)}
+        if result["tta_probs"] is not None:
+            arrays["tta_probs"] = result["tta_probs"]
+        np.savez_compressed(tmp / "probs.npz", **arrays)
+        panels = [("plain" + f" ({100 * report['accuracy']:.2f}%)", np.asarray(report["confusion"]))]
+        if report["tta"] is not None:
+            panels.append((f"TTA {report['tta']['preset']} ({100 * report['tta']['accuracy']:.2f}%)",
+                           np.asarray(report["tta"]["confusion"])))
+        plot_confusion(panels, class_names, tmp / "confusion.png")
+        save_recipe(rcp, tmp / "recipe.yaml")
+        out.mkdir(parents=True, exist_ok=True)
+        names = sorted(p.name for p in tmp.iterdir())
+        for name in names:
+            os.replace(tmp / name, out / name)
+        return [str(out / name) for name in names]
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
