@@ -80,10 +80,17 @@ def test_prepared_uint8_equal_the_reference_exactly():
 
 
 def test_numpy_resize_matches_the_torch_resize_on_random_images():
-    x = np.random.default_rng(0).integers(0, 256, (16, 48, 48), dtype=np.uint8)
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (20, 48, 48), dtype=np.uint8)
+    x[:4] = 255 * rng.integers(0, 2, (4, 48, 48))  # extremes: the uint8 conversion must not wrap
+    x[4], x[5] = 0, 255
     for size in (224, 100, 48, 17):
-        expected = resize_bilinear(torch.from_numpy(x), size).numpy()
-        assert np.array_equal(resize_float(x, size), expected)
+        expected = resize_bilinear(torch.from_numpy(x), size)
+        assert np.array_equal(resize_float(x, size), expected.numpy())
+        floor = torch.floor(expected).clamp(0, 255).to(torch.uint8).numpy()
+        assert np.array_equal(prepare_pixels(x, size=size, rgb=False), floor)
+        rounded = torch.round(expected).clamp(0, 255).to(torch.uint8).numpy()
+        assert np.array_equal(prepare_pixels(x, size=size, rgb=False, truncate=False), rounded)
 
 
 def test_rounding_and_grey_options():

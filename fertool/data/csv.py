@@ -186,7 +186,7 @@ def open_csv(path: str | os.PathLike) -> tuple[Layout, IO[bytes]]:
     """
     path = Path(path)
     try:
-        fh = open(path, "rb")
+        fh = open(path, "rb", buffering=1 << 20)  # lines are ~9 KB: read in large blocks
     except FileNotFoundError:
         raise DataError(f"{path}: no such file") from None
     except IsADirectoryError:
@@ -207,6 +207,10 @@ def open_csv(path: str | os.PathLike) -> tuple[Layout, IO[bytes]]:
         raise
 
 
+def _blank(line: bytes) -> bool:
+    return not line or line.isspace()  # isspace() stops at the first non-space byte
+
+
 def iter_chunks(
     fh: IO[bytes], *, chunk_rows: int = 256, hasher=None
 ) -> Iterator[RawChunk]:
@@ -222,7 +226,7 @@ def iter_chunks(
     for line_no, line in enumerate(fh, start=2):
         if hasher is not None:
             hasher.update(line)
-        if len(line) <= 2 and not line.strip():
+        if _blank(line):
             continue
         rows.append(row)
         lines.append(line_no)
@@ -233,6 +237,62 @@ def iter_chunks(
             rows, lines, data = [], [], []
     if data:
         yield RawChunk(rows, lines, data)
+
+
+@dataclass(frozen=True)
+class Span:
+    """A byte range of the CSV holding whole lines, and where it starts in rows and lines."""
+
+    start: int  # byte offset of its first line
+    end: int  # byte offset just after its last line
+    first_row: int  # data row of its first non-blank line
+    first_line: int  # 1-based line number of its first line
+
+
+def iter_spans(fh: IO[bytes], *, chunk_rows: int = 256, hasher=None) -> Iterator[Span]:
+    """Like :func:`iter_chunks`, but yield byte ranges instead of the lines themselves.
+
+    A parent process can then hand out a few integers per chunk and let each worker
+    read its own lines with :func:`read_span`, instead of shipping ~9 KB per row
+    through a pipe.  Row and line numbering (blank lines skipped) are identical.
+    """
+    start = pos = fh.tell()
+    first_row = row = 0
+    first_line = 2
+    in_chunk = 0
+    for line_no, line in enumerate(fh, start=2):
+        if hasher is not None:
+            hasher.update(line)
+        pos += len(line)
+        if _blank(line):
+            continue
+        row += 1
+        in_chunk += 1
+        if in_chunk >= chunk_rows:
+            yield Span(start, pos, first_row, first_line)
+            start, first_row, first_line, in_chunk = pos, row, line_no + 1, 0
+    if in_chunk:
+        yield Span(start, pos, first_row, first_line)
+
+
+def read_span(fd: int, span: Span) -> RawChunk:
+    """The lines of ``span`` from the open file descriptor ``fd`` (``os.pread``)."""
+    block = os.pread(fd, span.end - span.start, span.start)
+    pieces = block.split(b"\n")
+    if pieces and pieces[-1] == b"":  # the text after the last newline (none)
+        pieces.pop()
+    rows: list[int] = []
+    lines: list[int] = []
+    data: list[bytes] = []
+    row = span.first_row
+    for line_no, line in enumerate(pieces, start=span.first_line):
+        if _blank(line):
+            continue
+        rows.append(row)
+        lines.append(line_no)
+        data.append(line.rstrip(b"\r"))
+        row += 1
+    return RawChunk(rows, lines, data)
 
 
 def count_lines(path: str | os.PathLike) -> int:
