@@ -18,11 +18,11 @@ Preparation of a face (SPEC §1) mirrors how ``fertool prepare`` made the traini
 from FER2013's 48x48 grey faces: the box is enlarged by a margin and made square
 (:func:`expand_box`), cropped, converted to grey, shrunk to 48x48 with ``cv2.INTER_AREA``
 (FER2013's own faces are 48x48 grey crops), then resized to the network's input size with
-the TF-exact bilinear resize and floored to uint8
-(:func:`fertool.data.resize.to_prepared_uint8`), replicated to three channels and passed
-through the same in-memory JPEG round trip at quality 100 without chroma subsampling
-(4:4:4) that the training images went through.  ``jpeg=False`` skips that round trip (it
-changes pixels by at most a few grey levels).
+the TF-exact float32 bilinear resize and floored to uint8, replicated to three channels
+and passed through the same in-memory JPEG round trip (quality 100 without chroma
+subsampling, 4:4:4) that the stored training images went through.  Resize, floor and
+JPEG encoding are the very functions of :mod:`fertool.data.prepare`.  ``jpeg=False``
+skips the round trip (it changes pixels by at most a few grey levels).
 """
 
 from __future__ import annotations
@@ -37,7 +37,6 @@ import cv2
 import numpy as np
 import torch
 
-from ..data.resize import to_prepared_uint8
 from ..errors import FertoolError
 
 __all__ = [
@@ -382,48 +381,70 @@ def face_to_48(gray_crop: np.ndarray) -> np.ndarray:
     return cv2.resize(gray_crop, (FER_SIZE, FER_SIZE), interpolation=cv2.INTER_AREA)
 
 
-def jpeg_roundtrip(gray: np.ndarray) -> np.ndarray:
-    """Encode a grey image replicated to RGB as JPEG quality 100, 4:4:4; decode it to grey.
+def jpeg_roundtrip(gray: np.ndarray, *, quality: int = 100, subsampling: str = "4:4:4") -> np.ndarray:
+    """Store a grey image as the training images are stored and read it back (SPEC §1).
 
-    The prepared training images are stored this way (SPEC §1).  Their three channels
-    are equal, so the chroma planes are flat and the decoded luma is the grey image.
+    Replicated to RGB and JPEG-encoded by :func:`fertool.data.prepare.encode_jpeg` (quality
+    100, 4:4:4 by default), decoded as the image cache decodes it (its three channels
+    stay equal, so one is kept).
     """
-    rgb = cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR)  # (S, S, 3), three equal channels
-    params = [
-        cv2.IMWRITE_JPEG_QUALITY, 100,
-        cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444,
-    ]
-    ok, buf = cv2.imencode(".jpg", rgb, params)
-    if not ok:  # pragma: no cover - OpenCV always encodes a valid uint8 image
-        raise FertoolError("JPEG encoding of a face crop failed")
-    return cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE)
+    from ..data.prepare import encode_jpeg, jpeg_params
+
+    rgb = np.repeat(gray[..., None], 3, axis=-1)  # (S, S) -> (S, S, 3), three equal channels
+    stored = encode_jpeg(rgb, jpeg_params(quality, subsampling))
+    decoded = cv2.imdecode(np.frombuffer(stored, np.uint8), cv2.IMREAD_COLOR)  # (S, S, 3)
+    return np.ascontiguousarray(decoded[..., 0])
 
 
-def prepare_face(face48: np.ndarray, size: int, *, jpeg: bool = True) -> np.ndarray:
+def prepare_face(
+    face48: np.ndarray,
+    size: int,
+    *,
+    jpeg: bool = True,
+    truncate: bool = True,
+    quality: int = 100,
+    subsampling: str = "4:4:4",
+) -> np.ndarray:
     """(48, 48) uint8 grey face -> (size, size) uint8 grey, made like the training images.
 
-    TF-exact bilinear resize in float32 and floor to uint8
-    (:func:`fertool.data.resize.to_prepared_uint8`), then, with ``jpeg``, the JPEG q100
-    4:4:4 round trip of the stored training images (:func:`jpeg_roundtrip`).
+    The TF-exact bilinear resize in float32 and the floor to uint8 of
+    :func:`fertool.data.prepare.prepare_pixels` (the code that wrote the training images;
+    same arithmetic as :func:`fertool.data.resize.to_prepared_uint8`, both pinned to the
+    reference fixture), then, with ``jpeg``, the JPEG round trip of the stored training
+    images (:func:`jpeg_roundtrip`).  ``truncate``/``quality``/``subsampling`` are the
+    recipe's ``prepare`` settings.
     """
-    prepared = to_prepared_uint8(torch.from_numpy(np.ascontiguousarray(face48)), size).numpy()  # (S, S) uint8
-    return jpeg_roundtrip(prepared) if jpeg else prepared
+    return prepare_faces([face48], size, jpeg=jpeg, truncate=truncate, quality=quality, subsampling=subsampling)[0]
 
 
-def face_to_input(gray_crop: np.ndarray, size: int, *, jpeg: bool = True) -> torch.Tensor:
+def prepare_faces(
+    faces48: Sequence[np.ndarray] | np.ndarray,
+    size: int,
+    *,
+    jpeg: bool = True,
+    truncate: bool = True,
+    quality: int = 100,
+    subsampling: str = "4:4:4",
+) -> np.ndarray:
+    """Several (48, 48) grey faces -> (N, size, size) uint8, the layout of an ``ArraySplit``."""
+    from ..data.prepare import prepare_pixels
+
+    if len(faces48) == 0:
+        return np.zeros((0, size, size), dtype=np.uint8)
+    stack = np.stack([np.asarray(f, dtype=np.uint8) for f in faces48])  # (N, 48, 48)
+    prepared = prepare_pixels(stack, size=size, rgb=False, truncate=truncate)  # (N, S, S) uint8
+    if jpeg:
+        prepared = np.stack([jpeg_roundtrip(p, quality=quality, subsampling=subsampling) for p in prepared])
+    return prepared
+
+
+def face_to_input(gray_crop: np.ndarray, size: int, *, jpeg: bool = True, **preparation) -> torch.Tensor:
     """Grey face crop -> float32 (3, size, size) model input, raw values 0..255 (SPEC §1).
 
     48x48 ``INTER_AREA`` -> :func:`prepare_face` -> channel replication (grey as RGB).
     """
-    prepared = prepare_face(face_to_48(gray_crop), size, jpeg=jpeg)  # (S, S) uint8
+    prepared = prepare_face(face_to_48(gray_crop), size, jpeg=jpeg, **preparation)  # (S, S) uint8
     return torch.from_numpy(prepared).to(torch.float32)[None].expand(3, -1, -1).contiguous()  # (3, S, S)
-
-
-def prepare_faces(crops: Sequence[np.ndarray], size: int, *, jpeg: bool = True) -> np.ndarray:
-    """Several grey crops -> (N, size, size) uint8, the layout of an ``ArraySplit``."""
-    if not crops:
-        return np.zeros((0, size, size), dtype=np.uint8)
-    return np.stack([prepare_face(face_to_48(c), size, jpeg=jpeg) for c in crops])
 
 
 def gui_problem() -> str | None:

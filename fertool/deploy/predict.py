@@ -13,7 +13,7 @@ a TTA preset of SPEC §5 when asked) and yields, in input order:
 
 Videos are streamed: frames are read one at a time, every ``every``-th frame is
 searched for faces, and at most ``batch_size`` faces plus a bounded frame buffer
-(``MAX_BUFFER_BYTES``, only when an annotated video is written) are held at once, so
+(``MAX_BUFFER_BYTES``, only when annotated copies are written) are held at once, so
 memory does not grow with the video's length.  Frames that are not searched are only
 grabbed, not decoded, unless they are written out.
 """
@@ -35,7 +35,7 @@ from .. import CLASS_NAMES
 from ..errors import DataError, FertoolError
 from ..utils import atomic_path
 from . import file_mode
-from .faces import Box, FaceDetector, crop_face, gui_problem, load_detector, prepare_faces
+from .faces import Box, FaceDetector, crop_face, face_to_48, gui_problem, load_detector, prepare_faces
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -57,7 +57,8 @@ IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".dib", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pbm", ".pnm", ".jp2"}
 )
 VIDEO_EXTENSIONS = frozenset({".mp4", ".m4v", ".avi", ".mov", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp"})
-#: Most bytes of decoded video frames held while their faces wait for a batch (annotated output only).
+#: Most bytes of decoded photos / video frames held while their faces wait for a batch
+#: (only when annotated copies are written; otherwise only the small prepared faces are kept).
 MAX_BUFFER_BYTES = 256 * 2**20
 
 Progress = Callable[..., None]
@@ -152,6 +153,19 @@ def resolve_tta(name: str, recipe: Mapping[str, Any] | None = None):
     return presets[name]
 
 
+def preparation_from_recipe(recipe: Mapping[str, Any] | None) -> dict[str, Any]:
+    """How the checkpoint's training images were prepared (recipe ``prepare``; defaults: SPEC §1)."""
+    from ..recipe import PrepareConfig
+
+    default = PrepareConfig()
+    section = (recipe or {}).get("prepare") or {}
+    return {
+        "truncate": bool(section.get("truncate", default.truncate)),
+        "quality": int(section.get("jpeg_quality", default.jpeg_quality)),
+        "subsampling": str(section.get("subsampling", default.subsampling)),
+    }
+
+
 class FaceClassifier:
     """A checkpoint's model ready to classify prepared faces (N, S, S) uint8, in batches."""
 
@@ -165,6 +179,7 @@ class FaceClassifier:
         tta=None,
         tta_name: str | None = None,
         batch_size: int = 64,
+        preparation: Mapping[str, Any] | None = None,
     ) -> None:
         if batch_size < 1:
             raise FertoolError(f"--batch-size: must be >= 1, got {batch_size}")
@@ -175,6 +190,8 @@ class FaceClassifier:
         self.tta = tta
         self.tta_name = tta_name
         self.batch_size = batch_size
+        #: keyword arguments of :func:`~fertool.deploy.faces.prepare_faces` (truncate, quality, subsampling)
+        self.preparation = dict(preparation or {})
 
     @classmethod
     def from_checkpoint(
@@ -200,6 +217,7 @@ class FaceClassifier:
             tta=preset,
             tta_name=tta,
             batch_size=batch_size,
+            preparation=preparation_from_recipe(ckpt.get("recipe")),
         )
 
     def classify(self, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
@@ -246,19 +264,25 @@ def input_kind(path: Path) -> str | None:
     return None
 
 
-def expand_inputs(paths: Iterable[str | os.PathLike]) -> Iterator[tuple[Path, Path | None] | InputProblem]:
+def expand_inputs(
+    paths: Iterable[str | os.PathLike], *, exclude: str | os.PathLike | None = None
+) -> Iterator[tuple[Path, Path | None] | InputProblem]:
     """``(file, folder it was found in or None)`` per input file; problems for bad inputs.
 
     Folders are searched recursively for image and video extensions (sorted, hidden
-    files skipped); an empty folder or a missing path is an :class:`InputProblem`.
+    files skipped, nothing under ``exclude``: the output folder of an earlier run);
+    an empty folder or a missing path is an :class:`InputProblem`.
     """
+    skip = Path(exclude).resolve() if exclude is not None else None
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
+            inner = skip if skip is not None and skip != path.resolve() else None
             found = sorted(
                 p for p in path.rglob("*")
                 if p.is_file() and input_kind(p) is not None
                 and not any(part.startswith(".") for part in p.relative_to(path).parts)
+                and not (inner is not None and p.resolve().is_relative_to(inner))
             )
             if not found:
                 yield InputProblem(str(path), "folder holds no images or videos")
@@ -328,7 +352,8 @@ def _write_image(path: Path, image: np.ndarray) -> Path:
 
 
 class _Names:
-    """Output paths under ``--out``: same base names, folder structure kept, no collisions."""
+    """Output paths under ``--out``: same base names, folder structure kept, no collisions,
+    never the input file itself (``<stem>.annotated<ext>`` when ``--out`` is its folder)."""
 
     def __init__(self, out_dir: Path) -> None:
         self.out_dir = out_dir
@@ -338,6 +363,8 @@ class _Names:
         rel = path.relative_to(root) if root is not None else Path(path.name)
         if suffix is not None:
             rel = rel.with_suffix(suffix)
+        if (self.out_dir / rel).resolve() == path.resolve():  # --out is the input's folder
+            rel = rel.with_name(f"{rel.stem}.annotated{rel.suffix}")
         candidate = self.out_dir / rel
         n = 2
         while candidate in self.used:
@@ -411,15 +438,16 @@ class _Predictor:
 
     def faces_of(self, image: np.ndarray, path: str, frame: int | None) -> _Work:
         boxes = self.detector.detect(image)
-        crops = [crop_face(image, b, self.margin) for b in boxes]
-        return _Work(path, frame, boxes, prepare_faces(crops, self.classifier.size, jpeg=self.jpeg))
+        faces48 = [face_to_48(crop_face(image, b, self.margin)) for b in boxes]
+        prepared = prepare_faces(faces48, self.classifier.size, jpeg=self.jpeg, **self.classifier.preparation)
+        return _Work(path, frame, boxes, prepared)
 
     # ------------------------------------------------------------------ photos
 
     def images(self, items: Sequence[tuple[Path, Path | None] | InputProblem]) -> Iterator[Event]:
         """Photos (and problems) in order; faces of consecutive photos share batches."""
         pending: list[_Work | InputProblem] = []
-        n_faces = 0
+        n_faces = n_bytes = 0
         total = sum(1 for it in items if not isinstance(it, InputProblem))
         done = 0
         for item in items:
@@ -430,7 +458,7 @@ class _Predictor:
             try:
                 image = read_image(path)
             except DataError as exc:
-                pending.append(InputProblem(str(path), str(exc).split(": ", 1)[-1]))
+                pending.append(InputProblem(str(path), str(exc).removeprefix(f"{path}: ")))
             else:
                 work = self.faces_of(image, str(path), None)
                 if not work.boxes:
@@ -438,14 +466,15 @@ class _Predictor:
                 else:
                     if self.names is not None:
                         work.image, work.out = image, self.names(path, root)
+                        n_bytes += image.nbytes
                     pending.append(work)
                     n_faces += len(work.boxes)
             done += 1
             if self.progress is not None:
                 self.progress(done, total, description="images")
-            if n_faces >= self.classifier.batch_size:
+            if n_faces >= self.classifier.batch_size or n_bytes >= self.max_buffer_bytes:
                 yield from self._flush_images(pending)
-                pending, n_faces = [], 0
+                pending, n_faces, n_bytes = [], 0, 0
         yield from self._flush_images(pending)
 
     def _flush_images(self, pending: list[_Work | InputProblem]) -> Iterator[Event]:
@@ -606,7 +635,7 @@ def predict_paths(
         progress=progress,
         max_buffer_bytes=max_buffer_bytes,
     )
-    events = _events(predictor, list(expand_inputs(paths)))
+    events = _events(predictor, list(expand_inputs(paths, exclude=out)))
     if out is None:
         yield from events
         return
