@@ -316,3 +316,11 @@ def test_overwrite_refuses_folders_that_are_not_prepared_datasets(reference_csv,
     with pytest.raises(DataError, match="the CSV is inside"):
         prepare(inside, out, config=small(), workers=1, overwrite=True)
     assert inside.is_file()
+
+
+def test_an_output_that_cannot_be_created_is_one_clear_error(reference_csv, tmp_path):
+    csv_path, *_ = reference_csv
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(DataError, match=re.escape(f"{blocker / 'out'}: cannot create it")):
+        prepare(csv_path, blocker / "out", config=small(), workers=1)

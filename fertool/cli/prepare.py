@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import signal
+from contextlib import contextmanager
 from pathlib import Path
-from typing import List, Optional
+from typing import Iterator, List, Optional
 
 import typer
 
@@ -26,7 +28,7 @@ def prepare_cli(
     from ..data.prepare import CANONICAL_PREFIX, prepare
 
     resolved = load_recipe_from_options(recipe, sets)
-    with progress_callback("prepare", quiet=quiet) as callback:
+    with _terminate_as_interrupt(), progress_callback("prepare", quiet=quiet) as callback:
         summary = prepare(csv, out_dir, config=resolved.prepare, recipe=resolved, overwrite=overwrite,
                           skip_bad=skip_bad, workers=workers, progress=callback)
     _print_counts(summary)
@@ -42,6 +44,24 @@ def prepare_cli(
                   "classes 3,995 / 436 / 4,097 / 7,215 / 4,830 / 3,171 / 4,965):", highlight=False, soft_wrap=True)
         for difference in check["differences"]:
             err.print(f"  - {difference}", highlight=False, soft_wrap=True)
+
+
+@contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """``kill`` (SIGTERM) cleans up like Ctrl-C: the temporary folder is removed."""
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (e.g. embedded): leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _print_counts(summary: dict) -> None:

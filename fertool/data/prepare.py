@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
+import cv2
 import numpy as np
 
 from .. import CLASS_NAMES, __version__
@@ -67,9 +68,9 @@ CANONICAL_PREFIX = "not the canonical FER2013"
 CHUNK_ROWS = 64
 #: Images resized at once: (8, 224, 224) float32 intermediates fit in a core's cache.
 RESIZE_BLOCK = 8
-#: With ``workers=None``, one worker process per this many rows at most (starting a
-#: worker costs ~0.3 s, which small CSVs do not repay).
-ROWS_PER_AUTO_WORKER = 1000
+#: With ``workers=None``, one worker process per this many rows at most: tiny CSVs
+#: are done in-process (a pool costs a fork per worker and a few chunks of latency).
+ROWS_PER_AUTO_WORKER = 500
 
 _SAMPLING = {"4:4:4": "IMWRITE_JPEG_SAMPLING_FACTOR_444", "4:2:2": "IMWRITE_JPEG_SAMPLING_FACTOR_422",
              "4:2:0": "IMWRITE_JPEG_SAMPLING_FACTOR_420"}
@@ -169,8 +170,6 @@ def prepare_pixels(grey: np.ndarray, *, size: int = 224, rgb: bool = True, trunc
 
 def jpeg_params(quality: int, subsampling: str) -> list[int]:
     """OpenCV ``imencode`` parameters: quality and chroma sampling (4:4:4 = none)."""
-    import cv2
-
     return [cv2.IMWRITE_JPEG_QUALITY, int(quality),
             cv2.IMWRITE_JPEG_SAMPLING_FACTOR, int(getattr(cv2, _SAMPLING[subsampling]))]
 
@@ -178,8 +177,6 @@ def jpeg_params(quality: int, subsampling: str) -> list[int]:
 def encode_jpeg(image: np.ndarray, params: list[int]) -> bytes:
     """uint8 (S, S) grey or (S, S, 3) RGB -> JPEG bytes (channel order is irrelevant:
     prepared images have three equal channels)."""
-    import cv2
-
     ok, buf = cv2.imencode(".jpg", image, params)
     if not ok:  # pragma: no cover - OpenCV only fails on invalid arguments
         raise DataError(f"JPEG encoding failed for an image of shape {image.shape}")
@@ -220,8 +217,6 @@ class _Result:
 def _init_worker_process() -> None:
     import signal
 
-    import cv2
-
     cv2.setNumThreads(1)  # one process per core already
     # Ctrl-C goes to the whole process group: the parent handles it (cancels the
     # pending chunks, removes the temporary folder); workers just finish their chunk.
@@ -247,8 +242,6 @@ def _work(task: _Task) -> _Result:
     pixels = parsed.pixels
     digests = b"".join(hashlib.sha256(p.tobytes()).digest() for p in pixels)
     if task.write and len(pixels):
-        import cv2
-
         images = prepare_pixels(pixels, size=task.size, rgb=False, truncate=task.truncate)
         params = list(task.params)
         paths = [image_relpath(SPLITS[s], label, row)
@@ -361,8 +354,11 @@ def prepare(
     nworkers = _auto_workers(workers, total)
     params = tuple(jpeg_params(config.jpeg_quality, config.subsampling))
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    except OSError as exc:
+        raise DataError(f"{out_dir}: cannot create it ({exc.strerror or exc})") from None
     try:
         summary = _run(csv_path, tmp, layout, config, params, skip_bad, nworkers, total, progress)
         summary["recipe"] = to_dict(recipe.prepare)
@@ -371,10 +367,9 @@ def prepare(
         (tmp / "prepare.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
         _check_destination(out_dir, csv_path, overwrite)  # nothing appeared meanwhile
         _install(tmp, out_dir)
-    except OSError as exc:
+    except OSError as exc:  # disk full, permissions...
         shutil.rmtree(tmp, ignore_errors=True)
-        where = exc.filename or out_dir
-        raise DataError(f"{where}: cannot write the prepared dataset ({exc.strerror or exc})") from None
+        raise DataError(f"{exc.filename or out_dir}: {exc.strerror or exc}; nothing was written") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
