@@ -54,14 +54,17 @@ def predict_cmd(
     Faces are found with OpenCV (or the detector given), cropped with a margin, made grey
     and 48x48, prepared exactly like the training images, and classified in batches.
     """
-    from ..deploy.faces import load_detector
+    from ..deploy.faces import gui_problem, load_detector
     from ..deploy.predict import FaceClassifier, FaceResult, InputDone, InputProblem, predict_paths, run_webcam
+    from ..errors import FertoolError
     from ..utils import resolve_device
 
     if not inputs and webcam is None:
         raise typer.BadParameter("give at least one INPUT (file, folder, video) or --webcam N", param_hint="INPUT")
-    if inputs and webcam is not None:
-        raise typer.BadParameter("give INPUTs or --webcam N, not both", param_hint="--webcam")
+    if webcam is not None and (inputs or out_dir is not None):
+        raise typer.BadParameter("--webcam shows a live window: it takes no INPUT and no --out", param_hint="--webcam")
+    if webcam is not None and (problem := gui_problem()) is not None:
+        raise FertoolError(problem)  # before the slow checkpoint load
     dev = resolve_device(device)
     face_detector = load_detector(detector)
     classifier = FaceClassifier.from_checkpoint(
@@ -88,7 +91,8 @@ def predict_cmd(
         ):
             if isinstance(event, InputProblem):
                 failed += 1
-                typer.echo(f"error: {event}", err=True)
+                # through the Rich console so that the live progress bar stays intact; one line
+                err.print(f"error: {event}", soft_wrap=True, markup=False, highlight=False)
             elif isinstance(event, FaceResult):
                 if json_lines:
                     typer.echo(json.dumps(event.to_dict()))
