@@ -1,0 +1,213 @@
+"""Whole networks (SPEC §2-3): reference forward passes, parameter counts, LHC placement."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from fertool.errors import ModelError
+from fertool.models import arch_from_recipe, build_model, freeze_except_controllers
+from fertool.recipe import load_recipe
+from tests._reference_weights import load_json, reference_state_dict
+from tests.conftest import load_reference, reference_file
+
+POSITIONS = ("stem", "stage1_unit3", "stage2_unit4", "stage3_unit6", "stage4_unit3")
+
+
+@pytest.fixture(scope="module")
+def net_ref():
+    return load_reference("full_network.npz")
+
+
+@pytest.fixture(scope="module")
+def tensors():
+    return load_json(reference_file("full_network.json"))
+
+
+def _nchw(a: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(a).permute(0, 3, 1, 2)
+
+
+def _hwc(t: torch.Tensor) -> np.ndarray:
+    return t.detach()[0].permute(1, 2, 0).numpy()
+
+
+def _run(model, x, hook_modules):
+    """Forward pass that captures the input/output of named modules via forward hooks."""
+    seen = {}
+    handles = [
+        m.register_forward_hook(lambda mod, inp, out, name=name: seen.__setitem__(name, (inp[0], out)))
+        for name, m in hook_modules.items()
+    ]
+    with torch.no_grad():
+        feats = model.forward_features(x)
+        prob = torch.softmax(model.forward_head(feats), dim=-1)
+    for h in handles:
+        h.remove()
+    return feats, prob, seen
+
+
+def test_backbone_reproduces_reference(net_ref, tensors):
+    model = build_model("resnet34v2").eval()
+    missing, unexpected = model.load_state_dict(reference_state_dict(tensors, "backbone"), strict=False)
+    assert not unexpected and all(k.endswith("num_batches_tracked") for k in missing)
+    hooks = {"stem": model.stem, **{p: model.units[p] for p in POSITIONS[1:]}}
+    feats, prob, seen = _run(model, _nchw(net_ref["input"]), hooks)
+    np.testing.assert_allclose(prob.numpy(), net_ref["backbone_prob"], atol=1e-5)
+    np.testing.assert_allclose(feats.numpy(), net_ref["backbone_gap"], atol=1e-4)
+    if "backbone_feat1_b0" not in net_ref:
+        pytest.skip("intermediate feature maps are only in ../shared/reference/full_network.npz")
+    for k, pos in enumerate(POSITIONS, start=1):
+        np.testing.assert_allclose(_hwc(seen[pos][1]), net_ref[f"backbone_feat{k}_b0"], atol=1e-4, err_msg=pos)
+
+
+def test_lhc_net_reproduces_reference(net_ref, tensors):
+    model = build_model("lhc_net").eval()
+    sd = reference_state_dict(tensors, "lhc")
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    assert not unexpected and all(k.endswith("num_batches_tracked") for k in missing)
+    feats, prob, seen = _run(model, _nchw(net_ref["input"]), model.lhc_modules())
+    np.testing.assert_allclose(prob.numpy(), net_ref["lhc_prob"], atol=2e-5)
+    np.testing.assert_allclose(feats.numpy(), net_ref["lhc_gap"], atol=1e-4)
+    if "lhc1_pre_b0" not in net_ref:
+        pytest.skip("intermediate feature maps are only in ../shared/reference/full_network.npz")
+    for k in range(1, 6):
+        pre, post = seen[f"lhc{k}"]
+        for got, key in ((pre, f"lhc{k}_pre_b0"), (post, f"lhc{k}_post_b0")):
+            want = net_ref[key]
+            assert np.abs(_hwc(got) - want).max() <= 1e-4 * np.abs(want).max(), key
+
+
+def test_param_counts():
+    counts = json.loads(reference_file("param_counts.json").read_text())
+    backbone = build_model("resnet34v2")
+    lhc = build_model("lhc_net")
+    n_backbone = sum(p.numel() for p in backbone.parameters())
+    n_lhc = sum(p.numel() for p in lhc.parameters())
+    assert n_backbone == counts["backbone_model"]["trainable"] == 27_590_858
+    assert n_lhc == counts["lhc_model"]["trainable"] == 32_396_302
+    # Keras also counts the BN moving statistics (non-trainable weights)
+    moving = sum(b.numel() for n, b in backbone.named_buffers() if n.endswith(("running_mean", "running_var")))
+    assert n_backbone + moving == counts["backbone_model"]["total"]
+    assert n_lhc + moving == counts["lhc_model"]["total"]
+    per_module = [sum(p.numel() for p in m.parameters()) for m in lhc.lhc_modules().values()]
+    assert per_module == [m["params"] for m in counts["lhc_modules"]]
+    share = sum(per_module) / (n_lhc + moving)
+    assert round(100 * share, 1) == 14.8
+    n_ctrl = sum(p.numel() for p in build_model("lhc_netc").parameters())
+    assert n_ctrl == n_lhc + 5
+
+
+def test_backbone_keys_identical_across_archs():
+    plain = set(build_model("resnet34v2").state_dict())
+    for arch in ("lhc_net", "lhc_netc"):
+        keys = set(build_model(arch).state_dict())
+        assert plain <= keys
+        assert all(k.startswith("lhc.") for k in keys - plain)
+
+
+def test_lhc_modules_in_network_order_and_placement():
+    spec = [  # written out of order: names follow the network
+        {"after": "stage2_unit1", "heads": 4, "dim": 5},
+        {"after": "stem", "heads": 2, "dim": 3},
+    ]
+    model = build_model("lhc_net", input_size=64, lhc=spec)
+    mods = model.lhc_modules()
+    assert list(mods) == ["lhc1", "lhc2"]
+    assert (mods["lhc1"].channels, mods["lhc1"].spatial) == (64, (16, 16))
+    assert (mods["lhc2"].channels, mods["lhc2"].spatial) == (128, (8, 8))
+    assert build_model("resnet34v2").lhc_modules() == {}
+
+
+def test_input_size_adapts():
+    model = build_model("lhc_net", input_size=64, num_classes=3, hidden=[32],
+                        lhc=[{"after": "stem", "heads": 8, "dim": 4}, {"after": "stage4_unit3", "heads": 4, "dim": 2}])
+    x = torch.rand(2, 3, 64, 64) * 255
+    assert model.forward_features(x).shape == (2, 512)
+    assert model(x).shape == (2, 3)
+
+
+def test_every_parameter_gets_a_finite_gradient():
+    torch.manual_seed(0)
+    model = build_model("lhc_netc", input_size=64, hidden=[16],
+                        lhc=[{"after": "stem", "heads": 8, "dim": 4}, {"after": "stage3_unit6", "heads": 2, "dim": 3}],
+                        controller_init=[0.0, -0.5])
+    model.train()
+    loss = torch.nn.functional.cross_entropy(model(torch.rand(2, 3, 64, 64) * 255), torch.tensor([0, 3]))
+    loss.backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+
+
+def test_placement_errors():
+    with pytest.raises(ModelError, match=r"model\.lhc\.0\.after: unknown position 'stage1_unit4'"):
+        build_model("lhc_net", lhc=[{"after": "stage1_unit4", "heads": 1, "dim": 2}])
+    with pytest.raises(ModelError, match=r"model\.lhc\.1\.after: a module is already placed after 'stem'"):
+        build_model("lhc_net", lhc=[{"after": "stem", "heads": 1, "dim": 2}, {"after": "stem", "heads": 2, "dim": 2}])
+    # Table 2 at 64 px: stage2 is 8x8 = 64 positions, 7 heads do not divide it
+    with pytest.raises(ModelError, match=r"model\.lhc\.2\.heads: lhc3 after stage2_unit4 sees 8x8 = 64 positions"):
+        build_model("lhc_net", input_size=64)
+    with pytest.raises(ModelError, match=r"model\.lhc\.0: unknown key\(s\) head"):
+        build_model("lhc_net", lhc=[{"after": "stem", "head": 1, "dim": 2}])
+    with pytest.raises(ModelError, match=r"model\.controller_init: needs one value per LHC module \(5\), got 2"):
+        build_model("lhc_netc", controller_init=[0.0, 1.0])
+    with pytest.raises(ModelError, match="unknown architecture 'resnet50'"):
+        build_model("resnet50")
+    with pytest.raises(ModelError, match=r"model\.lhc\.0: .*dim must be a positive integer"):
+        build_model("lhc_net", lhc=[{"after": "stem", "heads": 1, "dim": 0}])
+
+
+def test_reset_lhc_is_deterministic_per_module():
+    a = build_model("lhc_net", input_size=64, lhc=[{"after": "stem", "heads": 2, "dim": 3},
+                                                   {"after": "stage1_unit3", "heads": 2, "dim": 3}])
+    b = build_model("lhc_net", input_size=64, lhc=[{"after": "stem", "heads": 2, "dim": 3},
+                                                   {"after": "stage1_unit3", "heads": 2, "dim": 3}])
+    a.reset_lhc(7)
+    b.reset_lhc(7)
+    for k, v in a.lhc.state_dict().items():
+        assert torch.equal(v, b.lhc.state_dict()[k]), k
+    # module 1 and 2 draw from different streams, and another seed gives other weights
+    assert not torch.equal(a.lhc["lhc1"].qk_weight, a.lhc["lhc2"].qk_weight)
+    before = a.lhc["lhc1"].qk_weight.clone()
+    lhc2_before = a.lhc["lhc2"].qk_weight.clone()
+    a.reset_lhc(8, names=["lhc1"])
+    assert not torch.equal(before, a.lhc["lhc1"].qk_weight)
+    assert torch.equal(lhc2_before, a.lhc["lhc2"].qk_weight)
+    with pytest.raises(ModelError, match="no LHC module named 'lhc9'"):
+        a.reset_lhc(1, names=["lhc9"])
+
+
+def test_freeze_except_controllers():
+    model = build_model("lhc_netc", input_size=64, lhc=[{"after": "stem", "heads": 2, "dim": 3}], controller_init=[-1.0])
+    params = freeze_except_controllers(model)
+    assert len(params) == 1 and params[0].item() == -1.0
+    assert [n for n, p in model.named_parameters() if p.requires_grad] == ["lhc.lhc1.controller"]
+    with pytest.raises(ModelError, match="no LHC controllers"):
+        freeze_except_controllers(build_model("resnet34v2", input_size=64))
+
+
+def test_arch_from_recipe():
+    recipe = load_recipe("lhc")
+    assert arch_from_recipe(recipe.model, "backbone")[0] == "resnet34v2"
+    arch, args = arch_from_recipe(recipe.model, "controller")
+    assert arch == "lhc_netc" and args["controller_init"] == [0.0, 0.0, 0.0, -1.0, -0.5]
+    assert args["lhc"][2] == {"after": "stage2_unit4", "heads": 7, "dim": 56, "pool": 3, "kernel": 3, "scale": 1.0}
+    assert args["bn_momentum"] == 0.99 and args["bn_eps"] == 2e-5
+    model = build_model(*arch_from_recipe(recipe.model, "lhc")[:1], **arch_from_recipe(recipe.model, "lhc")[1])
+    bn = model.units["stage1_unit1"].bn1
+    assert bn.momentum == pytest.approx(0.01) and bn.eps == 2e-5
+    tv = load_recipe("lhc", ["model.backbone=resnet34_tv"])
+    assert arch_from_recipe(tv.model, "lhc")[0] == "resnet34_tv"
+
+
+def test_torchvision_backbone_with_and_without_lhc():
+    tv = build_model("resnet34_tv", input_size=64, num_classes=7, hidden=[8])
+    x = torch.rand(1, 3, 64, 64) * 255
+    assert tv(x).shape == (1, 7) and tv.lhc_modules() == {}
+    assert any(k.startswith("trunk.layer4.2.conv2") for k in tv.state_dict())
+    tv_lhc = build_model("resnet34_tv", input_size=64, hidden=[8], lhc=[{"after": "stage1_unit3", "heads": 4, "dim": 3}])
+    assert tv_lhc(x).shape == (1, 7)
+    assert set(tv.state_dict()) <= set(tv_lhc.state_dict())
