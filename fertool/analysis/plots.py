@@ -150,7 +150,8 @@ def plot_attention(
     panels = 2 + heads
     ncols = min(5, panels)
     nrows = -(-panels // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(2.6 * ncols, 2.6 * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(2.8 * ncols, 2.8 * nrows), squeeze=False,
+                             gridspec_kw={"wspace": 0.35})
     for ax in axes.flat:
         ax.axis("off")
     size = image.shape[0]
@@ -165,6 +166,12 @@ def plot_attention(
     for k in range(1, heads):
         y = k * stripe_rows * size / h
         ax.axhline(y, color="c", lw=0.8)
+    if heads <= 16:  # mean energy of each head's stripe, at its right
+        per_stripe = energy.reshape(heads, -1).mean(axis=1)  # (heads,)
+        for k, value in enumerate(per_stripe):
+            y = (k + 0.5) * stripe_rows * size / h
+            ax.text(size * 0.02, y, f"{value:.3g}", fontsize=6, va="center", ha="left", color="w",
+                    bbox={"facecolor": "k", "alpha": 0.5, "pad": 1, "lw": 0})
     ax.set_xlim(0, size)
     ax.set_ylim(size, 0)
     ax.set_title("output energy mean|A| per stripe", fontsize=8)
@@ -177,6 +184,9 @@ def plot_attention(
         ax.set_title(f"head {hd + 1}: W (C x C)", fontsize=8)
         ax.set_xticks([])
         ax.set_yticks([])
+        if hd == 0:
+            ax.set_xlabel("key channel", fontsize=7)
+            ax.set_ylabel("query channel", fontsize=7)
     if title:
         fig.suptitle(title, fontsize=9)
     _save(fig, path)

@@ -1,0 +1,467 @@
+"""Ablation of the LHC modules without retraining (SPEC §6), with head analysis and pictures.
+
+``ablate(checkpoint)`` measures the test accuracy of an LHC-Net / LHC-NetC checkpoint with
+sets of its LHC modules
+
+* ``off``: bypassed, ``enabled = False`` (output = input);
+* ``detrain``: reset to the untrained initial weights, ``model.reset_lhc(seed, names)`` with
+  the seed ``augment-lhc`` recorded (``ckpt["extra"]["lhc_seed"]``): the same Keras-default
+  initialiser and per-module seed streams, so the weights are bit-identical to the ones
+  the module started training from (an LHC-NetC controller goes back to its initial w).
+
+Sets (``sets``): ``single`` (each module alone), ``cumulative`` (from the first module,
+{lhc1}, {lhc1, lhc2}, ...; and from the last, {lhc5}, {lhc4, lhc5}, ...), ``all`` (every
+non-empty subset: 31 for five modules).  A set reached several ways is evaluated once.
+
+For every ablated set S the complement K = modules - S is what was *kept*; the paper
+reads the ablation that way ("the first two modules suffice").  ``smallest_kept`` is, per
+mode and accuracy kind (plain, TTA), the smallest kept set whose accuracy is within
+``tolerance`` of the full model (accuracy >= full - tolerance): fewest modules first, then
+fewest heads, then highest accuracy; the full model (nothing ablated) is always a
+candidate.  The search covers the sets that were evaluated: exhaustive with ``all``.
+
+Head analysis (``heads=True``, on by default) runs on the full model during its plain
+evaluation pass, with no extra inference: see :mod:`fertool.analysis.heads`.  Attention
+pictures (``pictures`` images, evenly spaced in the split) show, per module, the input, the
+module's output energy mean_c |A| per position with the stripe boundaries of the heads,
+and each head's C x C attention weights.
+
+Every inference goes through :func:`fertool.evaluation.inference.predict_probs`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import itertools
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..data.datasets import ImageSplit
+from ..errors import CheckpointError, FertoolError
+from . import atomic_dir
+
+__all__ = [
+    "MODES",
+    "SET_KINDS",
+    "ablation_sets",
+    "ablated",
+    "smallest_kept",
+    "SubsetSplit",
+    "ablate",
+    "default_out_dir",
+]
+
+MODES = ("off", "detrain")
+SET_KINDS = ("single", "cumulative", "all")
+Progress = Callable[[int, "int | None"], None]
+
+
+# --------------------------------------------------------------------------- sets
+
+
+def ablation_sets(names: Sequence[str], kinds: Sequence[str]) -> list[tuple[tuple[str, ...], list[str]]]:
+    """The module sets to ablate, in network order, each once: ``[(set, [how it arose])]``.
+
+    ``how``: ``single``, ``first`` (cumulative from the first module), ``last``
+    (cumulative from the last), ``subset`` (from ``all``).
+    """
+    names = list(names)
+    unknown = [k for k in kinds if k not in SET_KINDS]
+    if unknown or not kinds:
+        raise FertoolError(f"--sets: must be some of {', '.join(SET_KINDS)}, got {', '.join(kinds) or 'nothing'}")
+    found: dict[tuple[str, ...], list[str]] = {}
+
+    def add(subset: Sequence[str], how: str) -> None:
+        key = tuple(n for n in names if n in subset)  # network order
+        found.setdefault(key, [])
+        if how not in found[key]:
+            found[key].append(how)
+
+    if "single" in kinds:
+        for n in names:
+            add([n], "single")
+    if "cumulative" in kinds:
+        for k in range(1, len(names) + 1):
+            add(names[:k], "first")
+        for k in range(1, len(names) + 1):
+            add(names[-k:], "last")
+    if "all" in kinds:
+        for k in range(1, len(names) + 1):
+            for combo in itertools.combinations(names, k):
+                add(combo, "subset")
+    return list(found.items())
+
+
+@contextlib.contextmanager
+def ablated(model: nn.Module, mode: str, names: Sequence[str], *, seed: int | None = None) -> Iterator[nn.Module]:
+    """Within the block, the LHC modules ``names`` of ``model`` are switched off or de-trained.
+
+    ``off`` sets ``enabled = False``; ``detrain`` calls ``model.reset_lhc(seed, names)``.
+    On exit the modules are restored bit for bit (flags and weights).
+    """
+    modules = model.lhc_modules()
+    missing = [n for n in names if n not in modules]
+    if missing:
+        raise FertoolError(f"no LHC module named {missing[0]!r} (the model has: {', '.join(modules)})")
+    if mode == "off":
+        saved = {n: modules[n].enabled for n in names}
+        try:
+            for n in names:
+                modules[n].enabled = False
+            yield model
+        finally:
+            for n, flag in saved.items():
+                modules[n].enabled = flag
+    elif mode == "detrain":
+        if seed is None:
+            raise FertoolError("detrain needs the LHC initialisation seed")
+        state = {n: {k: v.detach().clone() for k, v in modules[n].state_dict().items()} for n in names}
+        try:
+            with torch.no_grad():
+                model.reset_lhc(int(seed), list(names))
+            yield model
+        finally:
+            for n, sd in state.items():
+                modules[n].load_state_dict(sd)
+    else:
+        raise FertoolError(f"--modes: unknown mode {mode!r} (known: {', '.join(MODES)})")
+
+
+def smallest_kept(
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    mode: str,
+    names: Sequence[str],
+    heads: Mapping[str, int],
+    full: float,
+    tolerance: float,
+    key: str = "accuracy",
+    exhaustive: bool = False,
+) -> dict:
+    """The smallest set of modules that, kept (the rest ablated in ``mode``), stays within tolerance.
+
+    ``rows`` are result rows (``mode``, ``set``, ``kept``, ``key``); ``full`` is the full
+    model's value of ``key``.  Ranking: fewest modules, then fewest heads, then the
+    highest accuracy.  The full model is always a candidate (it is within tolerance of
+    itself).
+    """
+    candidates = [(tuple(names), full)]
+    candidates += [(tuple(r["kept"]), r[key]) for r in rows if r["mode"] == mode and r.get(key) is not None]
+    eps = 1e-12  # accuracies are ratios of integers: guard the comparison against rounding
+    ok = [(kept, acc) for kept, acc in candidates if acc >= full - tolerance - eps]
+    kept, acc = min(ok, key=lambda c: (len(c[0]), sum(heads[n] for n in c[0]), -c[1]))
+    return {
+        "modules": list(kept),
+        "heads": sum(heads[n] for n in kept),
+        "total_heads": sum(heads.values()),
+        key: acc,
+        "delta": acc - full,
+        "searched": "all subsets" if exhaustive else "evaluated sets",
+    }
+
+
+# --------------------------------------------------------------------------- data
+
+
+class SubsetSplit(ImageSplit):
+    """The first images of a split (``--max-images``), same interface."""
+
+    def __init__(self, base: ImageSplit, count: int) -> None:
+        self.base = base
+        self.index = torch.arange(min(count, len(base)))
+        self.labels = base.labels[self.index]
+        self.name = base.name
+        self.size = base.size
+        self.class_names = base.class_names
+        rows = getattr(base, "rows", None)
+        self.rows = None if rows is None else np.asarray(rows)[: len(self.index)]
+
+    def load(self, index: torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
+        return self.base.load(self.index[index.cpu()], device)
+
+
+def default_out_dir(checkpoint_path: str | os.PathLike, split: str) -> Path:
+    return Path(checkpoint_path).resolve().parent / f"ablate-{split}"
+
+
+# --------------------------------------------------------------------------- main
+
+
+def _accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
+    from ..evaluation.metrics import accuracy, predictions
+
+    return accuracy(predictions(probs), labels)
+
+
+def _choose(values: Sequence[str] | str | None, default: Sequence[str], known: Sequence[str], option: str) -> tuple:
+    if values is None:
+        values = default
+    if isinstance(values, str):
+        values = [v.strip() for v in values.split(",") if v.strip()]
+    values = tuple(dict.fromkeys(values))
+    bad = [v for v in values if v not in known]
+    if bad or not values:
+        raise FertoolError(f"{option}: must be some of {', '.join(known)}, got {', '.join(values) or 'nothing'}")
+    return values
+
+
+def ablate(
+    checkpoint_path: str | os.PathLike,
+    *,
+    csv: str | os.PathLike | None = None,
+    images: str | os.PathLike | None = None,
+    split: str = "PrivateTest",
+    modes: Sequence[str] | str | None = None,
+    sets: Sequence[str] | str | None = None,
+    tta: Any = None,
+    tolerance: float | None = None,
+    out_dir: str | os.PathLike | None = None,
+    batch_size: int = 256,
+    device: str = "cpu",
+    max_images: int | None = None,
+    heads: bool = True,
+    pictures: int = 4,
+    recipe: Any = None,
+    overrides: Sequence[str] = (),
+    amp: bool | None = None,
+    progress: Progress | None = None,
+) -> dict:
+    """Ablate the LHC modules of a checkpoint on ``split`` and write the report (module docstring).
+
+    ``modes`` / ``sets`` / ``tolerance`` default to the recipe's ``ablate`` section
+    (off + detrain, single + cumulative, 0.005).  ``tta`` is a preset name of the recipe's
+    ``tta.presets`` (or a :class:`~fertool.recipe.TTAPreset`), True for the recipe's
+    ``tta.preset``, None for none.  The recipe is
+    ``recipe`` if given, else the checkpoint's, with ``overrides``; data come from ``csv``
+    (reference images) or ``images``, else from the recipe's ``data`` section.
+    ``max_images`` keeps the first images of the split.  Outputs go to ``out_dir``
+    (default ``<checkpoint dir>/ablate-<split>/``), built in a temporary folder and moved
+    into place at the end: ``ablation.json``, ``ablation.png``, ``heads-<module>.png``,
+    ``pictures/``, ``recipe.yaml``.  Returns the ``ablation.json`` dict (with ``out_dir``).
+    """
+    from ..checkpoint import load_checkpoint, model_from_checkpoint
+    from ..evaluation.evaluate import _check_split, _open_split, _resolve_recipe, resolve_tta
+    from ..evaluation.inference import predict_probs
+    from ..recipe import AblateConfig, save_recipe
+    from ..utils import resolve_device, write_json
+    from .heads import controller_weights, head_summary, record_heads
+
+    checkpoint_path = Path(checkpoint_path)
+    ckpt = load_checkpoint(checkpoint_path)
+    model = model_from_checkpoint(ckpt)
+    modules = model.lhc_modules() if hasattr(model, "lhc_modules") else {}
+    if not modules:
+        raise CheckpointError(f"{checkpoint_path}: has no LHC modules; ablate needs an LHC-Net or LHC-NetC checkpoint")
+    names = list(modules)
+    head_counts = {n: int(m.heads) for n, m in modules.items()}
+
+    rcp = _resolve_recipe(ckpt, recipe, overrides)
+    modes = _choose(modes, rcp.ablate.modes, MODES, "--modes")
+    kinds = _choose(sets, rcp.ablate.sets, SET_KINDS, "--sets")
+    tolerance = rcp.ablate.tolerance if tolerance is None else float(tolerance)
+    if not tolerance >= 0:
+        raise FertoolError(f"--tolerance: must be >= 0, got {tolerance}")
+    if max_images is not None and max_images < 1:
+        raise FertoolError(f"--max-images: must be >= 1, got {max_images}")
+    seed = (ckpt.get("extra") or {}).get("lhc_seed")
+    if "detrain" in modes and not isinstance(seed, int):
+        raise CheckpointError(
+            f"{checkpoint_path}: records no LHC initialisation seed (extra.lhc_seed, written by augment-lhc), "
+            "which 'detrain' needs; use --modes off"
+        )
+    tta_name, preset = resolve_tta(rcp, rcp.tta.preset if tta is True else tta)
+
+    if csv is not None and images is not None:
+        raise FertoolError("give either a CSV or an image folder, not both")
+    if csv is None and images is None:
+        csv, images = rcp.data.csv, (rcp.data.images if rcp.data.csv is None else None)
+    if csv is None and images is None:
+        raise FertoolError(f"{checkpoint_path}: no data to ablate on: pass --csv or --images "
+                           "(the checkpoint's recipe has no data.csv)")
+    arch_args = dict(ckpt.get("arch_args") or {})
+    size = int(arch_args.get("input_size", 224))
+    num_classes = int(arch_args.get("num_classes", 7))
+    data, source = _open_split(None if csv is None else str(csv), None if images is None else str(images),
+                               split, size, None)
+    _check_split(data, str(csv if csv is not None else images), split, size, num_classes)
+    if max_images is not None and max_images < len(data):
+        data = SubsetSplit(data, max_images)
+    labels = data.labels.numpy()
+    n = len(data)
+
+    dev = resolve_device(device)
+    use_amp = rcp.train.amp if amp is None else bool(amp)
+    infer = dict(batch_size=batch_size, device=dev, amp=use_amp,
+                 channels_last=rcp.train.channels_last and dev.type == "cuda")
+    set_list = ablation_sets(names, kinds)
+    passes = 1 + len(modes) * len(set_list) + (1 if preset is not None else 0)
+    done = [0]
+
+    def step_progress(offset: int):
+        if progress is None:
+            return None
+
+        def cb(k: int, total: int | None = None) -> None:
+            progress(offset + k, passes * n)
+
+        return cb
+
+    def run(tta_preset=None) -> dict:
+        result = predict_probs(model, data, tta=tta_preset, progress=step_progress(done[0]), **infer)
+        done[0] += n
+        return result
+
+    start = time.perf_counter()
+    # Full model: the plain pass also feeds the head analysis (hooks, sufficient statistics).
+    with record_heads(model) if heads else contextlib.nullcontext() as stats:
+        full_plain = run()
+    full = {"accuracy": _accuracy(full_plain["probs"], labels), "tta_accuracy": None}
+    if preset is not None:
+        full["tta_accuracy"] = _accuracy(run(preset)["tta_probs"], labels)
+
+    rows: list[dict] = []
+    for mode in modes:
+        for subset, how in set_list:
+            with ablated(model, mode, subset, seed=seed):
+                result = run(preset)
+            acc = _accuracy(result["probs"], labels)
+            row = {
+                "mode": mode,
+                "set": list(subset),
+                "kinds": how,
+                "kept": [m for m in names if m not in subset],
+                "heads_ablated": sum(head_counts[m] for m in subset),
+                "heads_kept": sum(head_counts[m] for m in names if m not in subset),
+                "accuracy": acc,
+                "delta": acc - full["accuracy"],
+                "tta_accuracy": None,
+                "tta_delta": None,
+            }
+            if preset is not None:
+                row["tta_accuracy"] = _accuracy(result["tta_probs"], labels)
+                row["tta_delta"] = row["tta_accuracy"] - full["tta_accuracy"]
+            rows.append(row)
+    seconds = time.perf_counter() - start
+
+    exhaustive = "all" in kinds
+    kept = {}
+    for mode in modes:
+        kept[mode] = {"accuracy": smallest_kept(rows, mode=mode, names=names, heads=head_counts,
+                                                full=full["accuracy"], tolerance=tolerance, exhaustive=exhaustive)}
+        if preset is not None:
+            kept[mode]["tta_accuracy"] = smallest_kept(
+                rows, mode=mode, names=names, heads=head_counts, full=full["tta_accuracy"], tolerance=tolerance,
+                key="tta_accuracy", exhaustive=exhaustive)
+
+    report: dict[str, Any] = {
+        "checkpoint": str(checkpoint_path),
+        "arch": ckpt.get("arch"),
+        "stage": ckpt.get("stage"),
+        "split": split,
+        **source,
+        "n": n,
+        "input_size": size,
+        "tta": tta_name,
+        "lhc_seed": seed,
+        "modes": list(modes),
+        "sets": list(kinds),
+        "tolerance": tolerance,
+        "modules": [
+            {"name": nm, "heads": head_counts[nm], "channels": int(m.channels),
+             "size": list(m.spatial) if m.spatial else None,
+             "after": next((pos for pos, v in getattr(model, "lhc_after", {}).items() if v == nm), None)}
+            for nm, m in modules.items()
+        ],
+        "total_heads": sum(head_counts.values()),
+        "full": full,
+        "results": rows,
+        "smallest_kept": kept,
+        "device": str(dev),
+        "seconds": seconds,
+    }
+    if heads:
+        report["heads"] = head_summary(stats, modules)
+        report["heads"]["controller"] = controller_weights(model)
+
+    rcp_out = dataclasses.replace(rcp, ablate=AblateConfig(modes=tuple(modes), sets=tuple(kinds),
+                                                           tolerance=tolerance))
+    out = Path(out_dir) if out_dir is not None else default_out_dir(checkpoint_path, split)
+    with atomic_dir(out) as tmp:
+        from .plots import plot_ablation, plot_head_correlation
+
+        plot_ablation(rows, tmp / "ablation.png",
+                      title=f"{ckpt.get('arch')} on {split} ({n} images): full {100 * full['accuracy']:.2f}%")
+        files = ["ablation.json", "ablation.png"]
+        if heads:
+            for nm, entry in report["heads"]["modules"].items():
+                if entry["correlation"] is not None:
+                    corr = np.array([[np.nan if v is None else v for v in r] for r in entry["correlation"]])
+                    value = entry["mean_abs_offdiag"]
+                    plot_head_correlation(corr, tmp / f"heads-{nm}.png",
+                                          title=f"{nm}: head correlation, mean |off-diag| "
+                                                + ("n/a" if value is None else f"{value:.2f}"))
+                    files.append(f"heads-{nm}.png")
+        if pictures > 0:
+            report["pictures"] = _pictures(model, data, pictures, tmp / "pictures", dev)
+            files += [f"pictures/{p}" for item in report["pictures"] for p in item["files"]]
+        save_recipe(rcp_out, tmp / "recipe.yaml")
+        files.append("recipe.yaml")
+        report["files"] = files
+        write_json(tmp / "ablation.json", report)
+    return {**report, "out_dir": str(out)}
+
+
+def _pictures(model: nn.Module, data: ImageSplit, count: int, folder: Path, device: torch.device) -> list[dict]:
+    """Attention pictures of ``count`` images evenly spaced in ``data`` (see plot_attention)."""
+    from ..evaluation.metrics import predictions
+    from .plots import plot_attention
+
+    folder.mkdir(parents=True, exist_ok=True)
+    n = len(data)
+    index = torch.from_numpy(np.unique(np.linspace(0, n - 1, min(count, n)).round().astype(np.int64)))
+    modules = model.lhc_modules()
+    saved = {k: m.record for k, m in modules.items()}
+    was_training = model.training
+    model.to(device).eval()
+    try:
+        for m in modules.values():
+            m.record = True
+        with torch.inference_mode():
+            x = data.load(index, device)  # (P, 3, S, S)
+            probs = torch.softmax(model(x).float(), dim=-1).cpu().numpy()
+        recorded = {k: (m.last_attention, m.last_weights) for k, m in modules.items()}
+    finally:
+        for k, m in modules.items():
+            m.record = saved[k]
+            m.last_attention = m.last_weights = None
+        model.train(was_training)
+    pred = predictions(probs)
+    images = x.permute(0, 2, 3, 1).float().cpu().numpy()  # (P, S, S, 3)
+    class_names = list(data.class_names)
+    rows = getattr(data, "rows", None)
+    out = []
+    for p, i in enumerate(index.tolist()):
+        item = {"index": i, "row": None if rows is None else int(rows[i]),
+                "label": class_names[int(data.labels[i])], "predicted": class_names[int(pred[p])], "files": []}
+        for name, (att, weights) in recorded.items():
+            if att is None:
+                continue
+            module = modules[name]
+            h, w = module.spatial
+            # (heads, C, r) -> mean over channels (heads, r) -> stripes back in row-major order (H, W)
+            energy = att[p].float().abs().mean(dim=1).reshape(h, w).cpu().numpy()
+            stripe_rows = (h * w / module.heads) / w
+            fname = f"img{i:05d}-{name}.png"
+            plot_attention(images[p], weights[p].float().cpu().numpy(), energy, stripe_rows, folder / fname,
+                           title=f"image {i} ({item['label']}, predicted {item['predicted']}): {name}, "
+                                 f"{module.heads} head(s), {module.channels} channels, {h}x{w}")
+            item["files"].append(fname)
+        out.append(item)
+    return out

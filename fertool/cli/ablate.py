@@ -1,0 +1,147 @@
+"""``fertool ablate``: LHC modules switched off / de-trained, head analysis, attention pictures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from ._common import QuietOption, RecipeOption, SetOption, err, out, progress_callback
+
+
+def ablate_cli(
+    checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="LHC-Net or LHC-NetC checkpoint (.pt)."),
+    csv: Optional[Path] = typer.Option(None, "--csv", help="FER2013 CSV: images made the reference way (SPEC §1)."),
+    images: Optional[Path] = typer.Option(
+        None, "--images", help="Prepared image folder (fertool prepare) or a folder of class subfolders."
+    ),
+    split: str = typer.Option("PrivateTest", "--split", help="Split to evaluate on."),
+    modes: Optional[str] = typer.Option(
+        None, "--modes", help="Comma list: off (bypass), detrain (reset to the initial weights) "
+        "[default: recipe ablate.modes = off,detrain]."
+    ),
+    sets: Optional[str] = typer.Option(
+        None, "--sets", help="Comma list: single, cumulative (from the first and from the last module), "
+        "all (every non-empty subset) [default: recipe ablate.sets = single,cumulative]."
+    ),
+    tta: bool = typer.Option(False, "--tta", help="Also measure every set with test-time augmentation."),
+    tta_preset: Optional[str] = typer.Option(
+        None, "--tta-preset", help="TTA preset of the recipe's tta.presets (implies --tta) [default: tta.preset]."
+    ),
+    tolerance: Optional[float] = typer.Option(
+        None, "--tolerance", help="Accuracy drop (fraction, 0.005 = half a point) a kept set may lose "
+        "[default: recipe ablate.tolerance]."
+    ),
+    heads: bool = typer.Option(True, "--heads/--no-heads", help="Head correlation analysis (no extra inference)."),
+    pictures: int = typer.Option(4, "--pictures", min=0, help="Images with attention pictures (0: none)."),
+    out_dir: Optional[Path] = typer.Option(
+        None, "--out", "-o", help="Output folder (default: <checkpoint dir>/ablate-<split>/)."
+    ),
+    batch_size: int = typer.Option(256, "--batch-size", min=1, help="Images per forward pass."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    max_images: Optional[int] = typer.Option(None, "--max-images", min=1, help="Use only the first N images."),
+    recipe: Optional[str] = RecipeOption,
+    set_: Optional[List[str]] = SetOption,
+    quiet: bool = QuietOption,
+) -> None:
+    """Ablate the LHC modules without retraining: accuracy of the model with sets of modules
+    switched off or reset to their untrained weights, the smallest set of modules that keeps
+    the accuracy within --tolerance, head correlations and attention pictures.
+
+    Writes ablation.json, ablation.png, heads-<module>.png, pictures/ and recipe.yaml."""
+    from ..analysis.ablation import ablate
+
+    preset = tta_preset if tta_preset is not None else (True if tta else None)  # True: the recipe's tta.preset
+    with progress_callback("ablate " + split + (" + TTA" if preset else ""), quiet=quiet) as cb:
+        report = ablate(
+            checkpoint,
+            csv=csv,
+            images=images,
+            split=split,
+            modes=modes,
+            sets=sets,
+            tta=preset,
+            tolerance=tolerance,
+            out_dir=out_dir,
+            batch_size=batch_size,
+            device=device,
+            max_images=max_images,
+            heads=heads,
+            pictures=pictures,
+            recipe=recipe,
+            overrides=set_ or (),
+            progress=cb,
+        )
+    render(report)
+    if not quiet:
+        err.print(f"wrote {report['out_dir']}/ ({', '.join(report['files'][:4])}"
+                  + (", ..." if len(report["files"]) > 4 else "") + ")")
+
+
+def _short(names: List[str]) -> str:
+    """``["lhc1", "lhc2"]`` -> ``"1+2"`` (the table is about LHC modules), ``[]`` -> ``"none"``."""
+    return "+".join(n[3:] if n.startswith("lhc") and n[3:].isdigit() else n for n in names) or "none"
+
+
+def _pct(v: Optional[float]) -> str:
+    return "-" if v is None else f"{100 * v:.2f}"
+
+
+def _delta(v: Optional[float]) -> str:
+    return "-" if v is None else f"{100 * v:+.2f}"
+
+
+def render(report: dict) -> None:
+    """Rich tables of an ablation.json dict."""
+    from rich.table import Table
+
+    has_tta = report["tta"] is not None
+    full = report["full"]
+    table = Table(title=f"{report['arch']} on {report['split']} ({report['n']:,} images): full model "
+                        f"{_pct(full['accuracy'])}%" + (f", TTA {_pct(full['tta_accuracy'])}%" if has_tta else ""),
+                  title_justify="left")
+    for col in ("mode", "ablated LHC", "kept LHC", "heads kept", "acc %", "change"):
+        table.add_column(col, justify="right" if col in ("heads kept", "acc %", "change") else "left")
+    if has_tta:
+        table.add_column("TTA %", justify="right")
+        table.add_column("change", justify="right")
+    total = report["total_heads"]
+    best = {(m, tuple(k["accuracy"]["modules"])) for m, k in report["smallest_kept"].items()}
+    for r in report["results"]:
+        mark = " *" if (r["mode"], tuple(r["kept"])) in best else ""
+        cells = [r["mode"], _short(r["set"]), _short(r["kept"]) + mark, f"{r['heads_kept']}/{total}",
+                 _pct(r["accuracy"]), _delta(r["delta"])]
+        if has_tta:
+            cells += [_pct(r["tta_accuracy"]), _delta(r["tta_delta"])]
+        table.add_row(*cells)
+    out.print(table)
+    for mode, kinds in report["smallest_kept"].items():
+        for key, k in kinds.items():
+            label = "TTA accuracy" if key == "tta_accuracy" else "accuracy"
+            out.print(f"* {mode}, {label}: smallest kept set within {100 * report['tolerance']:.2f} points "
+                      f"({k['searched']}): {'+'.join(k['modules']) or 'none'}, {k['heads']} of {k['total_heads']} "
+                      f"heads, {_pct(k[key])}% ({_delta(k['delta'])})")
+    hd = report.get("heads")
+    if hd:
+        heads_table = Table(title="head redundancy: mean |correlation| between heads", title_justify="left")
+        heads_table.add_column("module")
+        heads_table.add_column("heads", justify="right")
+        heads_table.add_column("mean |rho|", justify="right")
+        ctrl = hd.get("controller") or {}
+        if ctrl:
+            for col in ("w", "tanh(w)", "1+tanh(w)"):
+                heads_table.add_column(col, justify="right")
+        for name, e in hd["modules"].items():
+            cells = [name, str(e["heads"]), "n/a" if e["mean_abs_offdiag"] is None else f"{100 * e['mean_abs_offdiag']:.1f}%"]
+            if ctrl:
+                c = ctrl.get(name)
+                cells += ["-"] * 3 if c is None else [f"{c['w']:.3f}", f"{c['tanh_w']:.3f}", f"{c['gain']:.3f}"]
+            heads_table.add_row(*cells)
+        overall = hd["overall_mean_abs_offdiag"]
+        heads_table.add_row("overall", "", "n/a" if overall is None else f"{100 * overall:.1f}%")
+        out.print(heads_table)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("ablate")(ablate_cli)
