@@ -105,16 +105,20 @@ class EarlyStopping:
     """Keras ``EarlyStopping(monitor="val_accuracy", mode="max", restore_best_weights=True)``.
 
     An epoch improves when its value is strictly greater than the best so far (ties keep
-    the earlier epoch); training stops once ``patience`` epochs in a row did not improve.
+    the earlier epoch); training stops once ``patience`` epochs in a row did not improve,
+    checked from the second epoch on (Keras' ``epoch > 0``: with ``patience=0`` it stops
+    after epoch 2 whatever happens).
     """
 
     patience: int
     best: float = -math.inf
     best_epoch: int = 0
     wait: int = 0
+    epoch: int = 0
 
     def update(self, value: float, epoch: int) -> bool:
-        """Record ``value`` of ``epoch``; True when it is the new best."""
+        """Record ``value`` of ``epoch`` (1-based); True when it is the new best."""
+        self.epoch = int(epoch)
         if value > self.best:
             self.best, self.best_epoch, self.wait = float(value), int(epoch), 0
             return True
@@ -123,15 +127,17 @@ class EarlyStopping:
 
     @property
     def should_stop(self) -> bool:
-        return self.best_epoch > 0 and self.wait >= self.patience
+        return self.epoch > 1 and self.wait >= self.patience
 
     def state_dict(self) -> dict:
-        return {"patience": self.patience, "best": self.best, "best_epoch": self.best_epoch, "wait": self.wait}
+        return {"patience": self.patience, "best": self.best, "best_epoch": self.best_epoch, "wait": self.wait,
+                "epoch": self.epoch}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.best = float(state["best"])
         self.best_epoch = int(state["best_epoch"])
         self.wait = int(state["wait"])
+        self.epoch = int(state.get("epoch", self.best_epoch))
 
 
 def make_optimizer(params: Iterable[nn.Parameter], cfg: StageConfig) -> torch.optim.Optimizer:

@@ -1,0 +1,138 @@
+"""``fertool train``: one stage of the staged protocol (SPEC §4) into a run directory."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from ._common import QuietOption, RecipeOption, SetOption, err, load_recipe_from_options, out
+
+_HEADER = f"{'epoch':>9}  {'loss':>8}  {'acc':>7}  {'val loss':>8}  {'val acc':>7}  {'img/s':>7}  {'time':>7}"
+
+
+def _epoch_line(row: dict) -> str:
+    epoch = f"{row['epoch']}/{row['max_epochs']}"
+    mark = "  [green]best[/green]" if row.get("best") else f"  [dim]wait {row['wait']}/{row['patience']}[/dim]"
+    return (f"{epoch:>9}  {row['train_loss']:8.4f}  {row['train_accuracy']:7.4f}  {row['val_loss']:8.4f}  "
+            f"{row['val_accuracy']:7.4f}  {row['images_per_s']:7.1f}  {row['seconds']:6.1f}s{mark}")
+
+
+def train_cli(
+    recipe: Optional[str] = RecipeOption,
+    stage: str = typer.Option(..., "--stage", "-s", help="Stage to train: 1, 2, 3, 4 or controller."),
+    run: Path = typer.Option(..., "--run", help="Run directory; the stage writes RUN/<stage>/."),
+    csv: Optional[Path] = typer.Option(
+        None, "--csv", help="FER2013 CSV: validation images made the reference way; training images too when no --images."
+    ),
+    images: Optional[Path] = typer.Option(
+        None, "--images", help="Prepared image folder (`fertool prepare`) or a folder of class subfolders."
+    ),
+    init: Optional[Path] = typer.Option(None, "--init", help="Start from this checkpoint instead of the previous stage."),
+    seed: int = typer.Option(0, "--seed", help="Data-order seed (shuffling and augmentation); also seeds the model init."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted stage from RUN/<stage>/last.pt."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Train a stage again even though its folder has results."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    allow_test_selection: bool = typer.Option(
+        False, "--allow-test-selection", help="Allow data.val_split to be the test split (recorded as a warning)."
+    ),
+    sets: Optional[List[str]] = SetOption,
+    quiet: bool = QuietOption,
+) -> None:
+    """Train one stage; a stage starts from the previous stage's best checkpoint.
+
+    Stage 4 starts from RUN/stage4/init.pt (`fertool augment-lhc`) or adds the LHC modules
+    to stage 3's best itself; the controller stage likewise from stage 4.  Run under
+    `torchrun --nproc_per_node N -m fertool train ...` for data-parallel training.
+    """
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.table import Table
+
+    from ..engine.train import format_epoch, normalise_stage, train_stage
+    from ._common import RateColumn
+
+    resolved = load_recipe_from_options(recipe, sets)
+    stage = normalise_stage(stage)
+    main_rank = os.environ.get("RANK", "0") == "0"
+    quiet = quiet or not main_rank
+
+    def log(message: str) -> None:
+        err.print(f"[dim]·[/dim] {message}", highlight=False, markup=False)
+
+    progress_bar = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.fields[info]}"),
+        RateColumn("img"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        disable=quiet,
+        transient=True,
+    )
+    state = {"task": None, "key": None, "header": False}
+
+    def progress(done: int, total: int | None = None, *, phase: str = "train", epoch=None, epochs=None,
+                 batch=None, batches=None, loss=None, accuracy=None, **_fields) -> None:
+        key = (phase, epoch)
+        if phase == "cache":
+            description, info = "decoding images", ""
+        elif phase == "val":
+            description, info = f"stage {stage} epoch {epoch}/{epochs} validation", ""
+        else:
+            description = f"stage {stage} epoch {epoch}/{epochs}"
+            info = f"{batch}/{batches} batches  loss {loss:.4f}  acc {accuracy:.4f}"
+        if state["task"] is None:
+            state["task"] = progress_bar.add_task(description, total=total, info=info)
+        elif key != state["key"]:
+            progress_bar.reset(state["task"], total=total, description=description, info=info)
+        state["key"] = key
+        progress_bar.update(state["task"], completed=done, total=total, description=description, info=info)
+
+    def on_epoch(row: dict) -> None:
+        if quiet:
+            log(format_epoch(row, row["max_epochs"]))
+            return
+        if not state["header"]:
+            progress_bar.console.print(f"[bold]{_HEADER}[/bold]", highlight=False)
+            state["header"] = True
+        progress_bar.console.print(_epoch_line(row), highlight=False)
+
+    with progress_bar:
+        summary = train_stage(
+            resolved, stage, run, csv=csv, images=images, init=init, seed=seed, resume=resume,
+            overwrite=overwrite, device=device, allow_test_selection=allow_test_selection,
+            progress=None if quiet else progress, log=log, on_epoch=on_epoch,
+        )
+    if not main_rank:
+        return
+
+    table = Table(title=f"stage {stage}: {summary['status']}", show_header=False)
+    table.add_column("key", style="bold")
+    table.add_column("value")
+    best = summary.get("best_val_accuracy")
+    rows = [
+        ("run folder", str(Path(run) / ("controller" if stage == "controller" else f"stage{stage}"))),
+        ("model", f"{summary.get('arch')} from {summary.get('init')}"),
+        ("epochs", f"{summary.get('epochs')} (best {summary.get('best_epoch')})"),
+        ("best val accuracy", "-" if best is None else f"{100 * best:.2f}%"),
+        ("best train loss", "-" if summary.get("best_train_loss") is None else f"{summary['best_train_loss']:.4f}"),
+        ("training speed", "-" if not summary.get("images_per_s") else f"{summary['images_per_s']:,.1f} img/s"),
+    ]
+    selection = summary.get("selection")
+    if selection:
+        verdict = "accepted" if selection["accepted"] else "[red]rejected[/red]"
+        rows.append(("selection rule", f"train loss {selection['train_loss']:.4f} / starting "
+                                       f"{selection['reference_train_loss']:.4f} = {selection['ratio']:.3f} "
+                                       f"(< {selection['factor']}): {verdict}"))
+    for warning in summary.get("warnings") or []:
+        rows.append(("[yellow]warning[/yellow]", warning))
+    for key, value in rows:
+        table.add_row(key, value)
+    out.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train_cli)
