@@ -131,11 +131,34 @@ def test_pipeline_layout_counts_every_seed(tmp_path):
     assert "## With TTA" not in md
 
 
+def test_pipeline_resnet_reruns_supersede_the_shared_stage3(tmp_path, monkeypatch):
+    """RUN/stage3 is shared; RUN/seed-S/resnet/stage4 continue from it (summary init, relative path)."""
+    monkeypatch.chdir(tmp_path)
+    root = tmp_path / "pipe"
+    _eval(root, "stage3", 0.70, arch="resnet34v2")
+    for seed, (res, lhc) in {1: (0.71, 0.73), 2: (0.72, 0.74)}.items():
+        seed_dir = root / f"seed-{seed}"
+        _eval(seed_dir / "resnet", "stage4", res, arch="resnet34v2")
+        _write(seed_dir / "resnet" / "stage4" / "summary.json", {"seed": seed, "init": "pipe/stage3/best.pt"})
+        _eval(seed_dir, "stage4", lhc, arch="lhc_net")
+        _write(seed_dir / "stage4" / "summary.json",
+               {"seed": seed, "init": f"pipe/stage3/best.pt + lhc (seed {seed})", "selection": {"accepted": True}})
+    data = report([root])
+    assert data["groups"]["ResNet34v2"]["plain"]["n"] == 2
+    assert data["groups"]["ResNet34v2"]["plain"]["mean"] == pytest.approx(0.715)
+    assert data["groups"]["LHC-Net"]["plain"]["n"] == 2  # another group: not superseded by its init
+    shared = next(r for r in data["runs"] if r["stage"] == "stage3")
+    assert shared["status"] == "superseded" and "continued by" in shared["note"]
+    assert sorted(r["seed"] for r in data["runs"] if r["group"] == "LHC-Net") == [1, 2]
+
+
 def test_group_by_stage_and_no_tta(tmp_path):
     _five_runs(tmp_path)
     data = report([tmp_path / f"run{i}" for i in range(5)], group_by="stage", tta=False, out_dir=tmp_path / "o")
-    assert set(data["groups"]) == {"stage1", "stage3", "stage4", "controller"}
-    assert data["groups"]["stage1"]["plain"]["n"] == 1
+    assert set(data["groups"]) == {"stage1 (ResNet34v2)", "stage3 (ResNet34v2)", "stage4 (LHC-Net)",
+                                   "controller (LHC-NetC)"}
+    assert data["groups"]["stage1 (ResNet34v2)"]["plain"]["n"] == 1
+    assert data["groups"]["stage3 (ResNet34v2)"]["plain"]["n"] == 5
     assert all(e["tta"] is None for e in data["groups"].values())
 
 

@@ -12,12 +12,15 @@ What counts as a run
     the checkpoint).  With ``group_by="model"`` (or ``"recipe"``) a run contributes its
     *latest* evaluated stage to each group: stages 1-3 all produce a ResNet34v2, and the
     one that finished the backbone training (stage 3) is the run's ResNet34v2; the others
-    are listed as superseded.
+    are listed as superseded.  Likewise a result is superseded when another result of its
+    group started from its checkpoint (the ``init`` of that stage's ``summary.json``): in
+    the pipeline layout the shared ``RUN/stage3`` ResNet gives way to the per-seed ResNet
+    re-runs ``RUN/seed-<S>/resnet/stage4`` that continue from it.
 
 Groups
     ``model``: the architecture of the evaluated checkpoint (``arch`` in metrics.json, else
     implied by the stage folder): ResNet34v2 / LHC-Net / LHC-NetC.  ``stage``: the stage
-    folder.  ``recipe``: model + a fingerprint of the run's ``recipe.yaml`` (sha256 of the
+    folder and the model, e.g. ``stage4 (LHC-Net)``.  ``recipe``: model + a fingerprint of the run's ``recipe.yaml`` (sha256 of the
     recipe without its ``pipeline`` section and data paths, first 8 hex digits), to compare
     training recipes.
 
@@ -89,7 +92,6 @@ STAT_COLUMNS = (
     ("mean", "mean"),
     ("std", "std"),
 )
-_REJECTED_STAGES = ("stage4", "controller")
 
 
 @dataclass
@@ -246,6 +248,7 @@ def find_results(
             "run fertool evaluate on the checkpoints first"
         )
     results = []
+    where_from: dict[int, tuple[Path, tuple[str, ...] | None]] = {}  # checkpoint folder, init folder
     for path in files:
         metrics = _read_json(path)
         where = str(path)
@@ -261,7 +264,7 @@ def find_results(
         arch = metrics.get("arch") or STAGE_ARCH.get(stage or "")
         model = MODEL_NAMES.get(arch, arch or "unknown")
         recipe_id = _recipe_id(run_dir, stage_dir)
-        group = {"model": model, "stage": stage or "unknown",
+        group = {"model": model, "stage": f"{stage or 'unknown'} ({model})",
                  "recipe": f"{model} @ {recipe_id or 'no recipe'}"}[group_by]
         result = RunResult(
             run=str(run_dir.resolve()), stage=stage, arch=arch, group=group,
@@ -269,24 +272,35 @@ def find_results(
             accuracy=_accuracy(metrics["accuracy"], f"{where}: accuracy"),
             tta_accuracy=_tta_accuracy(metrics, where), metrics=where, recipe_id=recipe_id,
         )
-        if stage in _REJECTED_STAGES or arch in ("lhc_net", "lhc_netc"):
+        where_from[id(result)] = (ckpt_dir, _init_dir(stage_dir))
+        if arch in ("lhc_net", "lhc_netc"):
             selection = _selection(run_dir)
             if selection is not None and selection.get("accepted") is False:
                 result.status = "rejected"
                 ratio = selection.get("ratio")
                 result.note = "selection rule" + (f": train loss ratio {ratio:.3f}" if isinstance(ratio, (int, float)) else "")
         results.append(result)
+    # A result whose checkpoint another result of its group continued from is superseded
+    # (the pipeline's shared stage-3 ResNet when per-seed stage-4 ResNet re-runs exist).
+    for r2 in results:
+        init = where_from[id(r2)][1]
+        if r2.status == "rejected" or init is None:
+            continue
+        for r1 in results:
+            if r1 is not r2 and r1.group == r2.group and r1.status == "used" and _same_dir(where_from[id(r1)][0], init):
+                r1.status = "superseded"
+                r1.note = f"continued by {r2.run} ({r2.stage})"
     # One result per (run, group): the latest stage; earlier ones are superseded.
     order = {s: i for i, s in enumerate(STAGES)}
     latest: dict[tuple[str, str], RunResult] = {}
     for r in results:
-        if r.status == "rejected":
+        if r.status != "used":
             continue
         key = (r.run, r.group)
         if key not in latest or order.get(r.stage or "", -1) > order.get(latest[key].stage or "", -1):
             latest[key] = r
     for r in results:
-        if r.status == "used" and latest[(r.run, r.group)] is not r:
+        if r.status == "used" and (r.run, r.group) in latest and latest[(r.run, r.group)] is not r:
             r.status = "superseded"
             r.note = f"{latest[(r.run, r.group)].stage} is this run's {r.group}"
     results.sort(key=lambda r: (_group_order(r.group), r.run, order.get(r.stage or "", -1)))
@@ -295,6 +309,35 @@ def find_results(
     for r in results:
         r.run = os.path.relpath(r.run, base)
     return results
+
+
+def _init_dir(stage_dir: Path | None) -> tuple[str, ...] | None:
+    """Folder of the checkpoint a stage started from (``init`` of its summary.json), as path parts.
+
+    The engine writes the path as it was given (``RUN/stage3/best.pt``, possibly relative,
+    or ``... + lhc (seed S)`` when it added modules).
+    """
+    if stage_dir is None or not (stage_dir / "summary.json").is_file():
+        return None
+    try:
+        label = json.loads((stage_dir / "summary.json").read_text(encoding="utf-8")).get("init")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return None
+    if not isinstance(label, str) or not label.strip():
+        return None
+    path = Path(label.split(" + ")[0].strip())
+    if path.is_absolute():
+        return Path(os.path.normpath(path)).parent.parts
+    parts = Path(os.path.normpath(path)).parent.parts
+    return None if ".." in parts or not parts else parts
+
+
+def _same_dir(folder: Path, init: tuple[str, ...]) -> bool:
+    """Whether ``folder`` (resolved) is the folder ``init`` names (absolute, or a relative tail)."""
+    parts = folder.parts
+    if Path(*init).is_absolute():
+        return parts == Path(os.path.realpath(Path(*init))).parts or parts == init
+    return parts[-len(init):] == init
 
 
 # --------------------------------------------------------------------------- report
