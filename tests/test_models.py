@@ -211,3 +211,89 @@ def test_torchvision_backbone_with_and_without_lhc():
     tv_lhc = build_model("resnet34_tv", input_size=64, hidden=[8], lhc=[{"after": "stage1_unit3", "heads": 4, "dim": 3}])
     assert tv_lhc(x).shape == (1, 7)
     assert set(tv.state_dict()) <= set(tv_lhc.state_dict())
+
+
+# --------------------------------------------------------------------------- augment-lhc
+
+from fertool.checkpoint import make_checkpoint, model_from_checkpoint  # noqa: E402
+from fertool.errors import CheckpointError  # noqa: E402
+from fertool.models.lhc_net import TABLE2_LHC, augment_lhc  # noqa: E402
+
+SMALL = {"input_size": 112, "num_classes": 7, "hidden": [16], "dropout": 0.4, "bn_eps": 2e-5, "bn_momentum": 0.99}
+
+
+def _trained_backbone() -> dict:
+    """A backbone checkpoint whose tensors all differ from a fresh model (BN stats too)."""
+    torch.manual_seed(1)
+    model = build_model("resnet34v2", **SMALL)
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            if t.is_floating_point():
+                t.add_(torch.randn_like(t) * 0.01)
+            else:
+                t.fill_(17)
+    return make_checkpoint(arch="resnet34v2", arch_args=SMALL, state_dict=model.state_dict(), stage="3", epoch=9,
+                           metrics={"val_accuracy": 0.5}, lineage=[{"path": "stage2/best.pt", "arch": "resnet34v2",
+                                                                    "stage": "2", "epoch": 4}])
+
+
+@pytest.fixture(scope="module")
+def backbone_ckpt():
+    return _trained_backbone()
+
+
+def test_augment_backbone_to_lhc_net_copies_bit_exactly(backbone_ckpt):
+    new = augment_lhc(backbone_ckpt, lhc=list(TABLE2_LHC), controller_init=None, seed=5, source_path="s3/best.pt")
+    assert new["arch"] == "lhc_net" and new["arch_args"]["lhc"] == [dict(m) for m in TABLE2_LHC]
+    old, sd = backbone_ckpt["state_dict"], new["state_dict"]
+    for key, value in old.items():
+        assert sd[key].dtype == value.dtype and torch.equal(sd[key], value), key
+    assert sorted(set(sd) - set(old)) == sorted(k for k in sd if k.startswith("lhc."))
+    assert {k.split(".")[1] for k in sd if k.startswith("lhc.")} == {"lhc1", "lhc2", "lhc3", "lhc4", "lhc5"}
+    assert new["extra"]["lhc_seed"] == 5
+    assert new["lineage"][-1] == {"path": "s3/best.pt", "arch": "resnet34v2", "stage": "3", "epoch": 9}
+    assert len(new["lineage"]) == 2
+    model = model_from_checkpoint(new)  # loads strictly
+    # same seed -> same LHC weights; another seed -> others
+    again = augment_lhc(backbone_ckpt, lhc=list(TABLE2_LHC), controller_init=None, seed=5)
+    other = augment_lhc(backbone_ckpt, lhc=list(TABLE2_LHC), controller_init=None, seed=6)
+    lhc_keys = [k for k in sd if k.startswith("lhc.") and "bias" not in k]
+    assert all(torch.equal(sd[k], again["state_dict"][k]) for k in lhc_keys)
+    assert not any(torch.equal(sd[k], other["state_dict"][k]) for k in lhc_keys)
+    # and the ablation's detrain (reset_lhc with the stored seed) gives the same initial weights
+    model.reset_lhc(new["extra"]["lhc_seed"])
+    assert all(torch.equal(model.state_dict()[k], sd[k]) for k in lhc_keys)
+
+
+def test_augment_lhc_net_to_lhc_netc(backbone_ckpt):
+    lhc = augment_lhc(backbone_ckpt, lhc=list(TABLE2_LHC), controller_init=None, seed=5)
+    netc = augment_lhc(lhc, lhc=None, controller_init=[0.0, 0.0, 0.0, -1.0, -0.5], seed=99)
+    assert netc["arch"] == "lhc_netc" and netc["extra"]["lhc_seed"] == 5  # the modules' own seed
+    for key, value in lhc["state_dict"].items():
+        assert torch.equal(netc["state_dict"][key], value), key
+    added = sorted(set(netc["state_dict"]) - set(lhc["state_dict"]))
+    assert added == [f"lhc.lhc{k}.controller" for k in range(1, 6)]
+    assert [netc["state_dict"][k].item() for k in added] == [0.0, 0.0, 0.0, -1.0, -0.5]
+    # a backbone can become LHC-NetC in one step
+    direct = augment_lhc(backbone_ckpt, lhc=list(TABLE2_LHC), controller_init=[0.0] * 5, seed=5)
+    assert direct["arch"] == "lhc_netc"
+
+
+def test_augment_refusals(backbone_ckpt):
+    lhc = augment_lhc(backbone_ckpt, lhc=list(TABLE2_LHC), controller_init=None, seed=1)
+    with pytest.raises(CheckpointError, match="already has LHC modules"):
+        augment_lhc(lhc, lhc=list(TABLE2_LHC), controller_init=None, seed=1, source_path="x.pt")
+    with pytest.raises(CheckpointError, match="no controllers were asked for"):
+        augment_lhc(lhc, lhc=None, controller_init=None, seed=1)
+    netc = augment_lhc(lhc, lhc=None, controller_init=[0.0] * 5, seed=1)
+    with pytest.raises(CheckpointError, match="already an LHC-NetC model"):
+        augment_lhc(netc, lhc=None, controller_init=[0.0] * 5, seed=1)
+    with pytest.raises(CheckpointError, match="'vgg16' is not a model fertool knows"):
+        augment_lhc({**backbone_ckpt, "arch": "vgg16"}, lhc=None, controller_init=None, seed=1)
+    extra_key = {**backbone_ckpt, "state_dict": {**backbone_ckpt["state_dict"], "foo.weight": torch.zeros(1)}}
+    with pytest.raises(CheckpointError, match=r"unexpected 1 tensors \(foo\.weight\)"):
+        augment_lhc(extra_key, lhc=list(TABLE2_LHC), controller_init=None, seed=1)
+    short = {**backbone_ckpt, "state_dict": {k: v for k, v in backbone_ckpt["state_dict"].items()
+                                             if k != "final_bn.weight"}}
+    with pytest.raises(CheckpointError, match=r"missing 1 tensors \(final_bn\.weight\)"):
+        augment_lhc(short, lhc=list(TABLE2_LHC), controller_init=None, seed=1)

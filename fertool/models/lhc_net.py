@@ -8,6 +8,9 @@ trained with everything else frozen (:func:`freeze_except_controllers`).
 from __future__ import annotations
 
 import copy
+import dataclasses
+import os
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -23,6 +26,7 @@ __all__ = [
     "lhc_netc",
     "freeze_except_controllers",
     "augment_lhc",
+    "augment_lhc_file",
 ]
 
 #: Table 2 of the paper: placement and hyper-parameters of the five modules.
@@ -168,7 +172,11 @@ def augment_lhc(
     state = {k: (parent[k].detach().clone() if k in parent else v.detach().clone()) for k, v in target.items()}
 
     lineage = list(ckpt.get("lineage") or []) + [lineage_entry(source_path or "<memory>", ckpt)]
-    extra = {"lhc_seed": int(seed), "augmented_from": arch, "added": adding}
+    # The LHC modules' initial weights come from ``lhc_seed`` (ablation "detrain" redraws them):
+    # when only controllers are added, the modules keep the seed they were drawn with.
+    parent_seed = (ckpt.get("extra") or {}).get("lhc_seed")
+    lhc_seed = int(parent_seed) if adding == "controller" and parent_seed is not None else int(seed)
+    extra = {"lhc_seed": lhc_seed, "augmented_from": arch, "added": adding}
     return make_checkpoint(
         arch=new_arch,
         arch_args=args,
@@ -195,3 +203,61 @@ def state_dicts_equal(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tenso
         if k not in b or a[k].dtype != b[k].dtype or not torch.equal(a[k], b[k]):
             return False
     return True
+
+
+def augment_lhc_file(
+    checkpoint: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    recipe: Any = None,
+    overrides: Sequence[str] = (),
+    controller: bool = False,
+    seed: int = 0,
+    overwrite: bool = False,
+) -> dict:
+    """``fertool augment-lhc`` as a function: read ``checkpoint``, write ``out`` (atomically).
+
+    The LHC modules (``model.lhc``) and controller values (``model.controller_init``) come
+    from ``recipe`` (a path or shipped name), else from the recipe stored in the
+    checkpoint, else the paper's defaults (Table 2).  Without ``controller`` a backbone
+    becomes LHC-Net; with it a backbone becomes LHC-NetC and an LHC-Net gets controllers.
+    The resolved recipe is saved next to ``out`` as ``<out stem>.recipe.yaml``.
+    Returns ``{"out", "recipe", "arch", "added", "lhc_seed", "checkpoint"}``.
+    """
+    from ..checkpoint import load_checkpoint, save_checkpoint
+    from ..recipe import load_recipe, save_recipe, to_dict
+
+    src, dst = Path(checkpoint), Path(out)
+    if dst.exists() and dst.resolve() == (src.resolve() if src.exists() else None):
+        raise CheckpointError(f"{dst}: the output must differ from the input checkpoint")
+    if dst.exists() and not overwrite:
+        raise CheckpointError(f"{dst}: already exists (pass --force to replace it)")
+    ckpt = load_checkpoint(src)
+    arch = ckpt.get("arch")
+    if arch not in _KNOWN:
+        raise CheckpointError(f"{src}: architecture {arch!r} is not a model fertool knows ({', '.join(_KNOWN)})")
+    if recipe is not None:
+        rcp = load_recipe(recipe, overrides)
+    elif isinstance(ckpt.get("recipe"), Mapping):
+        rcp = load_recipe(ckpt["recipe"], overrides)
+    else:
+        rcp = load_recipe(None, overrides)
+    size = (ckpt.get("arch_args") or {}).get("input_size")
+    if size is not None and int(size) != rcp.model.input_size:
+        raise ModelError(f"{src}: the model takes {size}x{size} images but model.input_size is {rcp.model.input_size}")
+    args = ckpt.get("arch_args") or {}
+    has_lhc = bool(args.get("lhc")) or arch in ("lhc_net", "lhc_netc")
+    specs = [dataclasses.asdict(m) for m in rcp.model.lhc]
+    new = augment_lhc(
+        ckpt,
+        lhc=None if has_lhc else specs,
+        controller_init=list(rcp.model.controller_init) if controller else None,
+        seed=seed,
+        source_path=str(src),
+        recipe=to_dict(rcp),
+    )
+    save_checkpoint(dst, new)
+    recipe_path = dst.with_name(dst.stem + ".recipe.yaml")
+    save_recipe(rcp, recipe_path)
+    return {"out": str(dst), "recipe": str(recipe_path), "arch": new["arch"], "added": new["extra"]["added"],
+            "lhc_seed": new["extra"]["lhc_seed"], "checkpoint": new}
