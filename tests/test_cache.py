@@ -53,7 +53,8 @@ def make_prepared(root: Path, splits=(("Training", 5), ("PublicTest", 3))) -> li
 
 
 def cache_files(root: Path) -> list[str]:
-    return sorted(p.name for p in (root / ".cache").iterdir())
+    """Cache folder contents except the (empty) lock files."""
+    return sorted(p.name for p in (root / ".cache").iterdir() if p.suffix != ".lock")
 
 
 # --------------------------------------------------------------------------- prepared
@@ -149,6 +150,29 @@ def test_interrupted_build_leaves_no_cache(tmp_path, monkeypatch):
     assert cache_files(tmp_path) == []  # no temp file, nothing that looks complete
     monkeypatch.setattr(cache_mod, "_decode", real)
     assert len(open_image_split(tmp_path, "Training")) == 5
+
+
+def test_concurrent_openers_decode_once(tmp_path, monkeypatch):
+    import threading
+
+    make_prepared(tmp_path)
+    real = cache_mod._decode
+    calls = []
+
+    def counting(path):
+        calls.append(path)
+        return real(path)
+
+    monkeypatch.setattr(cache_mod, "_decode", counting)
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(open_image_split(tmp_path, "Training")))
+               for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 3 and len(calls) == 5  # one build, two reuses
+    assert all(np.array_equal(r.images, results[0].images) for r in results)
 
 
 def test_progress_and_cache_dir(tmp_path):

@@ -23,14 +23,16 @@ interrupted build never leaves a file that looks complete.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import os
 import re
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -115,14 +117,35 @@ def open_image_split(
     base = folder / f"{_safe(source.tag)}-{source.key}"
     images_path, meta_path = base.with_name(base.name + ".npy"), base.with_name(base.name + ".meta.npz")
     split_obj = _load_cache(images_path, meta_path, source.tag)
-    if split_obj is None:
-        _build_cache(source, images_path, meta_path, progress=progress, workers=workers)
-        if default_dir:
-            _remove_stale(folder, _safe(source.tag), source.key)
+    if split_obj is not None:
+        return split_obj
+    # Several processes (DDP ranks) may ask at once: one builds, the others wait and reuse.
+    with _exclusive(folder / f".{base.name}.lock"):
         split_obj = _load_cache(images_path, meta_path, source.tag)
-        if split_obj is None:  # pragma: no cover - only if the disk loses the file under us
-            raise DataError(f"{images_path}: image cache could not be read back after building it")
+        if split_obj is None:
+            _build_cache(source, images_path, meta_path, progress=progress, workers=workers)
+            if default_dir:
+                _remove_stale(folder, _safe(source.tag), source.key)
+            split_obj = _load_cache(images_path, meta_path, source.tag)
+    if split_obj is None:  # pragma: no cover - only if the disk loses the file under us
+        raise DataError(f"{images_path}: image cache could not be read back after building it")
     return split_obj
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    """An advisory lock between processes (``flock``); a no-op where there is none."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: builds may race, which is wasteful but safe (atomic replace)
+        yield
+        return
+    with open(lock_path, "a+b") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
 # --------------------------------------------------------------------------- sources
@@ -274,9 +297,10 @@ def _build_cache(
 ) -> None:
     """Decode every file into ``images_path`` (uint8 .npy) through a temporary file."""
     n = len(source.files)
-    tmp_images = images_path.with_name(f".{images_path.name}.{os.getpid()}.tmp")
-    tmp_grey = images_path.with_name(f".{images_path.name}.{os.getpid()}.grey.tmp")
-    tmp_meta = meta_path.with_name(f".{meta_path.name}.{os.getpid()}.tmp")
+    unique = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp_images = images_path.with_name(f".{images_path.name}.{unique}.tmp")
+    tmp_grey = images_path.with_name(f".{images_path.name}.{unique}.grey.tmp")
+    tmp_meta = meta_path.with_name(f".{meta_path.name}.{unique}.tmp")
     workers = workers or min(8, os.cpu_count() or 1)
     out: np.ndarray | None = None  # the memmap being filled
     grey = True
@@ -333,7 +357,7 @@ def _load_cache(images_path: Path, meta_path: Path, name: str) -> ArraySplit | N
 
 def _remove_stale(folder: Path, tag: str, key: str) -> None:
     """Delete caches of the same split with another key (the data they held changed)."""
-    pattern = re.compile(rf"{re.escape(tag)}-([0-9a-f]{{16}})\.(npy|meta\.npz)")
+    pattern = re.compile(rf"\.?{re.escape(tag)}-([0-9a-f]{{16}})\.(npy|meta\.npz|lock)")
     for path in folder.iterdir():
         match = pattern.fullmatch(path.name)
         if match and match.group(1) != key:
