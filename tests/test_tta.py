@@ -50,10 +50,13 @@ def test_every_view_is_bit_identical_on_a_batch(ref, paper):
     """All views computed on a (B, 3, H, W) batch equal the reference exactly, every channel."""
     views = [None] + tta_plan(paper, 224)  # index 0 = identity
     image = torch.from_numpy(ref["image"])
-    batch = torch.stack([image, 255.0 - image])[:, None].expand(-1, 3, -1, -1).contiguous()  # (2, 3, 224, 224)
+    grey = torch.stack([image, 255.0 - image])[:, None].expand(-1, 3, -1, -1)  # (2, 3, 224, 224), one plane
+    batch = grey.contiguous()  # three separate planes
     for k, index in enumerate(ref["view_index"]):
         view = views[int(index)]
         got = batch if view is None else apply_view(batch, view)
+        if view is not None:  # the one-plane shortcut for expanded grey batches gives the same values
+            assert torch.equal(apply_view(grey, view), got)
         expected = torch.from_numpy(ref["views"][k])
         assert got.shape == batch.shape and got.dtype == torch.float32
         for c in range(3):

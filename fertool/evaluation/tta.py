@@ -108,7 +108,12 @@ def projective_transform(kind: str, value: tuple[float, float], height: int, wid
 
 @dataclass(frozen=True)
 class _Sampler:
-    """Gather indices (flat, H*W) of the 4 neighbours and the 4 float32 weights."""
+    """Flat (H*W,) gather indices of the 4 neighbours and the 4 float32 weights.
+
+    ``exact`` marks a transform whose weights are all 1 on the (x0, y0) neighbour and 0
+    elsewhere (e.g. an integer translation): the bilinear formula then returns that
+    neighbour exactly, so one gather replaces it.
+    """
 
     i00: torch.Tensor
     i01: torch.Tensor
@@ -118,11 +123,16 @@ class _Sampler:
     wx1: torch.Tensor
     wy0: torch.Tensor
     wy1: torch.Tensor
+    exact: bool
 
 
 @lru_cache(maxsize=512)
-def _sampler(kind: str, value: tuple[float, float], height: int, width: int, device: str) -> _Sampler:
-    """Reference README §3 formula, evaluated once in float32 on the CPU."""
+def _sampler(kind: str, value: tuple[float, float], height: int, width: int, flip: bool, device: str) -> _Sampler:
+    """Reference README §3 formula, evaluated once in float32 on the CPU.
+
+    ``flip`` folds a preceding ``flip_left_right`` into the gather indices (a flip only
+    moves pixels, so reading column ``W-1-x`` of the unflipped image is the same value).
+    """
     a = torch.from_numpy(projective_transform(kind, value, height, width))
     ys, xs = torch.meshgrid(
         torch.arange(height, dtype=torch.float32), torch.arange(width, dtype=torch.float32), indexing="ij"
@@ -140,11 +150,15 @@ def _sampler(kind: str, value: tuple[float, float], height: int, width: int, dev
     # pixel instead, which the zero weight cancels exactly.
     x0i, y0i = x0.long(), y0.long()
     x1i, y1i = (x0i + 1).clamp(max=width - 1), (y0i + 1).clamp(max=height - 1)
+    if flip:
+        x0i, x1i = width - 1 - x0i, width - 1 - x1i
     flat = lambda yy, xx: (yy * width + xx).reshape(-1)  # noqa: E731  (H*W,) flat gather index
+    exact = bool((wx1 == 0).all() and (wy1 == 0).all())
     dev = torch.device(device)
     return _Sampler(
         *(t.to(dev) for t in (flat(y0i, x0i), flat(y0i, x1i), flat(y1i, x0i), flat(y1i, x1i))),
         *(t.to(dev) for t in (wx0, wx1, wy0, wy1)),
+        exact=exact,
     )
 
 
@@ -154,6 +168,8 @@ def _resample(x: torch.Tensor, sampler: _Sampler) -> torch.Tensor:
     flat = x.reshape(b, c, h * w)  # (B, C, H*W)
     take = lambda idx: flat.index_select(2, idx).view(b, c, h, w)  # noqa: E731
     s = sampler
+    if s.exact:  # 1 * I[y0, x0] + 0 * (...) == I[y0, x0] for finite pixels
+        return take(s.i00)
     v0 = s.wx0 * take(s.i00) + s.wx1 * take(s.i01)  # (B, C, H, W)
     v1 = s.wx0 * take(s.i10) + s.wx1 * take(s.i11)
     return s.wy0 * v0 + s.wy1 * v1
@@ -171,19 +187,31 @@ def _central_crop_zoom(x: torch.Tensor, zoom: float) -> torch.Tensor:
 def apply_view(x: torch.Tensor, view: View) -> torch.Tensor:
     """Apply one view to a float32 batch (B, C, H, W): flip -> zoom -> translate -> rotate.
 
-    Each step is a separate resampling, as in the reference's ``augment`` (SPEC §5).
+    Each step is a separate resampling, as in the reference's ``augment`` (SPEC §5); the
+    flip is folded into the next gather when there is one.  A batch whose channels are
+    one plane expanded (grey images, stride 0 on C) is transformed once per image and
+    returned expanded the same way.
     """
     if x.ndim != 4:
         raise ValueError(f"apply_view expects (B, C, H, W), got shape {tuple(x.shape)}")
+    channels = x.shape[1]
+    if channels > 1 and x.stride(1) == 0:  # (B, 1, H, W) expanded: compute one plane
+        return apply_view(x[:, :1], view).expand(-1, channels, -1, -1)
     x = x.to(torch.float32)
     h, w = x.shape[-2:]
     device = str(x.device)
-    if view.flip:
+    zoom = 0.0 < view.zoom < 1.0
+    translate = view.shift_h != 0.0 or view.shift_v != 0.0
+    rotate = view.rotation != 0.0
+    flip = view.flip
+    if flip and (zoom or not (translate or rotate)):
         x = x.flip(-1)  # flip_left_right: the width axis
-    if 0.0 < view.zoom < 1.0:
+        flip = False
+    if zoom:
         x = _central_crop_zoom(x, view.zoom)
-    if view.shift_h != 0.0 or view.shift_v != 0.0:
-        x = _resample(x, _sampler("translate", (view.shift_h, view.shift_v), h, w, device))
-    if view.rotation != 0.0:
-        x = _resample(x, _sampler("rotate", (view.rotation, 0.0), h, w, device))
+    if translate:
+        x = _resample(x, _sampler("translate", (view.shift_h, view.shift_v), h, w, flip, device))
+        flip = False
+    if rotate:
+        x = _resample(x, _sampler("rotate", (view.rotation, 0.0), h, w, flip, device))
     return x.contiguous()
