@@ -23,7 +23,11 @@ def _epoch_line(row: dict) -> str:
 def train_cli(
     recipe: Optional[str] = RecipeOption,
     stage: str = typer.Option(..., "--stage", "-s", help="Stage to train: 1, 2, 3, 4 or controller."),
-    run: Path = typer.Option(..., "--run", help="Run directory; the stage writes RUN/<stage>/."),
+    run: Path = typer.Option(
+        ..., "--run", "--run-dir",
+        help="Run directory; the stage writes RUN/<stage>/.  Under torchrun write --run-dir (torchrun's own "
+        "parser takes --run for its --run-path).",
+    ),
     csv: Optional[Path] = typer.Option(
         None, "--csv", help="FER2013 CSV: validation images made the reference way; training images too when no --images."
     ),
@@ -45,8 +49,9 @@ def train_cli(
 
     Stage 4 starts from RUN/stage4/init.pt (`fertool augment-lhc`) or adds the LHC modules
     to stage 3's best itself; the controller stage likewise from stage 4.  Run under
-    `torchrun --nproc_per_node N -m fertool train ...` for data-parallel training.
+    `torchrun --nproc_per_node N -m fertool train ... --run-dir DIR` for data-parallel training.
     """
+    from rich.markup import escape
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
     from rich.table import Table
 
@@ -59,7 +64,7 @@ def train_cli(
     quiet = quiet or not main_rank
 
     def log(message: str) -> None:
-        err.print(f"[dim]·[/dim] {message}", highlight=False, markup=False)
+        err.print(f"[dim]·[/dim] {escape(message)}", highlight=False)
 
     progress_bar = Progress(
         TextColumn("[bold]{task.description}"),

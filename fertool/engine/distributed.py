@@ -60,6 +60,22 @@ class DistContext:
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
         return t.cpu()
 
+    def average_buffers(self, model: torch.nn.Module) -> None:
+        """Average floating-point buffers (BatchNorm moving statistics) over ranks, in place.
+
+        DDP keeps parameters in step but each rank's BatchNorm statistics see only its own
+        batches; averaging them (as timm's ``distribute_bn`` does) gives every rank the
+        same model for validation and for the checkpoint.
+        """
+        if not self.distributed:
+            return
+        with torch.no_grad():
+            for buf in model.buffers():
+                if buf.is_floating_point():
+                    t = buf.detach().to(self.comm_device, copy=True)
+                    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+                    buf.copy_(t.to(buf.device) / self.world_size)
+
     def broadcast_flag(self, flag: bool) -> bool:
         """Rank 0's ``flag`` on every rank."""
         if not self.distributed:

@@ -992,6 +992,7 @@ class _StageRun:
                         progress=self.progress, fields=fields)
                 except NonFiniteLossError as exc:
                     return self._diverged(epoch, exc)
+                ctx.average_buffers(self.model)  # the same BatchNorm statistics on every rank
                 v = evaluate(self.model, self.val_split, batch_size=recipe.train.eval_batch_size, device=self.device,
                              amp=self.amp, channels_last=self.channels_last, ctx=ctx,
                              progress=self._val_progress(epoch))
@@ -1006,6 +1007,7 @@ class _StageRun:
                     "lr": self.optimizer.param_groups[0]["lr"],
                     "seconds": t["seconds"],
                     "images_per_s": t["images_per_s"],
+                    "images": t["images"],
                 }
                 improved = self.es.update(v["accuracy"], epoch)
                 if improved:
