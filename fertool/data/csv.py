@@ -212,7 +212,7 @@ def _blank(line: bytes) -> bool:
 
 
 def iter_chunks(
-    fh: IO[bytes], *, chunk_rows: int = 256, hasher=None
+    fh: IO[bytes], *, chunk_rows: int = 128, hasher=None
 ) -> Iterator[RawChunk]:
     """Group the remaining lines of ``fh`` (after the header) into :class:`RawChunk`.
 
@@ -249,7 +249,7 @@ class Span:
     first_line: int  # 1-based line number of its first line
 
 
-def iter_spans(fh: IO[bytes], *, chunk_rows: int = 256, hasher=None) -> Iterator[Span]:
+def iter_spans(fh: IO[bytes], *, chunk_rows: int = 128, hasher=None) -> Iterator[Span]:
     """Like :func:`iter_chunks`, but yield byte ranges instead of the lines themselves.
 
     A parent process can then hand out a few integers per chunk and let each worker
