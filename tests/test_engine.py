@@ -31,6 +31,8 @@ from fertool.errors import RecipeError, TrainingError
 from fertool.recipe import StageConfig, load_recipe
 from fertool.utils import read_jsonl
 
+from .conftest import reference_file
+
 #: LHC modules valid at input 32 (positions: stem 8x8, stage1 8x8, stage2 4x4, stage3 2x2, stage4 1x1).
 TINY_LHC = [
     {"after": "stem", "heads": 4, "dim": 8},
@@ -238,28 +240,20 @@ def test_interrupted_and_resumed_stage_ends_bit_identical(tmp_path, data):
     assert [(r["train_loss"], r["val_accuracy"]) for r in rows_a] == [(r["train_loss"], r["val_accuracy"]) for r in rows_b]
     assert (tmp_path / "a/stage1/curves.png").is_file() and (tmp_path / "a/stage1/recipe.yaml").is_file()
 
-    # A finished stage is refused, reported as done with --resume, redone with --overwrite.
+    # best.pt is the first epoch with the highest validation accuracy, and its weights give it.
+    accs = [r["val_accuracy"] for r in rows_a]
+    best = load_checkpoint(tmp_path / "a/stage1/best.pt")
+    assert full["best_epoch"] == best["epoch"] == accs.index(max(accs)) + 1
+    from fertool.checkpoint import model_from_checkpoint
+
+    assert evaluate(model_from_checkpoint(best), val)["accuracy"] == pytest.approx(max(accs))
+
+    # A finished stage is refused, and reported as done with --resume.
     with pytest.raises(TrainingError, match="already done"):
         train_stage(recipe, "1", tmp_path / "a", seed=5, train_data=train, val_data=val)
     notes = []
     again = train_stage(recipe, "1", tmp_path / "a", seed=5, resume=True, train_data=train, val_data=val, log=notes.append)
     assert again == full and any("already done" in n for n in notes)
-
-
-def test_best_checkpoint_is_the_best_validation_epoch(tmp_path, data):
-    train, val = data
-    recipe = tiny_recipe(max_epochs=3, patience=5)
-    summary = train_stage(recipe, "1", tmp_path, seed=0, train_data=train, val_data=val)
-    rows = read_jsonl(tmp_path / "stage1/metrics.jsonl")
-    accs = [r["val_accuracy"] for r in rows]
-    best_epoch = accs.index(max(accs)) + 1  # the first epoch reaching the maximum
-    assert summary["best_epoch"] == best_epoch
-    best = load_checkpoint(tmp_path / "stage1/best.pt")
-    assert best["epoch"] == best_epoch and best["metrics"]["val_accuracy"] == max(accs)
-    # The weights in best.pt really give that validation accuracy.
-    from fertool.checkpoint import model_from_checkpoint
-
-    assert evaluate(model_from_checkpoint(best), val)["accuracy"] == pytest.approx(max(accs))
 
 
 def test_divergence_stops_with_best_intact(tmp_path, data):
@@ -342,3 +336,36 @@ def test_controller_stage_trains_only_the_controllers(stage3_run, data):
     # mode (Keras), so even their moving statistics stay put.
     assert changed and all(k.endswith(".controller") for k in changed), sorted(changed)[:5]
     assert [float(start["state_dict"][f"lhc.lhc{i}.controller"]) for i in range(1, 6)] == [0.0, 0.0, 0.0, -1.0, -0.5]
+
+
+def test_stage1_starts_from_keras_imagenet_style_weights(tmp_path, data):
+    from fertool.models.keras import import_keras
+
+    h5 = reference_file("keras_resnet34_notop.h5.gz")
+    train, val = data
+    recipe = load_recipe({**_raw(tiny_recipe(max_epochs=1, lr=1e-12)), "model": {
+        **_raw(tiny_recipe())["model"], "pretrained": str(h5)}})
+    notes = []
+    train_stage(recipe, "1", tmp_path, train_data=train, val_data=val, log=notes.append)
+    assert any("pre-trained weights" in n and "newly initialised" in n for n in notes)
+    imported = import_keras(h5)["state_dict"]
+    trained = _state(tmp_path / "stage1/best.pt")
+    # lr 1e-12: one epoch leaves the convolutions where the Keras file put them.
+    for key in ("stem.conv0.weight", "units.stage4_unit3.conv2.weight"):
+        assert torch.allclose(trained[key], imported[key], atol=1e-6), key
+    assert load_checkpoint(tmp_path / "stage1/best.pt")["lineage"][0]["path"] == str(h5)
+
+
+def test_missing_pretrained_file_names_the_recipe_key(tmp_path, data):
+    from fertool.errors import CheckpointError
+
+    train, val = data
+    recipe = load_recipe({"model": {"input_size": 32, "hidden": [8, 8], "pretrained": str(tmp_path / "nope.h5")}})
+    with pytest.raises(CheckpointError, match="model.pretrained: .*nope.h5: no such file"):
+        train_stage(recipe, "1", tmp_path, train_data=train, val_data=val)
+
+
+def _raw(recipe):
+    from fertool.recipe import to_dict
+
+    return to_dict(recipe)

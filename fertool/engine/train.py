@@ -480,7 +480,7 @@ def _convert(ckpt: dict, want: str, recipe: Recipe, *, seed: int, source: str, s
 
 
 def _pretrained_checkpoint(recipe: Recipe, kind: str, seed: int, log: Log) -> dict:
-    """Stage 1's start: ``model.pretrained`` (Keras .h5, torchvision .pth or fertool checkpoint) or scratch."""
+    """Stage 1's start: ``model.pretrained`` (Keras .h5[.gz], torchvision .pth or fertool checkpoint) or scratch."""
     from ..models import arch_from_recipe, build_model
 
     arch, args = arch_from_recipe(recipe.model, kind)
@@ -505,10 +505,11 @@ def _pretrained_checkpoint(recipe: Recipe, kind: str, seed: int, log: Log) -> di
             lineage.append({"path": str(p), "arch": "torchvision-resnet34", "stage": None, "epoch": None})
             log(f"stage 1 starts from the torchvision ImageNet weights of {p}")
         else:
-            if p.suffix.lower() in (".h5", ".hdf5", ".keras"):
+            if p.name.lower().endswith((".h5", ".hdf5", ".h5.gz", ".hdf5.gz")):
                 from ..models.keras import import_keras
 
-                source = import_keras(p)
+                source = import_keras(p, input_size=recipe.model.input_size,
+                                      num_classes=recipe.model.num_classes, seed=seed)
             else:
                 source = load_checkpoint(p)
             head_copied = _load_backbone(model, source["state_dict"], str(p))
