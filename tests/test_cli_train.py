@@ -55,6 +55,12 @@ def test_train_stage_from_csv_then_refuse_to_redo_it(cli_runner, tiny):
     assert "already done" in again.output and "--overwrite" in again.output
     assert json.loads((run / "stage1/summary.json").read_text()) == summary  # nothing lost
 
+    # --overwrite trains it again (here with the Rich progress display, not -q).
+    redo = cli_runner.invoke(app, [a for a in args if a != "-q"] + ["--overwrite", "--seed", "1"])
+    assert redo.exit_code == 0, redo.output
+    assert "val acc" in redo.output and "stage 1: finished" in redo.output  # epoch table header, summary
+    assert json.loads((run / "stage1/summary.json").read_text())["seed"] == 1
+
 
 @pytest.mark.parametrize(
     "extra, message",
