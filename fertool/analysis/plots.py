@@ -6,7 +6,6 @@ Every function takes plain arrays / dicts and a destination path; none runs a mo
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
