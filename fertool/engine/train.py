@@ -725,22 +725,9 @@ class _StageRun:
                                  "test accuracy of this run is optimistic")
             self.log("warning: " + self.warnings[-1])
 
-        ctx.barrier()
-        if self.overwrite and ctx.is_main:
-            for name in STAGE_OUTPUTS:
-                (self.out.dir / name).unlink(missing_ok=True)
-        ctx.barrier()
-
-        gen = seed_everything(self.seed, deterministic=recipe.train.deterministic)
         if (self.train_data is None) != (self.val_data is None):
             raise DataError("train_stage: give both train_data and val_data, or neither")
-        if self.train_data is not None:
-            train_split, val_split = self.train_data, self.val_data
-        else:
-            train_split, val_split, notes = _load_data(recipe, csv=self.csv, images=self.images, log=self.log,
-                                                       progress=self.progress)
-            self.warnings.extend(notes)
-        self.train_split, self.val_split = train_split, val_split
+        gen = seed_everything(self.seed, deterministic=recipe.train.deterministic)
 
         if self.resume:
             last = load_checkpoint(self.out.last)
@@ -764,6 +751,14 @@ class _StageRun:
             self.reference = None
             self.parent = parent
         _check_input_size(start_ckpt, recipe, self.init_label)
+
+        if self.train_data is not None:
+            train_split, val_split = self.train_data, self.val_data
+        else:
+            train_split, val_split, notes = _load_data(recipe, csv=self.csv, images=self.images, log=self.log,
+                                                       progress=self.progress)
+            self.warnings.extend(notes)
+        self.train_split, self.val_split = train_split, val_split
 
         from ..models import build_model, freeze_except_controllers
 
@@ -801,6 +796,11 @@ class _StageRun:
             torch.manual_seed(_rank_seed(self.seed, ctx.rank))
             self.aug_gen = torch.Generator().manual_seed(_rank_seed(self.seed, ctx.rank + ctx.world_size))
 
+        # Everything checked: only now may --overwrite remove the previous results.
+        ctx.barrier()
+        if self.overwrite and ctx.is_main:
+            for name in STAGE_OUTPUTS:
+                (self.out.dir / name).unlink(missing_ok=True)
         if ctx.is_main:
             self.out.dir.mkdir(parents=True, exist_ok=True)
             save_recipe(recipe, self.run_dir / "recipe.yaml")
