@@ -122,6 +122,21 @@ def test_same_pooling_semantics():
     assert avg2[0, 0, 0, 0] == pytest.approx(float(x[0, 0, :2, :2].mean()))
 
 
+@pytest.mark.parametrize("kernel", [2, 3, 4, 5])
+def test_pooling_implementations_agree(kernel):
+    # the CPU fast paths (depthwise ones-conv, channels_last max) against the plain kernels
+    x = torch.randn(2, 5, 7, 6, requires_grad=True)
+    conv, pool = same_avg_pool(x, kernel, method="conv"), same_avg_pool(x, kernel, method="pool")
+    torch.testing.assert_close(conv, pool, atol=1e-6, rtol=1e-6)
+    if kernel % 2:
+        torch.testing.assert_close(pool, F.avg_pool2d(x, kernel, 1, kernel // 2, count_include_pad=False))
+    a, b = same_max_pool(x, kernel, channels_last=True), same_max_pool(x, kernel, channels_last=False)
+    assert torch.equal(a, b)
+    ga, = torch.autograd.grad(conv.sum(), x)
+    gb, = torch.autograd.grad(pool.sum(), x)
+    torch.testing.assert_close(ga, gb, atol=1e-6, rtol=1e-6)
+
+
 def test_every_parameter_gets_a_finite_gradient():
     torch.manual_seed(0)
     m = LHC(6, heads=2, dim=3, controller=-0.5, size=4)

@@ -297,3 +297,26 @@ def test_augment_refusals(backbone_ckpt):
                                              if k != "final_bn.weight"}}
     with pytest.raises(CheckpointError, match=r"missing 1 tensors \(final_bn\.weight\)"):
         augment_lhc(short, lhc=list(TABLE2_LHC), controller_init=None, seed=1)
+
+
+def test_load_torchvision_weights(tmp_path, monkeypatch):
+    import torchvision
+
+    from fertool.models.resnet import load_torchvision_weights
+
+    torch.manual_seed(3)
+    state = torchvision.models.resnet34(weights=None).state_dict()
+    path = tmp_path / "resnet34-b627a593.pth"
+    torch.save(state, path)
+    model = build_model("resnet34_tv", input_size=64, hidden=[8])
+    load_torchvision_weights(model, str(path))
+    for k, v in model.trunk.state_dict().items():
+        assert torch.equal(v, state[k]), k
+    # offline without a file: a clear error that says where to put it
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    with pytest.raises(ModelError, match=r"put resnet34-b627a593\.pth in .*hub/checkpoints"):
+        load_torchvision_weights(model)
+    wrong = tmp_path / "r18.pth"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), wrong)
+    with pytest.raises(ModelError, match="not torchvision ResNet34 weights"):
+        load_torchvision_weights(model, str(wrong))

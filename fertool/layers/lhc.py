@@ -35,22 +35,50 @@ def _same_pads(kernel: int) -> tuple[int, int]:
     return before, kernel - 1 - before
 
 
-def same_avg_pool(x: torch.Tensor, kernel: int) -> torch.Tensor:
-    """Keras ``AvgPool2D(kernel, strides=1, padding='same')``: padded cells are not counted."""
-    if kernel % 2 == 1:
-        return F.avg_pool2d(x, kernel, stride=1, padding=kernel // 2, count_include_pad=False)
+def _inverse_count(h: int, w: int, kernel: int, like: torch.Tensor) -> torch.Tensor:
+    """(1, 1, H, W): 1 / number of real (unpadded) cells in each 'same' window."""
     lo, hi = _same_pads(kernel)
-    summed = F.avg_pool2d(F.pad(x, (lo, hi, lo, hi)), kernel, stride=1, divisor_override=1)
-    ones = torch.ones((1, 1) + tuple(x.shape[-2:]), dtype=x.dtype, device=x.device)
+    ones = torch.ones(1, 1, h, w, dtype=torch.float32, device=like.device)
     count = F.avg_pool2d(F.pad(ones, (lo, hi, lo, hi)), kernel, stride=1, divisor_override=1)
-    return summed / count
+    return count.reciprocal().to(like.dtype)
 
 
-def same_max_pool(x: torch.Tensor, kernel: int) -> torch.Tensor:
-    """Keras ``MaxPool2D(kernel, strides=1, padding='same')``: padding acts as -inf."""
-    if kernel % 2 == 1:
-        return F.max_pool2d(x, kernel, stride=1, padding=kernel // 2)
+def same_avg_pool(x: torch.Tensor, kernel: int, *, method: str | None = None) -> torch.Tensor:
+    """Keras ``AvgPool2D(kernel, strides=1, padding='same')``: padded cells are not counted.
+
+    On the CPU the window sum is a depthwise convolution with a ones kernel times 1/count
+    (about 5x faster than ``avg_pool2d`` there, forward+backward, same values to ~1 ulp);
+    on other devices ``avg_pool2d(count_include_pad=False)``.  ``method`` ("conv" or
+    "pool") forces one of the two.
+    """
+    h, w = x.shape[-2:]
     lo, hi = _same_pads(kernel)
+    if (method or ("conv" if x.device.type == "cpu" else "pool")) == "conv":
+        c = x.shape[1]
+        ones = torch.ones(c, 1, kernel, kernel, dtype=x.dtype, device=x.device)
+        if lo == hi:
+            summed = F.conv2d(x, ones, padding=lo, groups=c)
+        else:
+            summed = F.conv2d(F.pad(x, (lo, hi, lo, hi)), ones, groups=c)
+        return summed * _inverse_count(h, w, kernel, summed)
+    if lo == hi:
+        return F.avg_pool2d(x, kernel, stride=1, padding=lo, count_include_pad=False)
+    summed = F.avg_pool2d(F.pad(x, (lo, hi, lo, hi)), kernel, stride=1, divisor_override=1)
+    return summed * _inverse_count(h, w, kernel, summed)
+
+
+def same_max_pool(x: torch.Tensor, kernel: int, *, channels_last: bool | None = None) -> torch.Tensor:
+    """Keras ``MaxPool2D(kernel, strides=1, padding='same')``: padding acts as -inf.
+
+    On the CPU the pooling runs in channels_last layout (about 2x faster there, forward+
+    backward, identical values); the result's layout does not matter to the caller, which
+    reshapes it into heads.  ``channels_last`` forces the choice.
+    """
+    if channels_last if channels_last is not None else x.device.type == "cpu":
+        x = x.contiguous(memory_format=torch.channels_last)
+    lo, hi = _same_pads(kernel)
+    if lo == hi:
+        return F.max_pool2d(x, kernel, stride=1, padding=lo)
     return F.max_pool2d(F.pad(x, (lo, hi, lo, hi), value=float("-inf")), kernel, stride=1)
 
 
@@ -197,11 +225,11 @@ class LHC(nn.Module):
 
     # ------------------------------------------------------------------ forward
 
-    def _split_heads(self, t: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) -> (B, heads, C, r): row-major positions cut into stripes (step 2)."""
+    def _heads_first(self, t: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (heads, B*C, r): row-major positions cut into stripes (step 2)."""
         b, c = t.shape[:2]
         t = t.reshape(b, c, self.heads, -1)  # (B, C, heads, r)
-        return t.transpose(1, 2)  # (B, heads, C, r)
+        return t.permute(2, 0, 1, 3).reshape(self.heads, b * c, -1)  # (heads, B*C, r)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.enabled:
@@ -232,28 +260,32 @@ class LHC(nn.Module):
             value = self.v(x)
         value = same_avg_pool(value, self.value_pool)
 
-        # Steps 2-3: split into heads and embed query and key with the same per-head map,
-        # in one batched matmul over (B, heads) with the key stacked under the query.
-        qk = torch.cat([self._split_heads(q_src), self._split_heads(k_src)], dim=2)  # (B, heads, 2C, r)
-        qk = torch.matmul(qk, self.qk_weight) + self.qk_bias[:, None, :]  # (B, heads, 2C, d)
-        q, k = qk[:, :, :c], qk[:, :, c:]  # (B, heads, C, d) each
+        # Steps 2-3: split into heads and embed query and key with the same per-head map.
+        # Heads lead the layout so that one bmm over heads applies each head's own weight
+        # to all B*C rows at once (no copy of the weight per batch element).
+        n, r = self.heads, (h * w) // self.heads
+        bias = self.qk_bias.unsqueeze(1)  # (heads, 1, d)
+        q = torch.baddbmm(bias, self._heads_first(q_src), self.qk_weight)  # (heads, B*C, d)
+        k = torch.baddbmm(bias, self._heads_first(k_src), self.qk_weight)  # (heads, B*C, d)
+        q = q.view(n, b, c, self.dim)  # (heads, B, C, d)
+        k = k.view(n, b, c, self.dim)  # (heads, B, C, d)
 
         # Step 4: scores between channels.
-        scores = torch.matmul(q, k.transpose(-1, -2))  # (B, heads, C, C)
-        # Step 5: dynamic scaling, exponent per (batch, head, query channel).
-        sp = torch.sigmoid(self.p(scores.mean(dim=-1)))  # (B, heads, C)
-        base = torch.tensor(float(self.dim), dtype=scores.dtype, device=scores.device)
-        scaled = scores / torch.pow(base, self.scale + sp).unsqueeze(-1)  # (B, heads, C, C)
+        scores = torch.matmul(q, k.transpose(-1, -2))  # (heads, B, C, C)
+        # Step 5: dynamic scaling, exponent per (head, batch, query channel):
+        # S / d**(g + T) computed as S * d**-(g + T) (a product is cheaper to differentiate).
+        sp = torch.sigmoid(self.p(scores.mean(dim=-1)))  # (heads, B, C)
+        inv = torch.exp((self.scale + sp) * -math.log(self.dim))  # (heads, B, C)
         # Step 6: softmax over key channels, weighted sum of the value stripes.
-        weights = torch.softmax(scaled, dim=-1)  # (B, heads, C, C)
-        att = torch.matmul(weights, self._split_heads(value))  # (B, heads, C, r)
+        weights = torch.softmax(scores * inv.unsqueeze(-1), dim=-1)  # (heads, B, C, C)
+        att = torch.matmul(weights, self._heads_first(value).view(n, b, c, r))  # (heads, B, C, r)
 
         if self.record:
-            self.last_attention = att.detach()
-            self.last_weights = weights.detach()
+            self.last_attention = att.detach().transpose(0, 1).contiguous()  # (B, heads, C, r)
+            self.last_weights = weights.detach().transpose(0, 1).contiguous()  # (B, heads, C, C)
 
         # Step 7: reassemble the stripes in order and add the residual.
-        att = att.transpose(1, 2).reshape(b, c, h, w)  # (B, heads, C, r) -> (B, C, heads, r) -> (B, C, H, W)
+        att = att.permute(1, 2, 0, 3).reshape(b, c, h, w)  # (heads, B, C, r) -> (B, C, heads, r) -> (B, C, H, W)
         if self.controller is not None:
             att = att * (1.0 + torch.tanh(self.controller))
         return x + att

@@ -1,0 +1,149 @@
+"""Speed of the models: forward+backward per image, LHC-Net / ResNet34v2 ratio, batched LHC vs loop.
+
+    python benchmarks/model.py [--device cpu|cuda] [--batch N] [--steps N] [--size 224]
+
+CPU: float32, batch 8.  CUDA: batch 128, bf16 autocast, channels_last.  Prints numbers only.
+``--cpu-time`` (CPU only) runs torch on one thread and times with the thread's CPU time, which
+other processes on a shared machine disturb much less than wall-clock time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+import torch.nn.functional as F
+
+from fertool.layers import LHC
+from fertool.models import build_model
+
+
+CLOCK = time.perf_counter
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def step_times(model, x, y, device, amp: bool, steps: int) -> list[float]:
+    """Seconds of ``steps`` forward+backward passes (optimiser step excluded)."""
+    model.train()
+    times = []
+    for _ in range(steps):
+        _sync(device)
+        t0 = CLOCK()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+        _sync(device)
+        times.append(CLOCK() - t0)
+    return times
+
+
+class LoopLHC(torch.nn.Module):
+    """The same module computed head by head (the reference's Python loop), for comparison."""
+
+    def __init__(self, m: LHC):
+        super().__init__()
+        self.m = m
+
+    def forward(self, x):
+        m = self.m
+        b, c, h, w = x.shape
+        r = h * w // m.heads
+        q_src = F.avg_pool2d(x, m.pool, 1, m.pool // 2, count_include_pad=False).reshape(b, c, h * w)
+        k_src = F.max_pool2d(x, m.pool, 1, m.pool // 2).reshape(b, c, h * w)
+        v = F.avg_pool2d(m.v(x), 3, 1, 1, count_include_pad=False).reshape(b, c, h * w)
+        outs = []
+        for i in range(m.heads):
+            sl = slice(i * r, (i + 1) * r)
+            q = q_src[:, :, sl] @ m.qk_weight[i] + m.qk_bias[i]
+            k = k_src[:, :, sl] @ m.qk_weight[i] + m.qk_bias[i]
+            s = q @ k.transpose(1, 2)
+            t = torch.sigmoid(m.p(s.mean(-1)))
+            wts = torch.softmax(s / torch.pow(torch.tensor(float(m.dim), device=x.device), m.scale + t)[..., None], -1)
+            outs.append(wts @ v[:, :, sl])
+        return x + torch.cat(outs, dim=2).reshape(b, c, h, w)
+
+
+def layer_time(module, x, device, amp, steps) -> float:
+    """Minimum seconds of one forward+backward of a layer."""
+    times = []
+    for i in range(2 + steps):
+        _sync(device)
+        t0 = CLOCK()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            out = module(x)
+        out.float().square().mean().backward()
+        module.zero_grad(set_to_none=True)
+        _sync(device)
+        if i >= 2:
+            times.append(CLOCK() - t0)
+    return min(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--batch", type=int, default=None)
+    ap.add_argument("--steps", type=int, default=2, help="steps per model per round")
+    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--cpu-time", action="store_true", help="one thread, timed by its CPU time")
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    global CLOCK
+    if args.cpu_time:
+        if device.type != "cpu":
+            ap.error("--cpu-time is for the CPU")
+        args.threads = 1
+        CLOCK = time.thread_time
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cuda = device.type == "cuda"
+    batch = args.batch or (128 if cuda else 8)
+    amp = cuda
+    fmt = torch.channels_last if cuda else torch.contiguous_format
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+        print(f"device: {torch.cuda.get_device_name(device)}, batch {batch}, bf16 autocast, channels_last")
+    else:
+        clock = "thread CPU time" if args.cpu_time else "wall clock"
+        print(f"device: cpu ({torch.get_num_threads()} threads), batch {batch}, float32, {clock}")
+    torch.manual_seed(0)
+    x = (torch.rand(batch, 3, args.size, args.size, device=device) * 255).to(memory_format=fmt)
+    y = torch.randint(0, 7, (batch,), device=device)
+    models = {arch: build_model(arch, input_size=args.size).to(device, memory_format=fmt)
+              for arch in ("resnet34v2", "lhc_net")}
+    for model in models.values():  # warm-up
+        step_times(model, x, y, device, amp, 2)
+    # Interleaved rounds so that a load change on a shared machine hits both models alike;
+    # the minimum is the least disturbed measurement, the median the typical one.
+    times: dict[str, list[float]] = {arch: [] for arch in models}
+    for _ in range(args.rounds):
+        for arch, model in models.items():
+            times[arch] += step_times(model, x, y, device, amp, args.steps)
+    for arch, ts in times.items():
+        ts.sort()
+        print(f"{arch:11s} forward+backward: min {1e3 * ts[0] / batch:8.2f} ms/image, "
+              f"median {1e3 * ts[len(ts) // 2] / batch:8.2f} ms/image ({batch / ts[0]:7.1f} img/s best)")
+    best = {a: min(ts) for a, ts in times.items()}
+    med = {a: ts[len(ts) // 2] for a, ts in times.items()}
+    print(f"LHC-Net / ResNet34v2 step-time ratio: {best['lhc_net'] / best['resnet34v2']:.3f} (min), "
+          f"{med['lhc_net'] / med['resnet34v2']:.3f} (median)")
+
+    # LHC module 1 (56x56x64, 8 heads): batched vs per-head loop
+    m = LHC(64, heads=8, dim=196, size=56).to(device)
+    xl = torch.randn(batch, 64, 56, 56, device=device, requires_grad=False).to(memory_format=fmt)
+    tb = layer_time(m, xl, device, amp, 3 * args.rounds)
+    tl = layer_time(LoopLHC(m), xl, device, amp, 3 * args.rounds)
+    print(f"LHC1 layer fwd+bwd, batched: {1e3 * tb / batch:.3f} ms/image; per-head loop: "
+          f"{1e3 * tl / batch:.3f} ms/image; loop / batched = {tl / tb:.2f}")
+
+
+if __name__ == "__main__":
+    main()
