@@ -197,14 +197,6 @@ def _default_classes() -> list[str]:
     return list(CLASS_NAMES)
 
 
-def state_dicts_equal(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor], keys=None) -> bool:
-    """True when the tensors of ``keys`` (default: all of ``a``) are bit-identical in ``b``."""
-    for k in keys if keys is not None else a:
-        if k not in b or a[k].dtype != b[k].dtype or not torch.equal(a[k], b[k]):
-            return False
-    return True
-
-
 def augment_lhc_file(
     checkpoint: str | os.PathLike,
     out: str | os.PathLike,

@@ -14,7 +14,6 @@ backbone's state-dict keys are the same with and without them.
 
 from __future__ import annotations
 
-import math
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
