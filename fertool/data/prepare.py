@@ -224,11 +224,19 @@ def _init_worker_process() -> None:
 
 
 def _mp_context() -> multiprocessing.context.BaseContext:
-    """``fork`` where it exists: workers start at once, share the parent's imports and,
-    unlike ``spawn``, do not re-run the caller's script (a library function must not
-    require an ``if __name__ == "__main__"`` guard).  Workers only run NumPy/OpenCV code."""
-    methods = multiprocessing.get_all_start_methods()
-    return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+    """``forkserver`` where it exists, else ``spawn``; never plain ``fork``.
+
+    The caller usually has threads running (PyTorch's and OpenCV's pools, ONNX Runtime,
+    a progress bar): a ``fork`` copies their locks in whatever state they are in, and a
+    worker that touches one waits forever.  The fork server is a fresh single-threaded
+    process started once; workers are forked from it with this module preloaded, so they
+    start fast and run only NumPy/OpenCV code.
+    """
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload([__name__])
+        return context
+    return multiprocessing.get_context("spawn")
 
 
 def _work(task: _Task) -> _Result:
