@@ -49,11 +49,15 @@ def same_avg_pool(x: torch.Tensor, kernel: int, *, method: str | None = None) ->
     On the CPU the window sum is a depthwise convolution with a ones kernel times 1/count
     (about 5x faster than ``avg_pool2d`` there, forward+backward, same values to ~1 ulp);
     on other devices ``avg_pool2d(count_include_pad=False)``.  ``method`` ("conv" or
-    "pool") forces one of the two.
+    "pool") forces one of the two.  Exporters (ONNX, TorchScript tracing) always get the
+    pooling form, which they translate to one standard operator.
     """
     h, w = x.shape[-2:]
     lo, hi = _same_pads(kernel)
-    if (method or ("conv" if x.device.type == "cpu" else "pool")) == "conv":
+    if method is None:
+        exporting = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+        method = "conv" if x.device.type == "cpu" and not exporting else "pool"
+    if method == "conv":
         c = x.shape[1]
         ones = torch.ones(c, 1, kernel, kernel, dtype=x.dtype, device=x.device)
         if lo == hi:
