@@ -288,8 +288,8 @@ def test_folder_dataset_errors(tmp_path):
 
 
 def test_cache_of_fertool_prepare_output(tmp_path):
-    prepare_mod = pytest.importorskip("fertool.data.prepare")
-    sample_mod = pytest.importorskip("fertool.data.sample")
+    import fertool.data.prepare as prepare_mod
+    import fertool.data.sample as sample_mod
     from fertool.data.csv import load_split
     from fertool.data.resize import to_prepared_uint8
     from fertool.recipe import PrepareConfig

@@ -134,7 +134,6 @@ def _small_checkpoint(path, num_classes=7):
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
-    pytest.importorskip("fertool.models")
     root = tmp_path_factory.mktemp("evaluate")
     model = _small_checkpoint(root / "run" / "best.pt")
     csv = _write_csv(root / "fer.csv", SPLIT_ROWS)
@@ -250,8 +249,8 @@ def test_cli_evaluate_bad_input(workdir, cli_runner, tmp_path, case):
 
 def test_evaluate_image_folder(workdir, tmp_path):
     """A folder of class subfolders (users' own data) through fertool.data.cache."""
-    pytest.importorskip("fertool.data.cache")
-    cv2 = pytest.importorskip("cv2")
+    import cv2
+
     from fertool.evaluation.evaluate import evaluate_checkpoint
 
     rng = np.random.default_rng(3)
