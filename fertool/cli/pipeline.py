@@ -1,0 +1,82 @@
+"""``fertool pipeline``: the whole protocol in one command."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from ._common import QuietOption, SetOption, err, load_recipe_from_options, out, progress_callback
+
+
+def pipeline_cli(
+    recipe: Optional[str] = typer.Option(
+        None, "--recipe", "-r",
+        help="Recipe file or name. Default: 'paper' with --csv, 'demo' (synthetic sample data) without.",
+    ),
+    csv: Optional[Path] = typer.Option(None, "--csv", help="FER2013 CSV. Without it the synthetic sample is generated."),
+    run: Optional[Path] = typer.Option(None, "--run", help="Run directory (default: runs/<recipe name>)."),
+    seeds: Optional[str] = typer.Option(
+        None, "--seeds", help="Comma-separated data-order seeds; stage 4 (and the ResNet control) is repeated per seed."
+    ),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    sets: Optional[List[str]] = SetOption,
+    quiet: bool = QuietOption,
+) -> None:
+    """Run prepare -> stages 1-3 -> augment-lhc -> stage 4 -> controller -> evaluate (plain
+    and TTA) -> ablate -> report, and print the final table beside the paper's numbers.
+
+    Re-running skips finished steps and resumes an interrupted stage.
+    """
+    from rich.table import Table
+
+    from ..errors import FertoolError
+    from ..pipeline import run_pipeline
+
+    name = recipe or ("paper" if csv is not None else "demo")
+    resolved = load_recipe_from_options(name, sets)
+    seed_list = None
+    if seeds:
+        try:
+            seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+        except ValueError:
+            raise FertoolError(f"--seeds {seeds}: expected comma-separated integers, e.g. 1,2,3") from None
+    run_dir = run or Path("runs") / Path(name).stem
+
+    def log(message: str) -> None:
+        err.print(f"[dim]·[/dim] {message}", highlight=False)
+
+    result = run_pipeline(
+        resolved,
+        run_dir,
+        csv=csv,
+        seeds=seed_list,
+        device=device,
+        log=log,
+        progress_factory=lambda description: progress_callback(description, quiet=quiet),
+    )
+
+    table = Table(title=f"fertool pipeline: {result['csv']} (PrivateTest-style test split)")
+    for column in ("model", "runs", "accuracy", "TTA accuracy", "params", "paper", "paper TTA", "paper params"):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for row in result["table"]:
+        table.add_row(
+            row["model"],
+            str(row["runs"]),
+            f"{row['accuracy']:.2f}%",
+            "-" if row["tta_accuracy"] is None else f"{row['tta_accuracy']:.2f}%",
+            "-" if row["params"] is None else f"{row['params'] / 1e6:.1f}M",
+            f"{row['paper_accuracy']:.2f}%",
+            f"{row['paper_tta_accuracy']:.2f}%",
+            row["paper_params"],
+        )
+    out.print(table)
+    out.print(f"run directory: {result['run']}  (report: {Path(result['run']) / 'report' / 'report.md'})")
+    if csv is None:
+        out.print("[yellow]note:[/yellow] this ran on SYNTHETIC sample faces (no --csv); the paper's "
+                  "numbers are for FER2013 at 224 px and are shown for reference only.")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("pipeline")(pipeline_cli)

@@ -1,0 +1,162 @@
+"""``fertool pipeline``: the whole protocol on a tiny recipe, re-runs that skip or resume,
+the final table, and the command's refusals."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import yaml
+
+from fertool.cli import app
+from fertool.pipeline import PAPER_TABLE, final_table, run_pipeline
+from fertool.recipe import load_recipe
+
+ONE_EPOCH = {"max_epochs": 1, "patience": 1}
+TINY = {
+    "prepare": {"size": 32},
+    "model": {"input_size": 32, "hidden": [8, 8], "bn_momentum": 0.9,
+              "lhc": [{"after": "stem", "heads": 4, "dim": 8}, {"after": "stage1_unit3", "heads": 4, "dim": 8}],
+              "controller_init": [0.0, -1.0]},
+    "train": {"eval_batch_size": 16, "stages": {
+        "1": {**ONE_EPOCH, "optimizer": "sgd", "batch_size": 7},
+        "2": {**ONE_EPOCH, "batch_size": 7},
+        "3": {**ONE_EPOCH, "batch_size": 7},
+        "4": {**ONE_EPOCH, "batch_size": 7},
+        "controller": {**ONE_EPOCH, "batch_size": 7}}},
+    "sample": {"per_class": 2, "seed": 0},  # 14 / 7 / 7 images
+    "ablate": {"modes": ["off"], "sets": ["single"]},
+    "pipeline": {"seeds": [1, 2]},
+}
+
+MODEL_DIRS = {  # what each model's checkpoints are, for two seeds
+    "ResNet34v2": ["stage3", "seed-1/resnet/stage4", "seed-2/resnet/stage4"],
+    "LHC-Net": ["seed-1/stage4", "seed-2/stage4"],
+    "LHC-NetC": ["seed-1/controller", "seed-2/controller"],
+}
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """One complete two-seed pipeline run on the generated sample, with its log."""
+    run = tmp_path_factory.mktemp("pipeline") / "run"
+    messages: list[str] = []
+    result = run_pipeline(load_recipe(TINY), run, device="cpu", log=messages.append)
+    return run, result, messages
+
+
+def test_every_step_leaves_its_outputs(finished):
+    run, result, messages = finished
+    assert (run / "recipe.yaml").is_file() and (run / "data/sample.csv").is_file()
+    assert any("synthetic sample" in m for m in messages)
+    assert (run / "data/prepared/prepare.json").is_file()
+    for dirs in MODEL_DIRS.values():
+        for d in dirs:
+            summary = json.loads((run / d / "summary.json").read_text())
+            assert summary["status"] in ("finished", "early_stopped"), d
+            metrics = json.loads((run / d / "eval-PrivateTest/metrics.json").read_text())
+            assert metrics["n"] == 7 and metrics["tta"] is not None, d
+    # Stage 4 started from the stage-3 weights with LHC modules added.
+    assert (run / "seed-1/stage4/init.pt").is_file()
+    ablated = [p.relative_to(run).parts[0] for p in run.glob("seed-*/stage4/ablate-PrivateTest/ablation.json")]
+    assert len(ablated) == 1  # only the best LHC-Net is ablated
+    assert (run / "report/report.md").is_file()
+    assert json.loads((run / "pipeline.json").read_text())["table"] == result["table"]
+
+
+def test_the_final_table_reports_the_best_run_of_each_model_beside_the_paper(finished):
+    run, result, _ = finished
+    assert [row["model"] for row in result["table"]] == ["ResNet34v2", "LHC-Net", "LHC-NetC"]
+    for row in result["table"]:
+        runs = [json.loads((run / d / "eval-PrivateTest/metrics.json").read_text())
+                for d in MODEL_DIRS[row["model"]]]
+        best = max(runs, key=lambda m: m["accuracy"])
+        assert row["runs"] == len(runs)
+        assert row["accuracy"] == pytest.approx(100 * best["accuracy"])
+        assert row["tta_accuracy"] == pytest.approx(100 * best["tta"]["accuracy"])
+        assert (row["paper_accuracy"], row["paper_tta_accuracy"], row["paper_params"]) == PAPER_TABLE[row["model"]]
+    params = {row["model"]: row["params"] for row in result["table"]}
+    assert params["LHC-Net"] > params["ResNet34v2"]  # the modules add parameters
+
+
+def test_a_rerun_skips_every_finished_step(finished):
+    run, result, _ = finished
+    stamps = {p: p.stat().st_mtime_ns for p in run.rglob("*.pt")}
+    messages: list[str] = []
+    again = run_pipeline(load_recipe(TINY), run, device="cpu", log=messages.append)
+    assert again["table"] == result["table"]
+    assert {p: p.stat().st_mtime_ns for p in run.rglob("*.pt")} == stamps
+    assert not any(m.endswith(": training") or m.endswith(": resuming") for m in messages)
+    assert sum("skipped" in m for m in messages) >= 1 + 3 + 3 * 2 + 7 + 1
+
+
+def test_an_interrupted_stage_is_resumed_and_its_evaluation_redone(finished):
+    # Works on the shared run in place (a copy would be ~2 GB of checkpoints), so it comes
+    # after the tests that look at the untouched run.
+    run, _, _ = finished
+    # A controller run killed after its first checkpoint: last.pt is there, no summary.
+    (run / "seed-2/controller/summary.json").unlink()
+    messages: list[str] = []
+    run_pipeline(load_recipe(TINY), run, device="cpu", log=messages.append)
+    assert any(m.endswith("seed-2/controller: resuming") for m in messages), messages
+    assert not any(m.endswith(": training") for m in messages)
+    assert json.loads((run / "seed-2/controller/summary.json").read_text())["status"] in ("finished", "early_stopped")
+    # Its evaluation is redone because the checkpoint is newer than the old metrics.
+    best = run / "seed-2/controller/best.pt"
+    assert (run / "seed-2/controller/eval-PrivateTest/metrics.json").stat().st_mtime >= best.stat().st_mtime
+
+
+def test_final_table_picks_the_best_run_and_converts_to_percent():
+    results = {
+        "ResNet34v2": [{"accuracy": 0.5, "tta": {"accuracy": 0.6}, "params": 10}],
+        "LHC-Net": [{"accuracy": 0.25, "tta": None, "params": 12}, {"accuracy": 0.75, "tta": None, "params": 12}],
+        "LHC-NetC": [],
+    }
+    rows = final_table(results)
+    assert [r["model"] for r in rows] == ["ResNet34v2", "LHC-Net"]
+    assert rows[0]["accuracy"] == 50 and rows[0]["tta_accuracy"] == pytest.approx(60)
+    assert rows[1]["accuracy"] == 75 and rows[1]["runs"] == 2 and rows[1]["tta_accuracy"] is None
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def test_cli_runs_a_recipe_and_prints_the_table(cli_runner, tmp_path):
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump({**TINY, "pipeline": {"seeds": [1], "ablate": False}}))
+    run = tmp_path / "run"
+    result = cli_runner.invoke(app, ["pipeline", "-r", str(recipe), "--run", str(run), "--device", "cpu", "-q"])
+    assert result.exit_code == 0, result.output
+    for text in ("LHC-NetC", "74.42%", "SYNTHETIC", "report:"):
+        assert text in result.output, text
+    table = json.loads((run / "pipeline.json").read_text())["table"]
+    assert [row["runs"] for row in table] == [1, 1, 1]  # one seed: no ResNet control re-run
+    assert not list(run.glob("seed-1/stage4/ablate-*"))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--seeds", "1,x"], "--seeds 1,x: expected comma-separated integers"),
+    (["--csv", "missing.csv"], "missing.csv: no such CSV file"),
+    (["--set", "pipeline.seeds=[]"], "at least one seed"),
+])
+def test_cli_refuses_bad_input_in_one_line(cli_runner, tmp_path, args, message):
+    run = tmp_path / "run"
+    result = cli_runner.invoke(app, ["pipeline", "-r", "demo", "--run", str(run)] + args)
+    assert result.exit_code == 1, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_a_run_started_with_another_recipe_is_refused_untouched(finished):
+    run, _, _ = finished
+    before = (run / "recipe.yaml").read_bytes()
+    other = {**TINY, "train": {**TINY["train"], "eval_batch_size": 8}}
+    with pytest.raises(Exception, match=r"different recipe \(sections differ: train\)"):
+        run_pipeline(load_recipe(other), run, device="cpu")
+    assert (run / "recipe.yaml").read_bytes() == before
+    # The pipeline section (seeds, switches) may change, e.g. to add a seed later.
+    messages: list[str] = []
+    run_pipeline(load_recipe({**TINY, "pipeline": {"seeds": [2], "ablate": False}}), run, device="cpu",
+                 log=messages.append)
+    assert not any(m.endswith(": training") or m.endswith(": resuming") for m in messages)
