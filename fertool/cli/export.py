@@ -18,7 +18,7 @@ class ExportFormat(str, Enum):
 
 def export_cmd(
     checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="fertool checkpoint (.pt) to export."),
-    fmt: ExportFormat = typer.Option(..., "--format", "-f", help="onnx (needs fertool[export]) or torchscript."),
+    fmt: ExportFormat = typer.Option(..., "--format", "-f", help="onnx (needs the 'export' extra: onnx, onnxruntime) or torchscript."),
     out_path: Path = typer.Option(..., "--out", "-o", help="Output file (.onnx / .pt); replaced only on success."),
     opset: int = typer.Option(17, "--opset", min=9, help="ONNX opset version."),
     batch: int = typer.Option(2, "--batch", min=1, help="Batch size of the tracing example (the batch axis stays dynamic)."),
@@ -50,7 +50,7 @@ def export_cmd(
         f"({', '.join(meta['class_names'])})"
     )
     if info["max_abs_diff"] is None:
-        out.print("  parity: not checked (onnxruntime is not installed: pip install 'fertool[export]')")
+        out.print("  parity: not checked (onnxruntime is not installed: pip install 'fertool\\[export]')")
     else:
         out.print(
             f"  parity: max |softmax difference| = {info['max_abs_diff']:.3g} on {info['samples']} random images "

@@ -14,6 +14,7 @@ backbone's state-dict keys are the same with and without them.
 
 from __future__ import annotations
 
+import abc
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -138,7 +139,7 @@ def _lhc_seed(seed: int, index: int) -> int:
     return int(np.random.SeedSequence([int(seed) % 2**63, int(index)]).generate_state(1, dtype=np.uint64)[0] % 2**63)
 
 
-class FERResNet(nn.Module):
+class FERResNet(nn.Module, abc.ABC):
     """Common part of the backbones: head, insertion points, LHC modules.
 
     Subclasses build ``self.stem`` (input -> ``stem`` position), ``self.units`` (an
@@ -246,8 +247,9 @@ class FERResNet(nn.Module):
         name = self.lhc_after.get(position)
         return x if name is None else self.lhc[name](x)
 
-    def _final(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _final(self, x: torch.Tensor) -> torch.Tensor:
+        """The trunk's last operation on the (B, 512, h, w) map, before global pooling."""
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) raw 0..255 pixels -> (B, 512) pooled features (after final BN+ReLU)."""
