@@ -59,7 +59,7 @@ def pipeline_cli(
 
     table = Table(title=f"fertool pipeline: {result['csv']} (PrivateTest-style test split)")
     for column in ("model", "runs", "accuracy", "TTA accuracy", "params", "paper", "paper TTA", "paper params"):
-        table.add_column(column, justify="left" if column == "model" else "right")
+        table.add_column(column, justify="left" if column == "model" else "right", no_wrap=column == "model")
     for row in result["table"]:
         table.add_row(
             row["model"],
