@@ -82,6 +82,21 @@ def _check_same_recipe(recipe: Recipe, run_dir: Path) -> None:
         )
 
 
+def _check_same_csv(summary: Path, csv: Path, run_dir: Path) -> None:
+    """Refuse to continue a run directory whose images were prepared from another CSV."""
+    import json
+
+    try:
+        source = json.loads(summary.read_text(encoding="utf-8"))["source"]["csv"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise FertoolError(f"{summary}: unreadable; use a new --run directory") from None
+    if Path(source).resolve() != csv.resolve():
+        raise FertoolError(
+            f"{run_dir}: was started with the CSV {source}, not {csv}; "
+            "use a new --run directory, or delete this one to start over"
+        )
+
+
 def run_pipeline(
     recipe: Recipe,
     run_dir: str | os.PathLike,
@@ -131,6 +146,7 @@ def run_pipeline(
     csv = Path(csv)
     images = data_dir / "prepared"
     if (images / "prepare.json").is_file():
+        _check_same_csv(images / "prepare.json", csv, run_dir)
         log(f"prepare: {images} exists, skipped")
     else:
         with bar("prepare") as progress:

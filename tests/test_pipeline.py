@@ -160,3 +160,13 @@ def test_a_run_started_with_another_recipe_is_refused_untouched(finished):
     run_pipeline(load_recipe({**TINY, "pipeline": {"seeds": [2], "ablate": False}}), run, device="cpu",
                  log=messages.append)
     assert not any(m.endswith(": training") or m.endswith(": resuming") for m in messages)
+
+
+def test_a_run_started_from_another_csv_is_refused(finished, tmp_path):
+    import shutil
+
+    run, _, _ = finished
+    other = tmp_path / "other.csv"
+    shutil.copyfile(run / "data/sample.csv", other)
+    with pytest.raises(Exception, match=r"was started with the CSV .*sample\.csv, not .*other\.csv"):
+        run_pipeline(load_recipe(TINY), run, csv=other, device="cpu")
