@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -25,8 +26,11 @@ import yaml
 
 from .errors import RecipeError
 
-#: Folder of the recipes shipped with fertool (``recipes/`` at the top of the repo).
+#: Folder of the recipes shipped with fertool: ``recipes/`` at the top of the repo (a clone
+#: or an editable install), else where a regular install puts them (setup.cfg data_files).
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+if not RECIPES_DIR.is_dir():
+    RECIPES_DIR = Path(sys.prefix) / "share" / "fertool" / "recipes"
 
 
 # --------------------------------------------------------------------------- checks
