@@ -274,14 +274,17 @@ class LHC(nn.Module):
         q = q.view(n, b, c, self.dim)  # (heads, B, C, d)
         k = k.view(n, b, c, self.dim)  # (heads, B, C, d)
 
-        # Step 4: scores between channels.
-        scores = torch.matmul(q, k.transpose(-1, -2))  # (heads, B, C, C)
-        # Step 5: dynamic scaling, exponent per (head, batch, query channel):
-        # S / d**(g + T) computed as S * d**-(g + T) (a product is cheaper to differentiate).
-        sp = torch.sigmoid(self.p(scores.mean(dim=-1)))  # (heads, B, C)
+        # Steps 4-5: scores S = q k^T between channels, and the dynamic scaling
+        # S / d**(g + T) with T = sigmoid(Wp mean_j S_ij + bp), an exponent per (head, batch,
+        # query channel).  Both are computed without extra passes over the (C, C) scores:
+        # mean_j S_ij = q_i . mean_j k_j, and dividing row i of S by d**(g + T_i) is scaling
+        # q_i before the product.
+        k_mean = k.mean(dim=2, keepdim=True)  # (heads, B, 1, d)
+        sp = torch.sigmoid(self.p((q * k_mean).sum(dim=-1)))  # (heads, B, C)
         inv = torch.exp((self.scale + sp) * -math.log(self.dim))  # (heads, B, C)
+        scaled = torch.matmul(q * inv.unsqueeze(-1), k.transpose(-1, -2))  # (heads, B, C, C)
         # Step 6: softmax over key channels, weighted sum of the value stripes.
-        weights = torch.softmax(scores * inv.unsqueeze(-1), dim=-1)  # (heads, B, C, C)
+        weights = torch.softmax(scaled, dim=-1)  # (heads, B, C, C)
         att = torch.matmul(weights, self._heads_first(value).view(n, b, c, r))  # (heads, B, C, r)
 
         if self.record:
