@@ -20,6 +20,7 @@ interrupted (its ``last.pt`` exists but its summary does not say it finished).
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -40,16 +41,13 @@ FINISHED = ("finished", "early_stopped")
 Log = Callable[[str], None]
 
 
-def _stage_status(stage_dir: Path) -> str | None:
-    import json
-
-    summary = stage_dir / "summary.json"
-    if not summary.is_file():
-        return None
+def _read_json(path: Path) -> dict | None:
+    """The JSON object in ``path``, or None when it is missing or unreadable."""
     try:
-        return json.loads(summary.read_text()).get("status")
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+    return data if isinstance(data, dict) else None
 
 
 def _with_stage_model(recipe: Recipe, stage: str, model: str) -> Recipe:
@@ -84,11 +82,9 @@ def _check_same_recipe(recipe: Recipe, run_dir: Path) -> None:
 
 def _check_same_csv(summary: Path, csv: Path, run_dir: Path) -> None:
     """Refuse to continue a run directory whose images were prepared from another CSV."""
-    import json
-
     try:
-        source = json.loads(summary.read_text(encoding="utf-8"))["source"]["csv"]
-    except (OSError, ValueError, KeyError, TypeError):
+        source = _read_json(summary)["source"]["csv"]
+    except (KeyError, TypeError):
         raise FertoolError(f"{summary}: unreadable; use a new --run directory") from None
     if Path(source).resolve() != csv.resolve():
         raise FertoolError(
@@ -118,7 +114,7 @@ def run_pipeline(
     from .analysis.report import report
     from .data.prepare import prepare
     from .data.sample import generate_sample
-    from .engine.train import train_stage
+    from .engine.train import stage_dir, train_stage
     from .evaluation.evaluate import evaluate_checkpoint
 
     log = log or (lambda message: None)
@@ -153,17 +149,17 @@ def run_pipeline(
             prepare(csv, images, config=recipe.prepare, recipe=recipe, overwrite=images.exists(), progress=progress)
 
     def train(stage: str, where: Path, *, seed: int, init: Path | None = None, stage_recipe: Recipe = recipe) -> Path:
-        stage_dir = where / ("controller" if stage == "controller" else f"stage{stage}")
-        status = _stage_status(stage_dir)
+        folder = stage_dir(where, stage)
+        status = (_read_json(folder / "summary.json") or {}).get("status")
         if status in FINISHED:
-            log(f"{stage_dir}: already {status}, skipped")
+            log(f"{folder}: already {status}, skipped")
         else:
-            resume = (stage_dir / "last.pt").is_file()
-            log(f"{stage_dir}: {'resuming' if resume else 'training'}")
-            with bar(f"{stage_dir.relative_to(run_dir)}") as progress:
+            resume = (folder / "last.pt").is_file()
+            log(f"{folder}: {'resuming' if resume else 'training'}")
+            with bar(f"{folder.relative_to(run_dir)}") as progress:
                 train_stage(stage_recipe, stage, where, csv=csv, images=images, init=init, seed=seed,
                             resume=resume, device=device, progress=progress, log=log)
-        return stage_dir / "best.pt"
+        return folder / "best.pt"
 
     # 2. ResNet34v2 stages 1-3 (shared by every seed) -----------------------------------
     first_seed = seeds[0]
@@ -191,10 +187,10 @@ def run_pipeline(
         for path in paths:
             out = path.parent / f"eval-{split}"
             metrics_file = out / "metrics.json"
-            if metrics_file.is_file() and metrics_file.stat().st_mtime >= path.stat().st_mtime:
-                import json
-
-                metrics = json.loads(metrics_file.read_text())
+            # Reused when newer than the checkpoint and with TTA figures if TTA is wanted.
+            metrics = _read_json(metrics_file)
+            if (metrics is not None and metrics_file.stat().st_mtime >= path.stat().st_mtime
+                    and (tta is None or metrics.get("tta"))):
                 log(f"{out}: already evaluated, skipped")
             else:
                 with bar(f"evaluate {path.parent.relative_to(run_dir)}") as progress:
