@@ -36,8 +36,6 @@ PAPER_TABLE = {
     "LHC-NetC": (73.53, 74.28, "32.4M"),
 }
 
-FINISHED = ("finished", "early_stopped")
-
 Log = Callable[[str], None]
 
 
@@ -114,7 +112,7 @@ def run_pipeline(
     from .analysis.report import report
     from .data.prepare import prepare
     from .data.sample import generate_sample
-    from .engine.train import stage_dir, train_stage
+    from .engine.train import FINISHED, stage_dir, train_stage
     from .evaluation.evaluate import evaluate_checkpoint
 
     log = log or (lambda message: None)
@@ -211,9 +209,9 @@ def run_pipeline(
                        tolerance=recipe.ablate.tolerance, out_dir=out, device=device, progress=progress)
     report([run_dir], out_dir=run_dir / "report")
 
-    table = final_table(results)
-    write_json(run_dir / "pipeline.json", {"run": str(run_dir), "csv": str(csv), "seeds": seeds, "table": table})
-    return {"run": str(run_dir), "csv": str(csv), "seeds": seeds, "table": table}
+    result = {"run": str(run_dir), "csv": str(csv), "seeds": seeds, "table": final_table(results)}
+    write_json(run_dir / "pipeline.json", result)
+    return result
 
 
 def keras_param_count(checkpoint: Path) -> int:

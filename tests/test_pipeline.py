@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from fertool.cli import app
+from fertool.errors import FertoolError
 from fertool.pipeline import PAPER_TABLE, final_table, run_pipeline
 from fertool.recipe import load_recipe
 
@@ -152,7 +153,7 @@ def test_a_run_started_with_another_recipe_is_refused_untouched(finished):
     run, _, _ = finished
     before = (run / "recipe.yaml").read_bytes()
     other = {**TINY, "train": {**TINY["train"], "eval_batch_size": 8}}
-    with pytest.raises(Exception, match=r"different recipe \(sections differ: train\)"):
+    with pytest.raises(FertoolError, match=r"different recipe \(sections differ: train\)"):
         run_pipeline(load_recipe(other), run, device="cpu")
     assert (run / "recipe.yaml").read_bytes() == before
     # The pipeline section (seeds, switches) may change, e.g. to add a seed later.
@@ -168,5 +169,5 @@ def test_a_run_started_from_another_csv_is_refused(finished, tmp_path):
     run, _, _ = finished
     other = tmp_path / "other.csv"
     shutil.copyfile(run / "data/sample.csv", other)
-    with pytest.raises(Exception, match=r"was started with the CSV .*sample\.csv, not .*other\.csv"):
+    with pytest.raises(FertoolError, match=r"was started with the CSV .*sample\.csv, not .*other\.csv"):
         run_pipeline(load_recipe(TINY), run, csv=other, device="cpu")
