@@ -21,7 +21,7 @@ from ..errors import FertoolError
 COMMAND_MODULES = (
     "sample_data",
     "prepare",
-    "import_keras",
+    "import_weights",
     "info",
     "train",
     "augment_lhc",

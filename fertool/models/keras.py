@@ -28,8 +28,10 @@ import numpy as np
 import torch
 
 from ..errors import ModelError
+from ..utils import sha256_file
 
-__all__ = ["import_keras", "read_keras_weights", "keras_to_torch_key"]
+__all__ = ["import_keras", "read_keras_weights", "keras_to_torch_key", "keras_to_torch", "keras_shape",
+           "file_provenance"]
 
 _BN = {"gamma": "weight", "beta": "bias", "moving_mean": "running_mean", "moving_variance": "running_var"}
 _UNIT = re.compile(r"^(stage\d+_unit\d+)_(bn1|bn2|conv1|conv2|sc)$")
@@ -37,6 +39,32 @@ _UNIT = re.compile(r"^(stage\d+_unit\d+)_(bn1|bn2|conv1|conv2|sc)$")
 
 def _text(v: Any) -> str:
     return v.decode("utf-8") if isinstance(v, bytes) else str(v)
+
+
+def keras_to_torch(arr: np.ndarray) -> torch.Tensor:
+    """A Keras kernel in PyTorch layout: conv (kh, kw, in, out) -> (out, in, kh, kw), dense
+    (in, out) -> (out, in); vectors and scalars unchanged.  A new contiguous tensor."""
+    t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
+    if t.dim() == 4:
+        t = t.permute(3, 2, 0, 1)
+    elif t.dim() == 2:
+        t = t.T
+    return t.contiguous()
+
+
+def keras_shape(torch_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The Keras shape of a PyTorch weight of ``torch_shape`` (the inverse of :func:`keras_to_torch`)."""
+    shape = tuple(int(d) for d in torch_shape)
+    if len(shape) == 4:
+        return (shape[2], shape[3], shape[1], shape[0])
+    if len(shape) == 2:
+        return (shape[1], shape[0])
+    return shape
+
+
+def file_provenance(paths) -> list[dict]:
+    """``[{"name", "size", "sha256"}]`` of the source files a checkpoint was imported from."""
+    return [{"name": Path(p).name, "size": Path(p).stat().st_size, "sha256": sha256_file(p)} for p in paths]
 
 
 def keras_to_torch_key(layer: str, param: str) -> str | None:
@@ -162,8 +190,8 @@ def import_keras(
         if chain and sizes[-1][1] == num_classes:
             hidden = [int(s[1]) for s in sizes[:-1]]
             for i, (_, kernel, bias) in enumerate(head, start=1):
-                head_state[f"head.fc{i}.weight"] = torch.from_numpy(np.ascontiguousarray(kernel.T))
-                head_state[f"head.fc{i}.bias"] = torch.from_numpy(bias)
+                head_state[f"head.fc{i}.weight"] = keras_to_torch(kernel)
+                head_state[f"head.fc{i}.bias"] = keras_to_torch(bias)
             head_note = "imported (" + ", ".join(n for n, _, _ in head) + ")"
         else:
             head_note = (f"left out ({', '.join(n for n, _, _ in head)}: "
@@ -184,15 +212,12 @@ def import_keras(
         if key is None or key not in target:
             unexpected.append(f"{layer}/{param}")
             continue
-        t = torch.from_numpy(arr)
-        if t.dim() == 4:
-            t = t.permute(3, 2, 0, 1)  # (kh, kw, in, out) -> (out, in, kh, kw)
-        if tuple(t.shape) != tuple(target[key].shape):
+        if tuple(arr.shape) != keras_shape(target[key].shape):
             raise ModelError(
                 f"{path}: {layer}/{param} has shape {tuple(arr.shape)}, ResNet34 expects "
-                f"{tuple(target[key].shape)} (as {key}); not a ResNet34 weight file"
+                f"{keras_shape(target[key].shape)} (as {key}); not a ResNet34 weight file"
             )
-        state[key] = t.contiguous()
+        state[key] = keras_to_torch(arr)
     body = [k for k in target if not k.startswith("head.") and not k.endswith("num_batches_tracked")]
     missing = [k for k in body if k not in state]
     if missing or unexpected:
@@ -212,5 +237,5 @@ def import_keras(
         state_dict=full,
         lineage=[{"path": str(path), "arch": "keras:classification_models.resnet34", "stage": None, "epoch": None}],
         extra={"keras_source": str(path), "keras_version": data["meta"]["keras_version"],
-               "keras_head": head_note, "head_seed": int(seed)},
+               "keras_head": head_note, "head_seed": int(seed), "source_files": file_provenance([path])},
     )
