@@ -15,15 +15,16 @@ import torch
 _BN = {"gamma": "weight", "beta": "bias", "moving_mean": "running_mean", "moving_variance": "running_var"}
 
 
-def rebuild(entry: dict, *, quantised: bool = False) -> np.ndarray:
-    """One tensor in its Keras layout (float32); ``quantised``: z rounded to 1/16 (README §6)."""
+def rebuild(entry: dict, *, quantised: bool = False, steps: int = 16) -> np.ndarray:
+    """One tensor in its Keras layout (float32); ``quantised``: z rounded to 1/``steps``
+    (1/16 for the Keras file of README §6, 1/4 for the TensorFlow checkpoints of §7)."""
     seed = zlib.crc32(entry["key"].encode("utf-8"))
     assert seed == entry["seed"]
     z = np.random.default_rng(seed).standard_normal(size=tuple(entry["shape"]))
     if entry["dist"] == "abs_normal":
         z = np.abs(z)
     if quantised:
-        z = np.round(16 * z) / 16
+        z = np.round(steps * z) / steps
     return (entry["offset"] + entry["scale"] * z).astype(np.float32)
 
 
@@ -54,7 +55,7 @@ def load_json(path) -> list[dict]:
         return json.load(fh)["tensors"]
 
 
-def reference_state_dict(tensors: list[dict], model: str, *, quantised: bool = False,
+def reference_state_dict(tensors: list[dict], model: str, *, quantised: bool = False, steps: int = 16,
                          blocks_without: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
     """State dict of the ``model`` ('backbone' or 'lhc') in fertool key names."""
     sd: dict[str, torch.Tensor] = {}
@@ -62,7 +63,7 @@ def reference_state_dict(tensors: list[dict], model: str, *, quantised: bool = F
     for e in tensors:
         if model not in e["in_models"] or e["block"] in blocks_without:
             continue
-        w = rebuild(e, quantised=quantised)
+        w = rebuild(e, quantised=quantised, steps=steps)
         if e["block"].startswith("lhc"):
             name, layer, param = e["block"], e["layer"], e["param"]
             if layer.startswith("qk["):

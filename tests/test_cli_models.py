@@ -1,7 +1,8 @@
-"""CLI of the models: augment-lhc, import-keras, info."""
+"""CLI of the models: augment-lhc, import (Keras files; TensorFlow in test_tf_checkpoint), info."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 
 import pytest
@@ -106,13 +107,18 @@ def test_info_checkpoint_and_errors(cli_runner, run_dir):
 def test_import_keras_cli(cli_runner, tmp_path):
     src = reference_file("keras_resnet34_notop.h5.gz")
     out = tmp_path / "imagenet.pt"
-    result = cli_runner.invoke(app, ["import-keras", str(src), "--out", str(out)])
+    result = cli_runner.invoke(app, ["import", str(src), "--out", str(out)])
     assert result.exit_code == 0, result.output
     ckpt = load_checkpoint(out)
     assert ckpt["arch"] == "resnet34v2" and ckpt["lineage"][0]["path"] == str(src)
     assert "21,302,473 backbone values" in result.stdout.replace("\n", " ")
-    again = cli_runner.invoke(app, ["import-keras", str(src), "--out", str(out)])
-    assert again.exit_code == 1 and "already exists" in again.output
+    again = cli_runner.invoke(app, ["import", str(src), "--out", str(out)])
+    assert again.exit_code == 1 and "already exists (pass --overwrite" in again.output
+    # the former command name and flag still work
+    alias = cli_runner.invoke(app, ["import-keras", str(src), "--out", str(out), "--force", "-q"])
+    assert alias.exit_code == 0, alias.output
+    (source,) = load_checkpoint(out)["extra"]["source_files"]
+    assert source["name"] == src.name and source["sha256"] == hashlib.sha256(src.read_bytes()).hexdigest()
     bad = tmp_path / "bad.h5"
     bad.write_bytes(b"nope")
     res = cli_runner.invoke(app, ["import-keras", str(bad), "--out", str(tmp_path / "b.pt")])

@@ -490,7 +490,7 @@ def _pretrained_checkpoint(recipe: Recipe, kind: str, seed: int, log: Log) -> di
     path = recipe.model.pretrained
     if path is None:
         log("warning: model.pretrained is not set: stage 1 starts from random weights, not ImageNet "
-            "(see `fertool import-keras`)")
+            "(see `fertool import`)")
     else:
         p = Path(path)
         if not p.is_file():

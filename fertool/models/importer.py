@@ -57,9 +57,9 @@ def import_weights(
     if kind == "keras":
         options = {"input_size": input_size, "num_classes": num_classes, "seed": seed}
         return import_keras(source, **{k: v for k, v in options.items() if v is not None})
-    given = [name for name, v in (("input size", input_size), ("number of classes", num_classes),
-                                  ("seed", seed)) if v is not None]
+    given = [name for name, v in (("input_size", input_size), ("num_classes", num_classes), ("seed", seed))
+             if v is not None]
     if given:
-        raise ModelError(f"{source}: a TensorFlow checkpoint is imported as published (the paper's model, "
-                         f"224 px, 7 classes); the {' and '.join(given)} options are for Keras .h5 files")
+        raise ModelError(f"{source}: {', '.join(given)}: not applicable to a TensorFlow checkpoint "
+                         "(imported as published: the paper's model, 224 px, 7 classes)")
     return import_tf_checkpoint(source, progress=progress)

@@ -183,8 +183,8 @@ def _match(bundle: TensorBundle, names: list[str], target: Mapping[str, torch.Te
     missing = [str(t) for t in expected if t not in seen]
     if extra or misshaped or missing or wrong_dtype:
         parts = [_listing(what, items) for what, items in
-                 (("missing", missing), ("unexpected", extra), ("mis-shaped", misshaped),
-                  ("not float32", wrong_dtype)) if items]
+                 (("missing model tensors:", missing), ("unexpected checkpoint tensors:", extra),
+                  ("mis-shaped:", misshaped), ("not float32:", wrong_dtype)) if items]
         raise ModelError(f"{bundle.index_path}: not the authors' {label} (Table 2): {'; '.join(parts)}")
     return plan
 
