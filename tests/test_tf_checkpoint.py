@@ -87,14 +87,15 @@ def test_every_tensor_equals_the_formula_and_outputs_match(imported, which):
     reference = load_reference("tf_checkpoints/tf_checkpoints.npz")
     controllers = {k: v for k, v in got.items() if k.endswith(".controller")}
     if which == "lhcc":
-        assert [float(controllers[f"lhc.lhc{k}.controller"]) for k in range(1, 6)] == \
-            reference["controller_w"].astype(np.float32).tolist()
+        stacked = torch.stack([controllers[f"lhc.lhc{k}.controller"] for k in range(1, 6)])
+        assert torch.equal(stacked, torch.from_numpy(reference["controller_w"].astype(np.float32)))
     else:
         assert not controllers
     rest = [k for k in got if k not in want and k not in controllers]
     assert rest and all(k.endswith("num_batches_tracked") for k in rest)
 
     model = model_from_checkpoint(ckpt).eval()
+    assert {k: v.shape for k, v in model.state_dict().items()} == {k: v.shape for k, v in got.items()}
     x = torch.from_numpy(reference["input"]).permute(0, 3, 1, 2)
     with torch.no_grad():
         probs = torch.softmax(model(x), dim=-1).numpy()
@@ -115,12 +116,15 @@ def test_recipe_class_names_and_provenance(imported, tf_dir):
     assert "lhc_net, 264 tensors = 32,411,668 values" in " ".join(imported["stdout"].split())
 
 
-def test_every_way_of_naming_a_checkpoint(tf_dir):
+def test_every_way_of_naming_a_checkpoint(tf_dir, tmp_path):
     prefix = tf_dir / "LHC_Net" / "LHC_Net"
     for source in (tf_dir / "LHC_Net", prefix, Path(f"{prefix}.index"), Path(f"{prefix}{DATA}"),
                    tf_dir / "LHC_Net" / "checkpoint"):
         assert tf_prefix(source) == prefix, source
     assert tf_prefix(tf_dir) is None and tf_prefix(tf_dir / "nothing") is None
+    # a 'checkpoint' file written on another machine with an absolute path
+    (tmp_path / "checkpoint").write_text('model_checkpoint_path: "/home/someone/models/LHC_Net"\n')
+    assert tf_prefix(tmp_path) == tmp_path / "LHC_Net"
 
 
 def test_the_index_of_the_tf24_layout(tf_dir):

@@ -44,7 +44,7 @@ def _text(v: Any) -> str:
 def keras_to_torch(arr: np.ndarray) -> torch.Tensor:
     """A Keras kernel in PyTorch layout: conv (kh, kw, in, out) -> (out, in, kh, kw), dense
     (in, out) -> (out, in); vectors and scalars unchanged.  A new contiguous tensor."""
-    t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
+    t = torch.from_numpy(np.asarray(arr, dtype=np.float32))
     if t.dim() == 4:
         t = t.permute(3, 2, 0, 1)
     elif t.dim() == 2:

@@ -35,7 +35,7 @@ import numpy as np
 
 from ..errors import CheckpointError
 
-__all__ = ["BundleEntry", "TensorBundle", "bundle_files", "masked_crc32c"]
+__all__ = ["BundleEntry", "TensorBundle", "bundle_files", "latest_prefix", "masked_crc32c"]
 
 _MAGIC = 0xDB4775248B80FB57
 _FOOTER = 48
@@ -291,11 +291,16 @@ _CHECKPOINT_LINE = re.compile(r'^\s*model_checkpoint_path:\s*"((?:[^"\\]|\\.)*)"
 
 
 def latest_prefix(folder: str | os.PathLike) -> Path:
-    """The prefix named by the ``checkpoint`` text file of ``folder`` (``model_checkpoint_path``)."""
+    """The prefix named by the ``checkpoint`` text file of ``folder`` (``model_checkpoint_path``).
+
+    An absolute path written on another machine falls back to its name inside ``folder``.
+    """
     folder = Path(folder)
     text = (folder / "checkpoint").read_text(encoding="utf-8", errors="replace")
     m = _CHECKPOINT_LINE.search(text)
     if not m:
         raise CheckpointError(f"{folder / 'checkpoint'}: no model_checkpoint_path line")
-    name = Path(m.group(1).encode().decode("unicode_escape"))
-    return name if name.is_absolute() else folder / name
+    name = Path(re.sub(r"\\(.)", r"\1", m.group(1)))  # text-format string escapes
+    if not name.is_absolute():
+        return folder / name
+    return name if Path(f"{name}.index").is_file() else folder / name.name
