@@ -197,6 +197,25 @@ def bundle_files(prefix: str | os.PathLike, num_shards: int) -> list[Path]:
     return [Path(f"{prefix}.data-{i:05d}-of-{num_shards:05d}") for i in range(num_shards)]
 
 
+def _read_index(path: Path) -> tuple[dict, dict[str, BundleEntry]]:
+    """(header fields, entries by name) of a bundle's ``.index`` file."""
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint index")
+    header, entries = None, {}
+    try:
+        for key, value in _read_table(path.read_bytes()):
+            if key == b"":
+                header = dict(_proto_fields(value))
+            else:
+                name = key.decode("utf-8")
+                entries[name] = _entry(name, value)
+    except (_Corrupt, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path}: corrupt or not a TensorFlow checkpoint index ({exc})") from None
+    if header is None:
+        raise CheckpointError(f"{path}: no bundle header (not a TensorFlow tensor bundle)")
+    return header, entries
+
+
 class TensorBundle:
     """A TensorFlow tensor bundle opened for reading: ``entries`` by name, ``read(name)``.
 
@@ -206,42 +225,30 @@ class TensorBundle:
     def __init__(self, prefix: str | os.PathLike):
         self.prefix = Path(prefix)
         self.index_path = Path(f"{self.prefix}.index")
-        if not self.index_path.is_file():
-            raise CheckpointError(f"{self.index_path}: no such checkpoint index")
-        data = self.index_path.read_bytes()
-        self.entries: dict[str, BundleEntry] = {}
-        header = None
-        try:
-            for key, value in _read_table(data):
-                if key == b"":
-                    header = dict(_proto_fields(value))
-                    continue
-                name = key.decode("utf-8")
-                self.entries[name] = _entry(name, value)
-        except (_Corrupt, UnicodeDecodeError) as exc:
-            raise CheckpointError(f"{self.index_path}: corrupt or not a TensorFlow checkpoint index ({exc})") from None
-        if header is None:
-            raise CheckpointError(f"{self.index_path}: no bundle header (not a TensorFlow tensor bundle)")
+        header, self.entries = _read_index(self.index_path)
         if header.get(2, 0) != 0:
             raise CheckpointError(f"{self.index_path}: big-endian checkpoint, not supported")
         self.num_shards = int(header.get(1, 1))
         self.data_paths = bundle_files(self.prefix, self.num_shards)
+        self._check_shards()
+        self._maps: dict[int, mmap.mmap] = {}
+
+    def _check_shards(self) -> None:
+        """Every shard the index names is there and long enough for its tensors."""
+        needed = [0] * self.num_shards
         for entry in self.entries.values():
             if entry.shard >= self.num_shards:
                 raise CheckpointError(
                     f"{self.index_path}: tensor {entry.name!r} is in shard {entry.shard} of {self.num_shards}"
                 )
+            needed[entry.shard] = max(needed[entry.shard], entry.offset + entry.size)
         missing = [p for p in self.data_paths if not p.is_file()]
         if missing:
             raise CheckpointError(f"{missing[0]}: data shard missing ({len(missing)} of {self.num_shards} shards absent)")
-        needed = [0] * self.num_shards
-        for entry in self.entries.values():
-            needed[entry.shard] = max(needed[entry.shard], entry.offset + entry.size)
         for path, end in zip(self.data_paths, needed):
             size = path.stat().st_size
             if size < end:
                 raise CheckpointError(f"{path}: truncated ({size:,} bytes, the index needs {end:,})")
-        self._maps: dict[int, mmap.mmap] = {}
 
     def _map(self, shard: int) -> mmap.mmap:
         if shard not in self._maps:
