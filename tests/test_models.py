@@ -320,3 +320,46 @@ def test_load_torchvision_weights(tmp_path, monkeypatch):
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), wrong)
     with pytest.raises(ModelError, match="not torchvision ResNet34 weights"):
         load_torchvision_weights(model, str(wrong))
+
+
+class _Float32(torch.nn.Module):
+    """Runs the wrapped module in float32 with autocast off (an all-float32 LHC module)."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            return self.module(x.float())
+
+
+def _bf16_logit_error(model, x) -> float:
+    """Relative L2 error of the logits under CPU bf16 autocast against float32."""
+    with torch.no_grad():
+        want = model(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = model(x).float()
+    return float((got - want).norm() / want.norm())
+
+
+def test_lhc_attention_core_stays_float32_under_bf16_autocast(net_ref, tensors):
+    # The attention core (scores, d**(g+T) scaling, softmax) runs in float32 under autocast:
+    # LHC-Net's bf16 error is then close to what all-float32 LHC modules give (measured
+    # 1.18x), i.e. the modules' own bf16 arithmetic hardly adds to it; bf16 scores made it
+    # 2.2x.  (Against ResNet34v2 it stays ~4x: each LHC module amplifies the bf16 rounding
+    # of its input, whatever the precision it computes in.)
+    x = _nchw(net_ref["input"]).contiguous()
+    backbone = build_model("resnet34v2").eval()
+    backbone.load_state_dict(reference_state_dict(tensors, "backbone"), strict=False)
+    lhc_net = build_model("lhc_net").eval()
+    lhc_net.load_state_dict(reference_state_dict(tensors, "lhc"), strict=False)
+    err_backbone = _bf16_logit_error(backbone, x)
+    err_lhc = _bf16_logit_error(lhc_net, x)
+    for name in list(lhc_net.lhc):
+        lhc_net.lhc[name] = _Float32(lhc_net.lhc[name])
+    err_lhc_fp32_modules = _bf16_logit_error(lhc_net, x)
+    seen = (f"bf16 logit error: resnet34v2 {err_backbone:.4f}, lhc_net {err_lhc:.4f}, "
+            f"lhc_net with float32 LHC modules {err_lhc_fp32_modules:.4f}")
+    assert err_backbone > 1e-4, seen  # autocast did run in bf16
+    assert err_lhc <= 1.5 * err_lhc_fp32_modules, seen
