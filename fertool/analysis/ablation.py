@@ -8,6 +8,8 @@ sets of its LHC modules
   the seed ``augment-lhc`` recorded (``ckpt["extra"]["lhc_seed"]``): the same Keras-default
   initialiser and per-module seed streams, so the weights are bit-identical to the ones
   the module started training from (an LHC-NetC controller goes back to its initial w).
+  Imported weights record no seed: ``detrain`` is then left out of the default modes,
+  with a note in the report, and refused when asked for.
 
 Sets (``sets``): ``single`` (each module alone), ``cumulative`` (from the first module,
 {lhc1}, {lhc1, lhc2}, ...; and from the last, {lhc5}, {lhc4, lhc5}, ...), ``all`` (every
@@ -212,6 +214,27 @@ def _choose(values: Sequence[str] | str | None, default: Sequence[str], known: S
     return values
 
 
+#: Why ``detrain`` cannot run on a checkpoint without ``extra.lhc_seed``.
+NO_SEED = ("records no LHC initialisation seed (extra.lhc_seed, written by augment-lhc; "
+           "imported weights have none)")
+
+
+def _runnable_modes(
+    modes: Sequence[str] | str | None, default: Sequence[str], seed: int | None, checkpoint_path: Path
+) -> tuple[tuple[str, ...], list[str]]:
+    """The modes to run and notes on the ones left out.
+
+    ``detrain`` needs the LHC initialisation seed: without one it is dropped from the
+    default modes (the recipe's) with a note, and refused when asked for by name.
+    """
+    chosen = _choose(modes, default, MODES, "--modes")
+    if seed is not None or "detrain" not in chosen:
+        return chosen, []
+    if modes is not None or chosen == ("detrain",):
+        raise CheckpointError(f"{checkpoint_path}: {NO_SEED}, which 'detrain' needs; use --modes off")
+    return tuple(m for m in chosen if m != "detrain"), [f"detrain skipped: the checkpoint {NO_SEED}"]
+
+
 def ablate(
     checkpoint_path: str | os.PathLike,
     *,
@@ -236,9 +259,11 @@ def ablate(
     """Ablate the LHC modules of a checkpoint on ``split`` and write the report (module docstring).
 
     ``modes`` / ``sets`` / ``tolerance`` default to the recipe's ``ablate`` section
-    (off + detrain, single + cumulative, 0.005).  ``tta`` is a preset name of the recipe's
-    ``tta.presets`` (or a :class:`~fertool.recipe.TTAPreset`), True for the recipe's
-    ``tta.preset``, None for none.  The recipe is
+    (off + detrain, single + cumulative, 0.005); a checkpoint without an LHC seed
+    (imported weights) runs the default modes but ``detrain``, said in ``notes``.
+    ``tta`` is a preset name of the recipe's ``tta.presets`` (or a
+    :class:`~fertool.recipe.TTAPreset`), True for the recipe's ``tta.preset``, None for
+    none.  The recipe is
     ``recipe`` if given, else the checkpoint's, with ``overrides``; data come from ``csv``
     (reference images) or ``images``, else from the recipe's ``data`` section.
     ``max_images`` keeps the first images of the split.  Outputs go to ``out_dir``
@@ -263,19 +288,15 @@ def ablate(
     head_counts = {n: int(m.heads) for n, m in modules.items()}
 
     rcp = _resolve_recipe(ckpt, recipe, overrides)
-    modes = _choose(modes, rcp.ablate.modes, MODES, "--modes")
+    seed = (ckpt.get("extra") or {}).get("lhc_seed")
+    seed = seed if isinstance(seed, int) else None
+    modes, notes = _runnable_modes(modes, rcp.ablate.modes, seed, checkpoint_path)
     kinds = _choose(sets, rcp.ablate.sets, SET_KINDS, "--sets")
     tolerance = rcp.ablate.tolerance if tolerance is None else float(tolerance)
     if not tolerance >= 0:
         raise FertoolError(f"--tolerance: must be >= 0, got {tolerance}")
     if max_images is not None and max_images < 1:
         raise FertoolError(f"--max-images: must be >= 1, got {max_images}")
-    seed = (ckpt.get("extra") or {}).get("lhc_seed")
-    if "detrain" in modes and not isinstance(seed, int):
-        raise CheckpointError(
-            f"{checkpoint_path}: records no LHC initialisation seed (extra.lhc_seed, written by augment-lhc), "
-            "which 'detrain' needs; use --modes off"
-        )
     tta_name, preset = resolve_tta(rcp, rcp.tta.preset if tta is True else tta)
 
     if csv is not None and images is not None:
@@ -371,6 +392,7 @@ def ablate(
         "tta": tta_name,
         "lhc_seed": seed,
         "modes": list(modes),
+        "notes": notes,
         "sets": list(kinds),
         "tolerance": tolerance,
         "modules": [

@@ -18,7 +18,8 @@ def ablate_cli(
     ),
     split: str = typer.Option("PrivateTest", "--split", help="Split to evaluate on."),
     modes: Optional[str] = typer.Option(
-        None, "--modes", help="Comma list: off (bypass), detrain (reset to the initial weights) "
+        None, "--modes", help="Comma list: off (bypass), detrain (reset to the initial weights; needs the LHC "
+        "seed, which imported checkpoints lack: skipped by default there) "
         "[default: recipe ablate.modes = off,detrain]."
     ),
     sets: Optional[str] = typer.Option(
@@ -74,6 +75,8 @@ def ablate_cli(
             progress=cb,
         )
     render(report)
+    for note in report["notes"]:
+        err.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
     if not quiet:
         err.print(f"wrote {report['out_dir']}/ ({', '.join(report['files'][:4])}"
                   + (", ..." if len(report["files"]) > 4 else "") + ")")
