@@ -214,6 +214,28 @@ def test_lhc_netc_controller_weights(ckpts, tmp_path):
     assert ctrl["lhc2"]["w"] == 0.5 and ctrl["lhc2"]["gain"] == pytest.approx(1 + np.tanh(0.5))
 
 
+def test_without_a_seed_the_default_modes_leave_detrain_out(ckpts, tmp_path):
+    """Imported weights record no LHC seed: 'off' only, with a note; 'detrain' by name is refused."""
+    from fertool.errors import CheckpointError
+    from fertool.recipe import load_recipe
+
+    csv = _write_csv(tmp_path / "fer.csv", counts=(("PrivateTest", 2),))
+    common = dict(csv=csv, sets="single", heads=False, pictures=0)
+    out = tmp_path / "noseed"
+    report = ablate(ckpts["paths"]["no_seed"], out_dir=out, **common)
+    assert report["modes"] == ["off"] and [r["mode"] for r in report["results"]] == ["off"] * 5
+    assert report["notes"] == ["detrain skipped: the checkpoint records no LHC initialisation seed "
+                               "(extra.lhc_seed, written by augment-lhc; imported weights have none)"]
+    assert json.loads((out / "ablation.json").read_text())["notes"] == report["notes"]
+    assert load_recipe(out / "recipe.yaml").ablate.modes == ("off",)  # what was run
+    with_seed = ablate(ckpts["paths"]["trained"], out_dir=tmp_path / "seed", max_images=1, **common)
+    assert with_seed["modes"] == ["off", "detrain"] and with_seed["notes"] == []
+    for asked in (dict(modes="off,detrain"), dict(modes=["detrain"]), dict(overrides=["ablate.modes=[detrain]"])):
+        with pytest.raises(CheckpointError, match="no LHC initialisation seed .*, which 'detrain' needs"):
+            ablate(ckpts["paths"]["no_seed"], out_dir=tmp_path / "refused", **common, **asked)
+    assert not (tmp_path / "refused").exists()
+
+
 # --------------------------------------------------------------------------- bad input (CLI)
 
 
@@ -239,8 +261,8 @@ def test_cli_bad_inputs(ckpts, tmp_path, cli_runner):
     res = cli_runner.invoke(app, ["ablate", "-c", trained, "--csv", str(csv), "--split", "Nope", "--out", str(out)])
     assert res.exit_code == 1 and "unknown split" in res.output
     res = cli_runner.invoke(app, ["ablate", "-c", str(ckpts["paths"]["no_seed"]), "--csv", str(csv),
-                                  "--out", str(out)])
-    assert res.exit_code == 1 and "extra.lhc_seed" in res.output
+                                  "--modes", "off,detrain", "--out", str(out)])
+    assert res.exit_code == 1 and "extra.lhc_seed" in res.output and "use --modes off" in res.output
     res = cli_runner.invoke(app, ["ablate", "-c", trained, "--csv", str(csv), "--modes", "off,sideways",
                                   "--out", str(out)])
     assert res.exit_code == 1 and "--modes" in res.output
