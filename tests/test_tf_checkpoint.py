@@ -166,6 +166,68 @@ def test_info_predict_and_export_accept_the_imported_checkpoint(imported, cli_ru
     assert exported.is_file()
 
 
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    """A prepared folder at 224 px (the paper model's input) with two PrivateTest images."""
+    from typer.testing import CliRunner
+
+    from fertool.data.sample import generate_sample
+
+    folder = tmp_path_factory.mktemp("prepared")
+    csv = generate_sample(folder / "sample.csv", per_class=1, seed=0)
+    header, *lines = csv.read_text().splitlines()
+    csv.write_text("\n".join([header] + [line for line in lines if line.endswith(",PrivateTest")][:2]) + "\n")
+    result = CliRunner().invoke(app, ["prepare", "--csv", str(csv), "--out", str(folder / "images"),
+                                      "--workers", "1", "-q"])
+    assert result.exit_code == 0, result.output
+    return folder / "images"
+
+
+@pytest.mark.slow
+def test_evaluate_and_ablate_accept_the_imported_checkpoint(imported, prepared, cli_runner, tmp_path):
+    import cv2
+
+    ckpt = imported["lhcc"]
+    ev = tmp_path / "eval"
+    result = cli_runner.invoke(app, ["evaluate", "-c", str(ckpt), "--images", str(prepared), "--out", str(ev),
+                                     "--device", "cpu", "-q"])
+    assert result.exit_code == 0, result.output
+    npz = np.load(ev / "probs.npz")
+    assert len(npz["rows"]) == 2
+    # the same images read independently, through the imported model directly
+    paths = [next(prepared.glob(f"PrivateTest/*/{row:05d}.jpg")) for row in npz["rows"]]
+    x = torch.from_numpy(np.stack([cv2.imread(str(p))[..., ::-1].copy() for p in paths])).permute(0, 3, 1, 2)
+    with torch.no_grad():
+        direct = torch.softmax(model_from_checkpoint(load_checkpoint(ckpt)).eval()(x.float()), dim=-1).numpy()
+    np.testing.assert_allclose(npz["probs"], direct, atol=1e-5)
+    labels = npz["labels"]
+    assert json.loads((ev / "metrics.json").read_text())["accuracy"] == pytest.approx((direct.argmax(1) == labels).mean())
+
+    # ablate with its default modes ('detrain' needs the LHC seed the authors never published);
+    # one image, single modules only: six forward passes at 224 px
+    ab = tmp_path / "ablate"
+    result = cli_runner.invoke(app, ["ablate", "-c", str(ckpt), "--images", str(prepared), "--out", str(ab),
+                                     "--max-images", "1", "--sets", "single", "--pictures", "0", "--no-heads",
+                                     "--device", "cpu", "-q"])
+    assert result.exit_code == 0, result.output
+    notes = [line for line in result.stderr.splitlines() if line.startswith("note:")]
+    assert len(notes) == 1 and "detrain skipped" in notes[0] and "no LHC initialisation seed" in notes[0], notes
+    report = json.loads((ab / "ablation.json").read_text())
+    assert report["modes"] == ["off"] and report["notes"] == [notes[0][len("note: "):]]
+    assert report["n"] == 1 and [r["set"] for r in report["results"]] == [[f"lhc{k}"] for k in range(1, 6)]
+    assert {r["mode"] for r in report["results"]} == {"off"}
+    assert report["full"]["accuracy"] == pytest.approx((direct[:1].argmax(1) == labels[:1]).mean())
+
+    # asked for by name, 'detrain' is refused in one line, before anything is written
+    refused = tmp_path / "refused"
+    result = cli_runner.invoke(app, ["ablate", "-c", str(ckpt), "--images", str(prepared), "--out", str(refused),
+                                     "--modes", "detrain", "-q"])
+    assert result.exit_code == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "which 'detrain' needs" in lines[0], lines
+    assert not refused.exists()
+
+
 # --------------------------------------------------------------------------- refusals
 
 def _masked_crc(data: bytes) -> int:
