@@ -66,13 +66,25 @@ def each(pred: Callable[[Any], bool], message: str) -> dict:
 
 @dataclass(frozen=True)
 class PrepareConfig:
-    """How ``fertool prepare`` turns 48x48 CSV pixels into training images (SPEC §1)."""
+    """How ``fertool prepare`` makes training images: from 48x48 CSV pixels (SPEC §1), or image files."""
 
     size: int = field(default=224, metadata=positive())
     rgb: bool = True  # grey -> RGB by channel replication
     truncate: bool = True  # floor to uint8 (the reference); False rounds
     jpeg_quality: int = field(default=100, metadata=in_range(1, 100))
     subsampling: str = field(default="4:4:4", metadata=one_of("4:4:4", "4:2:2", "4:2:0"))
+    # FER+ labels (``prepare --ferplus``): "majority" = one label per image, "probability" =
+    # also train against the annotators' vote distribution (fertool.data.ferplus).
+    label_mode: str = field(default="majority", metadata=one_of("majority", "probability"))
+    # Image folders and RAF-DB (``prepare --folder/--rafdb``), photos of any size and colour:
+    # "crop" = centre square crop then resize, "stretch" = resize to a square as they are;
+    # "keep" colour or convert to "grey" (then replicated to RGB when ``rgb``).
+    fit: str = field(default="crop", metadata=one_of("crop", "stretch"))
+    colour: str = field(default="keep", metadata=one_of("keep", "grey"))
+    # Data sets without a validation split: this fraction of each training class becomes
+    # the validation split, drawn with this seed (recorded in prepare.json).
+    val_fraction: float = field(default=0.1, metadata=_check(lambda v: 0 < v < 1, "must be in (0, 1)"))
+    val_seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -87,6 +99,10 @@ class DataConfig:
     # Validation/test images: "reference" = float bilinear straight from the CSV
     # (no floor, no JPEG: the reference protocol), "prepared" = the JPEG files.
     eval_source: str = field(default="reference", metadata=one_of("reference", "prepared"))
+    # The class names of the data, index = label: fixes names and order for class folders
+    # and RAF-DB (folder names are matched case-insensitively; "happy" is Happiness).
+    # Empty: the data's own list (FER2013's 7, FER+'s 8, sorted folder names...).
+    classes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

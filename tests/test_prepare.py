@@ -153,7 +153,9 @@ def test_prepare_writes_layout_manifest_and_summary(reference_csv, tmp_path):
     assert written["source"]["sha256"] == hashlib.sha256(csv_path.read_bytes()).hexdigest()
     assert written["source"]["format"] == "fer2013" and written["source"]["data_rows"] == 8
     assert written["recipe"] == {"size": 224, "rgb": True, "truncate": True, "jpeg_quality": 100,
-                                 "subsampling": "4:4:4"}
+                                 "subsampling": "4:4:4", "label_mode": "majority", "fit": "crop", "colour": "keep",
+                                 "val_fraction": 0.1, "val_seed": 0}
+    assert written["dataset"] == "fer2013" and written["classes"] == list(CLASS_NAMES)
     assert written["images"] == 8 and written["skipped"] == []
     # rows 0, 3, 6 are Training (Anger, Happiness, Neutral); rows 1, 4, 7 PublicTest (Disgust, Sadness, Anger)
     assert written["counts"]["Training"] == {name: int(name in ("Anger", "Happiness", "Neutral")) for name in CLASS_NAMES}

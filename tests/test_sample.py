@@ -62,3 +62,34 @@ def test_classes_are_learnable_but_not_trivial(tmp_path):
     # Pixel-wise nearest class mean is much weaker: pose, lighting and background vary a lot.
     means = np.stack([x[y == c].mean(0) for c in range(7)])
     assert ((xt @ means.T).argmax(1) == yt).mean() < accuracy - 0.1
+
+
+def test_ferplus_sample_has_eight_classes_and_rows_ferplus_drops(tmp_path):
+    from fertool.data.ferplus import FERPLUS_CLASSES, read_ferplus
+    from fertool.data.sample import generate_ferplus_sample
+
+    root = generate_ferplus_sample(tmp_path / "a", per_class=8, seed=2)
+    again = generate_ferplus_sample(tmp_path / "b", per_class=8, seed=2)
+    for name in ("fer2013.csv", "fer2013new.csv"):
+        assert (root / name).read_bytes() == (again / name).read_bytes()
+    rows = list(iter_rows(root / "fer2013.csv"))
+    labels = read_ferplus(root / "fer2013new.csv")
+    assert len(rows) == len(labels) and [r.usage for r in rows] == [SPLITS[c] for c in labels.splits]
+    kept = labels.labels[labels.labels >= 0]
+    assert np.bincount(kept[labels.splits[labels.labels >= 0] == 0], minlength=8).tolist() == [8] * len(FERPLUS_CLASSES)
+    assert labels.dropped()["count"] > 0 and all(labels.dropped()["by_reason"][r] > 0 for r in ("tied", "unknown", "not a face"))
+    soft = labels.votes[labels.labels >= 0]
+    assert (soft.max(axis=1) < 10).any()  # not one-hot: the probability mode has something to learn from
+
+
+def test_cli_sample_data_formats(cli_runner, tmp_path):
+    from fertool.cli import app
+
+    for fmt, marker in (("ferplus", "fer2013new.csv"), ("folder", "train"), ("rafdb", "EmoLabel")):
+        result = cli_runner.invoke(app, ["sample-data", "--format", fmt, "--out", str(tmp_path / fmt), "--per-class", "2"])
+        assert result.exit_code == 0, result.output
+        assert (tmp_path / fmt / marker).exists() and f"the {fmt} layout" in result.stdout
+    result = cli_runner.invoke(app, ["sample-data", "--format", "folder", "--out", str(tmp_path / "folder")])
+    assert result.exit_code == 1 and "directory exists and is not empty" in result.stderr
+    result = cli_runner.invoke(app, ["sample-data", "--format", "affectnet", "--out", str(tmp_path / "x")])
+    assert result.exit_code == 1 and "--format affectnet: unknown format (expected csv, ferplus, folder, rafdb)" in result.stderr

@@ -1,4 +1,4 @@
-"""``fertool prepare``: FER2013 CSV -> JPEG folders, manifest and summary (SPEC §1)."""
+"""``fertool prepare``: FER2013 (+ FER+ labels), class folders or RAF-DB -> JPEG folders, manifest, summary."""
 
 from __future__ import annotations
 
@@ -13,8 +13,16 @@ from ._common import QuietOption, RecipeOption, SetOption, err, load_recipe_from
 
 
 def prepare_cli(
-    csv: Path = typer.Option(..., "--csv", help="FER2013 CSV: fer2013.csv, icml_face_data.csv or train.csv."),
-    out_dir: Path = typer.Option(..., "--out", help="Folder to create: DIR/<Usage>/<Class>/<row>.jpg + manifest."),
+    csv: Optional[Path] = typer.Option(None, "--csv", help="FER2013 CSV: fer2013.csv, icml_face_data.csv or train.csv."),
+    ferplus: Optional[Path] = typer.Option(None, "--ferplus", help="FER+ label file (fer2013new.csv) for --csv: "
+                                           "FER+'s 8 classes instead of FER2013's labels."),
+    label_mode: Optional[str] = typer.Option(None, "--label-mode", help="FER+ labels: majority or probability "
+                                             "(soft targets); sets prepare.label_mode."),
+    folder: Optional[Path] = typer.Option(None, "--folder", help="Class folders ROOT/<split>/<class>/<image> "
+                                          "(AffectNet style), images of any size and colour."),
+    rafdb: Optional[Path] = typer.Option(None, "--rafdb", help="RAF-DB basic folder (with "
+                                         "EmoLabel/list_patition_label.txt and Image/aligned/)."),
+    out_dir: Path = typer.Option(..., "--out", help="Folder to create: DIR/<split>/<Class>/<row>.jpg + manifest."),
     recipe: Optional[str] = RecipeOption,
     sets: Optional[List[str]] = SetOption,
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing prepared folder (kept until "
@@ -24,13 +32,27 @@ def prepare_cli(
     workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Worker processes (default: one per core)."),
     quiet: bool = QuietOption,
 ) -> None:
-    """Prepare FER2013 images exactly as the reference: 224x224 float bilinear, floor, RGB, JPEG q100 4:4:4."""
+    """Prepare FER2013 exactly as the reference (224x224 float bilinear, floor, RGB, JPEG q100 4:4:4), with
+    FER+ labels, or class folders / RAF-DB resized as the recipe's prepare section says."""
     from ..data.prepare import CANONICAL_PREFIX, prepare
-
+    sources = [name for name, value in (("--csv", csv), ("--folder", folder), ("--rafdb", rafdb)) if value is not None]
+    if len(sources) != 1:
+        raise typer.BadParameter("give exactly one of --csv (FER2013, with --ferplus for FER+), --folder or --rafdb"
+                        + (f" (got {' and '.join(sources)})" if sources else ""))
+    if ferplus is not None and csv is None:
+        raise typer.BadParameter("the FER+ label file goes with the FER2013 pixels: pass --csv fer2013.csv too")
+    if label_mode is not None:
+        if ferplus is None:
+            raise typer.BadParameter("only FER+ labels have modes; pass --ferplus", param_hint="--label-mode")
+        sets = [*(sets or []), f"prepare.label_mode={label_mode}"]
     resolved = load_recipe_from_options(recipe, sets)
+    if csv is None:
+        _prepare_images(resolved, folder, rafdb, out_dir, overwrite=overwrite, skip_bad=skip_bad, workers=workers,
+                        quiet=quiet)
+        return
     with _terminate_as_interrupt(), progress_callback("prepare", quiet=quiet) as callback:
         summary = prepare(csv, out_dir, config=resolved.prepare, recipe=resolved, overwrite=overwrite,
-                          skip_bad=skip_bad, workers=workers, progress=callback)
+                          skip_bad=skip_bad, workers=workers, progress=callback, ferplus=ferplus)
     _print_counts(summary)
     check = summary["canonical_fer2013"]
     for warning in summary["warnings"]:
@@ -64,18 +86,31 @@ def _terminate_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _prepare_images(recipe, folder: Optional[Path], rafdb: Optional[Path], out_dir: Path, *, overwrite: bool,
+                    skip_bad: bool, workers: Optional[int], quiet: bool) -> None:
+    from ..data.folders import scan_folder, scan_rafdb
+    from ..data.prepare_images import prepare_images
+
+    classes = recipe.data.classes or None
+    images = scan_folder(folder, classes) if folder is not None else scan_rafdb(rafdb, classes)
+    with _terminate_as_interrupt(), progress_callback("prepare", quiet=quiet) as callback:
+        summary = prepare_images(images, out_dir, config=recipe.prepare, recipe=recipe, overwrite=overwrite,
+                                 skip_bad=skip_bad, workers=workers, progress=callback)
+    _print_counts(summary)
+    for warning in summary["warnings"]:
+        err.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+
+
 def _print_counts(summary: dict) -> None:
     from rich.table import Table
 
-    from .. import CLASS_NAMES
-
     counts = summary["counts"]
-    table = Table(title=f"{summary['images']:,} images in {summary['output']}")
+    table = Table(title=f"{summary['images']:,} images of {len(summary['classes'])} classes in {summary['output']}")
     table.add_column("class")
     for split in counts:
         table.add_column(split, justify="right")
     table.add_column("total", justify="right")
-    for name in CLASS_NAMES:
+    for name in summary["classes"]:
         row = [counts[split][name] for split in counts]
         table.add_row(name, *(f"{n:,}" for n in row), f"{sum(row):,}")
     totals = [summary["split_totals"][split] for split in counts]

@@ -9,8 +9,10 @@ images at 224 -- else (N, S, S, 3) RGB.
 Two kinds of folder are accepted:
 
 * a prepared folder (``fertool prepare``): ``manifest.csv`` (``row,split,label,class,
-  path,...``, paths relative to the folder) and ``prepare.json``; the cache key hashes
-  both files, so re-preparing invalidates the cache;
+  path,...``, paths relative to the folder) and ``prepare.json``, whose ``classes`` list
+  names the labels (FER2013's seven when absent); the cache key hashes both files, so
+  re-preparing invalidates the cache.  FER+ prepared in the ``probability`` label mode
+  also gives each image's vote distribution (``ArraySplit.targets``);
 * a plain folder of class subfolders, the users' own data: ``DIR/<split>/<Class>/*.jpg``
   or, for the training split, ``DIR/<Class>/*.jpg``.  Class folders must be FER2013
   classes (the models have 7 outputs), matched case-insensitively, with the usual
@@ -26,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import hashlib
+import json
 import os
 import re
 import uuid
@@ -41,27 +44,11 @@ import torch
 from .. import CLASS_NAMES
 from ..errors import DataError
 from .datasets import ArraySplit
+from .ferplus import vote_distribution
+from .folders import IMAGE_EXTENSIONS, SPLIT_ALIASES, emotion_key
 
 #: Bump when the cache layout changes: old caches are then rebuilt.
 CACHE_VERSION = 1
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm"})
-
-#: Folder names accepted for each class (lower case), FER2013 order.
-CLASS_ALIASES: tuple[tuple[str, ...], ...] = (
-    ("anger", "angry"),
-    ("disgust", "disgusted"),
-    ("fear", "fearful", "scared"),
-    ("happiness", "happy"),
-    ("sadness", "sad"),
-    ("surprise", "surprised"),
-    ("neutral",),
-)
-#: Folder names accepted for each split of a plain folder dataset (lower case).
-SPLIT_ALIASES: dict[str, tuple[str, ...]] = {
-    "training": ("training", "train"),
-    "publictest": ("publictest", "val", "valid", "validation"),
-    "privatetest": ("privatetest", "test"),
-}
 
 _DECODE_CHUNK = 256
 Progress = Callable[[int, "int | None"], None]
@@ -77,6 +64,8 @@ class _Source:
     rows: np.ndarray | None  # (N,) int64 source CSV rows, prepared folders only
     key: str  # hex digest of everything the decoded images depend on
     where: str  # for error messages
+    classes: tuple[str, ...] = CLASS_NAMES
+    targets: np.ndarray | None = None  # (N, C) float32 soft targets (FER+ probability mode)
 
 
 def open_image_split(
@@ -116,17 +105,17 @@ def open_image_split(
 
     base = folder / f"{_safe(source.tag)}-{source.key}"
     images_path, meta_path = base.with_name(base.name + ".npy"), base.with_name(base.name + ".meta.npz")
-    split_obj = _load_cache(images_path, meta_path, source.tag)
+    split_obj = _load_cache(images_path, meta_path, source)
     if split_obj is not None:
         return split_obj
     # Several processes (DDP ranks) may ask at once: one builds, the others wait and reuse.
     with _exclusive(folder / f".{base.name}.lock"):
-        split_obj = _load_cache(images_path, meta_path, source.tag)
+        split_obj = _load_cache(images_path, meta_path, source)
         if split_obj is None:
             _build_cache(source, images_path, meta_path, progress=progress, workers=workers)
             if default_dir:
                 _remove_stale(folder, _safe(source.tag), source.key)
-            split_obj = _load_cache(images_path, meta_path, source.tag)
+            split_obj = _load_cache(images_path, meta_path, source)
     if split_obj is None:  # pragma: no cover - only if the disk loses the file under us
         raise DataError(f"{images_path}: image cache could not be read back after building it")
     return split_obj
@@ -157,13 +146,17 @@ def _prepared_source(root: Path, split: str) -> _Source:
     manifest_bytes = manifest.read_bytes()
     prepare_json = root / "prepare.json"
     prepare_bytes = prepare_json.read_bytes() if prepare_json.is_file() else b""
+    classes, soft = _prepared_classes(prepare_json, prepare_bytes)
 
     files: list[Path] = []
     labels: list[int] = []
     rows: list[int] = []
+    votes: list[list[float]] = []
     present: list[str] = []
     reader = csv.DictReader(manifest_bytes.decode("utf-8").splitlines())
     missing = {"row", "split", "label", "path"} - set(reader.fieldnames or ())
+    if soft and "votes" not in (reader.fieldnames or ()):
+        missing.add("votes")
     if missing:
         raise DataError(f"{manifest}: missing column(s) {', '.join(sorted(missing))}")
     for line, rec in enumerate(reader, start=2):
@@ -175,11 +168,19 @@ def _prepared_source(root: Path, split: str) -> _Source:
             label, row = int(rec["label"]), int(rec["row"])
         except ValueError:
             raise DataError(f"{manifest} line {line}: label and row must be integers") from None
-        if not 0 <= label < len(CLASS_NAMES):
-            raise DataError(f"{manifest} line {line}: label {label} is not in 0..{len(CLASS_NAMES) - 1}")
+        if not 0 <= label < len(classes):
+            raise DataError(f"{manifest} line {line}: label {label} is not in 0..{len(classes) - 1}")
         name = rec.get("class")
-        if name and name != CLASS_NAMES[label]:
-            raise DataError(f"{manifest} line {line}: class {name!r} does not match label {label} ({CLASS_NAMES[label]})")
+        if name and name != classes[label]:
+            raise DataError(f"{manifest} line {line}: class {name!r} does not match label {label} ({classes[label]})")
+        if soft:
+            try:
+                votes.append([float(v) for v in rec["votes"].split()])
+            except (ValueError, AttributeError):
+                votes.append([])
+            if len(votes[-1]) != len(classes) or min(votes[-1]) < 0:
+                raise DataError(f"{manifest} line {line}: votes must be {len(classes)} counts >= 0, "
+                                f"got {rec['votes']!r}")
         files.append(root / rec["path"])
         labels.append(label)
         rows.append(row)
@@ -190,15 +191,33 @@ def _prepared_source(root: Path, split: str) -> _Source:
     for part in (f"fertool-cache-v{CACHE_VERSION}", split, "prepared"):
         digest.update(part.encode() + b"\0")
     digest.update(manifest_bytes + b"\0" + prepare_bytes)
-    return _Source(split, files, np.asarray(labels, np.int64), np.asarray(rows, np.int64), digest.hexdigest()[:16], str(manifest))
+    targets = vote_distribution(np.asarray(votes, np.float64)) if soft else None
+    return _Source(split, files, np.asarray(labels, np.int64), np.asarray(rows, np.int64), digest.hexdigest()[:16],
+                   str(manifest), tuple(classes), targets)
+
+
+def _prepared_classes(path: Path, raw: bytes) -> tuple[tuple[str, ...], bool]:
+    """(class names, soft targets?) of a prepared folder from its prepare.json."""
+    if not raw:
+        return CLASS_NAMES, False
+    try:
+        summary = json.loads(raw)
+    except ValueError as exc:
+        raise DataError(f"{path}: not valid JSON ({exc})") from None
+    classes = summary.get("classes") if isinstance(summary, dict) else None
+    if classes is None:  # prepared before class lists were recorded: FER2013
+        return CLASS_NAMES, False
+    if not (isinstance(classes, list) and len(classes) >= 2 and all(isinstance(c, str) and c for c in classes)):
+        raise DataError(f"{path}: classes must be a list of at least two names, got {classes!r}")
+    return tuple(classes), summary.get("label_mode") == "probability"
+
+
+_FER2013_KEYS = [emotion_key(name) for name in CLASS_NAMES]
 
 
 def _class_index(name: str) -> int | None:
-    low = name.lower()
-    for index, aliases in enumerate(CLASS_ALIASES):
-        if low in aliases:
-            return index
-    return None
+    key = emotion_key(name)
+    return _FER2013_KEYS.index(key) if key in _FER2013_KEYS else None
 
 
 def _subdirs(folder: Path) -> list[Path]:
@@ -210,7 +229,7 @@ def _folder_source(root: Path, split: str | None) -> _Source:
     subdirs = _subdirs(root)
     folder = root
     if split is not None:
-        wanted = SPLIT_ALIASES.get(split.lower(), (split.lower(),))
+        wanted = next((a for s, a in SPLIT_ALIASES.items() if s.lower() == split.lower()), (split.lower(),))
         matches = [d for d in subdirs if d.name.lower() in wanted]
         if matches:
             folder = matches[0]
@@ -225,8 +244,8 @@ def _folder_source(root: Path, split: str | None) -> _Source:
     if unknown or not class_dirs:
         found = ", ".join(d.name for d in class_dirs) or "none"
         raise DataError(
-            f"{folder}: class folders must be FER2013 classes ({', '.join(CLASS_NAMES)}); "
-            f"found: {found}"
+            f"{folder}: class folders read directly must be FER2013 classes ({', '.join(CLASS_NAMES)}); "
+            f"found: {found}; for other classes run `fertool prepare --folder {root}` first"
         )
     seen: dict[int, str] = {}
     entries: list[tuple[int, Path]] = []
@@ -276,13 +295,13 @@ def _check_size(path: Path, img: np.ndarray, size: int | None, first: Path) -> i
     h, w = img.shape[:2]
     if h != w:
         raise DataError(
-            f"{path}: image is {w}x{h}, not square; fertool needs square images of one size "
-            "(run `fertool prepare` on a FER2013 CSV, or resize them)"
+            f"{path}: image is {w}x{h}, not square; class folders read directly need square images of one "
+            "size (run `fertool prepare --folder` to resize them)"
         )
     if size is not None and h != size:
         raise DataError(
             f"{path}: image is {w}x{h} but {first.name} is {size}x{size}; all images must have "
-            "one size (run `fertool prepare`, or resize them)"
+            "one size (run `fertool prepare --folder` to resize them)"
         )
     return h
 
@@ -339,8 +358,12 @@ def _build_cache(
             tmp.unlink(missing_ok=True)
 
 
-def _load_cache(images_path: Path, meta_path: Path, name: str) -> ArraySplit | None:
-    """The cached split, or None when there is no complete, consistent cache."""
+def _load_cache(images_path: Path, meta_path: Path, source: _Source) -> ArraySplit | None:
+    """The cached split, or None when there is no complete, consistent cache.
+
+    Labels, class names and soft targets come from ``source`` (the manifest just read);
+    the cache's own copy of the labels only confirms it holds the same images.
+    """
     if not (images_path.is_file() and meta_path.is_file()):
         return None
     try:
@@ -350,9 +373,11 @@ def _load_cache(images_path: Path, meta_path: Path, name: str) -> ArraySplit | N
             rows = meta["rows"].astype(np.int64) if bool(meta["has_rows"]) else None
     except (OSError, ValueError, KeyError):
         return None
-    if images.dtype != np.uint8 or len(images) != len(labels):
+    if images.dtype != np.uint8 or len(images) != len(labels) or not np.array_equal(labels, source.labels):
         return None
-    return ArraySplit(images=images, labels=torch.from_numpy(labels), name=name, class_names=CLASS_NAMES, rows=rows)
+    targets = torch.from_numpy(source.targets) if source.targets is not None else None
+    return ArraySplit(images=images, labels=torch.from_numpy(labels), name=source.tag, class_names=source.classes,
+                      rows=rows, targets=targets)
 
 
 def _remove_stale(folder: Path, tag: str, key: str) -> None:
@@ -368,4 +393,4 @@ def _safe(tag: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", tag)
 
 
-__all__: Sequence[str] = ("open_image_split", "CACHE_VERSION", "CLASS_ALIASES", "SPLIT_ALIASES")
+__all__: Sequence[str] = ("open_image_split", "CACHE_VERSION")

@@ -67,12 +67,16 @@ class ArraySplit(ImageSplit):
     name: str = "split"
     class_names: tuple[str, ...] = CLASS_NAMES
     rows: np.ndarray | None = None  # source CSV rows, for traceability
+    targets: torch.Tensor | None = None  # (N, C) float32 soft targets (FER+ probability mode), else None
 
     def __post_init__(self) -> None:
         if self.images.ndim not in (3, 4) or self.images.shape[1] != self.images.shape[2]:
             raise DataError(f"{self.name}: expected square images (N, S, S[, C]), got shape {self.images.shape}")
         if len(self.images) != len(self.labels):
             raise DataError(f"{self.name}: {len(self.images)} images but {len(self.labels)} labels")
+        if self.targets is not None and tuple(self.targets.shape) != (len(self.labels), len(self.class_names)):
+            raise DataError(f"{self.name}: soft targets of shape {tuple(self.targets.shape)}, expected "
+                            f"({len(self.labels)}, {len(self.class_names)})")
         self.size = int(self.images.shape[1])
 
     def load(self, index: torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:

@@ -3,12 +3,19 @@
 Output layout of ``DIR``::
 
     DIR/<Usage>/<Class>/<row>.jpg   row = 0-based data row of the CSV, 5 digits
-    DIR/manifest.csv                row,split,label,class,path,pixels_sha256
-    DIR/prepare.json                recipe, source CSV + sha256, counts, skipped rows, checks
+    DIR/manifest.csv                row,split,label,class,path,pixels_sha256[,votes]
+    DIR/prepare.json                dataset, classes, recipe, source CSV + sha256, counts,
+                                    skipped rows, checks
     DIR/recipe.yaml                 the resolved recipe
 
 ``pixels_sha256`` is the sha256 of the 2304 source bytes (48x48 uint8, row-major), so an
 image can be traced back to its CSV row.
+
+With a FER+ label file (:mod:`fertool.data.ferplus`) the pixels are made exactly the
+same way; labels and class names are FER+'s, the rows FER+ drops are not written
+(``prepare.json`` lists them), and ``votes`` holds each image's eight emotion vote
+counts (the soft target of the ``probability`` label mode).  Image folders and RAF-DB
+are prepared into the same layout by :mod:`fertool.data.prepare_images`.
 
 Pixels: 48x48 grey -> ``size`` float32 bilinear with half-pixel centres (TF
 ``tf.image.resize``), floor to uint8, grey -> RGB by replication, JPEG (quality 100,
@@ -32,6 +39,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import dataclasses
 import datetime
 import hashlib
@@ -42,7 +50,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import cv2
 import numpy as np
@@ -50,6 +58,7 @@ import numpy as np
 from .. import CLASS_NAMES, __version__
 from ..errors import DataError, FertoolError
 from .csv import SPLITS, BadRow, Layout, Span, bad_rows_error, count_lines, iter_spans, open_csv, parse_chunk, read_span
+from .ferplus import FERPLUS_CLASSES, FerPlusLabels, read_ferplus
 
 if TYPE_CHECKING:
     from ..recipe import PrepareConfig, Recipe
@@ -61,6 +70,8 @@ CANONICAL_FER2013 = {
     "training_classes": (3995, 436, 4097, 7215, 4830, 3171, 4965),
 }
 MANIFEST_HEADER = "row,split,label,class,path,pixels_sha256"
+#: The extra manifest column of FER+: the eight emotion vote counts, space-separated.
+VOTES_COLUMN = "votes"
 #: How the summary's warnings about the canonical check begin.
 CANONICAL_PREFIX = "not the canonical FER2013"
 #: Rows per task sent to a worker: large enough to amortise the per-task cost, small
@@ -183,9 +194,9 @@ def encode_jpeg(image: np.ndarray, params: list[int]) -> bytes:
     return buf.tobytes()
 
 
-def image_relpath(split: str, label: int, row: int) -> str:
+def image_relpath(split: str, label: int, row: int, classes: tuple[str, ...] = CLASS_NAMES) -> str:
     """``<Usage>/<Class>/<row>.jpg``, relative to the output folder."""
-    return f"{split}/{CLASS_NAMES[label]}/{row:05d}.jpg"
+    return f"{split}/{classes[label]}/{row:05d}.jpg"
 
 
 # --------------------------------------------------------------------------- worker side
@@ -202,6 +213,11 @@ class _Task:
     truncate: bool
     params: tuple[int, ...]  # JPEG parameters
     write: bool  # False: only validate (a bad row was found and nothing will be kept)
+    classes: tuple[str, ...] = CLASS_NAMES
+    # FER+: the new labels (-1 = drop) and the label file's Usage codes of the rows
+    # span.first_row, span.first_row + 1, ... (shorter when the label file ends early).
+    relabel: np.ndarray | None = None
+    usage: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -212,6 +228,9 @@ class _Result:
     digests: bytes  # n * 32 bytes: sha256 of each row's source pixels
     bad: list[BadRow]
     read: int  # data rows in the chunk, good or bad
+    source_labels: np.ndarray  # FER2013 labels and split codes of every good row, before any FER+ drop
+    source_splits: np.ndarray
+    mismatch: list[tuple[int, int, int]]  # FER+: (row, CSV split code, label file split code or -1)
 
 
 def _init_worker_process() -> None:
@@ -247,13 +266,16 @@ def _work(task: _Task) -> _Result:
     finally:
         os.close(fd)
     parsed = parse_chunk(task.layout, chunk)
-    pixels = parsed.pixels
-    digests = b"".join(hashlib.sha256(p.tobytes()).digest() for p in pixels)
+    rows, labels, splits, pixels = parsed.rows, parsed.labels, parsed.splits, parsed.pixels
+    digests = [hashlib.sha256(p.tobytes()).digest() for p in pixels]
+    mismatch: list[tuple[int, int, int]] = []
+    if task.relabel is not None:
+        rows, labels, splits, pixels, digests, mismatch = _relabel(task, rows, splits, pixels, digests)
     if task.write and len(pixels):
         images = prepare_pixels(pixels, size=task.size, rgb=False, truncate=task.truncate)
         params = list(task.params)
-        paths = [image_relpath(SPLITS[s], label, row)
-                 for row, label, s in zip(parsed.rows.tolist(), parsed.labels.tolist(), parsed.splits.tolist())]
+        paths = [image_relpath(SPLITS[s], label, row, task.classes)
+                 for row, label, s in zip(rows.tolist(), labels.tolist(), splits.tolist())]
         for folder in {os.path.dirname(p) for p in paths}:
             os.makedirs(os.path.join(task.root, folder), exist_ok=True)
         for image, rel in zip(images, paths):
@@ -261,7 +283,23 @@ def _work(task: _Task) -> _Result:
                 image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
             with open(os.path.join(task.root, rel), "wb") as fh:
                 fh.write(encode_jpeg(image, params))
-    return _Result(parsed.rows, parsed.labels, parsed.splits, digests, parsed.bad, len(chunk.rows))
+    return _Result(rows, labels, splits, b"".join(digests), parsed.bad, len(chunk.rows), parsed.labels,
+                   parsed.splits, mismatch)
+
+
+def _relabel(task: _Task, rows: np.ndarray, splits: np.ndarray, pixels: np.ndarray, digests: list[bytes]):
+    """FER+: the rows the label file keeps, with its labels; Usage disagreements listed."""
+    offset = rows - task.span.first_row
+    known = offset < len(task.relabel)
+    ferplus_split = np.full(len(rows), -1, np.int64)
+    ferplus_split[known] = task.usage[offset[known]]
+    wrong = np.flatnonzero(known & (ferplus_split != splits))
+    mismatch = [(int(rows[i]), int(splits[i]), int(ferplus_split[i])) for i in wrong]
+    labels = np.full(len(rows), -1, np.int64)
+    labels[known] = task.relabel[offset[known]]
+    keep = labels >= 0
+    return (rows[keep], labels[keep], splits[keep], pixels[keep], [d for d, k in zip(digests, keep) if k],
+            mismatch)
 
 
 # --------------------------------------------------------------------------- checks
@@ -287,7 +325,8 @@ def canonical_differences(counts: dict[str, list[int]]) -> list[str]:
 # --------------------------------------------------------------------------- prepare
 
 
-def _check_destination(out_dir: Path, csv_path: Path, overwrite: bool) -> None:
+def check_destination(out_dir: Path, source: Path, overwrite: bool) -> None:
+    """Refuse an ``out_dir`` that is not ours to fill or replace (``source``: the input)."""
     if out_dir.exists() and not out_dir.is_dir():
         raise DataError(f"{out_dir}: exists and is not a directory")
     if not out_dir.is_dir() or not any(out_dir.iterdir()):
@@ -299,8 +338,9 @@ def _check_destination(out_dir: Path, csv_path: Path, overwrite: bool) -> None:
             f"{out_dir}: not a fertool prepared dataset (no prepare.json); refusing to replace it, "
             "even with --overwrite: choose another --out"
         )
-    if out_dir.resolve() in csv_path.resolve().parents:
-        raise DataError(f"{csv_path}: the CSV is inside {out_dir}, which --overwrite would delete; move it first")
+    if out_dir.resolve() == source.resolve() or out_dir.resolve() in source.resolve().parents:
+        kind = "the CSV" if source.is_file() else "the source folder"
+        raise DataError(f"{source}: {kind} is inside {out_dir}, which --overwrite would delete; move it first")
 
 
 def _auto_workers(workers: int | None, total: int) -> int:
@@ -329,6 +369,31 @@ def _install(tmp: Path, out_dir: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def build_folder(out_dir: Path, check: Callable[[], None] = lambda: None) -> Iterator[Path]:
+    """A hidden temporary sibling of ``out_dir`` to fill in the ``with`` block.
+
+    When the block completes, ``check()`` runs (a last look at the destination) and the
+    folder replaces ``out_dir`` (an old one is removed only then); when anything fails
+    it is removed, and an OSError becomes a DataError saying that nothing was written.
+    """
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    except OSError as exc:
+        raise DataError(f"{out_dir}: cannot create it ({exc.strerror or exc})") from None
+    try:
+        yield tmp
+        check()
+        _install(tmp, out_dir)
+    except OSError as exc:  # disk full, permissions...
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise DataError(f"{exc.filename or out_dir}: {exc.strerror or exc}; nothing was written") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def prepare(
     csv_path: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -339,6 +404,7 @@ def prepare(
     skip_bad: bool = False,
     workers: int | None = None,
     progress: Callable[[int, int | None], None] | None = None,
+    ferplus: str | os.PathLike | None = None,
 ) -> dict:
     """Prepare a FER2013 CSV into ``out_dir`` (layout in the module docstring).
 
@@ -350,6 +416,10 @@ def prepare(
     process).  ``progress(done, total)`` is called as rows are processed.
     Returns the summary written to ``prepare.json``; its ``warnings`` list says how the
     CSV differs from the canonical FER2013 and what was skipped.
+
+    ``ferplus``: a FER+ label file (``fer2013new.csv``) giving the labels, in the label
+    mode ``config.label_mode``; it must have one row per CSV row, in the same order
+    with the same Usage, else nothing is written and a DataError says where they part.
     """
     from ..recipe import Recipe, dump_recipe, to_dict
 
@@ -357,30 +427,19 @@ def prepare(
     recipe = dataclasses.replace(recipe or Recipe(), prepare=config)
     layout, fh = open_csv(csv_path)  # header problems are reported before anything else
     fh.close()
-    _check_destination(out_dir, csv_path, overwrite)
+    labels = read_ferplus(ferplus) if ferplus is not None else None
+    check_destination(out_dir, csv_path, overwrite)
     total = max(count_lines(csv_path) - 1, 0)  # upper bound on data rows (blank lines)
     nworkers = _auto_workers(workers, total)
     params = tuple(jpeg_params(config.jpeg_quality, config.subsampling))
 
-    try:
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
-    except OSError as exc:
-        raise DataError(f"{out_dir}: cannot create it ({exc.strerror or exc})") from None
-    try:
-        summary = _run(csv_path, tmp, layout, config, params, skip_bad, nworkers, total, progress)
+    # the last check: nothing appeared at out_dir meanwhile
+    with build_folder(out_dir, lambda: check_destination(out_dir, csv_path, overwrite)) as tmp:
+        summary = _run(csv_path, tmp, layout, config, params, skip_bad, nworkers, total, progress, labels)
         summary["recipe"] = to_dict(recipe.prepare)
         summary["output"] = str(out_dir.resolve())
         (tmp / "recipe.yaml").write_text(dump_recipe(recipe), encoding="utf-8")
         (tmp / "prepare.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-        _check_destination(out_dir, csv_path, overwrite)  # nothing appeared meanwhile
-        _install(tmp, out_dir)
-    except OSError as exc:  # disk full, permissions...
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise DataError(f"{exc.filename or out_dir}: {exc.strerror or exc}; nothing was written") from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return summary
 
 
@@ -394,9 +453,13 @@ def _run(
     nworkers: int,
     total: int,
     progress: Callable[[int, int | None], None] | None,
+    ferplus: FerPlusLabels | None = None,
 ) -> dict:
     """Stream the CSV through the workers into ``tmp``; write the manifest; summarise."""
-    counts = np.zeros((len(SPLITS), len(CLASS_NAMES)), np.int64)
+    classes = CLASS_NAMES if ferplus is None else FERPLUS_CLASSES
+    counts = np.zeros((len(SPLITS), len(classes)), np.int64)
+    source_counts = np.zeros((len(SPLITS), len(CLASS_NAMES)), np.int64)
+    mismatch: list[tuple[int, int, int]] = []
     bad: list[BadRow] = []
     done = 0
     write = True
@@ -409,12 +472,17 @@ def _run(
             bad.extend(result.bad)
             write = write and skip_bad
         np.add.at(counts, (result.splits.astype(np.int64), result.labels), 1)
+        np.add.at(source_counts, (result.source_splits.astype(np.int64), result.source_labels), 1)
+        mismatch.extend(result.mismatch)
         lines = []
         for i, (row, label, split) in enumerate(zip(result.rows.tolist(), result.labels.tolist(),
                                                     result.splits.tolist())):
             digest = result.digests[32 * i : 32 * (i + 1)].hex()
             name = SPLITS[split]
-            lines.append(f"{row},{name},{label},{CLASS_NAMES[label]},{image_relpath(name, label, row)},{digest}\n")
+            line = f"{row},{name},{label},{classes[label]},{image_relpath(name, label, row, classes)},{digest}"
+            if ferplus is not None:
+                line += "," + " ".join(map(str, ferplus.votes[row, : len(classes)].tolist()))
+            lines.append(line + "\n")
         manifest.write("".join(lines))
         done += result.read
         if progress is not None:
@@ -422,7 +490,7 @@ def _run(
 
     executor = None
     try:
-        manifest.write(MANIFEST_HEADER + "\n")
+        manifest.write(MANIFEST_HEADER + (f",{VOTES_COLUMN}" if ferplus is not None else "") + "\n")
         if progress is not None:
             progress(0, total)
         if nworkers > 1:
@@ -436,7 +504,10 @@ def _run(
             hasher.update(fh.readline())  # the header line; iter_chunks hashes the rest
             for span in iter_spans(fh, chunk_rows=CHUNK_ROWS, hasher=hasher):
                 task = _Task(layout, str(csv_path), span, str(tmp), config.size, config.rgb, config.truncate,
-                             params, write)
+                             params, write, classes)
+                if ferplus is not None:
+                    rows = slice(span.first_row, span.first_row + CHUNK_ROWS)
+                    task = dataclasses.replace(task, relabel=ferplus.labels[rows], usage=ferplus.splits[rows])
                 if executor is None:
                     handle(_work(task))
                     continue
@@ -454,17 +525,30 @@ def _run(
         raise DataError(f"{csv_path}: no data rows after the header (line 1)")
     if bad and not skip_bad:
         raise bad_rows_error(csv_path, bad, hint="; nothing was written (--skip-bad writes the good rows)")
+    if ferplus is not None:
+        _check_ferplus_alignment(csv_path, ferplus, done, mismatch)
     if not counts.any():
         raise DataError(f"{csv_path}: all {done:,} data rows are bad; nothing to prepare")
 
     per_split = {SPLITS[s]: counts[s].tolist() for s in range(len(SPLITS)) if counts[s].any()}
-    differences = canonical_differences(per_split)
+    source_split = {SPLITS[s]: source_counts[s].tolist() for s in range(len(SPLITS)) if source_counts[s].any()}
+    differences = canonical_differences(source_split)
     warnings = [f"{CANONICAL_PREFIX}: {d}" for d in differences]
     if bad:
         warnings.insert(0, f"skipped {len(bad):,} bad row{'s' if len(bad) != 1 else ''} (listed in prepare.json)")
+    extra: dict = {}
+    if ferplus is not None:
+        dropped = ferplus.dropped()
+        extra["ferplus"] = {"labels": str(ferplus.path.resolve()), "sha256": ferplus.sha256,
+                            "label_mode": config.label_mode, "dropped": dropped}
+        warnings.append(f"FER+: dropped {dropped['count']:,} rows without a majority emotion "
+                        f"({', '.join(f'{n:,} {why}' for why, n in dropped['by_reason'].items() if n)})")
     return {
         "fertool_version": __version__,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "dataset": "ferplus" if ferplus is not None else "fer2013",
+        "classes": list(classes),
+        "label_mode": config.label_mode if ferplus is not None else "majority",
         "source": {
             "csv": str(csv_path.resolve()),
             "sha256": hasher.hexdigest(),
@@ -475,10 +559,28 @@ def _run(
         "recipe": None,  # filled by prepare()
         "output": None,
         "images": int(counts.sum()),
-        "counts": {split: dict(zip(CLASS_NAMES, c)) for split, c in per_split.items()},
+        "counts": {split: dict(zip(classes, c)) for split, c in per_split.items()},
         "split_totals": {split: int(sum(c)) for split, c in per_split.items()},
         "skipped": [{"row": b.row, "line": b.line, "problem": b.problem} for b in bad],
         "canonical_fer2013": {"match": not differences, "differences": differences},
         "warnings": warnings,
         "workers": nworkers,
+        **extra,
     }
+
+
+def _check_ferplus_alignment(csv_path: Path, ferplus: FerPlusLabels, rows: int,
+                             mismatch: list[tuple[int, int, int]]) -> None:
+    """One row of the label file per CSV row, with the same Usage; else a DataError."""
+    if rows != len(ferplus):
+        raise DataError(
+            f"{ferplus.path}: {len(ferplus):,} label rows but {csv_path} has {rows:,} data rows; the FER+ label "
+            "file must have one row per FER2013 row, in the same order; nothing was written"
+        )
+    if mismatch:
+        row, csv_split, ferplus_split = min(mismatch)
+        raise DataError(
+            f"{ferplus.path}: row {row} is {SPLITS[ferplus_split]} but row {row} of {csv_path} is "
+            f"{SPLITS[csv_split]} ({len(mismatch):,} rows disagree): the two files are not in the same order; "
+            "nothing was written"
+        )

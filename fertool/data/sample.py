@@ -20,6 +20,17 @@ Every parameter is jittered per image, and random pose (rotation, shift, scale),
 lighting (gain, bias, directional gradient), occlusion (a bar or blob over part of the
 face) and pixel noise are added, so that neighbouring classes overlap: the data are
 learnable but not trivial.  The same ``seed`` always gives the same bytes.
+
+Besides the FER2013 CSV, the same faces come in the layouts of the other data sets
+fertool reads, so that every path runs end to end without the real sets:
+
+* ``ferplus``: a FER2013 CSV plus a FER+ label file of ten synthetic annotators' votes
+  over the eight FER+ classes (a ``Contempt`` face: a one-sided smirk), with a few rows
+  whose majority is ``unknown``, ``NF`` or tied (FER+ drops those);
+* ``folder``: ``train/`` and ``test/`` class folders of five classes, colour photos of
+  assorted non-square sizes, JPEG and PNG, no validation split;
+* ``rafdb``: RAF-DB basic's ``EmoLabel/list_patition_label.txt`` (1-based labels in
+  RAF-DB's order) and 100x100 colour ``Image/aligned/*_aligned.jpg`` faces.
 """
 
 from __future__ import annotations
@@ -33,6 +44,18 @@ import numpy as np
 from .. import CLASS_NAMES
 from ..errors import DataError
 from .csv import SIDE, SPLITS
+from .ferplus import FERPLUS_CLASSES, VOTE_COLUMNS
+from .folders import RAFDB_CLASSES, RAFDB_LABEL_FILE
+
+#: The layouts ``fertool sample-data --format`` writes.
+SAMPLE_FORMATS = ("csv", "ferplus", "folder", "rafdb")
+#: Drawer label (FER2013 index; 7 = contempt) of each class of the other layouts.
+_CONTEMPT = len(CLASS_NAMES)
+_DRAW_FERPLUS = tuple((*CLASS_NAMES, "Contempt").index(name) for name in FERPLUS_CLASSES)
+_DRAW_RAFDB = tuple(CLASS_NAMES.index(name) for name in RAFDB_CLASSES)
+#: The five classes of the folder sample, as AffectNet-style folder names.
+FOLDER_CLASSES = ("anger", "happy", "neutral", "sad", "surprise")
+_DRAW_FOLDER = (0, 3, 6, 4, 5)
 
 #: Drawing happens on a canvas this many times larger than 48x48, then the pose warp
 #: brings it down to 48x48 (smooth, anti-aliased strokes).
@@ -57,6 +80,7 @@ _CLASS_PARAMS = np.array(
         [-0.55, 1.00, 0.70, -0.70, 0.00, 0.85, 0.0],  # Sadness
         [0.00, 1.60, 1.50, 0.00, 1.00, 0.65, 0.0],  # Surprise
         [0.00, 1.00, 1.00, 0.00, 0.00, 0.90, 0.0],  # Neutral
+        [0.10, 0.90, 0.85, 0.20, 0.00, 0.90, 0.6],  # Contempt (FER+ only): one-sided smirk
     ],
     dtype=np.float64,
 )
@@ -192,6 +216,30 @@ def generate_faces(per_class: int = 60, seed: int = 0) -> tuple[np.ndarray, np.n
     return images, labels_all, np.concatenate(splits)
 
 
+def _csv_lines(images: np.ndarray, labels, splits) -> list[str]:
+    numbers = np.array([str(v) for v in range(256)], dtype=object)
+    lines = ["emotion,pixels,Usage\n"]
+    for image, label, code in zip(images, list(labels), list(splits)):
+        lines.append(f"{label},{' '.join(numbers[image.ravel()])},{SPLITS[code]}\n")
+    return lines
+
+
+def _write_lines(path: Path, lines: list[str]) -> None:
+    """Write ``lines`` to ``path`` through a temporary file (atomic)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "w", encoding="ascii", newline="\n") as fh:
+            fh.writelines(lines)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise DataError(f"{path}: cannot write ({exc.strerror or exc})") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def generate_sample(out_csv: str | os.PathLike, *, per_class: int = 60, seed: int = 0, overwrite: bool = True) -> Path:
     """Write the synthetic sample as a FER2013-format CSV (``emotion,pixels,Usage``).
 
@@ -205,20 +253,156 @@ def generate_sample(out_csv: str | os.PathLike, *, per_class: int = 60, seed: in
     if out_csv.exists() and not overwrite:
         raise DataError(f"{out_csv}: file exists (use --overwrite to replace it)")
     images, labels, splits = generate_faces(per_class, seed)
-    numbers = np.array([str(v) for v in range(256)], dtype=object)
-    lines = ["emotion,pixels,Usage\n"]
-    for image, label, code in zip(images, labels.tolist(), splits.tolist()):
-        lines.append(f"{label},{' '.join(numbers[image.ravel()])},{SPLITS[code]}\n")
-    out_csv.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_csv.with_name(f".{out_csv.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="ascii", newline="\n") as fh:
-            fh.writelines(lines)
-        os.replace(tmp, out_csv)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise DataError(f"{out_csv}: cannot write ({exc.strerror or exc})") from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    _write_lines(out_csv, _csv_lines(images, labels.tolist(), splits.tolist()))
     return out_csv
+
+
+# --------------------------------------------------------------------------- other layouts
+
+
+def _write_folder(out_dir: str | os.PathLike, overwrite: bool, fill) -> Path:
+    """Build a sample folder with ``fill(tmp)`` and move it to ``out_dir`` when complete."""
+    from .prepare import build_folder
+
+    out_dir = Path(out_dir)
+
+    def check() -> None:
+        if out_dir.exists() and not out_dir.is_dir():
+            raise DataError(f"{out_dir}: exists and is not a directory")
+        if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+            raise DataError(f"{out_dir}: directory exists and is not empty (use --overwrite to replace it)")
+
+    check()
+    with build_folder(out_dir, check) as tmp:
+        fill(tmp)
+    return out_dir
+
+
+def _class_draws(rng: np.random.Generator, n_classes: int, per_class: int) -> list[tuple[int, np.ndarray]]:
+    """Per split code: labels (shuffled, ``n`` per class) in FER2013 split order."""
+    return [(code, rng.permutation(np.repeat(np.arange(n_classes), n)))
+            for code, n in enumerate(split_sizes(per_class).values())]
+
+
+def _ferplus_votes(rng: np.random.Generator, label: int) -> list[int]:
+    """Ten annotators' votes with a strict majority for ``label`` (6..9 votes)."""
+    votes = [0] * len(VOTE_COLUMNS)
+    votes[label] = int(rng.integers(6, 10))
+    others = [i for i in range(len(VOTE_COLUMNS) - 1) if i != label]  # emotions and unknown, not NF
+    rest = 10 - votes[label]
+    for i in rng.choice(others, size=rest):
+        votes[int(i)] += 1
+    return votes
+
+
+def _dropped_votes(rng: np.random.Generator, kind: int) -> list[int]:
+    """Votes FER+ drops: kind 0 = unknown majority, 1 = not a face, 2 = a tie."""
+    votes = [0] * len(VOTE_COLUMNS)
+    if kind == 0:
+        votes[VOTE_COLUMNS.index("unknown")] = 6
+        votes[int(rng.integers(0, len(FERPLUS_CLASSES)))] += 4
+    elif kind == 1:
+        votes[VOTE_COLUMNS.index("nf")] = 10
+    else:
+        a, b = rng.choice(len(FERPLUS_CLASSES), size=2, replace=False)
+        votes[int(a)], votes[int(b)] = 5, 5
+    return votes
+
+
+def generate_ferplus_sample(out_dir: str | os.PathLike, *, per_class: int = 60, seed: int = 0,
+                            overwrite: bool = False) -> Path:
+    """``out_dir/fer2013.csv`` and ``out_dir/fer2013new.csv``: synthetic FER2013 + FER+ labels.
+
+    Each split has the split size of :func:`split_sizes` per FER+ class, plus a few rows
+    FER+ drops (unknown or NF majority, ties: about a quarter of a class per split).  The
+    CSV's ``emotion`` is the drawn face's FER2013 class (Disgust for Contempt faces).
+    """
+    rng = np.random.default_rng(seed)
+    images, labels, usages, votes = [], [], [], []
+    for code, draw in _class_draws(rng, len(FERPLUS_CLASSES), per_class):
+        extra = 3 * max(1, len(draw) // (4 * len(FERPLUS_CLASSES)))
+        kinds = np.concatenate([np.full(len(draw), -1), np.arange(extra) % 3])
+        for k in rng.permutation(len(kinds)):
+            if kinds[k] < 0:
+                ferplus = int(draw[k])
+                face = _DRAW_FERPLUS[ferplus]
+                votes.append(_ferplus_votes(rng, ferplus))
+            else:
+                face = int(rng.integers(0, len(CLASS_NAMES)))
+                votes.append(_dropped_votes(rng, int(kinds[k])))
+            images.append(draw_face(rng, face))
+            labels.append(face if face != _CONTEMPT else CLASS_NAMES.index("Disgust"))
+            usages.append(code)
+    header = "Usage,Image name," + ",".join(c if c != "nf" else "NF" for c in VOTE_COLUMNS) + "\n"
+    label_lines = [header] + [f"{SPLITS[u]},fer{row:07d}.png,{','.join(map(str, v))}\n"
+                              for row, (u, v) in enumerate(zip(usages, votes))]
+
+    def fill(tmp: Path) -> None:
+        _write_lines(tmp / "fer2013.csv", _csv_lines(np.stack(images), labels, usages))
+        _write_lines(tmp / "fer2013new.csv", label_lines)
+
+    return _write_folder(out_dir, overwrite, fill)
+
+
+def _colour_photo(rng: np.random.Generator, grey: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A 48x48 grey face -> a tinted BGR photo of ``size`` (width, height)."""
+    import cv2
+
+    gain = rng.uniform(0.6, 1.1, size=3) * np.array([0.8, 0.9, 1.05])  # B, G, R: warm skin tones
+    bias = rng.uniform(-10, 30, size=3)
+    photo = np.clip(grey[..., None].astype(np.float32) * gain + bias, 0, 255).astype(np.uint8)  # (48, 48, 3)
+    return cv2.resize(photo, size, interpolation=cv2.INTER_LINEAR)
+
+
+def generate_folder_sample(out_dir: str | os.PathLike, *, per_class: int = 60, seed: int = 0,
+                           overwrite: bool = False) -> Path:
+    """``out_dir/{train,test}/<class>/NNNN.{jpg,png}``: five classes (:data:`FOLDER_CLASSES`),
+    colour photos of random non-square sizes (40..96 pixels a side); no validation split."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    sizes = split_sizes(per_class)
+    draws = [(split, rng.permutation(np.repeat(np.arange(len(FOLDER_CLASSES)), sizes[split])))
+             for split in ("Training", "PrivateTest")]
+    photos = []
+    for split, draw in draws:
+        for i, label in enumerate(draw.tolist()):
+            w, h = (int(v) for v in rng.integers(40, 97, size=2))
+            if w == h:
+                w += 7
+            photo = _colour_photo(rng, draw_face(rng, _DRAW_FOLDER[label]), (w, h))
+            folder = "train" if split == "Training" else "test"
+            photos.append((f"{folder}/{FOLDER_CLASSES[label]}/{i:04d}.{'png' if i % 3 == 0 else 'jpg'}", photo))
+
+    def fill(tmp: Path) -> None:
+        for rel, photo in photos:
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / rel).write_bytes(cv2.imencode(os.path.splitext(rel)[1], photo)[1].tobytes())
+
+    return _write_folder(out_dir, overwrite, fill)
+
+
+def generate_rafdb_sample(out_dir: str | os.PathLike, *, per_class: int = 60, seed: int = 0,
+                          overwrite: bool = False) -> Path:
+    """RAF-DB basic's layout: ``EmoLabel/list_patition_label.txt`` and 100x100 colour
+    ``Image/aligned/{train_NNNNN,test_NNNN}_aligned.jpg``; training and test splits only."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    sizes = split_sizes(per_class)
+    lines, photos = [], []
+    for split, prefix, digits in (("Training", "train", 5), ("PrivateTest", "test", 4)):
+        draw = rng.permutation(np.repeat(np.arange(len(RAFDB_CLASSES)), sizes[split]))
+        for i, label in enumerate(draw.tolist(), start=1):
+            name = f"{prefix}_{i:0{digits}d}"
+            lines.append(f"{name}.jpg {label + 1}\n")
+            photos.append((f"Image/aligned/{name}_aligned.jpg",
+                           _colour_photo(rng, draw_face(rng, _DRAW_RAFDB[label]), (100, 100))))
+
+    def fill(tmp: Path) -> None:
+        _write_lines(tmp / "EmoLabel" / RAFDB_LABEL_FILE, lines)
+        (tmp / "Image" / "aligned").mkdir(parents=True)
+        for rel, photo in photos:
+            (tmp / rel).write_bytes(cv2.imencode(".jpg", photo, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes())
+
+    return _write_folder(out_dir, overwrite, fill)
