@@ -31,7 +31,7 @@ from typing import Any, Iterable, Mapping
 import torch
 
 from . import CLASS_NAMES, __version__
-from .errors import CheckpointError
+from .errors import CheckpointError, DataError
 from .utils import atomic_path
 
 FORMAT = "fertool-checkpoint"
@@ -132,6 +132,24 @@ def model_from_checkpoint(ckpt: Mapping[str, Any], *, strict: bool = True) -> to
             parts.append(f"unexpected {len(unexpected)} tensors (e.g. {', '.join(unexpected[:3])})")
         raise CheckpointError(f"checkpoint weights do not fit architecture '{ckpt['arch']}': {'; '.join(parts)}")
     return model
+
+
+def checkpoint_classes(ckpt: Mapping[str, Any]) -> tuple[str, ...]:
+    """The class names of a checkpoint, index = output (``class0``... if it records none that fit)."""
+    names = tuple(ckpt.get("class_names") or CLASS_NAMES)
+    num_classes = int((ckpt.get("arch_args") or {}).get("num_classes", len(names)))
+    return names if len(names) == num_classes else tuple(f"class{i}" for i in range(num_classes))
+
+
+def check_same_classes(model_classes: Iterable[str], data_classes: Iterable[str], *, model: str, data: str) -> None:
+    """Refuse to use a model of one class set on data of another; the message shows both lists."""
+    model_classes, data_classes = tuple(model_classes), tuple(data_classes)
+    if model_classes != data_classes:
+        raise DataError(
+            f"{data}: the data's {len(data_classes)} classes ({', '.join(data_classes)}) are not the "
+            f"{len(model_classes)} classes of {model} ({', '.join(model_classes)}): a model of one class set "
+            "cannot be trained or evaluated on data of another"
+        )
 
 
 def lineage_entry(path: str | os.PathLike, ckpt: Mapping[str, Any]) -> dict:

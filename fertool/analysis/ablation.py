@@ -271,7 +271,7 @@ def ablate(
     into place at the end: ``ablation.json``, ``ablation.png``, ``heads-<module>.png``,
     ``pictures/``, ``recipe.yaml``.  Returns the ``ablation.json`` dict (with ``out_dir``).
     """
-    from ..checkpoint import load_checkpoint, model_from_checkpoint
+    from ..checkpoint import checkpoint_classes, load_checkpoint, model_from_checkpoint
     from ..evaluation.evaluate import _check_split, _open_split, _resolve_recipe, resolve_tta
     from ..evaluation.inference import predict_probs
     from ..recipe import AblateConfig, save_recipe
@@ -308,10 +308,10 @@ def ablate(
                            "(the checkpoint's recipe has no data.csv)")
     arch_args = dict(ckpt.get("arch_args") or {})
     size = int(arch_args.get("input_size", 224))
-    num_classes = int(arch_args.get("num_classes", 7))
     data, source = _open_split(None if csv is None else str(csv), None if images is None else str(images),
                                split, size, None)
-    _check_split(data, str(csv if csv is not None else images), split, size, num_classes)
+    _check_split(data, str(csv if csv is not None else images), split, size, checkpoint_classes(ckpt),
+                 str(checkpoint_path))
     if max_images is not None and max_images < len(data):
         data = SubsetSplit(data, max_images)
     labels = data.labels.numpy()

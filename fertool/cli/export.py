@@ -46,7 +46,7 @@ def export_cmd(
     out.print(f"wrote {info['path']} ({fmt.value}, {info['bytes'] / 2**20:.1f} MiB)")
     out.print(
         f"  {meta['arch']}: input float32 (batch, 3, {meta['input']['size']}, {meta['input']['size']}) "
-        f"raw 0..255, grey replicated to RGB -> softmax over {len(meta['class_names'])} classes "
+        f"raw 0..255, {meta['input']['channels']} -> softmax over {len(meta['class_names'])} classes "
         f"({', '.join(meta['class_names'])})"
     )
     if info["max_abs_diff"] is None:

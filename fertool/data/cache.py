@@ -196,6 +196,21 @@ def _prepared_source(root: Path, split: str) -> _Source:
                    str(manifest), tuple(classes), targets)
 
 
+def folder_data(images_dir: str | os.PathLike) -> dict:
+    """What an image folder holds, without reading its images: ``dataset`` (fer2013,
+    ferplus, folder, rafdb), ``classes``, ``label_mode`` and ``prepare`` (the settings its
+    images were made with) from a prepared folder's ``prepare.json``; FER2013's classes
+    for class subfolders read directly."""
+    path = Path(images_dir) / "prepare.json"
+    if not (Path(images_dir) / "manifest.csv").is_file() or not path.is_file():
+        return {"dataset": "fer2013", "classes": list(CLASS_NAMES), "label_mode": "majority", "prepare": None}
+    raw = path.read_bytes()
+    classes, soft = _prepared_classes(path, raw)
+    summary = json.loads(raw)
+    return {"dataset": str(summary.get("dataset", "fer2013")), "classes": list(classes),
+            "label_mode": "probability" if soft else "majority", "prepare": summary.get("recipe")}
+
+
 def _prepared_classes(path: Path, raw: bytes) -> tuple[tuple[str, ...], bool]:
     """(class names, soft targets?) of a prepared folder from its prepare.json."""
     if not raw:
@@ -393,4 +408,4 @@ def _safe(tag: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", tag)
 
 
-__all__: Sequence[str] = ("open_image_split", "CACHE_VERSION")
+__all__: Sequence[str] = ("open_image_split", "folder_data", "CACHE_VERSION")

@@ -63,6 +63,21 @@ def fit_image(image: np.ndarray, *, size: int, fit: str, colour: str, rgb: bool)
     return image
 
 
+def prepared_photo(image_bgr: np.ndarray, *, size: int, fit: str = "crop", colour: str = "keep", rgb: bool = True,
+                   jpeg_quality: int = 100, subsampling: str = "4:4:4", jpeg: bool = True, **_ignored) -> np.ndarray:
+    """A BGR photo or face crop -> (size, size, 3) RGB uint8, as its prepared JPEG decodes.
+
+    The keyword arguments are a recipe's ``prepare`` section (others are ignored): what
+    ``fertool predict`` does to a face of a model trained on class folders or RAF-DB.
+    ``jpeg=False`` skips the JPEG round trip.
+    """
+    image = fit_image(image_bgr, size=size, fit=fit, colour=colour, rgb=True)  # (S, S, 3) BGR
+    if jpeg:
+        stored = encode_jpeg(image, jpeg_params(jpeg_quality, subsampling))
+        image = cv2.imdecode(np.frombuffer(stored, np.uint8), cv2.IMREAD_COLOR)
+    return np.ascontiguousarray(image[..., ::-1])  # BGR -> RGB, as the image cache decodes
+
+
 def _convert(path: Path, out: Path, config: PrepareConfig, params: list[int]) -> tuple[str | None, str | None]:
     """Read, fit and write one image; returns (sha256 of the file, None) or (None, problem)."""
     try:
@@ -182,4 +197,4 @@ def _csv_field(text: str) -> str:
     return text
 
 
-__all__ = ("IMAGES_MANIFEST_HEADER", "fit_image", "prepare_images")
+__all__ = ("IMAGES_MANIFEST_HEADER", "fit_image", "prepared_photo", "prepare_images")

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import CLASS_NAMES, __version__
+from .. import __version__
 from ..errors import FertoolError, ModelError
 from . import file_mode
 
@@ -57,6 +57,17 @@ PREPARATION = (
 )
 
 
+def photo_preparation_text(prepare: Mapping[str, Any]) -> str:
+    """The preparation of a model trained on photos (class folders, RAF-DB), in words."""
+    fit = "centred square crop" if prepare.get("fit", "crop") == "crop" else "the whole crop stretched to a square"
+    colour = ("converted to grey and replicated to 3 channels" if prepare.get("colour") == "grey"
+              else "kept in colour (RGB)")
+    return (f"face crop (square, with a margin) -> {fit} -> resize to SxS (cv2.INTER_AREA when shrinking, "
+            f"bilinear when enlarging) -> {colour} -> JPEG quality {prepare.get('jpeg_quality', 100)}, "
+            f"{prepare.get('subsampling', '4:4:4')} round trip (as the stored training images) -> float32 NCHW, "
+            "raw values 0..255 (no mean/std). fertool.data.prepare_images.prepared_photo does the resizing.")
+
+
 class _WithSoftmax(nn.Module):
     """The classifier followed by a softmax: (B, 3, S, S) 0..255 -> (B, C) probabilities."""
 
@@ -70,8 +81,14 @@ class _WithSoftmax(nn.Module):
 
 def export_metadata(ckpt: Mapping[str, Any], *, fmt: str, checkpoint_path: str | os.PathLike | None = None) -> dict:
     """The preprocessing contract and provenance stored in an export (plain JSON types)."""
+    from ..checkpoint import checkpoint_classes
+    from .predict import photo_preparation
+
     arch_args = dict(ckpt.get("arch_args") or {})
     size = int(arch_args.get("input_size", 224))
+    classes = list(checkpoint_classes(ckpt))
+    photo = photo_preparation(ckpt)
+    grey = photo is None or photo.get("colour") == "grey"
     return {
         "format": "fertool-export",
         "fertool_version": __version__,
@@ -81,20 +98,20 @@ def export_metadata(ckpt: Mapping[str, Any], *, fmt: str, checkpoint_path: str |
         "stage": ckpt.get("stage"),
         "epoch": ckpt.get("epoch"),
         "checkpoint": Path(checkpoint_path).name if checkpoint_path is not None else None,
-        "class_names": list(ckpt.get("class_names") or CLASS_NAMES),
+        "class_names": classes,
         "input": {
             "name": INPUT_NAME,
             "shape": ["batch", 3, size, size],
             "size": size,
             "dtype": "float32",
             "layout": "NCHW",
-            "channels": "RGB with three identical channels (grey replicated)",
+            "channels": "RGB with three identical channels (grey replicated)" if grey else "RGB",
             "value_range": [0.0, 255.0],
             "normalisation": "none",
         },
-        "output": {"name": OUTPUT_NAME, "shape": ["batch", len(ckpt.get("class_names") or CLASS_NAMES)],
+        "output": {"name": OUTPUT_NAME, "shape": ["batch", len(classes)],
                    "meaning": "softmax probabilities in class_names order"},
-        "preparation": PREPARATION,
+        "preparation": PREPARATION if photo is None else photo_preparation_text(photo),
     }
 
 

@@ -32,10 +32,11 @@ import numpy as np
 import torch
 
 from .. import CLASS_NAMES
+from ..data.prepare_images import prepared_photo
 from ..errors import DataError, FertoolError
 from ..utils import atomic_path
 from . import file_mode
-from .faces import Box, FaceDetector, crop_face, face_to_48, gui_problem, load_detector, prepare_faces
+from .faces import Box, FaceDetector, crop_face, expand_box, face_to_48, gui_problem, load_detector, prepare_faces
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -166,8 +167,22 @@ def preparation_from_recipe(recipe: Mapping[str, Any] | None) -> dict[str, Any]:
     }
 
 
+#: Data sets of photos: their models see colour face crops fitted the way ``prepare --folder`` does.
+PHOTO_DATASETS = ("folder", "rafdb")
+
+
+def photo_preparation(ckpt: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The ``prepare`` settings of a model trained on photos (class folders, RAF-DB), else None."""
+    data = (ckpt.get("extra") or {}).get("data") or {}
+    if data.get("dataset") not in PHOTO_DATASETS or not isinstance(data.get("prepare"), Mapping):
+        return None
+    return dict(data["prepare"])
+
+
 class FaceClassifier:
-    """A checkpoint's model ready to classify prepared faces (N, S, S) uint8, in batches."""
+    """A checkpoint's model ready to classify prepared faces (N, S, S) grey or (N, S, S, 3)
+    RGB uint8, in batches.  ``photo``: the ``prepare`` settings of a model trained on photos
+    (faces are then cropped in colour and fitted as those were), None for FER2013's path."""
 
     def __init__(
         self,
@@ -180,6 +195,7 @@ class FaceClassifier:
         tta_name: str | None = None,
         batch_size: int = 64,
         preparation: Mapping[str, Any] | None = None,
+        photo: Mapping[str, Any] | None = None,
     ) -> None:
         if batch_size < 1:
             raise FertoolError(f"--batch-size: must be >= 1, got {batch_size}")
@@ -192,6 +208,7 @@ class FaceClassifier:
         self.batch_size = batch_size
         #: keyword arguments of :func:`~fertool.deploy.faces.prepare_faces` (truncate, quality, subsampling)
         self.preparation = dict(preparation or {})
+        self.photo = dict(photo) if photo is not None else None
 
     @classmethod
     def from_checkpoint(
@@ -218,6 +235,7 @@ class FaceClassifier:
             tta_name=tta,
             batch_size=batch_size,
             preparation=preparation_from_recipe(ckpt.get("recipe")),
+            photo=photo_preparation(ckpt),
         )
 
     def classify(self, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
@@ -438,6 +456,14 @@ class _Predictor:
 
     def faces_of(self, image: np.ndarray, path: str, frame: int | None) -> _Work:
         boxes = self.detector.detect(image)
+        photo = self.classifier.photo
+        if photo is not None:  # a model of photos: colour crops, fitted as its training images were
+            size = self.classifier.size
+            crops = [image[y0:y1, x0:x1] for x0, y0, x1, y1 in
+                     (expand_box(b, self.margin, image.shape[1], image.shape[0]) for b in boxes)]
+            prepared = np.stack([prepared_photo(c, **{**photo, "size": size}, jpeg=self.jpeg) for c in crops]) \
+                if crops else np.zeros((0, size, size, 3), np.uint8)
+            return _Work(path, frame, boxes, prepared)
         faces48 = [face_to_48(crop_face(image, b, self.margin)) for b in boxes]
         prepared = prepare_faces(faces48, self.classifier.size, jpeg=self.jpeg, **self.classifier.preparation)
         return _Work(path, frame, boxes, prepared)

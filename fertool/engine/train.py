@@ -45,7 +45,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..checkpoint import lineage_entry, load_checkpoint, make_checkpoint, save_checkpoint
+from .. import CLASS_NAMES
+from ..checkpoint import (check_same_classes, checkpoint_classes, lineage_entry, load_checkpoint, make_checkpoint,
+                          save_checkpoint)
 from ..data.datasets import ArraySplit, ImageSplit, batch_indices
 from ..errors import CheckpointError, DataError, ModelError, RecipeError, TrainingError
 from ..recipe import Recipe, StageConfig, save_recipe, to_dict
@@ -215,6 +217,8 @@ def train_one_epoch(
 
     ``augment`` (a :class:`fertool.data.augment.KerasAugment`) transforms each whole batch
     on the device, its parameters drawn from ``aug_generator`` (default ``generator``).
+    A split with soft ``targets`` (FER+ ``probability``) is trained with the cross-entropy
+    against them; accuracy is always against the hard labels.
     The loss is checked every ``sync_every`` batches (every batch on the CPU) *before*
     the backward pass, so a non-finite loss raises :class:`NonFiniteLossError` without
     touching the weights.  Loss and accuracy are sample-weighted means over the epoch,
@@ -232,8 +236,11 @@ def train_one_epoch(
     fields = dict(fields or {})
     start = time.perf_counter()
 
-    def load(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return split.load(idx, device), split.labels[idx].to(device, non_blocking=True)
+    soft = getattr(split, "targets", None)  # (N, C) vote distributions (FER+ probability mode) or None
+
+    def load(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        targets = soft[idx].to(device, non_blocking=True) if soft is not None else None
+        return split.load(idx, device), split.labels[idx].to(device, non_blocking=True), targets
 
     # On a GPU the next batch is read from the cache while the current one computes.
     pool = ThreadPoolExecutor(max_workers=1) if device.type == "cuda" else None
@@ -241,18 +248,18 @@ def train_one_epoch(
         pending = pool.submit(load, batches[0]) if (pool and batches) else None
         for i, idx in enumerate(batches):
             if pool is not None:
-                x, y = pending.result()
+                x, y, t = pending.result()
                 if i + 1 < len(batches):
                     pending = pool.submit(load, batches[i + 1])
             else:
-                x, y = load(idx)
+                x, y, t = load(idx)
             if augment is not None and augment.active:
                 x = augment(x, aug_generator)  # (B, 3, S, S), same device
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with _autocast(device, amp):
                 logits = model(x)  # (B, C)
-            loss = F.cross_entropy(logits.float(), y)
+            loss = F.cross_entropy(logits.float(), y if t is None else t)  # soft targets: against the distribution
             n = int(y.shape[0])
             check = (i + 1) % sync_every == 0 or i + 1 == len(batches)
             if check:
@@ -389,7 +396,8 @@ def _load_data(recipe: Recipe, *, csv: str | None, images: str | None, log: Log,
         raise DataError("no training data: pass --images DIR (from `fertool prepare`, or class subfolders) "
                         "or --csv PATH (or set data.images / data.csv in the recipe)")
 
-    if data.eval_source == "reference" and csv is not None:
+    fer2013 = tuple(train.class_names) == CLASS_NAMES  # else the CSV's labels do not apply (FER+, folders)
+    if data.eval_source == "reference" and csv is not None and fer2013:
         from ..data.datasets import reference_split
 
         val = reference_split(csv, data.val_split, size)
@@ -399,7 +407,8 @@ def _load_data(recipe: Recipe, *, csv: str | None, images: str | None, log: Log,
 
         val = open_image_split(images, data.val_split, progress=cache_progress)
         if data.eval_source == "reference":
-            note = (f"validation images: {data.val_split} from the image folder {images} (no CSV given, so not "
+            why = "no CSV given" if csv is None else f"the labels of {csv} are not those of its classes"
+            note = (f"validation images: {data.val_split} from the image folder {images} ({why}, so not "
                     "the reference float images of SPEC §1)")
             notes.append(note)
             log(note)
@@ -420,6 +429,31 @@ def _load_data(recipe: Recipe, *, csv: str | None, images: str | None, log: Log,
         if bad:
             raise DataError(f"{role} split '{split.name}': {bad} labels outside 0..{recipe.model.num_classes - 1}")
     return train, val, notes
+
+
+def _data_info(recipe: Recipe, *, csv: str | None, images: str | None) -> tuple[dict, str]:
+    """(what the data :func:`_load_data` will read is, where it is): data set, class names,
+    label mode and how its images were prepared (recorded in every checkpoint's ``extra``)."""
+    images = images or recipe.data.images
+    if images is not None and Path(images).is_dir():
+        from ..data.cache import folder_data
+
+        return folder_data(images), str(images)
+    return ({"dataset": "fer2013", "classes": list(CLASS_NAMES), "label_mode": "majority", "prepare": None},
+            str(csv or recipe.data.csv or "FER2013"))
+
+
+def with_data_classes(recipe: Recipe, classes: tuple[str, ...], where: str, log: Log) -> Recipe:
+    """``recipe`` with ``model.num_classes`` = the number of ``classes``; ``data.classes``,
+    when the recipe lists any, must be exactly these."""
+    if recipe.data.classes and tuple(recipe.data.classes) != tuple(classes):
+        raise DataError(f"data.classes: the recipe lists {len(recipe.data.classes)} classes "
+                        f"({', '.join(recipe.data.classes)}) but {where} holds {len(classes)} ({', '.join(classes)})")
+    if recipe.model.num_classes == len(classes):
+        return recipe
+    log(f"model.num_classes: {len(classes)} (was {recipe.model.num_classes}), the classes of {where}: "
+        f"{', '.join(classes)}")
+    return dataclasses.replace(recipe, model=dataclasses.replace(recipe.model, num_classes=len(classes)))
 
 
 def _csv_training_split(csv: str, split: str, size: int, *, truncate: bool) -> ArraySplit:
@@ -479,7 +513,7 @@ def _convert(ckpt: dict, want: str, recipe: Recipe, *, seed: int, source: str, s
     return new, True
 
 
-def _pretrained_checkpoint(recipe: Recipe, kind: str, seed: int, log: Log) -> dict:
+def _pretrained_checkpoint(recipe: Recipe, kind: str, seed: int, log: Log, classes: tuple[str, ...]) -> dict:
     """Stage 1's start: ``model.pretrained`` (Keras .h5[.gz], torchvision .pth or fertool checkpoint) or scratch."""
     from ..models import arch_from_recipe, build_model
 
@@ -517,7 +551,7 @@ def _pretrained_checkpoint(recipe: Recipe, kind: str, seed: int, log: Log) -> di
             log(f"stage 1 starts from the pre-trained weights of {p} (classifier head "
                 f"{'copied' if head_copied else 'newly initialised'})")
     return make_checkpoint(arch=arch, arch_args=args, state_dict=model.state_dict(), stage=None,
-                           recipe=to_dict(recipe), lineage=lineage, extra={})
+                           recipe=to_dict(recipe), class_names=classes, lineage=lineage, extra={})
 
 
 def _load_backbone(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> bool:
@@ -545,14 +579,14 @@ def _load_backbone(model: nn.Module, state: Mapping[str, torch.Tensor], source: 
 
 def _initial_checkpoint(
     recipe: Recipe, stage: str, cfg: StageConfig, run_dir: Path, sdir: Path, *, init: str | None,
-    seed: int, overwrite: bool, ctx: DistContext, log: Log,
+    seed: int, overwrite: bool, ctx: DistContext, log: Log, classes: tuple[str, ...],
 ) -> tuple[dict, str, dict | None]:
     """(start checkpoint, where it came from, parent checkpoint when LHC modules were added here)."""
     if init is not None:
         source = Path(init)
         ckpt = load_checkpoint(source)
     elif stage == "1":
-        return _pretrained_checkpoint(recipe, cfg.model, seed, log), recipe.model.pretrained or "scratch", None
+        return _pretrained_checkpoint(recipe, cfg.model, seed, log, classes), recipe.model.pretrained or "scratch", None
     elif stage in ("4", "controller") and (sdir / "init.pt").is_file():
         source = sdir / "init.pt"
         ckpt = load_checkpoint(source)
@@ -727,6 +761,13 @@ class _StageRun:
 
         if (self.train_data is None) != (self.val_data is None):
             raise DataError("train_stage: give both train_data and val_data, or neither")
+        if self.train_data is not None:
+            self.data_info = {"dataset": None, "classes": list(self.train_data.class_names)}
+            where = f"the training split {self.train_data.name}"
+        else:
+            self.data_info, where = _data_info(recipe, csv=self.csv, images=self.images)
+        self.classes = tuple(self.data_info["classes"])
+        recipe = self.recipe = with_data_classes(recipe, self.classes, where, self.log)
         gen = seed_everything(self.seed, deterministic=recipe.train.deterministic)
 
         if self.resume:
@@ -745,12 +786,13 @@ class _StageRun:
         else:
             start_ckpt, self.init_label, parent = _initial_checkpoint(
                 recipe, stage, self.cfg, self.run_dir, self.out.dir, init=self.init, seed=self.seed,
-                overwrite=self.overwrite, ctx=ctx, log=self.log)
+                overwrite=self.overwrite, ctx=ctx, log=self.log, classes=self.classes)
             self.lineage = list(start_ckpt.get("lineage") or []) + [lineage_entry(self.init_label, start_ckpt)]
             self.init_extra = {k: v for k, v in (start_ckpt.get("extra") or {}).items() if k == "lhc_seed"}
             self.reference = None
             self.parent = parent
         _check_input_size(start_ckpt, recipe, self.init_label)
+        check_same_classes(checkpoint_classes(start_ckpt), self.classes, model=self.init_label, data=where)
 
         if self.train_data is not None:
             train_split, val_split = self.train_data, self.val_data
@@ -905,7 +947,7 @@ class _StageRun:
     # ------------------------------------------------------------------ checkpoints and summary
 
     def _checkpoint(self, epoch: int, metrics: Mapping[str, Any], *, with_state: bool) -> dict:
-        extra: dict[str, Any] = {**self.init_extra, "seed": self.seed, "init": self.init_label}
+        extra: dict[str, Any] = {**self.init_extra, "seed": self.seed, "init": self.init_label, "data": self.data_info}
         if with_state:
             extra["resume"] = {
                 "seed": self.seed,
@@ -922,7 +964,7 @@ class _StageRun:
             arch=self.arch, arch_args=self.arch_args, state_dict=self.model.state_dict(),
             optimizer_state=self.optimizer.state_dict() if with_state else None,
             stage=self.stage, epoch=epoch, metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float))},
-            recipe=to_dict(self.recipe), lineage=self.lineage, extra=extra,
+            recipe=to_dict(self.recipe), class_names=self.classes, lineage=self.lineage, extra=extra,
         )
 
     def _save_last(self, epoch: int) -> None:

@@ -27,7 +27,6 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from .. import CLASS_NAMES
 from ..errors import DataError, FertoolError, RecipeError
 from ..recipe import Recipe, TTAPreset, load_recipe, save_recipe, to_dict
 from ..utils import write_json
@@ -78,10 +77,15 @@ def _open_split(csv: str | None, images: str | None, split: str, size: int, prog
     return open_image_split(images, split, progress=progress), {"images": str(images)}
 
 
-def _check_split(data, where: str, split: str, size: int, num_classes: int) -> None:
-    """Refuse an empty split, labels outside the model's classes, or images of another size."""
+def _check_split(data, where: str, split: str, size: int, class_names: Sequence[str], model: str = "the checkpoint") -> None:
+    """Refuse an empty split, data of another class set, labels outside the model's classes,
+    or images of another size."""
+    from ..checkpoint import check_same_classes
+
     if len(data) == 0:
         raise DataError(f"{where}: split '{split}' has no images")
+    check_same_classes(class_names, data.class_names, model=model, data=where)
+    num_classes = len(class_names)
     labels = data.labels.numpy()
     bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
     if len(bad):
@@ -129,7 +133,7 @@ def evaluate_checkpoint(
     ``train.amp`` (bf16 autocast, CUDA only).  The returned dict also carries
     ``"out_dir"`` and ``"files"``.
     """
-    from ..checkpoint import load_checkpoint, model_from_checkpoint
+    from ..checkpoint import checkpoint_classes, load_checkpoint, model_from_checkpoint
     from ..utils import resolve_device
     from .inference import predict_probs
 
@@ -147,15 +151,12 @@ def evaluate_checkpoint(
         )
     arch_args = dict(ckpt.get("arch_args") or {})
     size = int(arch_args.get("input_size", 224))
-    class_names = list(ckpt.get("class_names") or CLASS_NAMES)
-    num_classes = int(arch_args.get("num_classes", len(class_names)))
-    if len(class_names) != num_classes:
-        class_names = [f"class{i}" for i in range(num_classes)]
+    class_names = list(checkpoint_classes(ckpt))
     dev = resolve_device(device)
 
     data, source = _open_split(None if csv is None else str(csv), None if images is None else str(images),
                                split, size, None)
-    _check_split(data, str(csv if csv is not None else images), split, size, num_classes)
+    _check_split(data, str(csv if csv is not None else images), split, size, class_names, str(checkpoint_path))
     model = model_from_checkpoint(ckpt)
 
     use_amp = rcp.train.amp if amp is None else amp
