@@ -193,3 +193,18 @@ def test_cli_report(tmp_path, cli_runner):
     assert "LHC-NetC" in res.output
     data = json.loads((tmp_path / "o" / "report.json").read_text())
     assert data["groups"]["LHC-Net"]["tta"] is None
+
+
+def test_results_of_other_class_sets_are_never_pooled(tmp_path):
+    from fertool import CLASS_NAMES
+
+    ferplus = ["Neutral", "Happiness", "Surprise", "Sadness", "Anger", "Disgust", "Fear", "Contempt"]
+    for i, (names, acc) in enumerate([(list(CLASS_NAMES), 0.7), (None, 0.72), (ferplus, 0.8), (ferplus, 0.84)]):
+        metrics = {"accuracy": acc, "loss": 1.0, "stage": "stage4", "arch": "lhc_net"}
+        if names is not None:
+            metrics["class_names"] = names
+        _write(tmp_path / f"run{i}" / "stage4" / "eval-PrivateTest" / "metrics.json", metrics)
+    groups = {}
+    for r in find_results([tmp_path]):
+        groups.setdefault(r.group, []).append(r.accuracy)
+    assert groups == {"LHC-Net": [0.7, 0.72], f"LHC-Net [{', '.join(ferplus)}]": [0.8, 0.84]}

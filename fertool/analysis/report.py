@@ -18,6 +18,8 @@ What counts as a run
     re-runs ``RUN/seed-<S>/resnet/stage4`` that continue from it.
 
 Groups
+    Results of data sets with another class set than FER2013's (FER+, RAF-DB, class folders:
+    the ``class_names`` of metrics.json) form groups of their own, named with the classes.
     ``model``: the architecture of the evaluated checkpoint (``arch`` in metrics.json, else
     implied by the stage folder): ResNet34v2 / LHC-Net / LHC-NetC.  ``stage``: the stage
     folder and the model, e.g. ``stage4 (LHC-Net)``.  ``recipe``: model + a fingerprint of the run's ``recipe.yaml`` (sha256 of the
@@ -219,6 +221,17 @@ def _selection(run_dir: Path) -> dict | None:
     return selection if isinstance(selection, dict) else None
 
 
+def _class_set(metrics: dict) -> str:
+    """`` [names...]`` for a class set other than FER2013's (results of different class sets
+    are never pooled), else ``""``."""
+    from .. import CLASS_NAMES
+
+    names = metrics.get("class_names")
+    if not isinstance(names, list) or tuple(names) == CLASS_NAMES:
+        return ""
+    return f" [{', '.join(map(str, names))}]"
+
+
 def find_results(
     run_dirs: Sequence[str | os.PathLike],
     *,
@@ -265,7 +278,7 @@ def find_results(
         model = MODEL_NAMES.get(arch, arch or "unknown")
         recipe_id = _recipe_id(run_dir, stage_dir)
         group = {"model": model, "stage": f"{stage or 'unknown'} ({model})",
-                 "recipe": f"{model} @ {recipe_id or 'no recipe'}"}[group_by]
+                 "recipe": f"{model} @ {recipe_id or 'no recipe'}"}[group_by] + _class_set(metrics)
         result = RunResult(
             run=str(run_dir.resolve()), stage=stage, arch=arch, group=group,
             seed=_seed(metrics, stage_dir, run_dir),
