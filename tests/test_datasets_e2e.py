@@ -18,6 +18,7 @@ from fertool.data.ferplus import FERPLUS_CLASSES
 from fertool.data.folders import RAFDB_CLASSES
 from fertool.data.sample import FOLDER_CLASSES
 from fertool.deploy.export import read_export_metadata
+from fertool.deploy.predict import FaceClassifier
 
 skimage_data = pytest.importorskip("skimage.data", reason="scikit-image ships the astronaut photograph")
 
@@ -98,6 +99,11 @@ def test_prepare_train_evaluate_predict_export(workspace, prepared, case):
     with np.load(run / "stage1" / "eval-PrivateTest" / "probs.npz") as probs:
         assert probs["class_names"].tolist() == classes and probs["probs"].shape[1] == len(classes)
 
+    result = invoke(runner, "info", "--checkpoint", best)
+    assert f"{len(classes)}: {', '.join(classes)}" in " ".join(result.stdout.split())
+
+    photo_model = FaceClassifier.from_checkpoint(best).photo  # faces cropped in colour and fitted, or FER2013's path
+    assert (photo_model is not None) == (case in ("folder", "rafdb"))
     result = invoke(runner, "predict", photo, "-c", best, "--json", "--device", "cpu", "-q")
     faces = [json.loads(line) for line in result.stdout.splitlines()]
     assert faces and list(faces[0]["probs"]) == classes and faces[0]["label"] in classes

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 
 import cv2
@@ -152,3 +153,23 @@ def test_rafdb_sample_prepares_with_a_carved_validation_split(tmp_path):
     assert summary["dataset"] == "rafdb" and summary["classes"] == list(RAFDB_CLASSES)
     assert summary["split_totals"] == {"Training": 21, "PublicTest": 7, "PrivateTest": 7}
     assert summary["source"]["label_file"].endswith("EmoLabel/list_patition_label.txt")
+
+
+@pytest.mark.parametrize("colour", ["keep", "grey"])
+def test_predict_prepares_a_photo_exactly_as_training_saw_it(tmp_path, colour):
+    """prepared_photo (what predict does to a face of a photo-trained model) == the cached training image."""
+    from fertool.data.prepare_images import prepared_photo
+
+    rng = np.random.default_rng(0)
+    photo = rng.integers(0, 256, size=(37, 53, 3), dtype=np.uint8)
+    photo[..., 0] //= 2  # not grey
+    for split in ("train", "val"):
+        for name in ("a", "b"):
+            write_image(tmp_path / "src" / split / name / "0.png", photo)
+    config = PrepareConfig(size=24, colour=colour)
+    prepare_images(scan_folder(tmp_path / "src"), tmp_path / "out", config=config, workers=1)
+    cached = np.asarray(open_image_split(tmp_path / "out", "Training").images[0])
+    mine = prepared_photo(photo, **dataclasses.asdict(config))
+    assert mine.shape == (24, 24, 3)
+    expected = cached if cached.ndim == 3 else np.repeat(cached[..., None], 3, axis=-1)  # grey cached once
+    assert np.array_equal(mine, expected)

@@ -73,6 +73,12 @@ def render(summary, *, title: str, ckpt: dict | None = None) -> None:
         out.print(f"checkpoint: stage {ckpt.get('stage')}, epoch {ckpt.get('epoch')}"
                   + (f", {metrics}" if metrics else "")
                   + (f", LHC seed {ckpt['extra']['lhc_seed']}" if (ckpt.get("extra") or {}).get("lhc_seed") is not None else ""))
+        from ..checkpoint import checkpoint_classes
+
+        classes = checkpoint_classes(ckpt)
+        data = (ckpt.get("extra") or {}).get("data") or {}
+        source = f" ({data['dataset']}, {data.get('label_mode', 'majority')} labels)" if data.get("dataset") else ""
+        out.print(f"classes{source}: {len(classes)}: {', '.join(classes)}", highlight=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:
