@@ -68,7 +68,7 @@ def test_carved_validation_is_seeded_per_class_and_never_from_test(tmp_path):
     assert (carved.splits[images.splits == 2] == 2).all()  # the test split is untouched
     assert record == {"from": "Training", "to": "PublicTest", "fraction": 0.2, "seed": 3, "images": 6,
                       "per_class": {"a": 4, "b": 2, "c": 0}}
-    with_val = scan_folder(tree(tmp_path / "b", {"train": {"a": 3}, "val": {"a": 1}}))
+    with_val = scan_folder(tree(tmp_path / "b", {"train": {"a": 3, "b": 3}, "val": {"a": 1}}))
     assert carve_validation(with_val, 0.2, seed=0) == (with_val, None)
 
 
@@ -173,3 +173,8 @@ def test_predict_prepares_a_photo_exactly_as_training_saw_it(tmp_path, colour):
     assert mine.shape == (24, 24, 3)
     expected = cached if cached.ndim == 3 else np.repeat(cached[..., None], 3, axis=-1)  # grey cached once
     assert np.array_equal(mine, expected)
+
+
+def test_one_class_is_not_a_data_set(tmp_path):
+    with pytest.raises(DataError, match=r"1 class \(sad\); a classifier needs at least two"):
+        scan_folder(tree(tmp_path / "a", {"train": {"sad": 2}}))

@@ -1,1 +1,2 @@
-"""Data: FER2013 CSV reading, preparation, caches, datasets and augmentation."""
+"""Data: FER2013 CSV reading, FER+ labels, class folders and RAF-DB, preparation, caches, datasets
+and augmentation."""

@@ -14,8 +14,9 @@ Two kinds of folder are accepted:
   re-preparing invalidates the cache.  FER+ prepared in the ``probability`` label mode
   also gives each image's vote distribution (``ArraySplit.targets``);
 * a plain folder of class subfolders, the users' own data: ``DIR/<split>/<Class>/*.jpg``
-  or, for the training split, ``DIR/<Class>/*.jpg``.  Class folders must be FER2013
-  classes (the models have 7 outputs), matched case-insensitively, with the usual
+  or, for the training split, ``DIR/<Class>/*.jpg``.  Read directly, class folders must be
+  FER2013 classes (other class sets, and photos of any size, go through ``fertool prepare
+  --folder``), matched case-insensitively, with the usual
   short names (``angry``, ``happy``, ``sad``...) accepted; images must be square and all
   of one size.  The key hashes the file list with sizes and modification times.
 

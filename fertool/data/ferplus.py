@@ -114,7 +114,7 @@ def read_ferplus(path: str | os.PathLike) -> FerPlusLabels:
         raise DataError(f"{path}: is a directory, expected the FER+ label file (fer2013new.csv)") from None
     except OSError as exc:
         raise DataError(f"{path}: cannot read ({exc.strerror})") from None
-    lines = raw.decode("utf-8", errors="replace").splitlines()
+    lines = raw.decode("utf-8-sig", errors="replace").splitlines()  # a byte-order mark is not part of "Usage"
     if not lines or not lines[0].strip():
         raise DataError(f"{path}: empty file; expected a header 'Usage,Image name,{','.join(VOTE_COLUMNS)}'")
     header = [h.strip().lower() for h in next(_csv.reader([lines[0]]))]

@@ -29,6 +29,7 @@ training images, per class, with a fixed seed (never from the test split).
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -132,6 +133,24 @@ def _split_of(name: str) -> str | None:
     return next((split for split, aliases in SPLIT_ALIASES.items() if low in aliases), None)
 
 
+def _readable(scan):
+    """A scan whose file-system errors (permissions, vanished folders) become DataErrors."""
+
+    @functools.wraps(scan)
+    def wrapper(root: str | os.PathLike, classes: Sequence[str] | None = None) -> ImageSet:
+        try:
+            images = scan(root, classes)
+        except OSError as exc:
+            raise DataError(f"{exc.filename or root}: cannot read ({exc.strerror or exc})") from None
+        if len(images.classes) < 2:
+            raise DataError(f"{root}: {len(images.classes)} class ({', '.join(images.classes)}); "
+                            "a classifier needs at least two")
+        return images
+
+    return wrapper
+
+
+@_readable
 def scan_folder(root: str | os.PathLike, classes: Sequence[str] | None = None) -> ImageSet:
     """``root/<split>/<class>/*`` -> an :class:`ImageSet` (see the module docstring)."""
     root = Path(root)
@@ -210,6 +229,7 @@ def _rafdb_image(name: str, folders: Sequence[Path]) -> Path | None:
     return None
 
 
+@_readable
 def scan_rafdb(root: str | os.PathLike, classes: Sequence[str] | None = None) -> ImageSet:
     """RAF-DB basic's label file and images -> an :class:`ImageSet` (module docstring)."""
     root = Path(root)
