@@ -254,6 +254,7 @@ def ablate(
     recipe: Any = None,
     overrides: Sequence[str] = (),
     amp: bool | None = None,
+    engine: str = "auto",
     progress: Progress | None = None,
 ) -> dict:
     """Ablate the LHC modules of a checkpoint on ``split`` and write the report (module docstring).
@@ -269,10 +270,13 @@ def ablate(
     ``max_images`` keeps the first images of the split.  Outputs go to ``out_dir``
     (default ``<checkpoint dir>/ablate-<split>/``), built in a temporary folder and moved
     into place at the end: ``ablation.json``, ``ablation.png``, ``heads-<module>.png``,
-    ``pictures/``, ``recipe.yaml``.  Returns the ``ablation.json`` dict (with ``out_dir``).
+    ``pictures/``, ``recipe.yaml``.  ``engine`` runs every pass but the one that records
+    the heads (:mod:`fertool.evaluation.engines`).  Returns the ``ablation.json`` dict
+    (with ``out_dir``).
     """
     from ..checkpoint import checkpoint_classes, load_checkpoint, model_from_checkpoint
     from ..evaluation.evaluate import _check_split, _open_split, _resolve_recipe, resolve_tta
+    from ..evaluation.engines import build_engine
     from ..evaluation.inference import predict_probs
     from ..recipe import AblateConfig, save_recipe
     from ..utils import resolve_device, write_json
@@ -318,7 +322,7 @@ def ablate(
     n = len(data)
 
     dev = resolve_device(device)
-    use_amp = rcp.train.amp if amp is None else bool(amp)
+    use_amp = bool(rcp.train.amp if amp is None else amp) and dev.type == "cuda"
     infer = dict(batch_size=batch_size, device=dev, amp=use_amp,
                  channels_last=rcp.train.channels_last and dev.type == "cuda")
     set_list = ablation_sets(names, kinds)
@@ -334,15 +338,19 @@ def ablate(
 
         return cb
 
-    def run(tta_preset=None) -> dict:
-        result = predict_probs(model, data, tta=tta_preset, progress=step_progress(done[0]), **infer)
+    def run(tta_preset=None, *, hooks: bool = False) -> dict:
+        # An engine runs a copy (or an export) of the model as ablated now; the pass that
+        # feeds the head analysis runs the model itself, whose hooks record the heads.
+        runner = None if hooks else build_engine(model, engine, device=dev, precision="bf16" if use_amp else "fp32",
+                                                 channels_last=infer["channels_last"] or dev.type == "cpu")
+        result = predict_probs(model, data, tta=tta_preset, engine=runner, progress=step_progress(done[0]), **infer)
         done[0] += n
         return result
 
     start = time.perf_counter()
     # Full model: the plain pass also feeds the head analysis (hooks, sufficient statistics).
     with record_heads(model) if heads else contextlib.nullcontext() as stats:
-        full_plain = run()
+        full_plain = run(hooks=heads)
     full = {"accuracy": _accuracy(full_plain["probs"], labels), "tta_accuracy": None}
     if preset is not None:
         full["tta_accuracy"] = _accuracy(run(preset)["tta_probs"], labels)

@@ -28,6 +28,11 @@ SetOption = typer.Option(
     None, "--set", help="Override a recipe key: dotted.key=value (repeatable), e.g. --set train.stages.2.lr=0.005"
 )
 QuietOption = typer.Option(False, "--quiet", "-q", help="No progress bars; log lines only.")
+EngineOption = typer.Option(
+    "auto", "--engine", metavar="ENGINE",
+    help="What runs the network: torch, onnxruntime (CPU, float32; needs the onnxruntime package), "
+    "or auto (onnxruntime on the CPU when installed, else torch).",
+)
 
 
 def load_recipe_from_options(recipe: Optional[str], sets: Optional[List[str]]):

@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from ._common import QuietOption, RecipeOption, SetOption, err, out, progress_callback
+from ._common import EngineOption, QuietOption, RecipeOption, SetOption, err, out, progress_callback
 
 
 def ablate_cli(
@@ -41,6 +41,7 @@ def ablate_cli(
     ),
     batch_size: int = typer.Option(256, "--batch-size", min=1, help="Images per forward pass."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    engine: str = EngineOption,
     max_images: Optional[int] = typer.Option(None, "--max-images", min=1, help="Use only the first N images."),
     recipe: Optional[str] = RecipeOption,
     set_: Optional[List[str]] = SetOption,
@@ -67,6 +68,7 @@ def ablate_cli(
             out_dir=out_dir,
             batch_size=batch_size,
             device=device,
+            engine=engine,
             max_images=max_images,
             heads=heads,
             pictures=pictures,

@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from ._common import QuietOption, RecipeOption, SetOption, err, out, progress_callback
+from ._common import EngineOption, QuietOption, RecipeOption, SetOption, err, out, progress_callback
 
 
 def evaluate_cli(
@@ -30,6 +30,7 @@ def evaluate_cli(
     as_json: bool = typer.Option(False, "--json", help="Print metrics.json to stdout and nothing else."),
     batch_size: int = typer.Option(256, "--batch-size", min=1, help="Images per forward pass."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    engine: str = EngineOption,
     recipe: Optional[str] = RecipeOption,
     sets: Optional[List[str]] = SetOption,
     quiet: bool = QuietOption,
@@ -60,6 +61,7 @@ def evaluate_cli(
             overrides=sets or (),
             batch_size=batch_size,
             device=device,
+            engine=engine,
             progress=cb,
         )
     if as_json:

@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from ._common import QuietOption, err, out, progress_callback
+from ._common import EngineOption, QuietOption, err, out, progress_callback
 
 EPILOG = (
     "Exit codes: 0 = every input had a face and was classified; "
@@ -44,6 +44,12 @@ def predict_cmd(
     margin: float = typer.Option(0.1, "--margin", min=0.0, help="Crop margin around a face, fraction of its box."),
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="Faces per classification batch."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N."),
+    engine: str = EngineOption,
+    precision: str = typer.Option(
+        "fp32", "--precision",
+        help="fp32, or bf16: faster on a CPU with native bf16 (AVX512-BF16, AMX) or a GPU, with torch; "
+        "probabilities differ slightly from fp32 (benchmarks/infer.py measures the agreement).",
+    ),
     no_jpeg: bool = typer.Option(
         False, "--no-jpeg", help="Skip the JPEG q100 round trip the training images went through (SPEC §1)."
     ),
@@ -68,7 +74,8 @@ def predict_cmd(
     dev = resolve_device(device)
     face_detector = load_detector(detector)
     classifier = FaceClassifier.from_checkpoint(
-        checkpoint, device=dev, tta=tta_preset if tta else None, batch_size=batch_size
+        checkpoint, device=dev, tta=tta_preset if tta else None, batch_size=batch_size, engine=engine,
+        precision=precision,
     )
 
     if webcam is not None:

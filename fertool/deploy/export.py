@@ -24,6 +24,7 @@ would require ``onnxscript``.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import tempfile
@@ -40,7 +41,7 @@ from .. import __version__
 from ..errors import FertoolError, ModelError
 from . import file_mode
 
-__all__ = ["FORMATS", "export_model", "export_metadata", "read_export_metadata", "PREPARATION"]
+__all__ = ["FORMATS", "export_model", "export_metadata", "read_export_metadata", "onnx_graph", "PREPARATION"]
 
 FORMATS = ("onnx", "torchscript")
 METADATA_NAME = "fertool.json"
@@ -140,14 +141,15 @@ def _require_onnx():
     return onnx
 
 
-def _export_onnx(wrapped: nn.Module, sample: torch.Tensor, path: Path, metadata: dict, opset: int) -> None:
-    onnx = _require_onnx()
+def onnx_graph(module: nn.Module, sample: torch.Tensor, f: str | os.PathLike | io.BytesIO, *, opset: int = 17) -> None:
+    """Write ``module``'s ONNX graph to ``f`` (a path or a bytes buffer): input ``images``,
+    output ``probs`` (whatever the module returns), dynamic batch axis."""
     with _quiet_export(), torch.no_grad():
         try:
             torch.onnx.export(
-                wrapped,
+                module,
                 (sample,),
-                str(path),
+                f if isinstance(f, io.BytesIO) else str(f),
                 input_names=[INPUT_NAME],
                 output_names=[OUTPUT_NAME],
                 dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
@@ -158,6 +160,11 @@ def _export_onnx(wrapped: nn.Module, sample: torch.Tensor, path: Path, metadata:
         except Exception as exc:  # the exporter raises many types; report one line
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelError(f"ONNX export (opset {opset}) failed: {first[:200]}") from None
+
+
+def _export_onnx(wrapped: nn.Module, sample: torch.Tensor, path: Path, metadata: dict, opset: int) -> None:
+    onnx = _require_onnx()
+    onnx_graph(wrapped, sample, path, opset=opset)
     model = onnx.load(str(path))
     del model.metadata_props[:]
     flat = {

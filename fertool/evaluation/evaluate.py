@@ -120,6 +120,7 @@ def evaluate_checkpoint(
     batch_size: int = 256,
     device: str = "cpu",
     amp: bool | None = None,
+    engine: str = "auto",
     resamples: int = 1000,
     progress: Progress | None = None,
 ) -> dict:
@@ -130,11 +131,13 @@ def evaluate_checkpoint(
     recipe is ``recipe`` if given, else the one stored in the checkpoint, else the
     defaults, with ``overrides`` applied.  Without ``csv`` / ``images`` the recipe's
     ``data.csv`` (then ``data.images``) is used.  ``amp`` defaults to the recipe's
-    ``train.amp`` (bf16 autocast, CUDA only).  The returned dict also carries
-    ``"out_dir"`` and ``"files"``.
+    ``train.amp`` (bf16 autocast, CUDA only).  ``engine`` (``auto``, ``torch``,
+    ``onnxruntime``) runs the forward passes (:mod:`fertool.evaluation.engines`).  The
+    returned dict also carries ``"out_dir"`` and ``"files"``.
     """
     from ..checkpoint import checkpoint_classes, load_checkpoint, model_from_checkpoint
     from ..utils import resolve_device
+    from .engines import build_engine
     from .inference import predict_probs
 
     checkpoint_path = Path(checkpoint_path)
@@ -159,11 +162,11 @@ def evaluate_checkpoint(
     _check_split(data, str(csv if csv is not None else images), split, size, class_names, str(checkpoint_path))
     model = model_from_checkpoint(ckpt)
 
-    use_amp = rcp.train.amp if amp is None else amp
+    use_amp = bool(rcp.train.amp if amp is None else amp) and dev.type == "cuda"
+    runner = build_engine(model, engine, device=dev, precision="bf16" if use_amp else "fp32",
+                          channels_last=rcp.train.channels_last or dev.type == "cpu")
     start = time.perf_counter()
-    result = predict_probs(model, data, batch_size=batch_size, device=dev, amp=use_amp,
-                           channels_last=rcp.train.channels_last and dev.type == "cuda", tta=preset,
-                           progress=progress)
+    result = predict_probs(None, data, batch_size=batch_size, tta=preset, engine=runner, progress=progress)
     seconds = time.perf_counter() - start
     labels = data.labels.numpy()
     rows = getattr(data, "rows", None)
@@ -180,7 +183,8 @@ def evaluate_checkpoint(
         "input_size": size,
         "class_names": class_names,
         "device": str(dev),
-        "amp": bool(use_amp and dev.type == "cuda"),
+        "amp": use_amp,
+        "engine": runner.describe(),
         "seconds": seconds,
         "images_per_s": len(data) / seconds if seconds > 0 else None,
     }

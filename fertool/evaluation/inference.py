@@ -1,14 +1,14 @@
 """Batched inference: softmax probabilities of a split, plain and with TTA (SPEC §5).
 
-Every inference in fertool (validation during training, evaluation, ablation, analysis)
-goes through :func:`predict_probs`.  It runs under ``torch.inference_mode()`` with the
-model in eval mode, loads batches with :func:`fertool.data.datasets.iter_split` straight
-onto the device, and computes the TTA views there from the batch already loaded.
+Every inference in fertool (validation during training, evaluation, ablation, analysis,
+prediction) goes through :func:`predict_probs`.  It runs the forward passes through an
+inference engine (:mod:`fertool.evaluation.engines`: eager PyTorch or ONNX Runtime),
+loads batches with :func:`fertool.data.datasets.iter_split` straight onto the engine's
+device, and computes the TTA views there from the batch already loaded.
 """
 
 from __future__ import annotations
 
-import contextlib
 from typing import Callable
 
 import numpy as np
@@ -17,6 +17,7 @@ from torch import nn
 
 from ..data.datasets import ImageSplit, iter_split
 from ..recipe import TTAPreset
+from .engines import InferenceEngine, TorchEngine, build_engine
 from .tta import apply_view, tta_divisor, tta_plan
 
 __all__ = ["predict_probs"]
@@ -24,14 +25,8 @@ __all__ = ["predict_probs"]
 Progress = Callable[[int, "int | None"], None]
 
 
-def _autocast(device: torch.device, amp: bool):
-    if amp and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 def predict_probs(
-    model: nn.Module,
+    model: nn.Module | None,
     split: ImageSplit,
     *,
     batch_size: int = 256,
@@ -39,6 +34,7 @@ def predict_probs(
     amp: bool = False,
     channels_last: bool = False,
     tta: TTAPreset | None = None,
+    engine: str | InferenceEngine | None = None,
     progress: Progress | None = None,
 ) -> dict:
     """Softmax probabilities of every image of ``split``, in split order.
@@ -46,10 +42,14 @@ def predict_probs(
     Returns ``{"probs": float32 (N, C), "tta_probs": float32 (N, C) or None,
     "labels": int64 (N,)}``.  With ``tta`` the TTA probability is
     ``(w_id * p(x) + sum_v w_v * p(view_v(x))) / divisor`` (paper: ``(3 p + sum of 59) / 62``).
-    ``amp`` runs the forward passes under bf16 autocast on CUDA only (ignored on CPU);
-    the softmax is always taken in float32.  The model is moved to ``device`` (and to
-    channels-last memory when asked); its train/eval mode is restored afterwards.
-    ``progress(done, total)`` counts images.
+
+    ``engine``: None runs ``model`` itself in eager PyTorch (``amp``: bf16 autocast on CUDA
+    only; ``channels_last`` memory when asked), as validation during training does; its
+    train/eval mode is restored afterwards.  An engine name (``auto``, ``torch``,
+    ``onnxruntime``, see :mod:`fertool.evaluation.engines`) builds that engine for ``model``
+    on ``device``, float32; a built :class:`InferenceEngine` is used as it is (``model``,
+    ``amp`` and ``channels_last`` are then ignored).  The softmax is always taken in
+    float32.  ``progress(done, total)`` counts images.
     """
     device = torch.device(device)
     n = len(split)
@@ -57,18 +57,18 @@ def predict_probs(
     divisor = tta_divisor(tta, views) if tta is not None else 1.0
     probs: torch.Tensor | None = None
     tta_probs: torch.Tensor | None = None
-    was_training = model.training
-    model.to(device)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    model.eval()
+    was_training = model.training if model is not None else False
+    if isinstance(engine, InferenceEngine):
+        run = engine
+    elif engine is None:
+        precision = "bf16" if amp and device.type == "cuda" else "fp32"
+        run = TorchEngine(model, device=device, precision=precision, channels_last=channels_last, copy_model=False)
+    else:
+        run = build_engine(model, engine, device=device)
+    device = run.device
 
     def forward(x: torch.Tensor) -> torch.Tensor:
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with _autocast(device, amp):
-            logits = model(x)
-        return torch.softmax(logits.float(), dim=-1)  # (B, C) float32
+        return torch.softmax(run(x).float(), dim=-1)  # (B, C) float32
 
     done = 0
     if progress is not None:
@@ -90,7 +90,8 @@ def predict_probs(
                 if progress is not None:
                     progress(done, n)
     finally:
-        model.train(was_training)
+        if model is not None:
+            model.train(was_training)
     if probs is None:  # empty split
         probs = torch.empty(0, len(split.class_names), dtype=torch.float32)
         tta_probs = torch.empty_like(probs) if tta is not None else None

@@ -1,0 +1,172 @@
+"""Inference engines: what runs a model's forward passes in evaluation, TTA, ablation and prediction.
+
+* ``torch`` — eager PyTorch on an inference copy of the model: BatchNorm folded into the
+  convolution before it where there is one (:func:`fertool.models.resnet.fold_batchnorm`),
+  channels_last memory, ``torch.inference_mode``.  ``precision="bf16"`` adds bf16 autocast
+  (CUDA, or a CPU with native bf16 instructions): faster, slightly different outputs, for
+  ``predict`` only, never for reported metrics.
+* ``onnxruntime`` — the model exported to ONNX in memory (the exporter of ``fertool
+  export``) and run by ONNX Runtime's CPU provider, which is faster than eager PyTorch on
+  CPUs (its convolutions work in a blocked layout with BatchNorm and ReLU fused in).
+  Needs the ``onnxruntime`` package (``pip install 'fertool[export]'``); CPU only.
+* ``auto`` — ``onnxruntime`` on the CPU when it is installed and the precision is float32,
+  else ``torch``.
+
+``python benchmarks/infer.py`` measures them against each other.  Every engine maps
+(B, 3, S, S) float32 raw pixels on its device to (B, C) float32 logits there, and matches
+the eager model to float32 rounding (the reference-fixture tests run through each).
+"""
+
+from __future__ import annotations
+
+import abc
+import copy
+import io
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..deploy.export import INPUT_NAME, OUTPUT_NAME, onnx_graph
+from ..errors import FertoolError
+from ..models.resnet import fold_batchnorm
+
+__all__ = ["ENGINES", "PRECISIONS", "InferenceEngine", "TorchEngine", "OnnxRuntimeEngine", "build_engine",
+           "choose_engine", "bf16_supported", "onnxruntime_available"]
+
+ENGINES = ("auto", "torch", "onnxruntime")
+PRECISIONS = ("fp32", "bf16")
+
+
+def onnxruntime_available() -> bool:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def bf16_supported(device: torch.device | str) -> bool:
+    """True where bf16 arithmetic is native: CUDA with bf16, or a CPU with AVX512-BF16 or AMX."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type != "cpu" or not torch.backends.mkldnn.is_available():
+        return False
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private torch.cpu probes
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+class InferenceEngine(abc.ABC):
+    """(B, 3, S, S) float32 images on ``device`` -> (B, C) float32 logits on ``device``."""
+
+    name = "?"
+    device: torch.device
+
+    @abc.abstractmethod
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of one batch (no gradients)."""
+
+    def describe(self) -> str:
+        return self.name
+
+
+class TorchEngine(InferenceEngine):
+    """Eager PyTorch on an eval-mode copy of the model with BatchNorm folded in.
+
+    ``copy_model=False`` runs ``model`` itself, unchanged apart from eval mode and memory layout
+    (for callers that need its hooks or recorded attention).  ``channels_last`` defaults to
+    True (faster on CPUs and GPUs for these convolution networks).
+    """
+
+    name = "torch"
+
+    def __init__(self, model: nn.Module, *, device: torch.device | str = "cpu", precision: str = "fp32",
+                 channels_last: bool = True, copy_model: bool = True) -> None:
+        self.device = torch.device(device)
+        if precision != "fp32":
+            choose_engine("torch", self.device, precision)  # refuses what cannot run
+        self.precision = precision
+        self.channels_last = channels_last
+        if copy_model:
+            model = fold_batchnorm(copy.deepcopy(model).eval())
+        self.model = model.to(self.device).eval()
+        if channels_last:
+            self.model.to(memory_format=torch.channels_last)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16,
+                                                    enabled=self.precision == "bf16"):
+            return self.model(x).float()
+
+    def describe(self) -> str:
+        return f"torch ({self.precision}{', channels_last' if self.channels_last else ''})"
+
+
+class OnnxRuntimeEngine(InferenceEngine):
+    """ONNX Runtime (CPU provider) on the model's ONNX graph, exported in memory."""
+
+    name = "onnxruntime"
+
+    def __init__(self, model: nn.Module, *, threads: int | None = None, opset: int = 17) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise FertoolError(
+                "--engine onnxruntime: the onnxruntime package is not installed (pip install 'fertool[export]')"
+            ) from None
+        self.device = torch.device("cpu")
+        model = copy.deepcopy(model).cpu().eval()
+        size = int(getattr(model, "input_size", 224))
+        graph = io.BytesIO()
+        onnx_graph(model, torch.zeros(1, 3, size, size), graph, opset=opset)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3  # errors only
+        self.session = ort.InferenceSession(graph.getvalue(), options, providers=["CPUExecutionProvider"])
+        self.input_name, self.output_name = INPUT_NAME, OUTPUT_NAME
+        self.version = ort.__version__
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        images = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
+        (logits,) = self.session.run([self.output_name], {self.input_name: images})
+        return torch.from_numpy(logits)
+
+    def describe(self) -> str:
+        return f"onnxruntime {self.version} (CPU)"
+
+
+def choose_engine(engine: str, device: torch.device | str = "cpu", precision: str = "fp32") -> str:
+    """The concrete engine (``torch`` or ``onnxruntime``) that ``engine`` means for ``device``
+    and ``precision``; every impossible combination is a :class:`FertoolError`.
+
+    ``auto`` takes ONNX Runtime for float32 on the CPU when it is installed, else torch.
+    """
+    device = torch.device(device)
+    if engine not in ENGINES:
+        raise FertoolError(f"--engine: unknown engine {engine!r} (known: {', '.join(ENGINES)})")
+    if precision not in PRECISIONS:
+        raise FertoolError(f"--precision: unknown precision {precision!r} (known: {', '.join(PRECISIONS)})")
+    if precision == "bf16" and not bf16_supported(device):
+        raise FertoolError(f"--precision bf16: {device} has no native bf16 support (use fp32)")
+    if engine == "auto":
+        engine = "onnxruntime" if device.type == "cpu" and precision == "fp32" and onnxruntime_available() else "torch"
+    if engine == "onnxruntime":
+        if device.type != "cpu":
+            raise FertoolError(f"--engine onnxruntime: runs on the CPU only (device is {device}; use --engine torch)")
+        if precision != "fp32":
+            raise FertoolError(f"--engine onnxruntime: float32 only (use --engine torch for --precision {precision})")
+    return engine
+
+
+def build_engine(model: nn.Module, engine: str = "auto", *, device: torch.device | str = "cpu",
+                 precision: str = "fp32", channels_last: bool = True) -> InferenceEngine:
+    """The engine named ``engine`` (``auto``, ``torch``, ``onnxruntime``; see
+    :func:`choose_engine`) for ``model`` on ``device``.  The model itself is not modified
+    (engines work on a copy)."""
+    if choose_engine(engine, device, precision) == "onnxruntime":
+        return OnnxRuntimeEngine(model)
+    return TorchEngine(model, device=device, precision=precision, channels_last=channels_last)

@@ -1,0 +1,119 @@
+"""Inference engines (fertool.evaluation.engines): reference outputs through each, BatchNorm folding."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from fertool.errors import FertoolError
+from fertool.evaluation.engines import (
+    OnnxRuntimeEngine,
+    TorchEngine,
+    bf16_supported,
+    build_engine,
+    onnxruntime_available,
+)
+from fertool.models import build_model
+from fertool.models.resnet import fold_batchnorm
+from tests._reference_weights import load_json, reference_state_dict
+from tests.conftest import load_reference, reference_file
+
+#: Two small LHC modules that fit a 64 px input (Table 2's heads need 224 or 112 px).
+SMALL = {"input_size": 64, "hidden": [16],
+         "lhc": [{"after": "stem", "heads": 8, "dim": 4}, {"after": "stage4_unit3", "heads": 4, "dim": 2}]}
+ENGINES = ["torch", pytest.param("onnxruntime", marks=pytest.mark.skipif(
+    not onnxruntime_available(), reason="onnxruntime not installed"))]
+
+
+@pytest.fixture(scope="module")
+def net_ref():
+    return load_reference("full_network.npz")
+
+
+@pytest.fixture(scope="module")
+def tensors():
+    return load_json(reference_file("full_network.json"))
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("arch,weights,atol", [("resnet34v2", "backbone", 1e-5), ("lhc_net", "lhc", 2e-5)])
+def test_engine_reproduces_reference(engine, arch, weights, atol, net_ref, tensors):
+    # The same tolerances as the eager reference tests (tests/test_models.py).
+    model = build_model(arch).eval()
+    model.load_state_dict(reference_state_dict(tensors, weights), strict=False)
+    x = torch.from_numpy(net_ref["input"]).permute(0, 3, 1, 2).contiguous()
+    run = build_engine(model, engine)
+    assert run.name == engine
+    prob = torch.softmax(run(x), dim=-1)
+    np.testing.assert_allclose(prob.numpy(), net_ref[f"{weights}_prob"], atol=atol)
+
+
+def _randomise_batchnorm(model: nn.Module, seed: int = 0) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=gen))
+            m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+            if m.weight is not None:
+                m.weight.data.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+            m.bias.data.copy_(torch.randn(m.num_features, generator=gen))
+
+
+@pytest.mark.parametrize("arch,left", [
+    # ResNet34v2: each unit's bn1, bn_data and final_bn follow no convolution (16 + 2)
+    ("resnet34v2", 18), ("lhc_net", 18), ("resnet34_tv", 0)])
+def test_fold_batchnorm_keeps_outputs(arch, left):
+    args = SMALL if arch == "lhc_net" else {k: SMALL[k] for k in ("input_size", "hidden")}
+    model = build_model(arch, **args).eval()
+    _randomise_batchnorm(model)
+    x = torch.rand(2, 3, 64, 64) * 255
+    with torch.no_grad():
+        want = model(x)
+        folded = fold_batchnorm(model)
+        got = folded(x)
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in folded.modules()) == left
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * want.abs().max().item())
+
+
+def test_fold_batchnorm_needs_eval_mode():
+    with pytest.raises(Exception, match="eval mode"):
+        fold_batchnorm(build_model("resnet34v2", input_size=32, hidden=[8]).train())
+
+
+def test_engines_leave_the_model_alone():
+    model = build_model("lhc_net", **SMALL).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    run = TorchEngine(model)
+    run(torch.rand(1, 3, 64, 64) * 255)
+    assert model.training
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == 35
+
+
+def test_engine_choice_and_refusals(monkeypatch):
+    model = build_model("resnet34v2", input_size=32, hidden=[8])
+    expected = OnnxRuntimeEngine if onnxruntime_available() else TorchEngine
+    assert isinstance(build_engine(model, "auto"), expected)
+    assert isinstance(build_engine(model, "torch"), TorchEngine)
+    with pytest.raises(FertoolError, match="--engine: unknown engine 'tvm'"):
+        build_engine(model, "tvm")
+    with pytest.raises(FertoolError, match="CPU only"):
+        build_engine(model, "onnxruntime", device="meta")
+    with pytest.raises(FertoolError, match="float32 only"):
+        build_engine(model, "onnxruntime", precision="bf16")
+    monkeypatch.setattr("fertool.evaluation.engines.onnxruntime_available", lambda: False)
+    assert isinstance(build_engine(model, "auto"), TorchEngine)
+
+
+@pytest.mark.skipif(not bf16_supported("cpu"), reason="this CPU has no native bf16")
+def test_bf16_engine_is_close_to_float32(net_ref, tensors):
+    model = build_model("lhc_net").eval()
+    model.load_state_dict(reference_state_dict(tensors, "lhc"), strict=False)
+    x = torch.from_numpy(net_ref["input"]).permute(0, 3, 1, 2).contiguous()
+    want = TorchEngine(model)(x)
+    got = TorchEngine(model, precision="bf16")(x)
+    assert got.dtype == torch.float32
+    assert not torch.equal(got, want)  # it did run in bf16
+    assert ((got - want).norm() / want.norm()).item() < 0.1  # measured 0.04
