@@ -1,0 +1,144 @@
+"""Inference speed: fertool's engines against ONNX Runtime on fertool's own export and torchvision.
+
+    python benchmarks/infer.py [--batch 16] [--size 224] [--rounds 3] [--cpu-time]
+
+CPU, float32, LHC-Net (Table 2) at 224 px, batch 16; img/s of the best of interleaved rounds
+(each round runs every contender once, so a load change on a shared machine hits them alike):
+
+* ``eager``: the model as a plain ``nn.Module`` (what fertool ran before its engines);
+* ``engine torch``: BatchNorm folded into the convolutions, channels_last;
+* ``engine onnxruntime``: the model exported in memory and run by ONNX Runtime;
+* ``fertool (auto)``: the engine ``evaluate``/``ablate``/``predict`` use by default;
+* ``onnxruntime on export``: a default ``InferenceSession`` on the .onnx file that
+  ``fertool export`` writes (the anchor of the first ratio);
+* ``tv_resnet34``: torchvision's ResNet34 (ImageNet head), eager: a plain-backbone anchor;
+* ``predict bf16``: the torch engine with ``--precision bf16`` (where the CPU has native bf16).
+
+Then the top-1 agreement of ``predict bf16`` with float32 on the synthetic sample's
+PrivateTest split (``fertool sample-data`` defaults: 105 faces), with the reference formula
+weights of ``tests/data/full_network.json`` (random weights give degenerate predictions that
+agree trivially).  ``--cpu-time`` runs everything on one thread timed by that thread's CPU
+time, which other processes on a shared machine disturb much less than wall-clock time.
+The script ends with the two ratio lines of issue 15.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # this checkout's fertool, and tests/_reference_weights.py
+
+from fertool.checkpoint import make_checkpoint, save_checkpoint  # noqa: E402
+from fertool.data.datasets import ReferenceSplit  # noqa: E402
+from fertool.data.sample import generate_faces  # noqa: E402
+from fertool.deploy.export import export_model  # noqa: E402
+from fertool.evaluation.engines import TorchEngine, bf16_supported, build_engine  # noqa: E402
+from fertool.evaluation.inference import predict_probs  # noqa: E402
+from fertool.models import build_model  # noqa: E402
+
+CLOCK = time.perf_counter
+
+
+def reference_weights(model: torch.nn.Module) -> str:
+    """Load the reference formula weights into an LHC-Net when the repository has them."""
+    path = ROOT / "tests" / "data" / "full_network.json"
+    if not path.is_file():
+        return "random weights (tests/data/full_network.json not found)"
+    from tests._reference_weights import load_json, reference_state_dict
+
+    model.load_state_dict(reference_state_dict(load_json(path), "lhc"), strict=False)
+    return "reference formula weights"
+
+
+def plain_session(model: torch.nn.Module, workdir: Path, threads: int):
+    """A default ONNX Runtime session on the file ``fertool export`` writes for ``model``."""
+    import onnxruntime as ort
+
+    ckpt = workdir / "model.pt"
+    save_checkpoint(ckpt, make_checkpoint(arch="lhc_net", arch_args={"input_size": model.input_size},
+                                          state_dict=model.state_dict()))
+    export_model(ckpt, workdir / "model.onnx", fmt="onnx")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(workdir / "model.onnx"), options, providers=["CPUExecutionProvider"])
+    return lambda x: session.run(None, {"images": x.numpy()})
+
+
+def agreement(model: torch.nn.Module, size: int, batch: int) -> tuple[float, int]:
+    """Top-1 agreement of the bf16 torch engine with float32 on the sample PrivateTest split."""
+    images, labels, splits = generate_faces()
+    test = splits == 2
+    split = ReferenceSplit(images=images[test], labels=torch.from_numpy(labels[test]), size=size)
+    fp32 = predict_probs(model, split, batch_size=batch)["probs"].argmax(1)
+    bf16 = predict_probs(None, split, batch_size=batch, engine=TorchEngine(model, precision="bf16"))["probs"].argmax(1)
+    return float((fp32 == bf16).mean()), len(split)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--cpu-time", action="store_true", help="one thread, timed by its CPU time")
+    args = ap.parse_args()
+    global CLOCK
+    if args.cpu_time:
+        args.threads, CLOCK = 1, time.thread_time
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    threads = torch.get_num_threads()
+    torch.manual_seed(0)
+    model = build_model("lhc_net", input_size=args.size).eval()
+    weights = reference_weights(model)
+    clock = "thread CPU time" if args.cpu_time else "wall clock"
+    print(f"cpu ({threads} threads), batch {args.batch}, {args.size} px, float32, {clock}; lhc_net with {weights}")
+
+    import torchvision
+
+    tv = torchvision.models.resnet34(weights=None).eval()
+    x = torch.rand(args.batch, 3, args.size, args.size) * 255
+    with tempfile.TemporaryDirectory() as tmp:
+        contenders = {"eager": lambda x: model(x)}
+        for name in ("torch", "onnxruntime"):
+            contenders[f"engine {name}"] = build_engine(model, name)
+        auto = build_engine(model, "auto")
+        contenders["fertool (auto)"] = auto
+        contenders["onnxruntime on export"] = plain_session(model, Path(tmp), threads)
+        contenders["tv_resnet34"] = lambda x: tv(x)
+        fast = bf16_supported("cpu")
+        if fast:
+            contenders["predict bf16"] = TorchEngine(model, precision="bf16")
+        best = {name: float("inf") for name in contenders}
+        with torch.inference_mode():
+            for fn in contenders.values():  # warm-up
+                fn(x)
+            for _ in range(args.rounds):
+                for name, fn in contenders.items():
+                    start = CLOCK()
+                    fn(x)
+                    best[name] = min(best[name], CLOCK() - start)
+    ort_time = best["onnxruntime on export"]
+    for name, seconds in best.items():
+        print(f"{name:22s} {args.batch / seconds:7.2f} img/s   x{ort_time / seconds:.2f} onnxruntime on export")
+    print(f"fertool (auto) is {auto.describe()}")
+    if fast:
+        agree, n = agreement(model, args.size, args.batch)
+        print(f"predict bf16 top-1 agreement with float32: {100 * agree:.1f}% of {n} sample PrivateTest faces")
+        fast_line = f"{best['eager'] / best['predict bf16']:.2f} agreement: {100 * agree:.1f}%"
+    else:
+        fast_line = "n/a (no native bf16 on this CPU) agreement: n/a"
+    print(f"ratio inference lhc_net fertool/onnxruntime: {ort_time / best['fertool (auto)']:.2f}")
+    print(f"ratio predict lhc_net fast/eager: {fast_line}")
+
+
+if __name__ == "__main__":
+    main()
