@@ -131,3 +131,21 @@ def test_row_count_or_usage_mismatch_is_refused_and_nothing_written(tmp_path, fe
         prepare(csv_path, tmp_path / "b", config=PrepareConfig(size=16), workers=1, ferplus=swapped)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no partial folders left
+
+
+def test_labels_stay_aligned_across_chunks_and_worker_processes(tmp_path):
+    from fertool.data.prepare import CHUNK_ROWS
+    from fertool.data.sample import generate_ferplus_sample
+
+    root = generate_ferplus_sample(tmp_path / "fp", per_class=12, seed=1)
+    labels = read_ferplus(root / "fer2013new.csv")
+    assert len(labels) > 2 * CHUNK_ROWS  # several chunks
+    manifests = []
+    for workers in (1, 2):
+        out = tmp_path / f"w{workers}"
+        prepare(root / "fer2013.csv", out, config=PrepareConfig(size=16), workers=workers, ferplus=root / "fer2013new.csv")
+        manifests.append((out / "manifest.csv").read_text())
+    assert manifests[0] == manifests[1]
+    rows = list(csv.DictReader(manifests[0].splitlines()))
+    assert [int(r["row"]) for r in rows] == np.flatnonzero(labels.labels >= 0).tolist()
+    assert [int(r["label"]) for r in rows] == labels.labels[labels.labels >= 0].tolist()
