@@ -39,7 +39,7 @@ import itertools
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -47,6 +47,7 @@ from torch import nn
 
 from ..data.datasets import ImageSplit
 from ..errors import CheckpointError, FertoolError
+from ..progress import Progress
 from . import atomic_dir
 
 __all__ = [
@@ -62,7 +63,6 @@ __all__ = [
 
 MODES = ("off", "detrain")
 SET_KINDS = ("single", "cumulative", "all")
-Progress = Callable[[int, "int | None"], None]
 
 
 # --------------------------------------------------------------------------- sets

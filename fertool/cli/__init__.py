@@ -3,7 +3,8 @@
 Command modules only parse options, call the library and render results with Rich.
 Each defines ``register(app)``; a command whose module is absent is simply not offered.
 Any :class:`fertool.errors.FertoolError` becomes one ``error: ...`` line on stderr and
-exit code 1 (usage errors exit 2); set ``FERTOOL_DEBUG=1`` to see the traceback.
+exit code 1 (usage errors exit 2); set ``FERTOOL_DEBUG=1`` to see the traceback.  A closed
+stdout (``fertool ... | head``) ends the command quietly with exit code 0.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typer.core import TyperGroup
 
 from .. import __version__
 from ..errors import FertoolError
+from ._common import out
 
 #: Command modules, in the order ``--help`` lists them (the data flow).
 COMMAND_MODULES = (
@@ -58,6 +60,8 @@ class FertoolGroup(TyperGroup):
                 raise
             typer.echo("error: interrupted", err=True)
             ctx.exit(130)
+        except BrokenPipeError:  # from typer.echo; Rich output handles it in the console
+            out.on_broken_pipe()
 
 
 app = typer.Typer(
@@ -68,6 +72,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 

@@ -1,12 +1,16 @@
-"""Helpers shared by the command modules: consoles, progress bars, recipe options."""
+"""Helpers shared by the command modules: consoles, progress, tables, common options."""
 
 from __future__ import annotations
 
+import os
+import sys
+import time
 from contextlib import contextmanager
-from typing import Iterator, List, Optional, Sequence
+from typing import Iterable, Iterator, List, Optional, Sequence
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -17,11 +21,21 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.table import Table
 from rich.text import Text
 
+class _Console(Console):
+    def on_broken_pipe(self) -> None:
+        """The reader of stdout went away (``fertool ... | head -1``): stop quietly with exit
+        code 0, as ``head`` users expect (Rich's default exits 1)."""
+        self.quiet = True
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(0)
+
+
 #: Results go to stdout; progress and notes to stderr so stdout stays pipeable.
-out = Console()
-err = Console(stderr=True)
+out = _Console()
+err = _Console(stderr=True)
 
 RecipeOption = typer.Option(None, "--recipe", "-r", help="Recipe YAML file or shipped recipe name (paper, demo, ...).")
 SetOption = typer.Option(
@@ -35,11 +49,38 @@ EngineOption = typer.Option(
 )
 
 
+def log_line(message: str) -> None:
+    """One log line on stderr: wrapped on a terminal, one physical line in a log file."""
+    err.print(f"[dim]·[/dim] {escape(message)}", highlight=False, soft_wrap=not err.is_terminal)
+
+
 def load_recipe_from_options(recipe: Optional[str], sets: Optional[List[str]]):
     """Load the recipe named on the command line with its ``--set`` overrides."""
     from ..recipe import load_recipe
 
     return load_recipe(recipe, sets or ())
+
+
+def number_table(title: str | None, header: Sequence[str], rows: Iterable[Sequence[str]], *, left: int = 1,
+                 **kwargs) -> Table:
+    """A Rich table that never cuts a value with '…'.
+
+    At 80 columns (a standard terminal, or any log file) a wide table squeezes its columns;
+    every column is at least as wide as its widest value, a header longer than that puts
+    one word per line, and a value that still does not fit folds onto a second line.  The first ``left``
+    columns are left-aligned (names), the others right-aligned (numbers).
+    """
+    rows = [[str(cell) for cell in row] for row in rows]
+    kwargs.setdefault("show_edge", False)  # four more columns for the values
+    table = Table(title=title, title_justify="left", **kwargs)
+    for i, name in enumerate(header):
+        widest = max((len(line) for row in rows for line in row[i].splitlines()), default=0)
+        if len(name) > widest:  # one word per line: "paper\nparams" is as wide as "27.6M"
+            name = "\n".join(name.split())
+        table.add_column(name, justify="left" if i < left else "right", overflow="fold", min_width=widest)
+    for row in rows:
+        table.add_row(*row)
+    return table
 
 
 class RateColumn(ProgressColumn):
@@ -53,35 +94,111 @@ class RateColumn(ProgressColumn):
         speed = task.finished_speed or task.speed
         if speed is None:
             return Text(f"-- {self.unit}/s", style="progress.data.speed")
-        return Text(f"{speed:,.0f} {self.unit}/s", style="progress.data.speed")
+        return Text(f"{speed:,.1f} {self.unit}/s" if speed < 10 else f"{speed:,.0f} {self.unit}/s",
+                    style="progress.data.speed")
 
 
-def make_progress(*, quiet: bool = False, unit: str = "img", extra: Sequence[ProgressColumn] = ()) -> Progress:
-    """A Rich progress bar with count, rate and ETA, on stderr; disabled when quiet."""
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        RateColumn(unit),
-        *extra,
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=err,
-        disable=quiet,
-        transient=False,
-    )
+def describe_phase(base: str, fields: dict) -> tuple[str, str]:
+    """``(description, info)`` of a progress report from its fields.
+
+    Library functions report ``progress(done, total, **fields)`` (:data:`fertool.utils.Progress`);
+    the fields name the phase: the training engine sends ``phase`` (cache, train, val),
+    ``epoch``/``epochs`` and ``loss``/``accuracy``; ``predict`` sends ``description``.
+    """
+    phase, epoch = fields.get("phase"), fields.get("epoch")
+    if phase == "cache":
+        description = f"{base}: decoding images"
+    elif epoch is not None:
+        description = f"{base} epoch {epoch}/{fields.get('epochs', '?')}" + (" validation" if phase == "val" else "")
+    elif fields.get("description"):
+        description = f"{base}: {fields['description']}"
+    else:
+        description = base
+    info = ""
+    if fields.get("loss") is not None:
+        info = f"loss {fields['loss']:.4f} acc {fields.get('accuracy', float('nan')):.4f}"
+    return description, info
+
+
+class _LogProgress:
+    """Progress for a stderr that is not a terminal (a log file, a pipe): one plain line per
+    ``interval`` seconds and one when a phase ends, with that phase's own rate."""
+
+    def __init__(self, base: str, unit: str, interval: float) -> None:
+        self.base, self.unit, self.interval = base, unit, interval
+        self.key = None
+        self.last = (0, None, "", "")  # done, total, description, info
+
+    def _line(self, final: bool) -> None:
+        done, total, description, info = self.last
+        seconds = max(time.monotonic() - self.start, 1e-9)
+        count = f"{done:,}/{total:,}" if total else f"{done:,}"
+        rate = (done - self.first) / seconds
+        text = f"{description}: {count} {self.unit}, {rate:,.1f} {self.unit}/s, {seconds:,.0f}s"
+        err.print(text + (f", {info}" if info else "") + (" (done)" if final else ""), highlight=False,
+                  markup=False, soft_wrap=True)
+        self.printed = time.monotonic()
+
+    def __call__(self, done: int, total: int | None = None, **fields) -> None:
+        key = (fields.get("phase"), fields.get("epoch"), fields.get("description"))
+        if key != self.key:
+            self.close()
+            self.key, self.start, self.printed, self.first = key, time.monotonic(), time.monotonic(), done
+            self.open = True
+        self.last = (done, total, *describe_phase(self.base, fields))
+        if total is not None and done >= total:
+            self.close()
+        elif time.monotonic() - self.printed >= self.interval:
+            self._line(final=False)
+
+    def close(self) -> None:
+        if getattr(self, "open", False):
+            self._line(final=True)
+            self.open = False
 
 
 @contextmanager
-def progress_callback(description: str, *, quiet: bool = False, unit: str = "img") -> Iterator:
-    """Yield ``callback(done, total)`` that drives one progress bar.
+def progress_callback(description: str, *, quiet: bool = False, unit: str = "img", transient: bool = False,
+                      interval: float = 30.0) -> Iterator[Progress]:
+    """Yield the one progress callback the library functions take: ``callback(done, total, **fields)``.
 
-    Library functions accept such a callback and never print themselves.
+    On a terminal it drives a Rich bar on stderr (count, rate, elapsed, remaining; reset
+    when the phase changes, so each phase has its own rate).  When stderr is not a terminal
+    it writes a plain line every ``interval`` seconds and at the end of every phase.  With
+    ``quiet`` it does nothing.  Library functions never print themselves.
     """
-    with make_progress(quiet=quiet, unit=unit) as progress:
-        task = progress.add_task(description, total=None)
+    if quiet:
+        yield lambda done, total=None, **fields: None
+        return
+    if not err.is_terminal:
+        log = _LogProgress(description, unit, interval)
+        try:
+            yield log
+        finally:
+            log.close()
+        return
+    bar = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        RateColumn(unit),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=transient,
+    )
+    state: dict = {"task": None, "key": None}
 
-        def callback(done: int, total: int | None = None, **fields) -> None:
-            progress.update(task, completed=done, total=total, **fields)
+    def callback(done: int, total: int | None = None, **fields) -> None:
+        key = (fields.get("phase"), fields.get("epoch"), fields.get("description"))
+        text, info = describe_phase(description, fields)
+        if state["task"] is None:
+            state["task"] = bar.add_task(text, total=total, info=info)
+        elif key != state["key"]:
+            bar.reset(state["task"], total=total, description=text, info=info)
+        state["key"] = key
+        bar.update(state["task"], completed=done, total=total, description=text, info=info)
 
+    with bar:
         yield callback

@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from ._common import EngineOption, QuietOption, RecipeOption, SetOption, err, out, progress_callback
+from ._common import EngineOption, QuietOption, RecipeOption, SetOption, err, number_table, out, progress_callback
 
 
 def ablate_cli(
@@ -99,53 +99,47 @@ def _delta(v: Optional[float]) -> str:
 
 def render(report: dict) -> None:
     """Rich tables of an ablation.json dict."""
-    from rich.table import Table
-
     has_tta = report["tta"] is not None
     full = report["full"]
-    table = Table(title=f"{report['arch']} on {report['split']} ({report['n']:,} images): full model "
-                        f"{_pct(full['accuracy'])}%" + (f", TTA {_pct(full['tta_accuracy'])}%" if has_tta else ""),
-                  title_justify="left")
-    for col in ("mode", "ablated LHC", "kept LHC", "heads kept", "acc %", "change"):
-        table.add_column(col, justify="right" if col in ("heads kept", "acc %", "change") else "left")
-    if has_tta:
-        table.add_column("TTA %", justify="right")
-        table.add_column("change", justify="right")
     total = report["total_heads"]
     best = {(m, tuple(k["accuracy"]["modules"])) for m, k in report["smallest_kept"].items()}
+    rows = []
     for r in report["results"]:
         mark = " *" if (r["mode"], tuple(r["kept"])) in best else ""
         cells = [r["mode"], _short(r["set"]), _short(r["kept"]) + mark, f"{r['heads_kept']}/{total}",
                  _pct(r["accuracy"]), _delta(r["delta"])]
         if has_tta:
             cells += [_pct(r["tta_accuracy"]), _delta(r["tta_delta"])]
-        table.add_row(*cells)
-    out.print(table)
+        rows.append(cells)
+    header = ["mode", "ablated", "kept", "heads", "acc %", "change"] + (["TTA %", "change"] if has_tta else [])
+    out.print(number_table(f"{report['arch']} on {report['split']} ({report['n']:,} images): full model "
+                           f"{_pct(full['accuracy'])}%" + (f", TTA {_pct(full['tta_accuracy'])}%" if has_tta else ""),
+                           header, rows, left=3))
     for mode, kinds in report["smallest_kept"].items():
         for key, k in kinds.items():
             label = "TTA accuracy" if key == "tta_accuracy" else "accuracy"
             out.print(f"* {mode}, {label}: smallest kept set within {100 * report['tolerance']:.2f} points "
                       f"({k['searched']}): {'+'.join(k['modules']) or 'none'}, {k['heads']} of {k['total_heads']} "
-                      f"heads, {_pct(k[key])}% ({_delta(k['delta'])})")
+                      f"heads, {_pct(k[key])}% ({_delta(k['delta'])})", highlight=False)
     hd = report.get("heads")
     if hd:
-        heads_table = Table(title="head redundancy: mean |correlation| between heads", title_justify="left")
-        heads_table.add_column("module")
-        heads_table.add_column("heads", justify="right")
-        heads_table.add_column("mean |rho|", justify="right")
         ctrl = hd.get("controller") or {}
-        if ctrl:
-            for col in ("w", "tanh(w)", "1+tanh(w)"):
-                heads_table.add_column(col, justify="right")
+        rows, unplotted = [], []
         for name, e in hd["modules"].items():
             cells = [name, str(e["heads"]), "n/a" if e["mean_abs_offdiag"] is None else f"{100 * e['mean_abs_offdiag']:.1f}%"]
+            if e["correlation"] is None:
+                unplotted.append(f"{name} ({e.get('note') or 'n/a'})")
             if ctrl:
                 c = ctrl.get(name)
                 cells += ["-"] * 3 if c is None else [f"{c['w']:.3f}", f"{c['tanh_w']:.3f}", f"{c['gain']:.3f}"]
-            heads_table.add_row(*cells)
+            rows.append(cells)
         overall = hd["overall_mean_abs_offdiag"]
-        heads_table.add_row("overall", "", "n/a" if overall is None else f"{100 * overall:.1f}%")
-        out.print(heads_table)
+        rows.append(["overall", "", "n/a" if overall is None else f"{100 * overall:.1f}%"] + ([""] * 3 if ctrl else []))
+        header = ["module", "heads", "mean |rho|"] + (["w", "tanh(w)", "1+tanh(w)"] if ctrl else [])
+        out.print(number_table("head redundancy: mean |correlation| between heads", header, rows))
+        if unplotted:
+            out.print(f"no heads-<module>.png for {', '.join(unplotted)}: a correlation needs two heads",
+                      highlight=False)
 
 
 def register(app: typer.Typer) -> None:

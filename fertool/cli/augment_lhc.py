@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from ._common import RecipeOption, SetOption, err, out
+from ._common import QuietOption, RecipeOption, SetOption, err, out
 
 
 def augment_lhc_cli(
@@ -26,6 +26,7 @@ def augment_lhc_cli(
     force: bool = typer.Option(False, "--force", help="Replace an existing output checkpoint."),
     recipe: Optional[str] = RecipeOption,
     sets: Optional[List[str]] = SetOption,
+    quiet: bool = QuietOption,
 ) -> None:
     """Build LHC-Net from a trained ResNet34v2 checkpoint (LHC modules from model.lhc, Table 2
     by default), or LHC-NetC with --controller.  Every backbone tensor is copied bit for bit;
@@ -53,7 +54,8 @@ def augment_lhc_cli(
     n = len(ckpt["arch_args"].get("lhc") or [])
     out.print(f"{result['out']}: {result['arch']} ({what} added to {checkpoint}, {n} modules, "
               f"LHC seed {result['lhc_seed']})")
-    err.print(f"wrote {result['out']} and {result['recipe']}")
+    if not quiet:
+        err.print(f"wrote {result['out']} and {result['recipe']}")
 
 
 def register(app: typer.Typer) -> None:

@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from ._common import EngineOption, QuietOption, RecipeOption, SetOption, err, out, progress_callback
+from ._common import EngineOption, QuietOption, RecipeOption, SetOption, err, number_table, out, progress_callback
 
 
 def evaluate_cli(
@@ -77,16 +77,14 @@ def _pct(value: float | None) -> str:
 
 
 def render_report(report: dict) -> None:
-    """Rich tables of a metrics.json dict: summary, per-class scores, confusion matrices."""
-    from rich.table import Table
+    """Rich tables of a metrics.json dict: summary, per-class scores, confusion matrices.
 
+    Sized for 80 columns: per-class scores in percent with one decimal, confusion cells as
+    count over row percentage, classes abbreviated in the header (full names on the rows).
+    """
     tta = report.get("tta")
     variants = [("plain", report)] + ([(f"TTA ({tta['preset']})", tta)] if tta else [])
     title = f"{report.get('arch')} stage {report.get('stage')} on {report['split']} ({report['n']:,} images)"
-    summary = Table(title=title, title_justify="left")
-    summary.add_column("metric")
-    for name, _ in variants:
-        summary.add_column(name, justify="right")
     rows = [
         ("accuracy", lambda m: _pct(m["accuracy"])),
         ("95% interval", lambda m: f"{_pct(m['accuracy_ci']['low'])} - {_pct(m['accuracy_ci']['high'])}"),
@@ -95,32 +93,27 @@ def render_report(report: dict) -> None:
         ("macro-F1", lambda m: _pct(m["macro_f1"])),
         ("tied top predictions", lambda m: str(m["ties"])),
     ]
-    for label, fmt in rows:
-        summary.add_row(label, *(fmt(m) for _, m in variants))
-    out.print(summary)
+    out.print(number_table(title, ["metric"] + [name for name, _ in variants],
+                           [[label] + [fmt(m) for _, m in variants] for label, fmt in rows]))
 
-    per_class = Table(title="per class (P precision, R recall)", title_justify="left")
-    per_class.add_column("class")
-    per_class.add_column("support", justify="right")
+    header = ["class", "n"]
     for name, _ in variants:
-        for col in ("P", "R", "F1"):
-            per_class.add_column(col + ("" if name == "plain" else " TTA"), justify="right")
+        header += [col + ("" if name == "plain" else " TTA") for col in ("P", "R", "F1")]
+    rows = []
     for cls in report["class_names"]:
         cells = [cls, str(report["per_class"][cls]["support"])]
         for _, m in variants:
             s = m["per_class"][cls]
-            cells += [_pct(s["precision"]), _pct(s["recall"]), _pct(s["f1"])]
-        per_class.add_row(*cells)
-    out.print(per_class)
+            cells += [f"{100 * s[key]:.1f}" for key in ("precision", "recall", "f1")]
+        rows.append(cells)
+    out.print(number_table("per class, % (P precision, R recall, n images)", header, rows))
 
+    short = [cls[:3] for cls in report["class_names"]]
     for name, m in variants:
-        matrix = Table(title=f"confusion, {name} (row = true class; count and % of the row)", title_justify="left")
-        matrix.add_column("true \\ predicted")
-        for cls in report["class_names"]:
-            matrix.add_column(cls[:8], justify="right")
-        for cls, counts, rates in zip(report["class_names"], m["confusion"], m["confusion_normalised"]):
-            matrix.add_row(cls, *(f"{c} {100 * r:.0f}%" for c, r in zip(counts, rates)))
-        out.print(matrix)
+        rows = [[cls] + [f"{c}\n{100 * r:.0f}%" for c, r in zip(counts, rates)]
+                for cls, counts, rates in zip(report["class_names"], m["confusion"], m["confusion_normalised"])]
+        out.print(number_table(f"confusion, {name}: rows true class, columns predicted ({', '.join(short)}); "
+                               "count and % of the row", ["true"] + short, rows, show_lines=True))
 
 
 def register(app: typer.Typer) -> None:

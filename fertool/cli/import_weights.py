@@ -58,7 +58,8 @@ def import_cli(
         files = ", ".join(f"{f['name']} (sha256 {f['sha256'][:12]}...)" for f in extra["source_files"])
         out.print(f"{out_path}: {ckpt['arch']}, {extra['tensors']} tensors = {n:,} values from {files}; "
                   f"{extra['skipped_entries']} optimizer/bookkeeping entries skipped")
-    err.print(f"wrote {out_path}")
+    if not quiet:
+        err.print(f"wrote {out_path}")
 
 
 def register(app: typer.Typer) -> None:

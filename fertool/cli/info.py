@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from ._common import RecipeOption, SetOption, out
+from ._common import QuietOption, RecipeOption, SetOption, out
 
 
 def info_cli(
@@ -15,6 +15,7 @@ def info_cli(
     kind: str = typer.Option("lhc", "--kind", help="With --recipe: backbone, lhc or controller."),
     recipe: Optional[str] = RecipeOption,
     sets: Optional[List[str]] = SetOption,
+    quiet: bool = QuietOption,  # accepted like every command's; info writes no notes
 ) -> None:
     """Table of a model's modules (from a checkpoint or a recipe): parameters, output shape and
     FLOPs per image, with totals in PyTorch and Keras counting and the LHC share."""

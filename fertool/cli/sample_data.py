@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from ._common import err, out
+from ._common import QuietOption, err, out
 
 
 def sample_data_cli(
@@ -18,6 +18,7 @@ def sample_data_cli(
                                   "get about a quarter of that)."),
     seed: int = typer.Option(0, "--seed", help="Same seed, same bytes."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing file or folder."),
+    quiet: bool = QuietOption,
 ) -> None:
     """Generate deterministic SYNTHETIC faces (not real data) in the layout of FER2013, FER+, class folders or RAF-DB."""
     from ..data import sample
@@ -38,7 +39,8 @@ def sample_data_cli(
         files = sum(1 for p in path.rglob("*") if p.is_file())
         what = f"the {fmt} layout ({files:,} files)"
     out.print(f"wrote {path}: {what}, seed {seed}", highlight=False, soft_wrap=True)
-    err.print("note: synthetic cartoon faces for demos and tests, not real data", highlight=False)
+    if not quiet:
+        err.print("note: synthetic cartoon faces for demos and tests, not real data", highlight=False)
 
 
 def register(app: typer.Typer) -> None:

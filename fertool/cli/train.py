@@ -8,7 +8,8 @@ from typing import List, Optional
 
 import typer
 
-from ._common import QuietOption, RecipeOption, SetOption, err, load_recipe_from_options, out
+from ._common import (QuietOption, RecipeOption, SetOption, err, load_recipe_from_options, log_line, out,
+                      progress_callback)
 
 _HEADER = f"{'epoch':>9}  {'loss':>8}  {'acc':>7}  {'val loss':>8}  {'val acc':>7}  {'img/s':>7}  {'time':>7}"
 
@@ -51,65 +52,33 @@ def train_cli(
     to stage 3's best itself; the controller stage likewise from stage 4.  Run under
     `torchrun --nproc_per_node N -m fertool train ... --run-dir DIR` for data-parallel training.
     """
-    from rich.markup import escape
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
     from rich.table import Table
 
     from ..engine.train import format_epoch, normalise_stage, train_stage
-    from ._common import RateColumn
 
     resolved = load_recipe_from_options(recipe, sets)
     stage = normalise_stage(stage)
     main_rank = os.environ.get("RANK", "0") == "0"
     quiet = quiet or not main_rank
-
-    def log(message: str) -> None:
-        err.print(f"[dim]·[/dim] {escape(message)}", highlight=False)
-
-    progress_bar = Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        TextColumn("{task.fields[info]}"),
-        RateColumn("img"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=err,
-        disable=quiet,
-        transient=True,
-    )
-    state = {"task": None, "key": None, "header": False}
-
-    def progress(done: int, total: int | None = None, *, phase: str = "train", epoch=None, epochs=None,
-                 batch=None, batches=None, loss=None, accuracy=None, **_fields) -> None:
-        key = (phase, epoch)
-        if phase == "cache":
-            description, info = "decoding images", ""
-        elif phase == "val":
-            description, info = f"stage {stage} epoch {epoch}/{epochs} validation", ""
-        else:
-            description = f"stage {stage} epoch {epoch}/{epochs}"
-            info = f"{batch}/{batches} batches  loss {loss:.4f}  acc {accuracy:.4f}"
-        if state["task"] is None:
-            state["task"] = progress_bar.add_task(description, total=total, info=info)
-        elif key != state["key"]:
-            progress_bar.reset(state["task"], total=total, description=description, info=info)
-        state["key"] = key
-        progress_bar.update(state["task"], completed=done, total=total, description=description, info=info)
+    # Epoch rows as a table under the bar on a terminal; as log lines in a log file or with -q.
+    as_table = not quiet and err.is_terminal
+    header_done = False
 
     def on_epoch(row: dict) -> None:
-        if quiet:
-            log(format_epoch(row, row["max_epochs"]))
+        nonlocal header_done
+        if not as_table:
+            log_line(format_epoch(row, row["max_epochs"]))
             return
-        if not state["header"]:
-            progress_bar.console.print(f"[bold]{_HEADER}[/bold]", highlight=False)
-            state["header"] = True
-        progress_bar.console.print(_epoch_line(row), highlight=False)
+        if not header_done:
+            err.print(f"[bold]{_HEADER}[/bold]", highlight=False)
+            header_done = True
+        err.print(_epoch_line(row), highlight=False)
 
-    with progress_bar:
+    with progress_callback(f"stage {stage}", quiet=quiet, transient=True) as progress:
         summary = train_stage(
             resolved, stage, run, csv=csv, images=images, init=init, seed=seed, resume=resume,
             overwrite=overwrite, device=device, allow_test_selection=allow_test_selection,
-            progress=None if quiet else progress, log=log, on_epoch=on_epoch,
+            progress=None if quiet else progress, log=log_line, on_epoch=on_epoch,
         )
     if not main_rank:
         return

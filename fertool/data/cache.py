@@ -36,7 +36,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -44,6 +44,7 @@ import torch
 
 from .. import CLASS_NAMES
 from ..errors import DataError
+from ..progress import Progress
 from .datasets import ArraySplit
 from .ferplus import vote_distribution
 from .folders import IMAGE_EXTENSIONS, SPLIT_ALIASES, emotion_key
@@ -52,7 +53,6 @@ from .folders import IMAGE_EXTENSIONS, SPLIT_ALIASES, emotion_key
 CACHE_VERSION = 1
 
 _DECODE_CHUNK = 256
-Progress = Callable[[int, "int | None"], None]
 
 
 @dataclass

@@ -35,6 +35,7 @@ from .. import CLASS_NAMES
 from ..data.prepare_images import prepared_photo
 from ..errors import DataError, FertoolError
 from ..evaluation.engines import build_engine, choose_engine
+from ..progress import Progress
 from ..utils import atomic_path
 from . import file_mode
 from .faces import Box, FaceDetector, crop_face, expand_box, face_to_48, gui_problem, load_detector, prepare_faces
@@ -63,7 +64,6 @@ VIDEO_EXTENSIONS = frozenset({".mp4", ".m4v", ".avi", ".mov", ".mkv", ".webm", "
 #: (only when annotated copies are written; otherwise only the small prepared faces are kept).
 MAX_BUFFER_BYTES = 256 * 2**20
 
-Progress = Callable[..., None]
 
 
 # --------------------------------------------------------------------------- results

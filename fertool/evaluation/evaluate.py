@@ -23,17 +23,17 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from ..errors import DataError, FertoolError, RecipeError
+from ..progress import Progress
 from ..recipe import Recipe, TTAPreset, load_recipe, save_recipe, to_dict
 from ..utils import write_json
 
 __all__ = ["evaluate_checkpoint", "metrics_from_probs", "resolve_tta", "default_out_dir"]
 
-Progress = Callable[[int, "int | None"], None]
 
 
 def default_out_dir(checkpoint_path: str | os.PathLike, split: str) -> Path:

@@ -9,20 +9,18 @@ device, and computes the TTA views there from the batch already loaded.
 
 from __future__ import annotations
 
-from typing import Callable
-
 import numpy as np
 import torch
 from torch import nn
 
 from ..data.datasets import ImageSplit, iter_split
+from ..progress import Progress
 from ..recipe import TTAPreset
 from .engines import InferenceEngine, TorchEngine, build_engine
 from .tta import apply_view, tta_divisor, tta_plan
 
 __all__ = ["predict_probs"]
 
-Progress = Callable[[int, "int | None"], None]
 
 
 def predict_probs(

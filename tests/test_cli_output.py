@@ -1,0 +1,166 @@
+"""What a person reads: help texts, tables at 80 columns, progress in a log file, `-q`
+everywhere, and a quiet exit when the reader of stdout goes away."""
+
+from __future__ import annotations
+
+import io
+import re
+import subprocess
+import sys
+
+import pytest
+import typer
+from rich.console import Console
+
+from fertool.cli import COMMAND_MODULES, _common, app
+
+COMMANDS = sorted(typer.main.get_command(app).commands)  # hidden aliases included
+CLASSES = ["Anger", "Disgust", "Fear", "Happiness", "Sadness", "Surprise", "Neutral"]
+
+
+@pytest.fixture
+def narrow(monkeypatch):
+    """Route every command module's stdout console into an 80-column buffer."""
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=80, color_system=None)
+    for name in COMMAND_MODULES:
+        module = sys.modules.get(f"fertool.cli.{name}")
+        if module is not None and hasattr(module, "out"):
+            monkeypatch.setattr(module, "out", console)
+    return buffer
+
+
+def _assert_whole(text: str, values) -> None:
+    """No cell was cut, and every value is printed whole (on one line)."""
+    assert "…" not in text, text
+    for value in values:
+        assert value in text, (value, text)
+
+
+# --------------------------------------------------------------------------- help
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_has_no_bool_metavars_and_no_stray_spaces(cli_runner, command):
+    result = cli_runner.invoke(app, [command, "--help"], terminal_width=80)
+    assert result.exit_code == 0
+    text = result.output
+    assert "<bool>" not in text
+    assert not re.search(r"\w \.(\s|$)", text), text  # "Output folder ." from markup eaten by Rich
+    assert max(len(line) for line in text.splitlines()) <= 80
+
+
+def test_report_help_keeps_its_default_in_brackets(cli_runner):
+    text = " ".join(cli_runner.invoke(app, ["report", "--help"], terminal_width=80).output.split())
+    assert "Output folder (default: report/ in the runs' common parent)" in text
+
+
+def test_every_command_takes_quiet():
+    group = typer.main.get_command(app)
+    for command in COMMANDS:
+        options = {opt for param in group.commands[command].params for opt in param.opts}
+        assert {"-q", "--quiet"} <= options, command
+
+
+# --------------------------------------------------------------------------- 80 columns
+
+
+def _metrics(tta: bool) -> dict:
+    """A metrics.json dict of FER2013 size (the widest numbers the tables meet)."""
+    support = [491, 55, 528, 879, 594, 416, 626]
+    confusion = [[s - 6 * 7 if i == j else 7 for j in range(7)] for i, s in enumerate(support)]
+    rates = [[c / sum(row) for c in row] for row in confusion]
+    per_class = {c: {"precision": 0.7345, "recall": 0.6666, "f1": 0.7, "support": s} for c, s in zip(CLASSES, support)}
+    block = {"accuracy": 0.7442, "accuracy_ci": {"low": 0.7297, "high": 0.7584}, "loss": 0.8123,
+             "balanced_accuracy": 0.7012, "macro_f1": 0.7101, "ties": 0, "per_class": per_class,
+             "confusion": confusion, "confusion_normalised": rates}
+    return {"arch": "lhc_net", "stage": "4", "split": "PrivateTest", "n": 3589, "class_names": CLASSES, **block,
+            "tta": {"preset": "paper", **block} if tta else None}
+
+
+def test_evaluate_tables_fit_80_columns_without_cutting_a_number(narrow):
+    from fertool.cli.evaluate import render_report
+
+    render_report(_metrics(tta=True))
+    text = narrow.getvalue()
+    assert max(len(line) for line in text.splitlines()) <= 80
+    # Every class name, every count of the confusion matrix and the summary figures, whole.
+    _assert_whole(text, CLASSES + ["491", "879", "74.42%", "72.97% - 75.84%", "73.5", "66.7"])
+
+
+def test_pipeline_table_fits_80_columns(narrow, monkeypatch, tmp_path):
+    from fertool.cli import pipeline as pipeline_cli
+    from fertool.pipeline import final_table
+
+    results = {name: [{"accuracy": 0.5338, "tta": {"accuracy": 0.4774}, "params": 21_389_976}]
+               for name in ("ResNet34v2", "LHC-Net", "LHC-NetC")}
+    table = final_table(results)
+    fake = {"run": "runs/demo", "csv": "runs/demo/data/sample.csv", "table": table, "notes": ["TTA lowered it."]}
+    monkeypatch.setattr("fertool.pipeline.run_pipeline", lambda *a, **k: fake)
+    pipeline_cli.pipeline_cli(recipe="demo", csv=None, run=tmp_path, seeds=None, device="cpu", sets=None, quiet=True)
+    text = narrow.getvalue()
+    assert max(len(line) for line in text.splitlines()) <= 80
+    _assert_whole(text, ["ResNet34v2", "LHC-NetC", "53.38%", "47.74%", "21.4M", "74.42%", "32.4M",
+                         "runs/demo/report/index.html"])
+
+
+def test_ablation_tables_fit_80_columns(narrow):
+    from fertool.cli.ablate import render
+
+    modules = [f"lhc{i}" for i in range(1, 6)]
+    results = [{"mode": mode, "set": [m], "kept": [k for k in modules if k != m], "heads_kept": 20,
+                "accuracy": 0.7301, "delta": -0.0141, "tta_accuracy": 0.7399, "tta_delta": -0.0043}
+               for mode in ("off", "detrain") for m in modules]
+    kept = {"modules": modules[:3], "heads": 20, "total_heads": 24, "accuracy": 0.7301, "delta": -0.0041,
+            "searched": "evaluated sets"}
+    heads = {m: {"heads": h, "correlation": None if h == 1 else [[1.0]], "mean_abs_offdiag": None if h == 1 else 0.1234,
+                 "note": "n/a: one head" if h == 1 else None} for m, h in zip(modules, (8, 8, 7, 7, 1))}
+    controller = {m: {"w": -0.25, "tanh_w": -0.2449, "gain": 0.7551} for m in modules}
+    render({"arch": "lhc_netc", "split": "PrivateTest", "n": 3589, "tta": "paper", "tolerance": 0.005,
+            "full": {"accuracy": 0.7442, "tta_accuracy": 0.7442}, "total_heads": 31, "results": results,
+            "smallest_kept": {"off": {"accuracy": kept}},
+            "heads": {"modules": heads, "controller": controller, "overall_mean_abs_offdiag": 0.1111}})
+    text = narrow.getvalue()
+    assert max(len(line) for line in text.splitlines()) <= 80
+    _assert_whole(text, ["73.01", "-1.41", "73.99", "-0.43", "12.3%", "-0.245", "0.755"])
+    assert "no heads-<module>.png for lhc5 (n/a: one head)" in " ".join(text.split())
+
+
+# --------------------------------------------------------------------------- progress and pipes
+
+
+def test_progress_in_a_log_file_is_lines_with_each_phase_rate(monkeypatch):
+    buffer = io.StringIO()
+    monkeypatch.setattr(_common, "err", Console(file=buffer, width=80, color_system=None))
+    clock = [100.0]
+    monkeypatch.setattr(_common.time, "monotonic", lambda: clock[0])
+    with _common.progress_callback("stage 2", interval=30) as progress:
+        for done in range(0, 201, 20):  # 200 training images in 40 s: 5 img/s
+            progress(done, 200, phase="train", epoch=1, epochs=3, loss=1.5, accuracy=0.25)
+            clock[0] += 4
+        clock[0] -= 4
+        for done in range(0, 101, 50):  # then 100 validation images in 2 s: 50 img/s
+            progress(done, 100, phase="val", epoch=1, epochs=3)
+            clock[0] += 1
+    lines = buffer.getvalue().splitlines()
+    assert lines == [
+        "stage 2 epoch 1/3: 160/200 img, 5.0 img/s, 32s, loss 1.5000 acc 0.2500",
+        "stage 2 epoch 1/3: 200/200 img, 5.0 img/s, 40s, loss 1.5000 acc 0.2500 (done)",
+        "stage 2 epoch 1/3 validation: 100/100 img, 50.0 img/s, 2s (done)",
+    ]
+
+
+def test_quiet_progress_prints_nothing(monkeypatch):
+    buffer = io.StringIO()
+    monkeypatch.setattr(_common, "err", Console(file=buffer, width=80))
+    with _common.progress_callback("x", quiet=True) as progress:
+        progress(1, 2, phase="train")
+    assert buffer.getvalue() == ""
+
+
+def test_a_closed_stdout_ends_the_command_quietly(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-m", "fertool", "sample-data", "--out", str(tmp_path / "s.csv"),
+                             "--per-class", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # like `| head -0`: the reader is gone before the first line
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0 and "error" not in stderr and "Traceback" not in stderr
