@@ -105,15 +105,19 @@ def plot_ablation(results: Sequence[Mapping[str, Any]], path: str | os.PathLike,
 
 
 def plot_head_correlation(corr: np.ndarray, path: str | os.PathLike, *, title: str = "") -> None:
-    """Heatmap of a heads x heads correlation matrix, values written in the cells."""
+    """Heatmap of a heads x heads correlation matrix, values written in the cells.
+
+    A module with one head has no such matrix; ``ablate`` notes it instead of drawing one.
+    """
     plt = _pyplot()
     n = corr.shape[0]
-    fig, ax = plt.subplots(figsize=(1.0 + 0.55 * n, 0.6 + 0.55 * n))
+    side = max(3.2, 0.55 * n)  # a 2- or 3-head module still gets a readable picture
+    fig, ax = plt.subplots(figsize=(side + 1.2, side + 0.6))
     im = ax.imshow(corr, vmin=-1, vmax=1, cmap="RdBu_r")
     for i in range(n):
         for j in range(n):
             if np.isfinite(corr[i, j]):
-                ax.text(j, i, f"{corr[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                ax.text(j, i, f"{corr[i, j]:.2f}", ha="center", va="center", fontsize=9 if n <= 8 else 7,
                         color="w" if abs(corr[i, j]) > 0.6 else "k")
     ax.set_xticks(range(n))
     ax.set_yticks(range(n))
@@ -121,9 +125,9 @@ def plot_head_correlation(corr: np.ndarray, path: str | os.PathLike, *, title: s
     ax.set_yticklabels([str(i + 1) for i in range(n)])
     ax.set_xlabel("head")
     ax.set_ylabel("head")
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="Pearson correlation")
     if title:
-        ax.set_title(title, fontsize=9)
+        ax.set_title(title, fontsize=9, wrap=True)
     _save(fig, path)
 
 
@@ -143,8 +147,12 @@ def plot_attention(
         weights: (heads, C, C) softmax attention weights W_h (rows: query channel).
         energy: (H, W) output energy mean_c |A[c, y, x]| of the module's attention output.
         stripe_rows: stripe height in rows (r / W, may be fractional); stripes are drawn.
+
+    The heads' W are drawn as W x C on one colour bar: 1 (white) is uniform attention.
     """
     plt = _pyplot()
+    from matplotlib.colors import TwoSlopeNorm
+
     heads = weights.shape[0]
     panels = 2 + heads
     ncols = min(5, panels)
@@ -175,17 +183,29 @@ def plot_attention(
     ax.set_ylim(size, 0)
     ax.set_title("output energy mean|A| per stripe", fontsize=8)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
-    vmax = float(weights.max()) if weights.size else 1.0
+    # Softmax rows of C weights average 1/C, so raw weights look uniformly dark; shown as
+    # W x C instead (1 = uniform attention), on a diverging scale centred at 1.
+    channels = weights.shape[-1]
+    relative = weights * channels  # (heads, C, C)
+    top = max(2.0, float(relative.max()) if relative.size else 2.0)
+    norm = TwoSlopeNorm(vmin=0.0, vcenter=1.0, vmax=top)
+    head_image = None
     for hd in range(heads):
         ax = axes.flat[2 + hd]
         ax.axis("on")
-        ax.imshow(weights[hd], cmap="viridis", vmin=0, vmax=vmax, interpolation="nearest")
-        ax.set_title(f"head {hd + 1}: W (C x C)", fontsize=8)
+        head_image = ax.imshow(relative[hd], cmap="RdBu_r", norm=norm, interpolation="nearest")
+        ax.set_title(f"head {hd + 1}: W (C x C) x C", fontsize=8)
         ax.set_xticks([])
         ax.set_yticks([])
         if hd == 0:
-            ax.set_xlabel("key channel", fontsize=7)
-            ax.set_ylabel("query channel", fontsize=7)
+            ax.set_xlabel(f"key channel (1..{channels})", fontsize=7)
+            ax.set_ylabel(f"query channel (1..{channels})", fontsize=7)
+    if head_image is not None:
+        fig.colorbar(head_image, ax=list(axes.flat[2:2 + heads]), fraction=0.03, pad=0.02,
+                     label="weight x C (1 = uniform)")
+    fig.text(0.5, 0.0, f"Row i of W: the weights with which query channel i gathers the {channels} key "
+             "channels over its head's stripe (a row sums to 1). Shown x C: white = uniform, "
+             "red = attended more, blue = less.", ha="center", va="top", fontsize=7, wrap=True)
     if title:
         fig.suptitle(title, fontsize=9)
     _save(fig, path)
