@@ -196,6 +196,9 @@ class TrainConfig:
     eval_batch_size: int = field(default=256, metadata=positive())
     num_workers: int = field(default=0, metadata=non_negative())
     selection_factor: float = field(default=1.1, metadata=positive())  # stage-4 selection rule
+    # Checkpoints a finished stage keeps: "best", or "best+last" (last.pt: weights +
+    # optimiser state of the last epoch, only needed to resume; about 2x best.pt).
+    keep: str = field(default="best+last", metadata=one_of("best", "best+last"))
     stages: dict[str, StageConfig] = field(default_factory=_paper_stages)
 
 

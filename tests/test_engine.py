@@ -6,6 +6,7 @@ LHC-Net at 32x32 with a 8-8 head on 14 synthetic images (a few seconds per epoch
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -198,6 +199,26 @@ def test_plot_curves_writes_a_png(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.parametrize("epochs", [1, 3])
+def test_curves_of_a_short_stage_have_whole_epoch_ticks_and_the_best_in_the_legend(tmp_path, monkeypatch, epochs):
+    import matplotlib.pyplot as plt
+
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)  # keep the figure to look at its axes
+    rows = [{"epoch": e, "train_loss": 1.0, "val_loss": 1.0, "train_accuracy": 0.5,
+             "val_accuracy": [0.2, 0.4, 0.3][e - 1]} for e in range(1, epochs + 1)]
+    plot_curves(rows, tmp_path / "curves.png")
+    for ax in figures[0].axes:
+        lo, hi = ax.get_xlim()
+        ticks = [t for t in ax.get_xticks() if lo <= t <= hi]
+        assert ticks and all(float(t).is_integer() for t in ticks), ticks
+    best = 1 if epochs == 1 else 2
+    legend = [t.get_text() for t in figures[0].axes[1].get_legend().get_texts()]
+    assert any(f"@ epoch {best}" in t for t in legend), legend
+    assert not figures[0].axes[1].texts  # no annotation drawn over the curves
+    plt.close(figures[0])
+
+
 # --------------------------------------------------------------------------- stages
 
 
@@ -254,6 +275,23 @@ def test_interrupted_and_resumed_stage_ends_bit_identical(tmp_path, data):
     notes = []
     again = train_stage(recipe, "1", tmp_path / "a", seed=5, resume=True, train_data=train, val_data=val, log=notes.append)
     assert again == full and any("already done" in n for n in notes)
+
+
+def test_keep_best_drops_last_pt_once_the_stage_is_done(tmp_path, data):
+    train, val = data
+    recipe = dataclasses.replace(tiny_recipe(max_epochs=2, patience=5),
+                                 train=dataclasses.replace(tiny_recipe().train, keep="best"))
+    seen_last = []
+
+    def watch(done, total, **fields):  # during training last.pt exists, so Ctrl-C can still resume
+        if fields.get("phase") == "val" and fields.get("epoch") == 2:
+            seen_last.append((tmp_path / "stage1/last.pt").is_file())
+
+    summary = train_stage(recipe, "1", tmp_path, seed=5, train_data=train, val_data=val, progress=watch)
+    assert summary["status"] == "finished" and seen_last and all(seen_last)
+    assert (tmp_path / "stage1/best.pt").is_file() and not (tmp_path / "stage1/last.pt").exists()
+    with pytest.raises(RecipeError, match=r"train\.keep: must be one of best, best\+last"):
+        load_recipe({"train": {"keep": "last"}})
 
 
 def test_divergence_stops_with_best_intact(tmp_path, data):

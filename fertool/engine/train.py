@@ -4,7 +4,8 @@
 
     best.pt        the weights of the best validation accuracy (ties keep the earlier epoch)
     last.pt        weights + optimiser + early-stopping + RNG state after the last completed
-                   epoch (``--resume`` continues from it; written at epoch 0 too)
+                   epoch (``--resume`` continues from it; written at epoch 0 too); removed
+                   when the stage finishes if ``train.keep`` is ``best``
     metrics.jsonl  one JSON line per epoch: epoch, train_loss, train_accuracy, val_loss,
                    val_accuracy, lr, seconds, images_per_s
     recipe.yaml    the resolved recipe;  curves.png  loss/accuracy curves (redrawn per epoch)
@@ -50,6 +51,7 @@ from ..checkpoint import (check_same_classes, checkpoint_classes, lineage_entry,
                           save_checkpoint)
 from ..data.datasets import ArraySplit, ImageSplit, batch_indices
 from ..errors import CheckpointError, DataError, ModelError, RecipeError, TrainingError
+from ..progress import Progress
 from ..recipe import Recipe, StageConfig, save_recipe, to_dict
 from ..utils import append_jsonl, atomic_path, read_jsonl, seed_everything, write_json
 from .distributed import DistContext, setup
@@ -78,7 +80,6 @@ FINISHED = ("finished", "early_stopped")
 #: Files of a stage folder that ``overwrite`` removes (``init.pt`` is kept).
 STAGE_OUTPUTS = ("best.pt", "last.pt", "metrics.jsonl", "curves.png", "summary.json", "recipe.yaml")
 
-Progress = Callable[..., None]
 Log = Callable[[str], None]
 
 
@@ -1085,7 +1086,10 @@ class _StageRun:
             extra["selection"] = self._selection()
         if ctx.distributed:
             extra["ranks_consistent"] = self._check_ranks()
-        return self._summary(status, epoch, **extra)
+        summary = self._summary(status, epoch, **extra)
+        if recipe.train.keep == "best" and ctx.is_main:
+            self.out.last.unlink(missing_ok=True)  # a finished stage is never resumed
+        return summary
 
     def _diverged(self, epoch: int, exc: NonFiniteLossError) -> dict:
         where = (f"{self.out.best} (epoch {self.es.best_epoch}, val accuracy {self.es.best:.4f}) is intact"
