@@ -111,6 +111,7 @@ def run_pipeline(
     from .analysis.ablation import ablate
     from .analysis.report import report
     from .data.prepare import prepare
+    from .data.provenance import images_provenance, is_synthetic
     from .data.sample import generate_sample
     from .engine.train import FINISHED, stage_dir, train_stage
     from .evaluation.evaluate import evaluate_checkpoint
@@ -207,10 +208,12 @@ def run_pipeline(
             with bar("ablate") as progress:
                 ablate(lhc_best, csv=csv, split=split, modes=recipe.ablate.modes, sets=recipe.ablate.sets,
                        tolerance=recipe.ablate.tolerance, out_dir=out, device=device, progress=progress)
-    report([run_dir], out_dir=run_dir / "report")
-
-    result = {"run": str(run_dir), "csv": str(csv), "seeds": seeds, "table": final_table(results)}
+    synthetic = is_synthetic(images_provenance(images, sample_seeds=(recipe.sample.seed, 0)))
+    table = final_table(results)
+    result = {"run": str(run_dir), "csv": str(csv), "synthetic": synthetic, "seeds": seeds, "table": table,
+              "notes": table_notes(table, synthetic=synthetic)}
     write_json(run_dir / "pipeline.json", result)
+    report([run_dir], out_dir=run_dir / "report", html=True)
     return result
 
 
@@ -222,6 +225,28 @@ def keras_param_count(checkpoint: Path) -> int:
 
     ckpt = load_checkpoint(checkpoint)
     return summarize(model_from_checkpoint(ckpt), ckpt["arch_args"].get("input_size", 224)).keras_params
+
+
+#: Why test-time augmentation can lower accuracy (said whenever it does).
+TTA_HURTS = (
+    "TTA averages the predictions for shifted, zoomed and rotated copies of each image; that only "
+    "helps a model that has learned to be indifferent to those changes (the paper trains for many "
+    "epochs with the same augmentation, at 224 px). A briefly trained model, or small images where a "
+    "few pixels of shift move a mouth or an eye a long way, can lose accuracy instead."
+)
+
+
+def table_notes(table: list[dict], *, synthetic: bool) -> list[str]:
+    """Sentences that belong under the final table: synthetic data, TTA that hurt."""
+    notes = []
+    if synthetic:
+        notes.append("These results are on SYNTHETIC sample faces (cartoons from `fertool sample-data`); the "
+                     "paper's numbers are for FER2013 at 224 px and are shown for reference only.")
+    hurt = [f"{r['model']} {r['accuracy']:.2f}% -> {r['tta_accuracy']:.2f}%" for r in table
+            if r["tta_accuracy"] is not None and r["tta_accuracy"] < r["accuracy"]]
+    if hurt:
+        notes.append(f"TTA lowered the accuracy of {', '.join(hurt)}. {TTA_HURTS}")
+    return notes
 
 
 def final_table(results: dict[str, list[dict]]) -> list[dict]:

@@ -3,15 +3,18 @@ the final table, and the command's refusals."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import shutil
+from html.parser import HTMLParser
 
 import pytest
 import yaml
 
 from fertool.cli import app
 from fertool.errors import FertoolError
-from fertool.pipeline import PAPER_TABLE, final_table, run_pipeline
+from fertool.pipeline import PAPER_TABLE, TTA_HURTS, final_table, run_pipeline, table_notes
 from fertool.recipe import load_recipe
 
 ONE_EPOCH = {"max_epochs": 1, "patience": 1}
@@ -79,6 +82,115 @@ def test_the_final_table_reports_the_best_run_of_each_model_beside_the_paper(fin
         assert (row["paper_accuracy"], row["paper_tta_accuracy"], row["paper_params"]) == PAPER_TABLE[row["model"]]
     params = {row["model"]: row["params"] for row in result["table"]}
     assert params["LHC-Net"] > params["ResNet34v2"]  # the modules add parameters
+
+
+def test_every_output_says_the_results_are_synthetic(finished):
+    from fertool.checkpoint import load_checkpoint
+    from fertool.utils import sha256_file
+
+    run, result, _ = finished
+    sample = {"kind": "synthetic sample", "source": "sample.csv", "sha256": sha256_file(run / "data/sample.csv"),
+              "rows": 28}
+    for folder in ("stage1", "seed-1/stage4", "seed-2/controller"):
+        assert load_checkpoint(run / folder / "best.pt")["data"] == sample, folder
+        metrics = json.loads((run / folder / "eval-PrivateTest/metrics.json").read_text())
+        assert metrics["model_data"] == sample and metrics["data"] == sample
+    assert result["synthetic"] is True and "SYNTHETIC" in result["notes"][0]
+    report_md = (run / "report/report.md").read_text()
+    assert "**Synthetic data.**" in report_md and "ours (synthetic)" in report_md
+
+
+def test_the_final_table_explains_a_tta_that_hurts():
+    rows = final_table({"LHC-Net": [{"accuracy": 0.534, "tta": {"accuracy": 0.477}}],
+                        "LHC-NetC": [{"accuracy": 0.5, "tta": {"accuracy": 0.51}}]})
+    notes = table_notes(rows, synthetic=False)
+    assert len(notes) == 1 and notes[0].startswith("TTA lowered the accuracy of LHC-Net 53.40% -> 47.70%.")
+    assert TTA_HURTS in notes[0] and "LHC-NetC" not in notes[0]
+    assert table_notes(final_table({"LHC-Net": [{"accuracy": 0.5, "tta": None}]}), synthetic=False) == []
+
+
+class _Page(HTMLParser):
+    """The <img> sources and the text of an HTML page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.images: list[str] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "img":
+            self.images.append(dict(attrs)["src"])
+        assert tag not in ("script", "iframe", "link"), tag  # static: no JavaScript, nothing fetched
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def _parse_page(path):
+    page = _Page()
+    page.feed(path.read_text(encoding="utf-8"))
+    page.close()
+    return page
+
+
+def _png_bytes(src: str) -> bytes:
+    assert src.startswith("data:image/png;base64,"), src[:40]
+    data = base64.b64decode(src.split(",", 1)[1], validate=True)
+    assert data.startswith(b"\x89PNG\r\n\x1a\n")
+    return data
+
+
+def test_the_html_report_shows_every_picture_of_the_run_on_one_page(finished):
+    run, result, _ = finished
+    page = _parse_page(run / "report" / "index.html")
+    shown = {_png_bytes(src) for src in page.images}
+    # Every picture the steps wrote (curves per stage, confusion matrices, ablation, head
+    # correlations, attention pictures, the strip plot) is embedded, so the file stands alone.
+    written = {p.read_bytes() for p in run.rglob("*.png")}
+    assert written and written <= shown
+    text = " ".join(page.text)
+    for model in ("ResNet34v2", "LHC-Net", "LHC-NetC"):
+        assert model in text
+    assert "74.42%" in text  # the paper's LHC-Net TTA figure beside ours
+    assert "Synthetic data" in text
+    for folder in ("stage1", "seed-1/stage4", "seed-2/controller", "seed-1/resnet/stage4"):
+        assert folder in text, folder
+
+
+def test_report_html_writes_the_page_where_it_says(finished, cli_runner, tmp_path):
+    run, _, _ = finished
+    out = tmp_path / "shared-report"
+    result = cli_runner.invoke(app, ["report", str(run), "--html", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert str(out / "report.md") in result.stderr.replace("\n", "")
+    page = _parse_page(out / "index.html")
+    assert len(page.images) >= len(list(run.rglob("*.png")))
+    for src in page.images:
+        _png_bytes(src)
+
+
+def _chromium() -> str | None:
+    return next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
+
+
+@pytest.mark.skipif(_chromium() is None, reason="no chromium binary: the headless screenshot is not taken")
+def test_the_html_report_renders_in_a_headless_browser(finished, tmp_path):
+    import subprocess
+
+    import numpy as np
+    from PIL import Image
+
+    run, _, _ = finished
+    shot = tmp_path / "shot.png"
+    subprocess.run([_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                    "--disable-component-update", "--disable-sync", "--no-first-run",
+                    f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,2400",
+                    f"--screenshot={shot}", (run / "report" / "index.html").as_uri()],
+                   check=True, capture_output=True, timeout=120)
+    pixels = np.asarray(Image.open(shot).convert("L"))
+    # Drawn pictures put dark and mid-grey pixels on the white page; a page of broken-image
+    # icons and text alone has far fewer non-white pixels.
+    assert (pixels < 250).mean() > 0.05
 
 
 def test_a_rerun_skips_every_finished_step(finished):

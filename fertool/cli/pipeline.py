@@ -7,7 +7,8 @@ from typing import List, Optional
 
 import typer
 
-from ._common import QuietOption, SetOption, err, load_recipe_from_options, out, progress_callback
+from ._common import (QuietOption, SetOption, load_recipe_from_options, log_line, number_table, out,
+                      progress_callback)
 
 
 def pipeline_cli(
@@ -29,7 +30,7 @@ def pipeline_cli(
 
     Re-running skips finished steps and resumes an interrupted stage.
     """
-    from rich.table import Table
+    from rich.markup import escape
 
     from ..errors import FertoolError
     from ..pipeline import run_pipeline
@@ -44,38 +45,30 @@ def pipeline_cli(
             raise FertoolError(f"--seeds {seeds}: expected comma-separated integers, e.g. 1,2,3") from None
     run_dir = run or Path("runs") / Path(name).stem
 
-    def log(message: str) -> None:
-        err.print(f"[dim]·[/dim] {message}", highlight=False)
-
     result = run_pipeline(
         resolved,
         run_dir,
         csv=csv,
         seeds=seed_list,
         device=device,
-        log=log,
+        log=log_line,
         progress_factory=lambda description: progress_callback(description, quiet=quiet),
     )
 
-    table = Table(title=f"fertool pipeline: {result['csv']} (PrivateTest-style test split)")
-    for column in ("model", "runs", "accuracy", "TTA accuracy", "params", "paper", "paper TTA", "paper params"):
-        table.add_column(column, justify="left" if column == "model" else "right", no_wrap=column == "model")
-    for row in result["table"]:
-        table.add_row(
-            row["model"],
-            str(row["runs"]),
-            f"{row['accuracy']:.2f}%",
-            "-" if row["tta_accuracy"] is None else f"{row['tta_accuracy']:.2f}%",
-            "-" if row["params"] is None else f"{row['params'] / 1e6:.1f}M",
-            f"{row['paper_accuracy']:.2f}%",
-            f"{row['paper_tta_accuracy']:.2f}%",
-            row["paper_params"],
-        )
+    rows = [[row["model"], row["runs"], f"{row['accuracy']:.2f}%",
+             "-" if row["tta_accuracy"] is None else f"{row['tta_accuracy']:.2f}%",
+             "-" if row["params"] is None else f"{row['params'] / 1e6:.1f}M",
+             f"{row['paper_accuracy']:.2f}%", f"{row['paper_tta_accuracy']:.2f}%", row["paper_params"]]
+            for row in result["table"]]
+    table = number_table(f"{result['csv']}: test split",
+                         ["model", "runs", "acc", "TTA", "params", "paper", "paper TTA", "paper params"], rows)
     out.print(table)
-    out.print(f"run directory: {result['run']}  (report: {Path(result['run']) / 'report' / 'report.md'})")
-    if csv is None:
-        out.print("[yellow]note:[/yellow] this ran on SYNTHETIC sample faces (no --csv); the paper's "
-                  "numbers are for FER2013 at 224 px and are shown for reference only.")
+    report_dir = Path(result["run"]) / "report"
+    out.print(f"run directory: {result['run']}", highlight=False, soft_wrap=True)
+    out.print(f"report: {report_dir / 'index.html'} (one page), {report_dir / 'report.md'}",
+              highlight=False, soft_wrap=True)
+    for note in result["notes"]:
+        out.print(f"[yellow]note:[/yellow] {escape(note)}", highlight=False)
 
 
 def register(app: typer.Typer) -> None:
