@@ -408,3 +408,19 @@ def test_cli_table_usage_and_webcam_without_display(cli_runner, photo, ckpt_path
     cam = cli_runner.invoke(app, ["predict", "--webcam", "0", "-c", str(ckpt_path)])
     assert cam.exit_code == 1
     assert "no display/GUI available: --webcam needs a desktop session with opencv-python (not -headless)" in cam.stderr
+
+
+def test_predict_warns_when_the_model_never_saw_a_real_face(cli_runner, tmp_path, photo, ckpt_path):
+    from fertool.checkpoint import load_checkpoint
+    from fertool.cli import app
+
+    ckpt = load_checkpoint(ckpt_path)
+    synthetic = tmp_path / "synthetic.pt"
+    save_checkpoint(synthetic, {**ckpt, "data": {"kind": "synthetic sample", "source": "sample.csv",
+                                                 "sha256": "0" * 64, "rows": 28}})
+    warned = cli_runner.invoke(app, ["predict", str(photo), "-c", str(synthetic), "--json", "-q"])
+    assert warned.exit_code == 0, warned.output
+    assert "never seen a real face" in warned.stderr
+    assert json.loads(warned.stdout.splitlines()[0])["label"] in CLASS_NAMES  # the results are still given
+    plain = cli_runner.invoke(app, ["predict", str(photo), "-c", str(ckpt_path), "--json", "-q"])
+    assert "real face" not in plain.stderr

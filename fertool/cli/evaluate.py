@@ -68,8 +68,23 @@ def evaluate_cli(
         typer.echo((Path(report["out_dir"]) / "metrics.json").read_text(encoding="utf-8"), nl=False)
         return
     render_report(report)
+    for note in provenance_notes(report):
+        err.print(f"note: {note}", highlight=False, markup=False, soft_wrap=True)
     if not quiet:
         err.print(f"wrote {report['out_dir']}/ (metrics.json, probs.npz, confusion.png, recipe.yaml)")
+
+
+def provenance_notes(report: dict) -> list[str]:
+    """What the figures are about when the model or the data is synthetic."""
+    from ..data.provenance import describe, is_synthetic
+
+    notes = []
+    if is_synthetic(report.get("model_data")):
+        notes.append(f"the model was trained on {describe(report['model_data'])}, not on real faces")
+    if is_synthetic(report.get("data")):
+        notes.append(f"evaluated on {describe(report['data'])}: these figures are about synthetic cartoon faces, "
+                     "not FER2013")
+    return notes
 
 
 def _pct(value: float | None) -> str:

@@ -60,6 +60,7 @@ def predict_cmd(
     Faces are found with OpenCV (or the detector given), cropped with a margin, made grey
     and 48x48, prepared exactly like the training images, and classified in batches.
     """
+    from ..data.provenance import is_synthetic
     from ..deploy.faces import gui_problem, load_detector
     from ..deploy.predict import FaceClassifier, FaceResult, InputDone, InputProblem, predict_paths, run_webcam
     from ..errors import FertoolError
@@ -77,6 +78,10 @@ def predict_cmd(
         checkpoint, device=dev, tta=tta_preset if tta else None, batch_size=batch_size, engine=engine,
         precision=precision,
     )
+    if is_synthetic(classifier.trained_on):
+        err.print(f"warning: {checkpoint} was trained on the synthetic sample (cartoon faces from `fertool "
+                  "sample-data`): it has never seen a real face, so its labels for photos mean nothing",
+                  highlight=False, markup=False, soft_wrap=True)
 
     if webcam is not None:
         def show(results: list) -> None:

@@ -240,6 +240,12 @@ def _write_lines(path: Path, lines: list[str]) -> None:
         raise
 
 
+def sample_csv_text(per_class: int, seed: int) -> str:
+    """The bytes (as ASCII text) of the sample CSV that ``generate_sample`` writes."""
+    images, labels, splits = generate_faces(per_class, seed)
+    return "".join(_csv_lines(images, labels.tolist(), splits.tolist()))
+
+
 def generate_sample(out_csv: str | os.PathLike, *, per_class: int = 60, seed: int = 0, overwrite: bool = True) -> Path:
     """Write the synthetic sample as a FER2013-format CSV (``emotion,pixels,Usage``).
 

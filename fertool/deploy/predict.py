@@ -199,6 +199,7 @@ class FaceClassifier:
         photo: Mapping[str, Any] | None = None,
         engine: str = "auto",
         precision: str = "fp32",
+        trained_on: Mapping[str, Any] | None = None,
     ) -> None:
         if batch_size < 1:
             raise FertoolError(f"--batch-size: must be >= 1, got {batch_size}")
@@ -216,6 +217,8 @@ class FaceClassifier:
         #: keyword arguments of :func:`~fertool.deploy.faces.prepare_faces` (truncate, quality, subsampling)
         self.preparation = dict(preparation or {})
         self.photo = dict(photo) if photo is not None else None
+        #: provenance of the model's training data (the checkpoint's ``data``), None if unknown
+        self.trained_on = dict(trained_on) if trained_on else None
 
     @classmethod
     def from_checkpoint(
@@ -247,6 +250,7 @@ class FaceClassifier:
             photo=photo_preparation(ckpt),
             engine=engine,
             precision=precision,
+            trained_on=ckpt.get("data"),
         )
 
     def classify(self, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:

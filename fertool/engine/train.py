@@ -624,6 +624,17 @@ def _check_input_size(ckpt: Mapping[str, Any], recipe: Recipe, source: str) -> N
         )
 
 
+def _training_provenance(recipe: Recipe, *, csv: str | None, images: str | None) -> dict:
+    """What the training images are (checkpoint ``data``): the prepared folder's CSV, or the CSV."""
+    from ..data.provenance import csv_provenance, images_provenance
+
+    seeds = (recipe.sample.seed, 0)
+    images = images or recipe.data.images
+    if images is not None:
+        return images_provenance(images, sample_seeds=seeds)
+    return csv_provenance(csv or recipe.data.csv, sample_seeds=seeds)
+
+
 # --------------------------------------------------------------------------- the stage
 
 
@@ -732,6 +743,7 @@ class _StageRun:
         self.resume, self.overwrite, self.allow_test_selection = resume, overwrite, allow_test_selection
         self.on_epoch = on_epoch
         self.train_data, self.val_data = train_data, val_data
+        self.data: dict | None = None  # provenance of the training images (given splits: unknown)
         main = ctx.is_main
         self.log: Log = (log or (lambda message: None)) if main else (lambda message: None)
         self.progress = progress if main else None
@@ -801,6 +813,7 @@ class _StageRun:
             train_split, val_split, notes = _load_data(recipe, csv=self.csv, images=self.images, log=self.log,
                                                        progress=self.progress)
             self.warnings.extend(notes)
+            self.data = _training_provenance(recipe, csv=self.csv, images=self.images)
         self.train_split, self.val_split = train_split, val_split
 
         from ..models import build_model, freeze_except_controllers
@@ -966,6 +979,7 @@ class _StageRun:
             optimizer_state=self.optimizer.state_dict() if with_state else None,
             stage=self.stage, epoch=epoch, metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float))},
             recipe=to_dict(self.recipe), class_names=self.classes, lineage=self.lineage, extra=extra,
+            data=self.data,
         )
 
     def _save_last(self, epoch: int) -> None:

@@ -77,6 +77,13 @@ def _open_split(csv: str | None, images: str | None, split: str, size: int, prog
     return open_image_split(images, split, progress=progress), {"images": str(images)}
 
 
+def _data_provenance(csv, images, rcp: Recipe) -> dict:
+    from ..data.provenance import csv_provenance, images_provenance
+
+    seeds = (rcp.sample.seed, 0)
+    return csv_provenance(csv, sample_seeds=seeds) if csv is not None else images_provenance(images, sample_seeds=seeds)
+
+
 def _check_split(data, where: str, split: str, size: int, class_names: Sequence[str], model: str = "the checkpoint") -> None:
     """Refuse an empty split, data of another class set, labels outside the model's classes,
     or images of another size."""
@@ -187,6 +194,9 @@ def evaluate_checkpoint(
         "engine": runner.describe(),
         "seconds": seconds,
         "images_per_s": len(data) / seconds if seconds > 0 else None,
+        # Provenance: what the model was trained on, and what it was evaluated on.
+        "model_data": ckpt.get("data"),
+        "data": _data_provenance(csv, images, rcp),
     }
     report.update(metrics_from_probs(result["probs"], labels, class_names, resamples=resamples))
     if preset is not None:

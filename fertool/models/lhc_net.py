@@ -188,6 +188,7 @@ def augment_lhc(
         class_names=ckpt.get("class_names") or _default_classes(),
         lineage=lineage,
         extra=extra,
+        data=ckpt.get("data"),  # the added modules are untrained: the weights saw the parent's data
     )
 
 
