@@ -50,13 +50,14 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import cv2
 import numpy as np
 
 from .. import CLASS_NAMES, __version__
 from ..errors import DataError, FertoolError
+from ..progress import Progress
 from .csv import SPLITS, BadRow, Layout, Span, bad_rows_error, count_lines, iter_spans, open_csv, parse_chunk, read_span
 from .ferplus import FERPLUS_CLASSES, FerPlusLabels, read_ferplus
 
@@ -403,7 +404,7 @@ def prepare(
     overwrite: bool = False,
     skip_bad: bool = False,
     workers: int | None = None,
-    progress: Callable[[int, int | None], None] | None = None,
+    progress: Progress | None = None,
     ferplus: str | os.PathLike | None = None,
 ) -> dict:
     """Prepare a FER2013 CSV into ``out_dir`` (layout in the module docstring).
@@ -452,7 +453,7 @@ def _run(
     skip_bad: bool,
     nworkers: int,
     total: int,
-    progress: Callable[[int, int | None], None] | None,
+    progress: Progress | None,
     ferplus: FerPlusLabels | None = None,
 ) -> dict:
     """Stream the CSV through the workers into ``tmp``; write the manifest; summarise."""

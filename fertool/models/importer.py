@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable
 
 from ..errors import ModelError
+from ..progress import Progress
 from .keras import import_keras
 from .tf_checkpoint import import_tf_checkpoint, tf_prefix
 
@@ -46,7 +46,7 @@ def import_weights(
     input_size: int | None = None,
     num_classes: int | None = None,
     seed: int | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Progress | None = None,
 ) -> dict:
     """A fertool checkpoint from a Keras .h5 file or an authors' TensorFlow checkpoint.
 

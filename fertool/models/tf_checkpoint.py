@@ -30,13 +30,14 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Mapping
 
 import torch
 
 from .. import CLASS_NAMES
 from ..checkpoint import make_checkpoint
 from ..errors import CheckpointError, ModelError
+from ..progress import Progress
 from ..recipe import load_recipe, to_dict
 from . import arch_from_recipe, build_model
 from .keras import file_provenance, keras_shape, keras_to_torch, keras_to_torch_key
@@ -192,7 +193,7 @@ def _match(bundle: TensorBundle, names: list[str], target: Mapping[str, torch.Te
 def import_tf_checkpoint(
     source: str | os.PathLike,
     *,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Progress | None = None,
 ) -> dict:
     """A fertool ``lhc_net`` / ``lhc_netc`` checkpoint holding an authors' TensorFlow checkpoint.
 
