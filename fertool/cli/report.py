@@ -11,7 +11,7 @@ from ._common import QuietOption, err, number_table, out
 
 
 def report_cli(
-    run_dirs: List[Path] = typer.Argument(..., help="Run folders (RUN/<stage>/eval-<split>/metrics.json, "
+    run_dirs: List[Path] = typer.Argument(..., metavar="RUN", help="Run folders (RUN/<stage>/eval-<split>/metrics.json, "
                                           "or a pipeline folder with seed-<S>/ runs); searched recursively."),
     group_by: str = typer.Option("model", "--group-by", help="Group runs by model, stage or recipe."),
     split: str = typer.Option("PrivateTest", "--split", help="Which evaluation to summarise (eval-<split>)."),
