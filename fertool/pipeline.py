@@ -20,14 +20,13 @@ interrupted (its ``last.pt`` exists but its summary does not say it finished).
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .errors import FertoolError
 from .recipe import Recipe, save_recipe, to_dict
-from .utils import write_json
+from .utils import read_json_object, write_json
 
 #: The paper's FER2013 PrivateTest numbers (SPEC §7): model -> (no TTA, TTA, params).
 PAPER_TABLE = {
@@ -37,15 +36,6 @@ PAPER_TABLE = {
 }
 
 Log = Callable[[str], None]
-
-
-def _read_json(path: Path) -> dict | None:
-    """The JSON object in ``path``, or None when it is missing or unreadable."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def _with_stage_model(recipe: Recipe, stage: str, model: str) -> Recipe:
@@ -81,7 +71,7 @@ def _check_same_recipe(recipe: Recipe, run_dir: Path) -> None:
 def _check_same_csv(summary: Path, csv: Path, run_dir: Path) -> None:
     """Refuse to continue a run directory whose images were prepared from another CSV."""
     try:
-        source = _read_json(summary)["source"]["csv"]
+        source = read_json_object(summary)["source"]["csv"]
     except (KeyError, TypeError):
         raise FertoolError(f"{summary}: unreadable; use a new --run directory") from None
     if Path(source).resolve() != csv.resolve():
@@ -149,7 +139,7 @@ def run_pipeline(
 
     def train(stage: str, where: Path, *, seed: int, init: Path | None = None, stage_recipe: Recipe = recipe) -> Path:
         folder = stage_dir(where, stage)
-        status = (_read_json(folder / "summary.json") or {}).get("status")
+        status = (read_json_object(folder / "summary.json") or {}).get("status")
         if status in FINISHED:
             log(f"{folder}: already {status}, skipped")
         else:
@@ -187,7 +177,7 @@ def run_pipeline(
             out = path.parent / f"eval-{split}"
             metrics_file = out / "metrics.json"
             # Reused when newer than the checkpoint and with TTA figures if TTA is wanted.
-            metrics = _read_json(metrics_file)
+            metrics = read_json_object(metrics_file)
             if (metrics is not None and metrics_file.stat().st_mtime >= path.stat().st_mtime
                     and (tta is None or metrics.get("tta"))):
                 log(f"{out}: already evaluated, skipped")

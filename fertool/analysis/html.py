@@ -15,12 +15,12 @@ attention pictures.
 from __future__ import annotations
 
 import base64
-import json
 import os
 from html import escape
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from ..utils import read_json_object
 from .report import PAPER_TABLE7, STAGES, STAT_COLUMNS, SYNTHETIC
 
 __all__ = ["render_html"]
@@ -41,14 +41,6 @@ figure { margin: .8em 0; } figcaption { font-size: .9em; color: #555; }
 .grid { display: flex; flex-wrap: wrap; gap: 1em; } .grid figure { flex: 1 1 300px; }
 nav a { margin-right: 1em; }
 """
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def _pct(value: float | None, scale: float = 100.0) -> str:
@@ -94,10 +86,10 @@ def _provenance(runs: Sequence[Path]) -> str:
     synthetic = []
     for run in runs:
         for metrics_file in run.rglob("eval-*/metrics.json"):
-            metrics = _read_json(metrics_file) or {}
+            metrics = read_json_object(metrics_file) or {}
             if SYNTHETIC in ((metrics.get("data") or {}).get("kind"), (metrics.get("model_data") or {}).get("kind")):
                 synthetic.append(_rel(metrics_file.parent.parent, run))
-        pipeline = _read_json(run / "pipeline.json") or {}
+        pipeline = read_json_object(run / "pipeline.json") or {}
         if pipeline.get("synthetic"):
             synthetic.append(str(run))
     if not synthetic:
@@ -109,7 +101,7 @@ def _provenance(runs: Sequence[Path]) -> str:
 
 
 def _final_table(run: Path) -> str:
-    pipeline = _read_json(run / "pipeline.json")
+    pipeline = read_json_object(run / "pipeline.json")
     if not pipeline or not pipeline.get("table"):
         return ""
     rows = [[r["model"], r["runs"], _pct(r["accuracy"], 1), _pct(r.get("tta_accuracy"), 1),
@@ -149,7 +141,7 @@ def _statistics(data: dict) -> str:
 def _curves(run: Path) -> str:
     html = []
     for folder in _stage_folders(run):
-        summary = _read_json(folder / "summary.json") or {}
+        summary = read_json_object(folder / "summary.json") or {}
         best = summary.get("best_val_accuracy")
         line = (f"{summary.get('arch', '?')}, {summary.get('status', '?')} after {summary.get('epochs', '?')} "
                 f"epoch(s); best validation accuracy {_pct(best)} at epoch {summary.get('best_epoch', '?')}")
@@ -164,7 +156,7 @@ def _curves(run: Path) -> str:
 def _evaluations(run: Path) -> str:
     html = []
     for metrics_file in sorted(run.rglob("eval-*/metrics.json")):
-        metrics = _read_json(metrics_file) or {}
+        metrics = read_json_object(metrics_file) or {}
         folder = metrics_file.parent
         tta = metrics.get("tta") or {}
         line = f"{metrics.get('arch', '?')} on {metrics.get('split', '?')} ({metrics.get('n', '?')} images): " \
@@ -180,7 +172,7 @@ def _evaluations(run: Path) -> str:
 def _ablations(run: Path) -> str:
     html = []
     for ablation_file in sorted(run.rglob("ablate-*/ablation.json")):
-        data = _read_json(ablation_file) or {}
+        data = read_json_object(ablation_file) or {}
         folder = ablation_file.parent
         html.append(f"<h3>{escape(_rel(folder, run))}</h3>")
         html.append(_image(folder / "ablation.png", "ablation",
