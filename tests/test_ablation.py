@@ -291,3 +291,26 @@ def test_cli_runs_and_prints_tables(ckpts, tmp_path, cli_runner):
     assert res.exit_code == 0, res.output
     assert "smallest kept set" in res.output and "head redundancy" in res.output
     assert (out / "ablation.json").is_file() and not (out / "old.txt").exists()
+
+
+def test_attention_pictures_state_their_scale_and_what_a_row_means(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    from fertool.analysis.plots import plot_attention
+
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    channels = 8
+    weights = np.full((2, channels, channels), 1.0 / channels)  # head 1: uniform attention
+    weights[1] = np.eye(channels) * 0.5 + 0.5 / channels        # head 2: each channel attends itself
+    plot_attention(np.zeros((16, 16, 3)), weights, np.ones((4, 4)), 2.0, tmp_path / "a.png")
+    fig = figures[0]
+    heads = [ax for ax in fig.axes if ax.get_title().startswith("head ")]
+    uniform, diagonal = (ax.images[0].get_array() for ax in heads)
+    assert np.allclose(uniform, 0.0)  # log2(W x C) = 0: white, the centre of the scale
+    assert np.allclose(np.diag(diagonal), np.log2(0.5 * channels + 0.5))
+    assert heads[0].images[0].get_clim() == pytest.approx((-np.log2(4.5), np.log2(4.5)))
+    labels = [ax.get_ylabel() for ax in fig.axes]
+    assert "log2(W x C): 0 = uniform" in labels
+    assert any(t.get_text().startswith("Row i of W: the weights with which query channel i") for t in fig.texts)
+    plt.close(fig)

@@ -148,11 +148,10 @@ def plot_attention(
         energy: (H, W) output energy mean_c |A[c, y, x]| of the module's attention output.
         stripe_rows: stripe height in rows (r / W, may be fractional); stripes are drawn.
 
-    The heads' W are drawn as W x C on one colour bar: 1 (white) is uniform attention.
+    The heads' W are drawn as log2(W x C) on one symmetric colour bar: 0 (white) is uniform
+    attention.
     """
     plt = _pyplot()
-    from matplotlib.colors import TwoSlopeNorm
-
     heads = weights.shape[0]
     panels = 2 + heads
     ncols = min(5, panels)
@@ -183,18 +182,18 @@ def plot_attention(
     ax.set_ylim(size, 0)
     ax.set_title("output energy mean|A| per stripe", fontsize=8)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
-    # Softmax rows of C weights average 1/C, so raw weights look uniformly dark; shown as
-    # W x C instead (1 = uniform attention), on a diverging scale centred at 1.
+    # Softmax rows of C weights average 1/C, so raw weights look uniformly dark.  Shown as
+    # log2(W x C): 0 = uniform attention, +1 = twice the uniform weight, -1 = half; on one
+    # symmetric scale for all heads, as wide as the largest departure (1/64 .. 64 at most).
     channels = weights.shape[-1]
-    relative = weights * channels  # (heads, C, C)
-    top = max(2.0, float(relative.max()) if relative.size else 2.0)
-    norm = TwoSlopeNorm(vmin=0.0, vcenter=1.0, vmax=top)
+    relative = np.log2(np.clip(weights * channels, 2.0 ** -6, 2.0 ** 6))  # (heads, C, C)
+    limit = max(0.05, float(np.abs(relative).max()) if relative.size else 1.0)
     head_image = None
     for hd in range(heads):
         ax = axes.flat[2 + hd]
         ax.axis("on")
-        head_image = ax.imshow(relative[hd], cmap="RdBu_r", norm=norm, interpolation="nearest")
-        ax.set_title(f"head {hd + 1}: W (C x C) x C", fontsize=8)
+        head_image = ax.imshow(relative[hd], cmap="RdBu_r", vmin=-limit, vmax=limit, interpolation="nearest")
+        ax.set_title(f"head {hd + 1}: W (C x C)", fontsize=8)
         ax.set_xticks([])
         ax.set_yticks([])
         if hd == 0:
@@ -202,10 +201,11 @@ def plot_attention(
             ax.set_ylabel(f"query channel (1..{channels})", fontsize=7)
     if head_image is not None:
         fig.colorbar(head_image, ax=list(axes.flat[2:2 + heads]), fraction=0.03, pad=0.02,
-                     label="weight x C (1 = uniform)")
+                     label="log2(W x C): 0 = uniform")
     fig.text(0.5, 0.0, f"Row i of W: the weights with which query channel i gathers the {channels} key "
-             "channels over its head's stripe (a row sums to 1). Shown x C: white = uniform, "
-             "red = attended more, blue = less.", ha="center", va="top", fontsize=7, wrap=True)
+             f"channels over its head's stripe (a row sums to 1). Colour: log2 of the weight over the "
+             f"uniform 1/{channels}; white = uniform, red = attended more, blue = less.",
+             ha="center", va="top", fontsize=7, wrap=True)
     if title:
         fig.suptitle(title, fontsize=9)
     _save(fig, path)
