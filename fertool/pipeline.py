@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .errors import FertoolError
-from .recipe import Recipe, save_recipe, to_dict
+from .recipe import Recipe, load_recipe, save_recipe, to_dict
 from .utils import read_json_object, write_json
 
 #: The paper's FER2013 PrivateTest numbers (SPEC §7): model -> (no TTA, TTA, params).
@@ -48,17 +48,20 @@ def _with_stage_model(recipe: Recipe, stage: str, model: str) -> Recipe:
 def _check_same_recipe(recipe: Recipe, run_dir: Path) -> None:
     """Refuse to continue a run directory that was started with a different recipe: its
     finished stages would be mixed with new ones.  The ``pipeline`` section (seeds, TTA,
-    ablation switches) may change between runs, e.g. to add seeds."""
+    ablation switches) and ``train.keep`` may change between runs, e.g. to add seeds; keys
+    added to fertool since the run started count with their defaults."""
     import yaml
 
     saved_file = run_dir / "recipe.yaml"
     if not saved_file.is_file():
         return
     try:
-        saved = yaml.safe_load(saved_file.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError):
+        saved = to_dict(load_recipe(yaml.safe_load(saved_file.read_text(encoding="utf-8")) or {}))
+    except (OSError, yaml.YAMLError, FertoolError):
         raise FertoolError(f"{saved_file}: unreadable; use a new --run directory") from None
     current = to_dict(recipe)
+    for section in (saved, current):
+        section["train"].pop("keep", None)  # which checkpoints are kept changes no result
     changed = sorted(key for key in set(saved) | set(current)
                      if key != "pipeline" and saved.get(key) != current.get(key))
     if changed:

@@ -273,6 +273,12 @@ def test_a_run_started_with_another_recipe_is_refused_untouched(finished):
     run_pipeline(load_recipe({**TINY, "pipeline": {"seeds": [2], "ablate": False}}), run, device="cpu",
                  log=messages.append)
     assert not any(m.endswith(": training") or m.endswith(": resuming") for m in messages)
+    # So may train.keep (it changes no result), and a recipe saved before a key existed is
+    # read with that key's default.
+    saved = yaml.safe_load((run / "recipe.yaml").read_text())
+    del saved["train"]["keep"]
+    (run / "recipe.yaml").write_text(yaml.safe_dump(saved))
+    run_pipeline(load_recipe({**TINY, "train": {**TINY["train"], "keep": "best"}}), run, device="cpu")
 
 
 def test_a_run_started_from_another_csv_is_refused(finished, tmp_path):
