@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from ..utils import read_json_object
-from .report import PAPER_TABLE7, STAGES, STAT_COLUMNS, SYNTHETIC
+from .report import PAPER_TABLE7, STAGES, STAT_COLUMNS, stat_text
 
 __all__ = ["render_html"]
 
@@ -81,18 +81,10 @@ def _stage_folders(root: Path) -> list[Path]:
 # --------------------------------------------------------------------------- sections
 
 
-def _provenance(runs: Sequence[Path]) -> str:
+def _provenance(runs: Sequence[Path], report_data: dict) -> str:
     """A warning banner when any result of the page was made on synthetic data."""
-    synthetic = []
-    for run in runs:
-        for metrics_file in run.rglob("eval-*/metrics.json"):
-            metrics = read_json_object(metrics_file) or {}
-            if SYNTHETIC in ((metrics.get("data") or {}).get("kind"), (metrics.get("model_data") or {}).get("kind")):
-                synthetic.append(_rel(metrics_file.parent.parent, run))
-        pipeline = read_json_object(run / "pipeline.json") or {}
-        if pipeline.get("synthetic"):
-            synthetic.append(str(run))
-    if not synthetic:
+    if not (any(r.get("synthetic") for r in report_data["runs"])
+            or any((read_json_object(run / "pipeline.json") or {}).get("synthetic") for run in runs)):
         return ""
     return ('<p class="note"><b>Synthetic data.</b> These results come from the generated sample of '
             "cartoon faces (<code>fertool sample-data</code>), not from FER2013: they show that the "
@@ -117,14 +109,10 @@ def _final_table(run: Path) -> str:
 
 
 def _statistics(data: dict) -> str:
-    def cell(key: str, stats: dict) -> str:
-        value = stats.get(key)
-        return str(value) if key == "n" else ("n/a" if value is None else f"{100 * value:.2f}")
-
     html = []
     header = [data["group_by"]] + [title for _, title in STAT_COLUMNS]
     for kind, title in (("plain", "without TTA"), ("tta", "with TTA")):
-        rows = [[g] + [cell(k, e[kind]) for k, _ in STAT_COLUMNS] for g, e in data["groups"].items() if e[kind]]
+        rows = [[g] + [stat_text(k, e[kind]) for k, _ in STAT_COLUMNS] for g, e in data["groups"].items() if e[kind]]
         if rows:
             html += [f"<h3>{escape(data['split'])} accuracy (%), {title}</h3>", _table(header, rows)]
     paper_rows = [[m, f"{p['top40']:.2f}", f"{p['top25']:.2f}", f"{p['best']:.2f}", f"{p['best_tta']:.2f}"]
@@ -238,7 +226,7 @@ def render_html(run_dirs: Sequence[str | os.PathLike], report_data: dict, *, run
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{escape(title)}</title><style>{_CSS}</style></head><body>",
         f"<h1>{escape(title)}</h1>",
-        _provenance(runs),
+        _provenance(runs, report_data),
         f"<nav>{nav}</nav>",
     ]
     for anchor, heading, body in sections:

@@ -438,6 +438,11 @@ def _pct(value: float | None, digits: int = 2) -> str:
     return "n/a" if value is None else f"{100 * value:.{digits}f}"
 
 
+def stat_text(key: str, stats: dict) -> str:
+    """One statistic for a table: the run count, or a percentage with 2 decimals (n/a)."""
+    return str(stats.get(key)) if key == "n" else _pct(stats.get(key))
+
+
 def _stat_cell(key: str, stats: dict) -> str:
     value = stats.get(key)
     if key == "n":

@@ -28,18 +28,12 @@ def report_cli(
     Writes report.md, report.json and runs.png (a strip plot). Runs rejected by the stage-4
     selection rule are listed apart and left out of the statistics.
     """
-    from ..analysis.report import STAT_COLUMNS, report
+    from ..analysis.report import STAT_COLUMNS, report, stat_text
 
     data = report(run_dirs, group_by=group_by, split=split, tta=tta, out_dir=out_dir, html=html)
 
-    def cell(key: str, stats: dict) -> str:
-        value = stats.get(key)
-        if key == "n":
-            return str(value)
-        return "n/a" if value is None else f"{100 * value:.2f}"
-
     for kind, title in (("plain", "without TTA"), ("tta", "with TTA")):
-        rows = [[g] + [cell(k, e[kind]) for k, _ in STAT_COLUMNS] for g, e in data["groups"].items() if e[kind]]
+        rows = [[g] + [stat_text(k, e[kind]) for k, _ in STAT_COLUMNS] for g, e in data["groups"].items() if e[kind]]
         if rows:
             header = [data["group_by"], "runs", "top 40%", "w/o best", "top 25%", "w/o best", "best", "mean", "std"]
             out.print(number_table(f"{split} accuracy (%) across runs, {title}", header, rows))
