@@ -37,9 +37,11 @@ class _Console(Console):
 out = _Console()
 err = _Console(stderr=True)
 
-RecipeOption = typer.Option(None, "--recipe", "-r", metavar="NAME|FILE", help="Recipe YAML file or shipped recipe name (paper, demo, ...).")
+RecipeOption = typer.Option(None, "--recipe", "-r", metavar="NAME|FILE",
+                            help="Recipe YAML file or shipped recipe name (paper, demo, ...).")
 SetOption = typer.Option(
-    None, "--set", metavar="KEY=VALUE", help="Override a recipe key: dotted.key=value (repeatable), e.g. --set train.stages.2.lr=0.005"
+    None, "--set", metavar="KEY=VALUE",
+    help="Override a recipe key: dotted.key=value (repeatable), e.g. --set train.stages.2.lr=0.005",
 )
 QuietOption = typer.Option(False, "--quiet", "-q",
                            help="No progress bars and no 'wrote ...' notes; log lines, warnings, results and "

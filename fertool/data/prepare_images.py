@@ -28,13 +28,14 @@ import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
 from .. import __version__
 from ..errors import DataError
+from ..progress import Progress
 from .csv import SPLITS
 from .folders import ImageSet, carve_validation
 from .prepare import check_destination, build_folder, encode_jpeg, jpeg_params
@@ -101,7 +102,7 @@ def prepare_images(
     overwrite: bool = False,
     skip_bad: bool = False,
     workers: int | None = None,
-    progress: Callable[[int, int | None], None] | None = None,
+    progress: Progress | None = None,
 ) -> dict:
     """Prepare ``images`` into ``out_dir`` (layout in the module docstring).
 
@@ -132,7 +133,7 @@ def prepare_images(
 
 
 def _write(images: ImageSet, tmp: Path, config: PrepareConfig, params: list[int], skip_bad: bool, nworkers: int,
-           progress: Callable[[int, int | None], None] | None) -> dict:
+           progress: Progress | None) -> dict:
     """Convert every file into ``tmp``, write the manifest; the summary without recipe/output."""
     n = len(images.files)
     rels = [f"{SPLITS[s]}/{images.classes[label]}/{row:05d}.jpg"
