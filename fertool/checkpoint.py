@@ -16,8 +16,6 @@ never executes code from the file)::
     recipe            the resolved recipe as a plain dict, or None
     class_names       list of class names, index = label
     lineage           list of {"path", "arch", "stage", "epoch"} of the checkpoints it came from
-    data              what the weights were last trained on (fertool.data.provenance: kind,
-                      source, sha256, rows), e.g. kind "synthetic sample"; None if unknown
     extra             free-form plain dict (early-stopping state, RNG state, lhc_seed...)
 
 The model itself is rebuilt with :func:`fertool.models.build_model` from ``arch`` and
@@ -53,7 +51,6 @@ def make_checkpoint(
     class_names: Iterable[str] = CLASS_NAMES,
     lineage: list[dict] | None = None,
     extra: Mapping[str, Any] | None = None,
-    data: Mapping[str, Any] | None = None,
 ) -> dict:
     """Assemble a checkpoint dict of plain types (tensors moved to CPU)."""
     return {
@@ -71,7 +68,6 @@ def make_checkpoint(
         "class_names": list(class_names),
         "lineage": list(lineage or []),
         "extra": dict(extra or {}),
-        "data": dict(data) if data is not None else None,
     }
 
 

@@ -416,8 +416,8 @@ def test_predict_warns_when_the_model_never_saw_a_real_face(cli_runner, tmp_path
 
     ckpt = load_checkpoint(ckpt_path)
     synthetic = tmp_path / "synthetic.pt"
-    save_checkpoint(synthetic, {**ckpt, "data": {"kind": "synthetic sample", "source": "sample.csv",
-                                                 "sha256": "0" * 64, "rows": 28}})
+    record = {"kind": "synthetic sample", "source": "sample.csv", "sha256": "0" * 64, "rows": 28}
+    save_checkpoint(synthetic, {**ckpt, "extra": {**ckpt["extra"], "data": {"provenance": record}}})
     warned = cli_runner.invoke(app, ["predict", str(photo), "-c", str(synthetic), "--json", "-q"])
     assert warned.exit_code == 0, warned.output
     assert "never seen a real face" in warned.stderr

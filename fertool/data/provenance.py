@@ -1,7 +1,7 @@
 """Which data a model was trained on, and which data a result is about.
 
-A provenance record is a small plain dict stored in checkpoints (``"data"``) and in
-``metrics.json``::
+A provenance record is a small plain dict stored in checkpoints (``extra.data.provenance``,
+beside the data set's name and classes) and in ``metrics.json``::
 
     {"kind": "synthetic sample" | "FER2013" | "CSV" | "image folder",
      "source": "fer2013.csv", "sha256": "<sha256 of the CSV>", "rows": 35887}
@@ -21,11 +21,11 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable, Mapping
 
 from .csv import count_lines
 
-__all__ = ["SYNTHETIC", "csv_provenance", "images_provenance", "is_synthetic", "describe"]
+__all__ = ["SYNTHETIC", "csv_provenance", "images_provenance", "checkpoint_provenance", "is_synthetic", "describe"]
 
 SYNTHETIC = "synthetic sample"
 #: Data rows of the canonical Kaggle FER2013.
@@ -72,6 +72,12 @@ def images_provenance(folder: str | os.PathLike, *, sample_seeds: Iterable[int] 
         return _record(Path(source["csv"]).name, source["sha256"], int(source["data_rows"]), sample_seeds)
     except (OSError, ValueError, KeyError, TypeError):
         return {"kind": "image folder", "source": folder.name, "sha256": None, "rows": None}
+
+
+def checkpoint_provenance(ckpt: Mapping[str, Any]) -> dict | None:
+    """The record of the data a checkpoint's weights were trained on (``extra.data.provenance``;
+    None when unknown, e.g. imported weights)."""
+    return (((ckpt.get("extra") or {}).get("data") or {}).get("provenance")) or None
 
 
 def is_synthetic(record: dict | None) -> bool:

@@ -33,6 +33,7 @@ import torch
 
 from .. import CLASS_NAMES
 from ..data.prepare_images import prepared_photo
+from ..data.provenance import checkpoint_provenance
 from ..errors import DataError, FertoolError
 from ..evaluation.engines import build_engine, choose_engine
 from ..progress import Progress
@@ -250,7 +251,7 @@ class FaceClassifier:
             photo=photo_preparation(ckpt),
             engine=engine,
             precision=precision,
-            trained_on=ckpt.get("data"),
+            trained_on=checkpoint_provenance(ckpt),
         )
 
     def classify(self, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:

@@ -961,7 +961,7 @@ class _StageRun:
     # ------------------------------------------------------------------ checkpoints and summary
 
     def _checkpoint(self, epoch: int, metrics: Mapping[str, Any], *, with_state: bool) -> dict:
-        extra: dict[str, Any] = {**self.init_extra, "seed": self.seed, "init": self.init_label, "data": self.data_info}
+        extra: dict[str, Any] = {**self.init_extra, "seed": self.seed, "init": self.init_label, "data": {**self.data_info, "provenance": self.data}}
         if with_state:
             extra["resume"] = {
                 "seed": self.seed,
@@ -979,7 +979,6 @@ class _StageRun:
             optimizer_state=self.optimizer.state_dict() if with_state else None,
             stage=self.stage, epoch=epoch, metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float))},
             recipe=to_dict(self.recipe), class_names=self.classes, lineage=self.lineage, extra=extra,
-            data=self.data,
         )
 
     def _save_last(self, epoch: int) -> None:

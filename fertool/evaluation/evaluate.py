@@ -27,6 +27,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from ..data.provenance import checkpoint_provenance, csv_provenance, images_provenance
 from ..errors import DataError, FertoolError, RecipeError
 from ..progress import Progress
 from ..recipe import Recipe, TTAPreset, load_recipe, save_recipe, to_dict
@@ -78,8 +79,6 @@ def _open_split(csv: str | None, images: str | None, split: str, size: int, prog
 
 
 def _data_provenance(csv, images, rcp: Recipe) -> dict:
-    from ..data.provenance import csv_provenance, images_provenance
-
     seeds = (rcp.sample.seed, 0)
     return csv_provenance(csv, sample_seeds=seeds) if csv is not None else images_provenance(images, sample_seeds=seeds)
 
@@ -195,7 +194,7 @@ def evaluate_checkpoint(
         "seconds": seconds,
         "images_per_s": len(data) / seconds if seconds > 0 else None,
         # Provenance: what the model was trained on, and what it was evaluated on.
-        "model_data": ckpt.get("data"),
+        "model_data": checkpoint_provenance(ckpt),
         "data": _data_provenance(csv, images, rcp),
     }
     report.update(metrics_from_probs(result["probs"], labels, class_names, resamples=resamples))

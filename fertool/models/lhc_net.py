@@ -177,6 +177,8 @@ def augment_lhc(
     parent_seed = (ckpt.get("extra") or {}).get("lhc_seed")
     lhc_seed = int(parent_seed) if adding == "controller" and parent_seed is not None else int(seed)
     extra = {"lhc_seed": lhc_seed, "augmented_from": arch, "added": adding}
+    if (ckpt.get("extra") or {}).get("data") is not None:  # the weights saw the parent's data
+        extra["data"] = ckpt["extra"]["data"]
     return make_checkpoint(
         arch=new_arch,
         arch_args=args,
@@ -188,7 +190,6 @@ def augment_lhc(
         class_names=ckpt.get("class_names") or _default_classes(),
         lineage=lineage,
         extra=extra,
-        data=ckpt.get("data"),  # the added modules are untrained: the weights saw the parent's data
     )
 
 
