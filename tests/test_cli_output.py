@@ -50,6 +50,14 @@ def test_help_has_no_bool_metavars_and_no_stray_spaces(cli_runner, command):
     assert max(len(line) for line in text.splitlines()) <= 80
 
 
+def test_the_command_list_gives_whole_first_sentences(cli_runner):
+    text = cli_runner.invoke(app, ["--help"], terminal_width=80).output
+    listing = text[text.index("Commands:"):]
+    assert "..." not in listing and max(len(line) for line in text.splitlines()) <= 80
+    assert "Classify the facial expression of every face in photos, folders, videos or a webcam." in " ".join(
+        listing.split())
+
+
 def test_report_help_keeps_its_default_in_brackets(cli_runner):
     text = " ".join(cli_runner.invoke(app, ["report", "--help"], terminal_width=80).output.split())
     assert "Output folder (default: report/ in the runs' common parent)" in text

@@ -46,6 +46,15 @@ class FertoolGroup(TyperGroup):
     def list_commands(self, ctx: typer.Context) -> list[str]:  # keep registration order
         return list(self.commands)
 
+    def format_commands(self, ctx: typer.Context, formatter) -> None:
+        """The command list with each command's whole first sentence, wrapped (click cuts
+        it at the terminal width with '...')."""
+        rows = [(name, command.get_short_help_str(limit=400)) for name in self.list_commands(ctx)
+                if (command := self.get_command(ctx, name)) is not None and not command.hidden]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
     def invoke(self, ctx: typer.Context):
         try:
             return super().invoke(ctx)
