@@ -1,4 +1,4 @@
-"""Speed of the models: forward+backward per image, LHC-Net / ResNet34v2 ratio, batched LHC vs loop.
+"""Speed of the models: forward+backward per image, LHC-Net / ResNet34v2 and / torchvision ResNet34 ratios, batched LHC vs loop.
 
     python benchmarks/model.py [--device cpu|cuda] [--batch N] [--steps N] [--size 224]
 
@@ -118,7 +118,7 @@ def main() -> None:
     x = (torch.rand(batch, 3, args.size, args.size, device=device) * 255).to(memory_format=fmt)
     y = torch.randint(0, 7, (batch,), device=device)
     models = {arch: build_model(arch, input_size=args.size).to(device, memory_format=fmt)
-              for arch in ("resnet34v2", "lhc_net")}
+              for arch in ("resnet34v2", "lhc_net", "resnet34_tv")}
     for model in models.values():  # warm-up
         step_times(model, x, y, device, amp, 2)
     # Interleaved rounds so that a load change on a shared machine hits both models alike;
@@ -135,6 +135,8 @@ def main() -> None:
     med = {a: ts[len(ts) // 2] for a, ts in times.items()}
     print(f"LHC-Net / ResNet34v2 step-time ratio: {best['lhc_net'] / best['resnet34v2']:.3f} (min), "
           f"{med['lhc_net'] / med['resnet34v2']:.3f} (median)")
+    print(f"LHC-Net / torchvision ResNet34 step-time ratio: {best['lhc_net'] / best['resnet34_tv']:.3f} (min), "
+          f"{med['lhc_net'] / med['resnet34_tv']:.3f} (median)")
 
     # LHC module 1 (56x56x64, 8 heads): batched vs per-head loop
     m = LHC(64, heads=8, dim=196, size=56).to(device)
@@ -143,6 +145,8 @@ def main() -> None:
     tl = layer_time(LoopLHC(m), xl, device, amp, 3 * args.rounds)
     print(f"LHC1 layer fwd+bwd, batched: {1e3 * tb / batch:.3f} ms/image; per-head loop: "
           f"{1e3 * tl / batch:.3f} ms/image; loop / batched = {tl / tb:.2f}")
+    print(f"ratio train lhc_net/resnet34v2: {best['lhc_net'] / best['resnet34v2']:.2f}")
+    print(f"ratio train lhc_net/tv_resnet34: {best['lhc_net'] / best['resnet34_tv']:.2f}")
 
 
 if __name__ == "__main__":
