@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 import torch
 
+from tests._reference_weights import load_json
+
 REPO = Path(__file__).resolve().parent.parent
 SHARED_REFERENCE = REPO.parent / "shared" / "reference"
 TEST_DATA = Path(__file__).resolve().parent / "data"
@@ -34,6 +36,18 @@ def load_reference(name: str) -> dict:
     """Load an .npz fixture into a dict of arrays (see reference_file)."""
     with np.load(reference_file(name), allow_pickle=False) as data:
         return {k: data[k] for k in data.files}
+
+
+@pytest.fixture(scope="session")
+def net_ref() -> dict:
+    """full_network.npz: the reference networks' input, outputs and feature maps."""
+    return load_reference("full_network.npz")
+
+
+@pytest.fixture(scope="session")
+def tensors() -> list[dict]:
+    """full_network.json: the formula of every weight tensor of the reference networks."""
+    return load_json(reference_file("full_network.json"))
 
 
 @pytest.fixture

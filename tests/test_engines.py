@@ -17,24 +17,13 @@ from fertool.evaluation.engines import (
 )
 from fertool.models import build_model
 from fertool.models.resnet import fold_batchnorm
-from tests._reference_weights import load_json, reference_state_dict
-from tests.conftest import load_reference, reference_file
+from tests._reference_weights import reference_state_dict
 
 #: Two small LHC modules that fit a 64 px input (Table 2's heads need 224 or 112 px).
 SMALL = {"input_size": 64, "hidden": [16],
          "lhc": [{"after": "stem", "heads": 8, "dim": 4}, {"after": "stage4_unit3", "heads": 4, "dim": 2}]}
 ENGINES = ["torch", pytest.param("onnxruntime", marks=pytest.mark.skipif(
     not onnxruntime_available(), reason="onnxruntime not installed"))]
-
-
-@pytest.fixture(scope="module")
-def net_ref():
-    return load_reference("full_network.npz")
-
-
-@pytest.fixture(scope="module")
-def tensors():
-    return load_json(reference_file("full_network.json"))
 
 
 @pytest.mark.parametrize("engine", ENGINES)

@@ -11,20 +11,10 @@ import torch
 from fertool.errors import ModelError
 from fertool.models import arch_from_recipe, build_model, freeze_except_controllers
 from fertool.recipe import load_recipe
-from tests._reference_weights import load_json, reference_state_dict
-from tests.conftest import load_reference, reference_file
+from tests._reference_weights import reference_state_dict
+from tests.conftest import reference_file
 
 POSITIONS = ("stem", "stage1_unit3", "stage2_unit4", "stage3_unit6", "stage4_unit3")
-
-
-@pytest.fixture(scope="module")
-def net_ref():
-    return load_reference("full_network.npz")
-
-
-@pytest.fixture(scope="module")
-def tensors():
-    return load_json(reference_file("full_network.json"))
 
 
 def _nchw(a: np.ndarray) -> torch.Tensor:
