@@ -47,7 +47,7 @@ QuietOption = typer.Option(False, "--quiet", "-q",
                            help="No progress bars and no 'wrote ...' notes; log lines, warnings, results and "
                            "errors still print.")
 EngineOption = typer.Option(
-    "auto", "--engine", metavar="ENGINE",
+    "auto", "--engine", metavar="auto|torch|onnxruntime",
     help="What runs the network: torch, onnxruntime (CPU, float32; needs the onnxruntime package), "
     "or auto (onnxruntime on the CPU when installed, else torch).",
 )

@@ -46,7 +46,7 @@ def predict_cmd(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N."),
     engine: str = EngineOption,
     precision: str = typer.Option(
-        "fp32", "--precision",
+        "fp32", "--precision", metavar="fp32|bf16",
         help="fp32, or bf16: faster on a CPU with native bf16 (AVX512-BF16, AMX) or a GPU, with torch; "
         "probabilities differ slightly from fp32 (benchmarks/infer.py measures the agreement).",
     ),
