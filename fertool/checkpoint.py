@@ -25,13 +25,14 @@ The model itself is rebuilt with :func:`fertool.models.build_model` from ``arch`
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import torch
 
 from . import CLASS_NAMES, __version__
-from .errors import CheckpointError, DataError
+from .errors import CheckpointError, DataError, ModelError, printable
 from .utils import atomic_path
 
 FORMAT = "fertool-checkpoint"
@@ -87,9 +88,12 @@ def load_checkpoint(
     archs: Iterable[str] | None = None,
     map_location: str | torch.device = "cpu",
 ) -> dict:
-    """Load a fertool checkpoint safely (``weights_only=True``).
+    """Load a fertool checkpoint safely (``weights_only=True``) and validate it.
 
-    ``archs`` restricts the accepted architectures; anything else is a one-line
+    The entries must have their types (:func:`structure_problems`) and the weights must fit
+    the architecture that ``arch_args`` describe (:func:`check_model_fits`), so a damaged
+    or hand-made file fails here, in one line, not later in a traceback.  ``archs``
+    restricts the accepted architectures; anything else is a one-line
     :class:`CheckpointError` naming the file.
     """
     path = Path(path)
@@ -98,24 +102,147 @@ def load_checkpoint(
     if path.is_dir():
         raise CheckpointError(f"{path}: is a directory, expected a checkpoint file")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch warns about foreign pickle protocols
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read it ({exc.strerror or exc})") from None
     except Exception as exc:  # torch raises many types for foreign files
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: not a readable fertool checkpoint ({first[:160]})") from None
+        raise CheckpointError(f"{path}: {_unreadable(path, exc)}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a fertool checkpoint (no '{FORMAT}' marker)")
     version = ckpt.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise CheckpointError(
-            f"{path}: checkpoint format version {version!r} is newer than this fertool supports ({FORMAT_VERSION})"
+            f"{path}: checkpoint format version {printable(repr(version))} is newer than this fertool supports "
+            f"({FORMAT_VERSION})"
         )
+    problems = structure_problems(ckpt)
+    if problems:
+        raise CheckpointError(f"{path}: not a valid fertool checkpoint: {'; '.join(problems)}")
     if archs is not None:
         archs = list(archs)
         if ckpt.get("arch") not in archs:
             raise CheckpointError(
-                f"{path}: is a '{ckpt.get('arch')}' checkpoint, this command needs one of: {', '.join(archs)}"
+                f"{path}: is a '{printable(ckpt.get('arch'))}' checkpoint, this command needs one of: {', '.join(archs)}"
             )
+    check_model_fits(ckpt, str(path))
     return ckpt
+
+
+#: Entries of a checkpoint: the type each must have (None allowed where listed).
+_FIELDS: dict[str, tuple[type, ...]] = {
+    "arch": (str,),
+    "arch_args": (dict,),
+    "state_dict": (dict,),
+    "optimizer_state": (dict, type(None)),
+    "stage": (str, type(None)),
+    "epoch": (int, type(None)),
+    "metrics": (dict,),
+    "recipe": (dict, type(None)),
+    "class_names": (list,),
+    "lineage": (list,),
+    "extra": (dict,),
+}
+
+
+def structure_problems(ckpt: Mapping[str, Any]) -> list[str]:
+    """What is wrong with the entries of a loaded checkpoint dict (empty: nothing).
+
+    Checks presence and types only; :func:`check_model_fits` checks the weights against
+    the architecture.  Names in the messages are escaped (they come from the file).
+    """
+    problems = []
+    for key, types in _FIELDS.items():
+        if key not in ckpt:
+            problems.append(f"'{key}' is missing")
+        elif not isinstance(ckpt[key], types) or isinstance(ckpt[key], bool):
+            problems.append(f"'{key}' is a {type(ckpt[key]).__name__}, expected "
+                            + " or ".join("null" if t is type(None) else t.__name__ for t in types))
+    if problems:
+        return problems
+    if not all(isinstance(k, str) for k in ckpt["arch_args"]):
+        problems.append("'arch_args' has keys that are not strings")
+    bad = [k for k, v in ckpt["state_dict"].items() if not (isinstance(k, str) and isinstance(v, torch.Tensor))]
+    if bad:
+        problems.append(f"'state_dict' holds {len(bad)} entries that are not named tensors "
+                        f"(e.g. {printable(repr(bad[0]))[:80]})")
+    if not all(isinstance(c, str) for c in ckpt["class_names"]):
+        problems.append("'class_names' holds entries that are not strings")
+    return problems
+
+
+#: The largest model a checkpoint may describe: 50x the paper's LHC-Net (32.4M parameters).
+MAX_PARAMETERS = 2_000_000_000
+#: Input sizes a checkpoint may declare (the paper uses 224).
+INPUT_SIZES = range(32, 2049)
+
+
+def check_model_fits(ckpt: Mapping[str, Any], where: str = "checkpoint") -> None:
+    """Refuse ``arch_args`` that build no sensible model, or weights of the wrong shapes.
+
+    The model is first built on PyTorch's ``meta`` device, which allocates nothing, so an
+    absurd ``arch_args`` (a billion-unit layer) is refused before any memory is taken;
+    every tensor of ``state_dict`` is then compared with the model's by name and shape.
+    """
+    from .models import build_model  # local import: models import torch-heavy modules
+
+    arch, args = ckpt["arch"], ckpt["arch_args"]
+    size = args.get("input_size", 224)
+    if not isinstance(size, int) or isinstance(size, bool) or size not in INPUT_SIZES:
+        raise CheckpointError(f"{where}: arch_args.input_size must be an integer {INPUT_SIZES.start}.."
+                              f"{INPUT_SIZES.stop - 1}, got {printable(repr(size))[:40]}")
+    try:
+        with torch.device("meta"):
+            model = build_model(arch, **args)
+    except ModelError as exc:
+        raise CheckpointError(f"{where}: {exc}") from None
+    except (TypeError, ValueError, RuntimeError, OverflowError, KeyError, IndexError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise CheckpointError(f"{where}: arch_args do not describe a '{printable(arch)}' model ({printable(first)})") from None
+    expected = model.state_dict()
+    count = sum(t.numel() for t in expected.values())
+    if count > MAX_PARAMETERS:
+        raise CheckpointError(f"{where}: arch_args describe a model of {count:,} values, more than fertool "
+                              f"accepts ({MAX_PARAMETERS:,}); the checkpoint is not a sensible fertool model")
+    wrong = [(k, tuple(v.shape), tuple(expected[k].shape)) for k, v in ckpt["state_dict"].items()
+             if k in expected and tuple(v.shape) != tuple(expected[k].shape)]
+    if wrong:
+        name, got, want = wrong[0]
+        more = f" (and {len(wrong) - 1} more)" if len(wrong) > 1 else ""
+        raise CheckpointError(f"{where}: tensor '{printable(name)}' has shape {list(got)}, architecture "
+                              f"'{printable(arch)}' needs {list(want)}{more}")
+
+
+def _unreadable(path: Path, exc: Exception) -> str:
+    """Why ``torch.load`` could not read ``path``, in words, from the file's first bytes."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(512)
+    except OSError:
+        head = b""
+    if not head:
+        return "is empty (0 bytes), not a checkpoint (an interrupted copy or download?)"
+    if head.startswith(b"\x89HDF"):
+        return "is an HDF5 file (a Keras .h5?), not a fertool checkpoint; convert it with `fertool import`"
+    if head.startswith(b"\x1f\x8b"):
+        return "is gzip-compressed, not a fertool checkpoint (a Keras .h5.gz goes through `fertool import`)"
+    if b"\x00" not in head:
+        try:
+            text = head.decode("utf-8")
+        except UnicodeDecodeError:
+            text = None
+        if text is not None:
+            begins = " ".join(text.split())[:40]
+            return f"is a text file (it begins '{printable(begins)}'), not a fertool checkpoint"
+    message = str(exc)
+    if "Weights only load failed" in message or "WeightsUnpickler" in message:
+        return ("is not a fertool checkpoint: it holds Python objects (or pickle codes) beyond tensors and plain "
+                "values, which fertool never unpickles, so that no code from a file runs")
+    if head.startswith(b"PK\x03\x04"):
+        return "is truncated or corrupted (its zip structure is incomplete: an interrupted copy or download?)"
+    first = (message.strip().splitlines() or [type(exc).__name__])[0]
+    return f"not a readable fertool checkpoint ({type(exc).__name__}: {printable(first)})"
 
 
 def model_from_checkpoint(ckpt: Mapping[str, Any], *, strict: bool = True) -> torch.nn.Module:
@@ -129,7 +256,7 @@ def model_from_checkpoint(ckpt: Mapping[str, Any], *, strict: bool = True) -> to
         if missing:
             parts.append(f"missing {len(missing)} tensors (e.g. {', '.join(missing[:3])})")
         if unexpected:
-            parts.append(f"unexpected {len(unexpected)} tensors (e.g. {', '.join(unexpected[:3])})")
+            parts.append(f"unexpected {len(unexpected)} tensors (e.g. {printable(', '.join(unexpected[:3]))})")
         raise CheckpointError(f"checkpoint weights do not fit architecture '{ckpt['arch']}': {'; '.join(parts)}")
     return model
 

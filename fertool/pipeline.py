@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .errors import FertoolError
+from .locks import holding_lock
 from .recipe import Recipe, load_recipe, save_recipe, to_dict
 from .utils import read_json_object, write_json
 
@@ -84,6 +85,7 @@ def _check_same_csv(summary: Path, csv: Path, run_dir: Path) -> None:
         )
 
 
+@holding_lock(lambda args: args["run_dir"])  # one pipeline per run directory
 def run_pipeline(
     recipe: Recipe,
     run_dir: str | os.PathLike,

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
+import math
 import os
 import sys
 import types
@@ -337,6 +339,9 @@ def _convert(value: Any, tp: Any, loc: str, problems: list[str]) -> Any:
             return value
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):  # .nan / .inf pass every comparison-based check
+                problems.append(f"{loc}: must be a finite number, got {value!r}")
+                return _MISSING
             return float(value)
     elif tp is str:
         if isinstance(value, str):
@@ -501,6 +506,9 @@ def load_recipe(source: str | os.PathLike | Mapping | None = None, overrides: Se
             raise RecipeError(f"{label}: {line}invalid YAML ({getattr(exc, 'problem', exc)})") from None
         except OSError as exc:
             raise RecipeError(f"{label}: cannot read ({exc.strerror})") from None
+        except UnicodeDecodeError as exc:
+            raise RecipeError(f"{label}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
+                              "save the recipe as UTF-8") from None
         if raw_file is None:
             raw_file = {}
         if not isinstance(raw_file, Mapping):
@@ -546,3 +554,68 @@ def save_recipe(recipe: Recipe, path: str | os.PathLike) -> None:
 
 def dump_recipe(recipe: Recipe) -> str:
     return yaml.safe_dump(to_dict(recipe), sort_keys=False, default_flow_style=None)
+
+
+# --------------------------------------------------------------------------- resuming
+
+#: Keys a resumed stage may change: they do not alter what the stage computes from its
+#: ``last.pt`` (where the data lives, how it is batched for validation, the start of a
+#: stage 1 that has started already, which checkpoints a finished stage keeps).
+#: ``max_epochs`` may change too, but not below the epochs already done.  Accepted
+#: changes are recorded in the stage's summary warnings.
+RESUME_SAFE = ("data.csv", "data.images", "model.pretrained", "train.eval_batch_size", "train.num_workers",
+               "train.keep", "train.stages.{stage}.max_epochs")
+#: Sections that shape a stage's training (the other stages, tta, sample, ablate and
+#: pipeline do not).
+_STAGE_SECTIONS = ("prepare", "data", "model", "train")
+
+
+def resume_changes(saved: Mapping[str, Any], current: Recipe, stage: str, *,
+                   epochs_done: int) -> tuple[list[str], list[str]]:
+    """How ``current`` differs from the recipe a stage was started with (``saved``, plain dict).
+
+    Returns ``(refused, accepted)``, each a list of ``key: old -> new``: ``accepted`` are
+    the :data:`RESUME_SAFE` changes, ``refused`` every other change that shapes stage
+    ``stage``.
+    """
+    safe = {key.format(stage=stage) for key in RESUME_SAFE}
+    old, new = _flat(_stage_view(saved, stage)), _flat(_stage_view(to_dict(current), stage))
+    refused, accepted = [], []
+    for key in sorted(old.keys() | new.keys()):
+        before, after = old.get(key, "(absent)"), new.get(key, "(absent)")
+        if before == after:
+            continue
+        change = f"{key}: {_show_plain(before)} -> {_show_plain(after)}"
+        if key == f"train.stages.{stage}.max_epochs" and isinstance(after, int) and after < epochs_done:
+            refused.append(f"{change} ({epochs_done} epochs already trained)")
+        elif key in safe:
+            accepted.append(change)
+        else:
+            refused.append(change)
+    return refused, accepted
+
+
+def _stage_view(raw: Mapping[str, Any], stage: str) -> dict:
+    view = {name: raw.get(name) for name in _STAGE_SECTIONS}
+    train = dict(view["train"] or {})
+    stages = train.pop("stages", None) or {}
+    train["stages"] = {stage: stages.get(stage)}
+    view["train"] = train
+    return view
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": [{"c": 1}]}}`` -> ``{"a.b.0.c": 1}`` (lists of plain values stay whole)."""
+    if isinstance(tree, (list, tuple)) and any(isinstance(v, Mapping) for v in tree):
+        tree = {str(i): v for i, v in enumerate(tree)}
+    if not isinstance(tree, Mapping):
+        return {prefix: tree}
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        out.update(_flat(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def _show_plain(value: Any) -> str:
+    text = json.dumps(value) if not isinstance(value, str) or value == "(absent)" else repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

@@ -7,7 +7,6 @@ import hashlib
 import json
 import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -15,6 +14,8 @@ import numpy as np
 import torch
 
 from .errors import FertoolError
+from .faults import pause_point
+from .tempfiles import temp_file
 
 
 def seed_everything(seed: int, *, deterministic: bool = False) -> torch.Generator:
@@ -53,15 +54,15 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary sibling path; on success move it over ``path`` atomically.
 
     On any exception (Ctrl-C included) the temporary file is removed and ``path``
-    keeps whatever it held before.
+    keeps whatever it held before; one left by a killed process is removed by
+    :func:`fertool.tempfiles.sweep_stale`.  The file gets the umask's permissions.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = temp_file(path)
     try:
         yield tmp_path
+        pause_point(f"write:{path.name}")  # fault tests: killed with the file written, not renamed
         os.replace(tmp_path, path)
     except BaseException:
         tmp_path.unlink(missing_ok=True)

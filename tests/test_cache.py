@@ -303,3 +303,27 @@ def test_cache_of_fertool_prepare_output(tmp_path):
     expected = to_prepared_uint8(torch.from_numpy(arrays.images), 32).numpy()  # (N, 32, 32[, 3])
     expected = expected[..., 0] if expected.ndim == 4 else expected
     assert np.abs(split.images.astype(int) - expected.astype(int)).max() <= 2  # JPEG q100 4:4:4 only
+
+
+@pytest.mark.parametrize("path", ["/etc/passwd", "../../outside.jpg", "Training/../../x.jpg", "C:/x.jpg",
+                                  "Training\\..\\..\\x.jpg", ""])
+def test_manifest_paths_must_stay_inside_the_folder(tmp_path, path):
+    make_prepared(tmp_path)
+    text = (tmp_path / "manifest.csv").read_text().splitlines()
+    fields = text[1].split(",")
+    fields[4] = path
+    (tmp_path / "manifest.csv").write_text("\n".join([text[0], ",".join(fields), *text[2:]]) + "\n")
+    with pytest.raises(DataError, match=r"manifest.csv line 2: path .* must be relative to the prepared folder "
+                                        r"and stay inside it"):
+        open_image_split(tmp_path, "Training")
+    assert not (tmp_path / ".cache").exists() or not any((tmp_path / ".cache").glob("*.npy"))
+
+
+def test_an_unwritable_cache_folder_names_no_option_the_cli_lacks(tmp_path):
+    make_prepared(tmp_path)
+    (tmp_path / ".cache").write_text("a file where the cache folder goes")
+    with pytest.raises(DataError) as info:
+        open_image_split(tmp_path, "Training")
+    message = str(info.value)
+    assert "cache_dir" not in message and "cannot create the image cache folder" in message
+    assert "make the image folder writable or copy it to a writable place" in message

@@ -60,7 +60,7 @@ def test_augment_lhc_errors(cli_runner, tmp_path):
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"junk")
     res = cli_runner.invoke(app, ["augment-lhc", "-c", str(junk), "--out", str(tmp_path / "o.pt")])
-    assert res.exit_code == 1 and "not a readable fertool checkpoint" in res.output
+    assert res.exit_code == 1 and "is a text file (it begins 'junk'), not a fertool checkpoint" in res.output
 
 
 def test_augment_lhc_size_mismatch(cli_runner, run_dir, tmp_path):

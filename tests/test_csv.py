@@ -258,3 +258,59 @@ def test_load_split_reports_bad_rows_of_that_split_only(tmp_path):
     with pytest.raises(DataError, match=rf"1 bad row .*\n{path}:2: unknown emotion label 9"):
         load_split(path, "Training")
     assert load_split(path, "Training", skip_bad=True).rows.tolist() == [3]
+
+
+# --------------------------------------------------------------------------- line endings, compression, escaping
+
+
+@pytest.mark.parametrize("newline", ["\r", "\r\n"])
+def test_cr_only_and_crlf_files_read_like_lf(tmp_path, newline):
+    images, labels, usages = make_rows(5)
+    write_csv(tmp_path / "lf.csv", "fer2013", images, labels, usages)
+    write_csv(tmp_path / "other.csv", "fer2013", images, labels, usages, newline=newline)
+    a, b = list(iter_rows(tmp_path / "lf.csv")), list(iter_rows(tmp_path / "other.csv"))
+    assert [(r.row, r.line, r.label, r.usage) for r in a] == [(r.row, r.line, r.label, r.usage) for r in b]
+    assert all(np.array_equal(x.pixels, y.pixels) for x, y in zip(a, b))
+    assert np.array_equal(load_split(tmp_path / "other.csv", "Training").images, images[0::3])
+
+
+def test_cr_only_bad_rows_are_located_by_line(tmp_path):
+    images, labels, usages = make_rows(3)
+    write_csv(tmp_path / "x.csv", "fer2013", images, labels, usages, newline="\r")
+    data = (tmp_path / "x.csv").read_bytes().replace(b",Training\r", b",Trianing\r", 1)
+    (tmp_path / "x.csv").write_bytes(data)
+    with pytest.raises(DataError, match=r"x.csv:2: unknown Usage 'Trianing'"):
+        list(iter_rows(tmp_path / "x.csv"))
+
+
+@pytest.mark.parametrize("kind,magic", [("gzip", None), ("zip", b"PK\x03\x04"), ("bzip2", b"BZh9"),
+                                        ("xz", b"\xfd7zXZ\x00")])
+def test_compressed_files_are_refused_with_the_way_out(tmp_path, kind, magic):
+    import gzip
+
+    images, labels, usages = make_rows(2)
+    write_csv(tmp_path / "x.csv", "fer2013", images, labels, usages)
+    packed = tmp_path / "x.csv.packed"
+    data = (tmp_path / "x.csv").read_bytes()
+    packed.write_bytes(gzip.compress(data) if magic is None else magic + data)
+    with pytest.raises(DataError, match=rf"x.csv.packed: is .*{kind}.*, not a CSV; decompress it first") as info:
+        list(iter_rows(packed))
+    assert str(info.value).count("\n") == 0
+
+
+def test_untrusted_text_is_escaped_in_messages(tmp_path):
+    images, labels, usages = make_rows(1)
+    write_csv(tmp_path / "x.csv", "fer2013", images, labels, usages)
+    text = (tmp_path / "x.csv").read_bytes()
+    (tmp_path / "h.csv").write_bytes(text.replace(b"Usage", b"Us\x1b[2Jage", 1))
+    with pytest.raises(DataError) as info:
+        list(iter_rows(tmp_path / "h.csv"))
+    assert "\x1b" not in str(info.value) and "Us\\x1b[2Jage" in str(info.value)
+    (tmp_path / "u.csv").write_bytes(text.replace(b",Training", b",Tr\x1b]0;x\x07", 1))
+    with pytest.raises(DataError) as info:
+        list(iter_rows(tmp_path / "u.csv"))
+    assert "Tr\\x1b]0;x\\x07" in str(info.value)
+    (tmp_path / "l.csv").write_bytes(text.replace(b"\n" + str(labels[0]).encode(), b"\n\x1b[1m", 1))
+    with pytest.raises(DataError) as info:
+        list(iter_rows(tmp_path / "l.csv"))
+    assert "'\\x1b[1m' is not an integer" in str(info.value)

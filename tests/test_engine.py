@@ -29,7 +29,7 @@ from fertool.engine.train import (
     train_stage,
 )
 from fertool.errors import RecipeError, TrainingError
-from fertool.recipe import StageConfig, load_recipe
+from fertool.recipe import StageConfig, load_recipe, to_dict
 from fertool.utils import read_jsonl
 
 from .conftest import reference_file
@@ -407,3 +407,59 @@ def _raw(recipe):
     from fertool.recipe import to_dict
 
     return to_dict(recipe)
+
+
+def test_resume_refuses_a_changed_recipe_and_records_safe_changes(tmp_path, data):
+    train, val = data
+    recipe = tiny_recipe(max_epochs=4)
+
+    def interrupt(done, total, **fields):
+        if fields.get("phase") == "train" and fields.get("epoch") == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_stage(recipe, "1", tmp_path, seed=5, train_data=train, val_data=val, progress=interrupt)
+    changed = load_recipe(to_dict(recipe), ["train.stages.1.max_epochs=1", "train.stages.1.lr=0.5"])
+    with pytest.raises(RecipeError) as info:
+        train_stage(changed, "1", tmp_path, seed=5, resume=True, train_data=train, val_data=val)
+    lines = str(info.value).splitlines()
+    assert "stage 1 was started with another recipe" in lines[0] and "recipe.yaml" in lines[0]
+    assert [line.strip() for line in lines[1:]] == ["train.stages.1.lr: 0.0001 -> 0.5",
+                                                    "train.stages.1.max_epochs: 4 -> 1 (2 epochs already trained)"]
+    assert load_checkpoint(tmp_path / "stage1" / "last.pt")["epoch"] == 2  # untouched by the refusal
+    safe = load_recipe(to_dict(recipe), ["train.eval_batch_size=5", "train.stages.1.max_epochs=3",
+                                         "train.stages.2.lr=0.5"])
+    summary = train_stage(safe, "1", tmp_path, seed=5, resume=True, train_data=train, val_data=val)
+    assert summary["status"] == "finished" and summary["epochs"] == 3
+    assert summary["warnings"] == ["resumed with a changed recipe: train.eval_batch_size: 16 -> 5",
+                                   "resumed with a changed recipe: train.stages.1.max_epochs: 4 -> 3"]
+
+
+def test_a_stage_in_use_by_another_process_is_refused(tmp_path, data):
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+    from pathlib import Path
+
+    from fertool.errors import InUseError
+
+    code = textwrap.dedent(f"""
+        import time
+        from fertool.locks import folder_lock
+        with folder_lock({str(tmp_path / "stage1")!r}):
+            print("locked", flush=True)
+            time.sleep(120)
+    """)
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                              env={**__import__("os").environ, "PYTHONPATH": str(Path(__file__).parent.parent)})
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(InUseError, match=rf"stage1 is in use by another fertool process \(pid {holder.pid}\)"):
+            train_stage(tiny_recipe(), "1", tmp_path, seed=5, train_data=data[0], val_data=data[1])
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert not (tmp_path / "stage1").exists()  # nothing written by the refused call
+    summary = train_stage(tiny_recipe(max_epochs=1), "1", tmp_path, seed=5, train_data=data[0], val_data=data[1])
+    assert summary["status"] == "finished"  # the dead holder's lock was taken over

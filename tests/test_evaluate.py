@@ -232,7 +232,7 @@ def test_cli_evaluate_bad_input(workdir, cli_runner, tmp_path, case):
     elif case == "foreign":
         ckpt = tmp_path / "foreign.pt"
         ckpt.write_bytes(b"not a checkpoint at all")
-        expected = "not a readable fertool checkpoint"
+        expected = "is a text file (it begins 'not a checkpoint at all'), not a fertool checkpoint"
     elif case == "preset":
         args += ["--tta-preset", "sideways"]
         expected = "unknown preset 'sideways'"

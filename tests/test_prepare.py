@@ -24,7 +24,7 @@ from fertool.data.prepare import (
     resize_float,
 )
 from fertool.data.resize import resize_bilinear
-from fertool.errors import DataError
+from fertool.errors import DataError, FertoolError
 from fertool.recipe import PrepareConfig, load_recipe
 
 from .conftest import load_reference
@@ -324,5 +324,64 @@ def test_an_output_that_cannot_be_created_is_one_clear_error(reference_csv, tmp_
     csv_path, *_ = reference_csv
     blocker = tmp_path / "file"
     blocker.write_text("")
-    with pytest.raises(DataError, match=re.escape(f"{blocker / 'out'}: cannot create it")):
+    with pytest.raises(FertoolError, match=re.escape(f"{blocker / 'out'}: cannot create it ({blocker} is a file")):
         prepare(csv_path, blocker / "out", config=small(), workers=1)
+
+
+# --------------------------------------------------------------------------- reliability (issue 11)
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_cr_only_csv_prepares_exactly_like_its_lf_twin(tmp_path):
+    rng = np.random.default_rng(5)
+    n = 140  # several chunks, so workers read CR-delimited byte ranges
+    images, labels = rng.integers(0, 256, (n, 48, 48)), rng.integers(0, 7, n)
+    lf = write_fer_csv(tmp_path / "lf.csv", images, labels, [SPLITS[i % 3] for i in range(n)])
+    cr = tmp_path / "cr.csv"
+    cr.write_bytes(lf.read_bytes().replace(b"\n", b"\r"))
+    prepare(lf, tmp_path / "a", config=small(), workers=1)
+    summary = prepare(cr, tmp_path / "b", config=small(), workers=2)
+    assert summary["source"]["data_rows"] == n
+    a, b = _tree(tmp_path / "a"), _tree(tmp_path / "b")
+    assert a.keys() == b.keys()
+    assert all(a[k] == b[k] for k in a if not k.endswith("prepare.json"))
+
+
+def test_outputs_get_the_umask_permissions(reference_csv, tmp_path):
+    import os
+    import stat
+
+    path, *_ = reference_csv
+    old = os.umask(0o022)
+    try:
+        prepare(path, tmp_path / "out", config=small(), workers=1)
+    finally:
+        os.umask(old)
+    out = tmp_path / "out"
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755
+    for p in [out / "manifest.csv", out / "prepare.json", out / "recipe.yaml", *out.rglob("*.jpg")]:
+        assert stat.S_IMODE(p.stat().st_mode) == 0o644, p
+    for p in out.rglob("*"):
+        if p.is_dir():
+            assert stat.S_IMODE(p.stat().st_mode) == 0o755, p
+
+
+def test_partial_folders_of_dead_runs_are_swept_and_live_ones_kept(reference_csv, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    path, *_ = reference_csv
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f".out.{dead.pid}-q1w2e3r4.partial"
+    (stale / "Training" / "Anger").mkdir(parents=True)
+    (stale / "Training" / "Anger" / "00000.jpg").write_bytes(b"half")
+    live = tmp_path / f".out.{os.getppid()}-a1b2c3d4.partial"  # our parent is alive
+    live.mkdir()
+    prepare(path, tmp_path / "out", config=small(), workers=1)
+    assert not stale.exists() and live.exists()
+    assert siblings(tmp_path / "out") == [live.name]

@@ -88,3 +88,69 @@ def test_table2_matches_spec():
         ("stage3_unit6", 7, 14, 3, 3, 1.0),
         ("stage4_unit3", 1, 25, 3, 3, 1.0),
     ]
+
+
+def _float_keys(cls, prefix=""):
+    """Dotted keys of every float (or tuple of floats) field in the recipe schema, with defaults."""
+    import dataclasses
+    import typing
+
+    from fertool.recipe import Recipe
+
+    keys = []
+    hints = typing.get_type_hints(cls)
+    default = cls() if cls is not Recipe else Recipe()
+    for f in dataclasses.fields(cls):
+        tp, key = hints[f.name], f"{prefix}{f.name}"
+        value = getattr(default, f.name)
+        if tp is float:
+            keys.append((key, False))
+        elif typing.get_args(tp)[:1] == (float,):
+            keys.append((key, True))
+        elif dataclasses.is_dataclass(tp):
+            keys += _float_keys(tp, key + ".")
+        elif isinstance(value, dict):
+            for name, item in value.items():
+                if dataclasses.is_dataclass(item):
+                    keys += _float_keys(type(item), f"{key}.{name}.")
+    return keys
+
+
+def test_nan_and_inf_are_refused_for_every_float_of_the_recipe():
+    keys = _float_keys(__import__("fertool.recipe", fromlist=["Recipe"]).Recipe)
+    assert ("train.stages.1.lr", False) in keys and ("model.controller_init", True) in keys
+    assert ("tta.presets.paper.identity_weight", False) in keys and ("model.lhc", False) not in keys
+    for key, is_list in keys:
+        for text in (".nan", ".inf", "-.inf"):
+            value = f"[{text}]" if is_list else text
+            with pytest.raises(RecipeError, match="must be a finite number"):
+                load_recipe(None, [f"{key}={value}"])
+    with pytest.raises(RecipeError, match=r"model.lhc.0.scale: must be a finite number, got nan"):
+        load_recipe(None, ["model.lhc.0.scale=.nan"])
+
+
+def test_a_recipe_that_is_not_utf8_is_one_line(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("train:\n  amp: false  # r\u00e9sum\u00e9\n".encode("latin-1"))
+    with pytest.raises(RecipeError) as info:
+        load_recipe(path)
+    assert str(info.value) == f"{path}: not UTF-8 text (byte 0xe9 at offset 24); save the recipe as UTF-8"
+
+
+def test_resume_changes_refuse_what_shapes_the_stage_and_accept_the_documented_safe_keys():
+    from fertool.recipe import resume_changes
+
+    saved = to_dict(load_recipe("demo"))
+    same = resume_changes(saved, load_recipe("demo", ["train.stages.2.lr=0.5", "tta.preset=flip"]), "1",
+                          epochs_done=3)
+    assert same == ([], [])  # other stages and sections do not shape stage 1
+    changed = load_recipe("demo", ["train.stages.1.lr=0.5", "model.lhc.0.heads=4", "train.eval_batch_size=7",
+                                   "data.csv=x.csv", "train.stages.1.max_epochs=20"])
+    refused, accepted = resume_changes(saved, changed, "1", epochs_done=3)
+    assert refused == ["model.lhc.0.heads: 8 -> 4", "train.stages.1.lr: 0.001 -> 0.5"]
+    assert accepted == ["data.csv: null -> 'x.csv'", "train.eval_batch_size: 128 -> 7",
+                        "train.stages.1.max_epochs: 12 -> 20"]
+    fewer = load_recipe("demo", ["train.stages.1.max_epochs=2"])
+    assert resume_changes(saved, fewer, "1", epochs_done=3)[0] == [
+        "train.stages.1.max_epochs: 12 -> 2 (3 epochs already trained)"]
+    assert resume_changes(saved, fewer, "1", epochs_done=2) == ([], ["train.stages.1.max_epochs: 12 -> 2"])

@@ -17,9 +17,11 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Iterator
+
+from ..errors import FertoolError
+from ..tempfiles import temp_dir
 
 __all__ = ["atomic_dir"]
 
@@ -29,11 +31,14 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield an empty temporary sibling folder; on success it replaces ``path``.
 
     Outputs are built in the temporary folder, so a failure (or Ctrl-C) leaves ``path``
-    exactly as it was; an existing ``path`` is removed only once the new one is complete.
+    exactly as it was; an existing folder ``path`` is removed only once the new one is
+    complete (an existing file is refused).
     """
     path = Path(path)
+    if path.exists() and not path.is_dir():  # never replace a user's file by a folder
+        raise FertoolError(f"{path}: exists and is not a folder")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp = temp_dir(path)
     try:
         yield tmp
     except BaseException:
@@ -41,7 +46,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         raise
     old = None
     if path.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+        old = temp_dir(path, ".old")
         os.replace(path, old / path.name)
     os.replace(tmp, path)
     if old is not None:

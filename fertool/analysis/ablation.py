@@ -47,6 +47,7 @@ from torch import nn
 
 from ..data.datasets import ImageSplit
 from ..errors import CheckpointError, FertoolError
+from ..locks import holding_lock, output_folder
 from ..progress import Progress
 from . import atomic_dir
 
@@ -235,6 +236,7 @@ def _runnable_modes(
     return tuple(m for m in chosen if m != "detrain"), [f"detrain skipped: the checkpoint {NO_SEED}"]
 
 
+@holding_lock(output_folder(default_out_dir))  # one writer per output folder
 def ablate(
     checkpoint_path: str | os.PathLike,
     *,

@@ -2,21 +2,28 @@
 
 Command modules only parse options, call the library and render results with Rich.
 Each defines ``register(app)``; a command whose module is absent is simply not offered.
-Any :class:`fertool.errors.FertoolError` becomes one ``error: ...`` line on stderr and
-exit code 1 (usage errors exit 2); set ``FERTOOL_DEBUG=1`` to see the traceback.  A closed
-stdout (``fertool ... | head``) ends the command quietly with exit code 0.
+No command shows a traceback: a :class:`fertool.errors.FertoolError` becomes its
+``error: ...`` lines on stderr and exit code 1, an ``OSError`` one line naming the path
+and the cause, anything else one line naming the exception (usage errors exit 2,
+Ctrl-C and SIGTERM 130); set ``FERTOOL_DEBUG=1`` to see the traceback.  Every line is
+escaped (:func:`fertool.errors.printable`), so text from input files cannot drive the
+terminal.  A closed stdout (``fertool ... | head``) ends the command quietly with
+exit code 0.
 """
 
 from __future__ import annotations
 
 import importlib
 import os
+import signal
+from contextlib import contextmanager
+from typing import Iterator
 
 import typer
 from typer.core import TyperGroup
 
 from .. import __version__
-from ..errors import FertoolError
+from ..errors import FertoolError, os_error_message, printable
 from ._common import out
 
 #: Command modules, in the order ``--help`` lists them (the data flow).
@@ -41,7 +48,7 @@ def debug_enabled() -> bool:
 
 
 class FertoolGroup(TyperGroup):
-    """Turns library errors into one line on stderr and exit code 1."""
+    """Turns every failure into ``error:`` lines on stderr and a non-zero exit code."""
 
     def list_commands(self, ctx: typer.Context) -> list[str]:  # keep registration order
         return list(self.commands)
@@ -57,20 +64,58 @@ class FertoolGroup(TyperGroup):
 
     def invoke(self, ctx: typer.Context):
         try:
-            return super().invoke(ctx)
-        except FertoolError as exc:
-            if debug_enabled():
-                raise
-            for line in str(exc).splitlines() or [type(exc).__name__]:
-                typer.echo(f"error: {line}", err=True)
-            ctx.exit(1)
-        except KeyboardInterrupt:
-            if debug_enabled():
-                raise
-            typer.echo("error: interrupted", err=True)
-            ctx.exit(130)
+            with _terminate_as_interrupt():
+                return super().invoke(ctx)
         except BrokenPipeError:  # from typer.echo; Rich output handles it in the console
             out.on_broken_pipe()
+        except BaseException as exc:
+            if debug_enabled() or _is_click_exception(exc) or not isinstance(exc, (Exception, KeyboardInterrupt)):
+                raise  # --help, usage errors (click words them), SystemExit
+            lines, code = failure_lines(exc)
+            for line in lines:
+                typer.echo(f"error: {printable(line)}", err=True)
+            ctx.exit(code)
+
+
+@contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """``kill`` (SIGTERM) stops a command like Ctrl-C: temporaries are removed, a training
+    stage records the status ``interrupted`` and keeps a ``last.pt`` to resume from."""
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (e.g. embedded): leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _is_click_exception(exc: BaseException) -> bool:
+    """Exit, abort and usage errors, which click words itself (from click or typer's own copy)."""
+    return isinstance(exc, (typer.Exit, typer.Abort)) or any(
+        cls.__name__ == "ClickException" and cls.__module__.endswith("click.exceptions") for cls in type(exc).__mro__
+    )
+
+
+def failure_lines(exc: BaseException) -> tuple[list[str], int]:
+    """The ``error:`` lines (before escaping) and the exit code for an exception."""
+    if isinstance(exc, KeyboardInterrupt):
+        return ["interrupted"], 130
+    if isinstance(exc, FertoolError):
+        return str(exc).splitlines() or [type(exc).__name__], 1
+    if isinstance(exc, OSError):
+        return [os_error_message(exc)], 1
+    if isinstance(exc, MemoryError):
+        return ["out of memory" + (f" ({exc})" if str(exc) else "")], 1
+    first = (str(exc).strip().splitlines() or [""])[0]
+    return [f"unexpected {type(exc).__name__}" + (f": {first}" if first else "")
+            + " (this is a fertool bug: FERTOOL_DEBUG=1 shows the traceback to report)"], 1
 
 
 app = typer.Typer(

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import signal
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, List, Optional
+from typing import List, Optional
 
 import typer
 
@@ -50,7 +48,7 @@ def prepare_cli(
         _prepare_images(resolved, folder, rafdb, out_dir, overwrite=overwrite, skip_bad=skip_bad, workers=workers,
                         quiet=quiet)
         return
-    with _terminate_as_interrupt(), progress_callback("prepare", quiet=quiet) as callback:
+    with progress_callback("prepare", quiet=quiet) as callback:
         summary = prepare(csv, out_dir, config=resolved.prepare, recipe=resolved, overwrite=overwrite,
                           skip_bad=skip_bad, workers=workers, progress=callback, ferplus=ferplus)
     _print_counts(summary)
@@ -68,24 +66,6 @@ def prepare_cli(
             err.print(f"  - {difference}", highlight=False, soft_wrap=True)
 
 
-@contextmanager
-def _terminate_as_interrupt() -> Iterator[None]:
-    """``kill`` (SIGTERM) cleans up like Ctrl-C: the temporary folder is removed."""
-
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread (e.g. embedded): leave signals alone
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def _prepare_images(recipe, folder: Optional[Path], rafdb: Optional[Path], out_dir: Path, *, overwrite: bool,
                     skip_bad: bool, workers: Optional[int], quiet: bool) -> None:
     from ..data.folders import scan_folder, scan_rafdb
@@ -93,7 +73,7 @@ def _prepare_images(recipe, folder: Optional[Path], rafdb: Optional[Path], out_d
 
     classes = recipe.data.classes or None
     images = scan_folder(folder, classes) if folder is not None else scan_rafdb(rafdb, classes)
-    with _terminate_as_interrupt(), progress_callback("prepare", quiet=quiet) as callback:
+    with progress_callback("prepare", quiet=quiet) as callback:
         summary = prepare_images(images, out_dir, config=recipe.prepare, recipe=recipe, overwrite=overwrite,
                                  skip_bad=skip_bad, workers=workers, progress=callback)
     _print_counts(summary)

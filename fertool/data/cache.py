@@ -32,10 +32,9 @@ import hashlib
 import json
 import os
 import re
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Iterator, Sequence
 
 import cv2
@@ -43,8 +42,9 @@ import numpy as np
 import torch
 
 from .. import CLASS_NAMES
-from ..errors import DataError
+from ..errors import DataError, printable
 from ..progress import Progress
+from ..tempfiles import temp_file
 from .datasets import ArraySplit
 from .ferplus import vote_distribution
 from .folders import IMAGE_EXTENSIONS, SPLIT_ALIASES, emotion_key
@@ -102,7 +102,9 @@ def open_image_split(
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise DataError(f"{folder}: cannot create the image cache folder ({exc.strerror}); pass a writable cache_dir") from None
+        where = "make the image folder writable or copy it to a writable place" if default_dir else "choose another one"
+        raise DataError(f"{folder}: cannot create the image cache folder ({exc.strerror or exc}); "
+                        f"decoded images are kept there: {where}") from None
 
     base = folder / f"{_safe(source.tag)}-{source.key}"
     images_path, meta_path = base.with_name(base.name + ".npy"), base.with_name(base.name + ".meta.npz")
@@ -154,13 +156,19 @@ def _prepared_source(root: Path, split: str) -> _Source:
     rows: list[int] = []
     votes: list[list[float]] = []
     present: list[str] = []
-    reader = csv.DictReader(manifest_bytes.decode("utf-8").splitlines())
+    try:
+        text = manifest_bytes.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{manifest}: not UTF-8 text (byte offset {exc.start}); re-run `fertool prepare`") from None
+    reader = csv.DictReader(text.splitlines())
     missing = {"row", "split", "label", "path"} - set(reader.fieldnames or ())
     if soft and "votes" not in (reader.fieldnames or ()):
         missing.add("votes")
     if missing:
-        raise DataError(f"{manifest}: missing column(s) {', '.join(sorted(missing))}")
+        raise DataError(f"{manifest}: missing column(s) {', '.join(sorted(printable(m) for m in missing))}")
     for line, rec in enumerate(reader, start=2):
+        if any(rec.get(k) is None for k in ("row", "split", "label", "path")):
+            raise DataError(f"{manifest} line {line}: too few fields")
         if rec["split"] not in present:
             present.append(rec["split"])
         if rec["split"] != split:
@@ -182,11 +190,11 @@ def _prepared_source(root: Path, split: str) -> _Source:
             if len(votes[-1]) != len(classes) or min(votes[-1]) < 0:
                 raise DataError(f"{manifest} line {line}: votes must be {len(classes)} counts >= 0, "
                                 f"got {rec['votes']!r}")
-        files.append(root / rec["path"])
+        files.append(root / _inside(rec["path"], f"{manifest} line {line}"))
         labels.append(label)
         rows.append(row)
     if not files:
-        raise DataError(f"{manifest}: no rows of split {split!r} (present: {', '.join(present) or 'none'})")
+        raise DataError(f"{manifest}: no rows of split {split!r} (present: {printable(', '.join(present)) or 'none'})")
 
     digest = hashlib.sha256()
     for part in (f"fertool-cache-v{CACHE_VERSION}", split, "prepared"):
@@ -231,6 +239,15 @@ def _prepared_classes(path: Path, raw: bytes) -> tuple[tuple[str, ...], bool]:
 _FER2013_KEYS = [emotion_key(name) for name in CLASS_NAMES]
 
 
+def _inside(rel: str, where: str) -> PurePosixPath:
+    """A manifest path, refused unless it is relative and stays inside the folder."""
+    path = PurePosixPath(rel)
+    if not rel or path.is_absolute() or ".." in path.parts or "\\" in rel or PureWindowsPath(rel).drive:
+        raise DataError(f"{where}: path '{printable(rel)}' must be relative to the prepared folder and stay "
+                        "inside it; re-run `fertool prepare`")
+    return path
+
+
 def _class_index(name: str) -> int | None:
     key = emotion_key(name)
     return _FER2013_KEYS.index(key) if key in _FER2013_KEYS else None
@@ -250,7 +267,7 @@ def _folder_source(root: Path, split: str | None) -> _Source:
         if matches:
             folder = matches[0]
         elif split.lower() != "training" or not any(_class_index(d.name) is not None for d in subdirs):
-            names = ", ".join(d.name for d in subdirs) or "none"
+            names = printable(", ".join(d.name for d in subdirs)) or "none"
             raise DataError(
                 f"{root}: no folder for split {split!r} (folders found: {names}); expected "
                 f"{root}/{split}/<Class>/ images, or a prepared folder with manifest.csv"
@@ -258,7 +275,7 @@ def _folder_source(root: Path, split: str | None) -> _Source:
     class_dirs = _subdirs(folder)
     unknown = [d.name for d in class_dirs if _class_index(d.name) is None]
     if unknown or not class_dirs:
-        found = ", ".join(d.name for d in class_dirs) or "none"
+        found = printable(", ".join(d.name for d in class_dirs)) or "none"
         raise DataError(
             f"{folder}: class folders read directly must be FER2013 classes ({', '.join(CLASS_NAMES)}); "
             f"found: {found}; for other classes run `fertool prepare --folder {root}` first"
@@ -332,10 +349,9 @@ def _build_cache(
 ) -> None:
     """Decode every file into ``images_path`` (uint8 .npy) through a temporary file."""
     n = len(source.files)
-    unique = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp_images = images_path.with_name(f".{images_path.name}.{unique}.tmp")
-    tmp_grey = images_path.with_name(f".{images_path.name}.{unique}.grey.tmp")
-    tmp_meta = meta_path.with_name(f".{meta_path.name}.{unique}.tmp")
+    tmp_images = temp_file(images_path)
+    tmp_grey = temp_file(images_path, "-grey.tmp")
+    tmp_meta = temp_file(meta_path)
     workers = workers or min(8, os.cpu_count() or 1)
     out: np.ndarray | None = None  # the memmap being filled
     grey = True

@@ -9,6 +9,12 @@ surrounding spaces and without case):
 
 The competition's ``test.csv`` (``pixels`` only) has no labels and is refused.
 
+Lines end in LF or CRLF, or in CR alone (files saved by classic Mac OS tools): the line
+ending is detected from the first line and kept in :attr:`Layout.newline`.  Compressed
+files (gzip, zip, bzip2, xz) are refused with a message saying to decompress them (the
+reader hands byte ranges of the file to worker processes, which a compressed stream
+cannot offer).
+
 A *data row* is every non-blank line after the header; ``row`` is its 0-based index
 (bad rows keep their index, so ``row`` always points at the same CSV record) and ``line``
 its 1-based line in the file, used in every message as ``FILE:LINE: problem``.
@@ -23,6 +29,7 @@ a slow per-row parser that also words the problem.  The same chunk functions are
 from __future__ import annotations
 
 import csv as _csv
+import dataclasses
 import os
 import re
 from dataclasses import dataclass
@@ -32,7 +39,7 @@ from typing import IO, Iterator, NamedTuple, Sequence
 import numpy as np
 
 from .. import CLASS_NAMES
-from ..errors import DataError
+from ..errors import DataError, printable
 
 #: The FER2013 ``Usage`` values, in file order; index = split code.
 SPLITS: tuple[str, ...] = ("Training", "PublicTest", "PrivateTest")
@@ -87,6 +94,7 @@ class Layout:
     label_col: int
     pixels_col: int
     usage_col: int | None  # None: every row is Training (train.csv)
+    newline: bytes = b"\n"  # b"\r" for CR-only files
 
     @property
     def ncols(self) -> int:
@@ -134,11 +142,11 @@ def detect_format(header: Sequence[str], *, source: str | os.PathLike | None = N
 
 def _layout(header: Sequence[str], *, source: str | os.PathLike | None = None) -> Layout:
     where = f"{source}:1: " if source is not None else ""
-    found = ",".join(header)
+    found = printable(",".join(header))
     names = [_norm(h) for h in header]
     expected = "expected one of " + ", ".join(_EXPECTED_HEADERS)
     known = {"emotion", "pixels", "usage"}
-    unknown = [h.strip() for h, n in zip(header, names) if n not in known]
+    unknown = [printable(h.strip()) for h, n in zip(header, names) if n not in known]
     duplicated = sorted({n for n in names if names.count(n) > 1})
     if not unknown and not duplicated and "pixels" in names and "emotion" not in names:
         raise DataError(
@@ -149,7 +157,7 @@ def _layout(header: Sequence[str], *, source: str | os.PathLike | None = None) -
         if unknown:
             what = "unexpected column" + ("s " if len(unknown) > 1 else " ") + ", ".join(f"'{u}'" for u in unknown)
         elif duplicated:
-            what = "duplicate column " + ", ".join(f"'{d}'" for d in duplicated)
+            what = "duplicate column " + ", ".join(f"'{printable(d)}'" for d in duplicated)
         else:
             missing = [c for c in ("emotion", "pixels") if c not in names]
             what = "missing column " + ", ".join(f"'{m}'" for m in missing)
@@ -179,10 +187,20 @@ def _split_line(line: bytes) -> list[bytes]:
 # --------------------------------------------------------------------------- reading
 
 
+#: First bytes of compressed files, and how to decompress them.
+_COMPRESSED = (
+    (b"\x1f\x8b", "gzip-compressed", "gunzip -k FILE"),
+    (b"PK\x03\x04", "a zip archive", "unzip FILE"),
+    (b"BZh", "bzip2-compressed", "bunzip2 -k FILE"),
+    (b"\xfd7zXZ\x00", "xz-compressed", "unxz -k FILE"),
+)
+
+
 def open_csv(path: str | os.PathLike) -> tuple[Layout, IO[bytes]]:
     """Open ``path``, read and check its header; return the layout and the open file.
 
-    The file is positioned after the header line.  The caller closes it.
+    The file is positioned after the header line; iterating it (or ``readline``) gives
+    lines ending in :attr:`Layout.newline`.  The caller closes it.
     """
     path = Path(path)
     try:
@@ -194,17 +212,84 @@ def open_csv(path: str | os.PathLike) -> tuple[Layout, IO[bytes]]:
     except OSError as exc:
         raise DataError(f"{path}: cannot read ({exc.strerror})") from None
     try:
+        head = fh.peek(1 << 16)[: 1 << 16]
+        for magic, what, command in _COMPRESSED:
+            if head.startswith(magic):
+                raise DataError(f"{path}: is {what}, not a CSV; decompress it first "
+                                f"({command.replace('FILE', str(path))}) and give the .csv")
+        newline = _detect_newline(head)
+        if newline != b"\n":
+            fh = _CRFile(fh)
         first = fh.readline()
         if first and not first.strip():
             raise DataError(f"{path}:1: empty first line, expected a header such as 'emotion,pixels,Usage'")
         if not first:
             raise DataError(f"{path}: empty file (no header, no data); expected a FER2013 CSV")
         text = first.decode("utf-8", errors="replace").rstrip("\r\n")
+        if "\x00" in text:
+            raise DataError(f"{path}: binary data in the first line; expected a FER2013 CSV (text)")
         header = next(_csv.reader([text]))
-        return _layout(header, source=path), fh
+        layout = _layout(header, source=path)
+        return dataclasses.replace(layout, newline=newline), fh
     except BaseException:
         fh.close()
         raise
+
+
+def _detect_newline(head: bytes) -> bytes:
+    """b"\r" when the first line ends in a CR that is not part of a CRLF, else b"\n"."""
+    cr = head.find(b"\r")
+    lf = head.find(b"\n")
+    if cr >= 0 and (lf < 0 or cr < lf) and head[cr + 1 : cr + 2] != b"\n":
+        return b"\r"
+    return b"\n"
+
+
+class _CRFile:
+    """A binary file whose lines end in CR alone: ``readline`` and iteration split on CR.
+
+    Supports what the readers use: ``readline``, iteration, ``tell``, ``seek``, ``close``.
+    """
+
+    def __init__(self, raw: IO[bytes]):
+        self._raw = raw
+        self._buf = b""
+        self._pos = 0  # next unread byte of _buf
+
+    def readline(self) -> bytes:
+        while True:
+            end = self._buf.find(b"\r", self._pos)
+            if end >= 0:
+                line = self._buf[self._pos : end + 1]
+                self._pos = end + 1
+                return line
+            block = self._raw.read(1 << 20)
+            if not block:
+                line = self._buf[self._pos :]
+                self._buf, self._pos = b"", 0
+                return line
+            self._buf = self._buf[self._pos :] + block
+            self._pos = 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        while line := self.readline():
+            yield line
+
+    def tell(self) -> int:
+        return self._raw.tell() - (len(self._buf) - self._pos)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self._buf, self._pos = b"", 0
+        return self._raw.seek(offset, whence)
+
+    def close(self) -> None:
+        self._raw.close()
+
+    def __enter__(self) -> "_CRFile":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def _blank(line: bytes) -> bool:
@@ -275,10 +360,10 @@ def iter_spans(fh: IO[bytes], *, chunk_rows: int = 128, hasher=None) -> Iterator
         yield Span(start, pos, first_row, first_line)
 
 
-def read_span(fd: int, span: Span) -> RawChunk:
+def read_span(fd: int, span: Span, newline: bytes = b"\n") -> RawChunk:
     """The lines of ``span`` from the open file descriptor ``fd`` (``os.pread``)."""
     block = os.pread(fd, span.end - span.start, span.start)
-    pieces = block.split(b"\n")
+    pieces = block.split(newline)
     if pieces and pieces[-1] == b"":  # the text after the last newline (none)
         pieces.pop()
     rows: list[int] = []
@@ -290,17 +375,17 @@ def read_span(fd: int, span: Span) -> RawChunk:
             continue
         rows.append(row)
         lines.append(line_no)
-        data.append(line.rstrip(b"\r"))
+        data.append(line.rstrip(b"\r\n"))
         row += 1
     return RawChunk(rows, lines, data)
 
 
-def count_lines(path: str | os.PathLike) -> int:
-    """Number of newline characters in ``path`` (fast; used as a progress total)."""
+def count_lines(path: str | os.PathLike, newline: bytes = b"\n") -> int:
+    """Number of line endings in ``path`` (fast; used as a progress total)."""
     n = 0
     with open(path, "rb") as fh:
         while block := fh.read(1 << 22):
-            n += block.count(b"\n")
+            n += block.count(newline)
     return n
 
 
@@ -334,7 +419,7 @@ def parse_chunk(layout: Layout, chunk: RawChunk, *, splits: Sequence[int] | None
             raw_usage = fields[layout.usage_col].strip()
             code = _USAGES.get(raw_usage)
             if code is None:
-                shown = raw_usage.decode("utf-8", errors="replace")
+                shown = printable(raw_usage.decode("utf-8", errors="replace"))
                 problems.append(f"unknown Usage '{shown}' (expected {', '.join(SPLITS)})")
         if code is not None and splits is not None and code not in splits:
             split_counts[code] += 1
@@ -382,7 +467,7 @@ def parse_chunk(layout: Layout, chunk: RawChunk, *, splits: Sequence[int] | None
 
 
 def _label_problem(raw: bytes) -> str:
-    text = raw.decode("utf-8", errors="replace")
+    text = printable(raw.decode("utf-8", errors="replace"))
     if not text:
         return "empty emotion label (expected 0..6)"
     if _INT_RE.fullmatch(text):
@@ -450,7 +535,7 @@ def _parse_pixels_slow(field: bytes) -> tuple[np.ndarray | None, str | None]:
     problems = []
     for i, tok in enumerate(tokens, start=1):
         if not _INT_RE.fullmatch(tok):
-            problems.append(f"pixel {i} is not an integer: '{tok}'")
+            problems.append(f"pixel {i} is not an integer: '{printable(tok)}'")
         elif not 0 <= int(tok) <= 255:
             problems.append(f"pixel {i} out of range 0..255: {int(tok)}")
     if problems:

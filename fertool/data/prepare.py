@@ -46,8 +46,10 @@ import hashlib
 import json
 import multiprocessing
 import os
+import select
 import shutil
-import tempfile
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
@@ -57,7 +59,10 @@ import numpy as np
 
 from .. import CLASS_NAMES, __version__
 from ..errors import DataError, FertoolError
+from ..faults import pause_point
+from ..locks import holding_lock
 from ..progress import Progress
+from ..tempfiles import pid_alive, temp_dir
 from .csv import SPLITS, BadRow, Layout, Span, bad_rows_error, count_lines, iter_spans, open_csv, parse_chunk, read_span
 from .ferplus import FERPLUS_CLASSES, FerPlusLabels, read_ferplus
 
@@ -234,13 +239,36 @@ class _Result:
     mismatch: list[tuple[int, int, int]]  # FER+: (row, CSV split code, label file split code or -1)
 
 
-def _init_worker_process() -> None:
+def _init_worker_process(parent: int) -> None:
     import signal
 
     cv2.setNumThreads(1)  # one process per core already
     # Ctrl-C goes to the whole process group: the parent handles it (cancels the
     # pending chunks, removes the temporary folder); workers just finish their chunk.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A worker waits for tasks on a queue whose write end it holds itself, so it would
+    # wait forever once the parent is killed (kill -9 gives the parent no chance to
+    # stop it): it watches the parent and exits with it.
+    threading.Thread(target=_exit_with, args=(parent,), name="fertool-parent-watch", daemon=True).start()
+
+
+def _exit_with(pid: int) -> None:
+    """Block until process ``pid`` is gone, then end this process at once.
+
+    Linux: a pidfd becomes readable when the process exits.  Elsewhere (macOS): poll.
+    Watching the pid rather than the parent works on every start method (a forkserver
+    worker's parent is the fork server, not ``pid``).
+    """
+    try:
+        fd = os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        fd = None
+    if fd is not None:
+        select.select([fd], [], [])
+    else:
+        while pid_alive(pid):
+            time.sleep(0.25)
+    os._exit(1)
 
 
 def _mp_context() -> multiprocessing.context.BaseContext:
@@ -263,7 +291,7 @@ def _work(task: _Task) -> _Result:
     """Parse, resize, encode and write one chunk (runs in a worker process)."""
     fd = os.open(task.csv, os.O_RDONLY)
     try:
-        chunk = read_span(fd, task.span)
+        chunk = read_span(fd, task.span, task.layout.newline)
     finally:
         os.close(fd)
     parsed = parse_chunk(task.layout, chunk)
@@ -358,11 +386,13 @@ def _install(tmp: Path, out_dir: Path) -> None:
     if out_dir.is_dir() and not any(out_dir.iterdir()):
         out_dir.rmdir()
     if not out_dir.exists():
+        pause_point("prepare-install")  # fault tests: killed with the folder complete, not renamed
         os.rename(tmp, out_dir)
         return
-    old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+    old = temp_dir(out_dir, ".old")
     os.rename(out_dir, old / "data")
     try:
+        pause_point("prepare-install")  # fault tests: killed between the two renames
         os.rename(tmp, out_dir)
     except BaseException:
         os.rename(old / "data", out_dir)
@@ -380,7 +410,7 @@ def build_folder(out_dir: Path, check: Callable[[], None] = lambda: None) -> Ite
     """
     try:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+        tmp = temp_dir(out_dir, ".partial")
     except OSError as exc:
         raise DataError(f"{out_dir}: cannot create it ({exc.strerror or exc})") from None
     try:
@@ -395,6 +425,7 @@ def build_folder(out_dir: Path, check: Callable[[], None] = lambda: None) -> Ite
         raise
 
 
+@holding_lock(lambda args: args["out_dir"] if Path(args["csv_path"]).is_file() else None)  # one writer
 def prepare(
     csv_path: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -430,7 +461,7 @@ def prepare(
     fh.close()
     labels = read_ferplus(ferplus) if ferplus is not None else None
     check_destination(out_dir, csv_path, overwrite)
-    total = max(count_lines(csv_path) - 1, 0)  # upper bound on data rows (blank lines)
+    total = max(count_lines(csv_path, layout.newline) - 1, 0)  # upper bound on data rows (blank lines)
     nworkers = _auto_workers(workers, total)
     params = tuple(jpeg_params(config.jpeg_quality, config.subsampling))
 
@@ -486,6 +517,7 @@ def _run(
             lines.append(line + "\n")
         manifest.write("".join(lines))
         done += result.read
+        pause_point("prepare-chunk")  # fault tests: killed with some chunks written
         if progress is not None:
             progress(done, max(total, done))
 
@@ -496,7 +528,8 @@ def _run(
             progress(0, total)
         if nworkers > 1:
             executor = concurrent.futures.ProcessPoolExecutor(
-                max_workers=nworkers, mp_context=_mp_context(), initializer=_init_worker_process
+                max_workers=nworkers, mp_context=_mp_context(), initializer=_init_worker_process,
+                initargs=(os.getpid(),),
             )
         pending: collections.deque = collections.deque()
         _, fh = open_csv(csv_path)

@@ -35,6 +35,7 @@ import numpy as np
 
 from .. import __version__
 from ..errors import DataError
+from ..locks import holding_lock
 from ..progress import Progress
 from .csv import SPLITS
 from .folders import ImageSet, carve_validation
@@ -93,6 +94,7 @@ def _convert(path: Path, out: Path, config: PrepareConfig, params: list[int]) ->
     return hashlib.sha256(data).hexdigest(), None
 
 
+@holding_lock(lambda args: args["out_dir"])  # one writer per output folder
 def prepare_images(
     images: ImageSet,
     out_dir: str | os.PathLike,

@@ -43,6 +43,7 @@ import numpy as np
 
 from .. import CLASS_NAMES
 from ..errors import DataError
+from ..tempfiles import temp_file
 from .csv import SIDE, SPLITS
 from .ferplus import FERPLUS_CLASSES, VOTE_COLUMNS
 from .folders import RAFDB_CLASSES, RAFDB_LABEL_FILE
@@ -227,7 +228,7 @@ def _csv_lines(images: np.ndarray, labels, splits) -> list[str]:
 def _write_lines(path: Path, lines: list[str]) -> None:
     """Write ``lines`` to ``path`` through a temporary file (atomic)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = temp_file(path)
     try:
         with open(tmp, "w", encoding="ascii", newline="\n") as fh:
             fh.writelines(lines)

@@ -27,7 +27,6 @@ import contextlib
 import io
 import json
 import os
-import tempfile
 import warnings
 import zipfile
 from pathlib import Path
@@ -39,6 +38,7 @@ from torch import nn
 
 from .. import __version__
 from ..errors import FertoolError, ModelError
+from ..tempfiles import temp_file
 from . import file_mode
 
 __all__ = ["FORMATS", "export_model", "export_metadata", "read_export_metadata", "onnx_graph", "PREPARATION"]
@@ -251,9 +251,7 @@ def export_model(
         step += 1
 
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent)
-    os.close(fd)
-    tmp = Path(name)
+    tmp = temp_file(out_path)
     try:
         tick(f"export {fmt}")
         if fmt == "onnx":

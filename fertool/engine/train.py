@@ -51,8 +51,10 @@ from ..checkpoint import (check_same_classes, checkpoint_classes, lineage_entry,
                           save_checkpoint)
 from ..data.datasets import ArraySplit, ImageSplit, batch_indices
 from ..errors import CheckpointError, DataError, ModelError, RecipeError, TrainingError
+from ..faults import pause_point
+from ..locks import holding_lock
 from ..progress import Progress
-from ..recipe import Recipe, StageConfig, save_recipe, to_dict
+from ..recipe import Recipe, StageConfig, resume_changes, save_recipe, to_dict
 from ..utils import append_jsonl, atomic_path, read_jsonl, seed_everything, write_json
 from .distributed import DistContext, setup
 
@@ -685,6 +687,12 @@ def _check_stage_folder(out: _Outputs, stage: str, *, resume: bool, overwrite: b
     return None
 
 
+def _locked_stage(args: Mapping[str, Any]) -> Path | None:
+    """The stage folder a :func:`train_stage` call writes; under ``torchrun`` only rank 0 locks it."""
+    return stage_dir(args["run_dir"], args["stage"]) if os.environ.get("RANK", "0") == "0" else None
+
+
+@holding_lock(_locked_stage)  # one writer per stage folder, for the whole call
 def train_stage(
     recipe: Recipe,
     stage: str | int,
@@ -787,6 +795,7 @@ class _StageRun:
             last = load_checkpoint(self.out.last)
             if last.get("stage") != stage:
                 raise CheckpointError(f"{self.out.last}: is a checkpoint of stage {last.get('stage')}, not {stage}")
+            self._check_resume_recipe(last)
             state = last["extra"]["resume"]
             if state["seed"] != self.seed:
                 self.log(f"resuming with the run's seed {state['seed']} (--seed {self.seed} ignored)")
@@ -874,6 +883,18 @@ class _StageRun:
         else:
             self._save_last(0)
         return self._loop()
+
+    def _check_resume_recipe(self, last: Mapping[str, Any]) -> None:
+        """--resume continues the run that ``last`` holds: refuse a recipe that would change it."""
+        refused, accepted = resume_changes(last.get("recipe") or {}, self.recipe, self.stage,
+                                           epochs_done=int(last.get("epoch") or 0))
+        if refused:
+            raise RecipeError([f"{self.out.last}: stage {self.stage} was started with another recipe; --resume "
+                               f"continues it with the same one (saved in {self.out.recipe}), changed here:",
+                               *(f"  {change}" for change in refused)])
+        for change in accepted:
+            self.warnings.append(f"resumed with a changed recipe: {change}")
+            self.log("note: " + self.warnings[-1])
 
     def _wrap(self, model: nn.Module) -> nn.Module:
         """DDP (with optional SyncBatchNorm) and torch.compile around ``model`` as the recipe asks."""
@@ -1049,6 +1070,7 @@ class _StageRun:
                         progress=self.progress, fields=fields)
                 except NonFiniteLossError as exc:
                     return self._diverged(epoch, exc)
+                pause_point("epoch")  # fault tests: killed with the epoch trained, not yet saved
                 ctx.average_buffers(self.model)  # the same BatchNorm statistics on every rank
                 v = evaluate(self.model, self.val_split, batch_size=recipe.train.eval_batch_size, device=self.device,
                              amp=self.amp, channels_last=self.channels_last, ctx=ctx,

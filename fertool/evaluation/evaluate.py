@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -29,8 +28,10 @@ import numpy as np
 
 from ..data.provenance import checkpoint_provenance, csv_provenance, images_provenance
 from ..errors import DataError, FertoolError, RecipeError
+from ..locks import holding_lock, output_folder
 from ..progress import Progress
 from ..recipe import Recipe, TTAPreset, load_recipe, save_recipe, to_dict
+from ..tempfiles import temp_dir
 from ..utils import write_json
 
 __all__ = ["evaluate_checkpoint", "metrics_from_probs", "resolve_tta", "default_out_dir"]
@@ -113,6 +114,7 @@ def metrics_from_probs(probs: np.ndarray, labels: np.ndarray, class_names: Seque
     return classification_metrics(probs, labels, class_names=class_names, resamples=resamples, seed=seed)
 
 
+@holding_lock(output_folder(default_out_dir))  # one writer per output folder
 def evaluate_checkpoint(
     checkpoint_path: str | os.PathLike,
     *,
@@ -223,7 +225,7 @@ def _write_outputs(out: Path, report: dict, rcp: Recipe, rows: np.ndarray, label
     from .plots import plot_confusion
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    tmp = temp_dir(out)
     try:
         write_json(tmp / "metrics.json", report)
         arrays = {"rows": rows, "labels": labels.astype(np.int64), "probs": result["probs"],
