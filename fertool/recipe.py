@@ -576,9 +576,10 @@ def resume_changes(saved: Mapping[str, Any], current: Recipe, stage: str, *,
 
     Returns ``(refused, accepted)``, each a list of ``key: old -> new``: ``accepted`` are
     the :data:`RESUME_SAFE` changes, ``refused`` every other change that shapes stage
-    ``stage``.
+    ``stage``.  Keys ``saved`` lacks (an older fertool wrote it) count as their defaults.
     """
     safe = {key.format(stage=stage) for key in RESUME_SAFE}
+    saved = _merge(to_dict(Recipe()), saved)  # keys added to fertool since then take their defaults
     old, new = _flat(_stage_view(saved, stage)), _flat(_stage_view(to_dict(current), stage))
     refused, accepted = [], []
     for key in sorted(old.keys() | new.keys()):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -452,7 +453,7 @@ def test_a_stage_in_use_by_another_process_is_refused(tmp_path, data):
             time.sleep(120)
     """)
     holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
-                              env={**__import__("os").environ, "PYTHONPATH": str(Path(__file__).parent.parent)})
+                              env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)})
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(InUseError, match=rf"stage1 is in use by another fertool process \(pid {holder.pid}\)"):
@@ -461,5 +462,11 @@ def test_a_stage_in_use_by_another_process_is_refused(tmp_path, data):
         holder.send_signal(signal.SIGKILL)
         holder.wait()
     assert not (tmp_path / "stage1").exists()  # nothing written by the refused call
-    summary = train_stage(tiny_recipe(max_epochs=1), "1", tmp_path, seed=5, train_data=data[0], val_data=data[1])
+    old = os.umask(0o022)
+    try:
+        summary = train_stage(tiny_recipe(max_epochs=1), "1", tmp_path, seed=5, train_data=data[0], val_data=data[1])
+    finally:
+        os.umask(old)
     assert summary["status"] == "finished"  # the dead holder's lock was taken over
+    for name in ("best.pt", "last.pt", "summary.json", "recipe.yaml", "curves.png", "metrics.jsonl"):
+        assert (tmp_path / "stage1" / name).stat().st_mode & 0o777 == 0o644, name  # the umask's, not 0600

@@ -154,3 +154,11 @@ def test_resume_changes_refuse_what_shapes_the_stage_and_accept_the_documented_s
     assert resume_changes(saved, fewer, "1", epochs_done=3)[0] == [
         "train.stages.1.max_epochs: 12 -> 2 (3 epochs already trained)"]
     assert resume_changes(saved, fewer, "1", epochs_done=2) == ([], ["train.stages.1.max_epochs: 12 -> 2"])
+
+
+def test_resume_changes_fill_keys_an_older_fertool_did_not_write_with_defaults():
+    from fertool.recipe import resume_changes
+
+    saved = to_dict(load_recipe("demo"))
+    del saved["train"]["stages"]["1"]["eps"], saved["prepare"]["colour"]  # both at their defaults in demo
+    assert resume_changes(saved, load_recipe("demo"), "1", epochs_done=1) == ([], [])
