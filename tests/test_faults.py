@@ -17,6 +17,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 import uuid
 from pathlib import Path
@@ -145,6 +146,33 @@ def test_kill_prepare(prepare_case, tmp_path, point, existing):
     assert _prepared_files(out) == reference  # bit-identical images, manifest, recipe
     assert hidden_siblings(out) == []  # the killed run's temporaries and lock were cleaned up
     SURVIVED["prepare"].append(f"{point}{' (overwrite)' if existing else ''}")
+
+
+@pytest.mark.parametrize("method", ["forkserver", "spawn", "fork"])
+def test_prepare_workers_exit_with_their_parent_on_every_start_method(tmp_path, method):
+    """The worker initialiser of ``prepare`` ends a worker whose parent died, whatever started it."""
+    code = textwrap.dedent(f"""
+        import concurrent.futures, multiprocessing, os, time
+        from fertool.data.prepare import _init_worker_process
+        pool = concurrent.futures.ProcessPoolExecutor(2, mp_context=multiprocessing.get_context({method!r}),
+                                                      initializer=_init_worker_process, initargs=(os.getpid(),))
+        list(pool.map(time.sleep, [0.2, 0.2]))  # both workers up
+        print(*pool._processes, flush=True)
+        time.sleep(120)
+    """)
+    tag = uuid.uuid4().hex
+    proc = subprocess.Popen([sys.executable, "-c", code], env=_env(tag, None, tmp_path / "unused"),
+                            stdout=subprocess.PIPE, text=True)
+    workers = [int(pid) for pid in proc.stdout.readline().split()]
+    assert len(workers) == 2 and set(workers) <= set(_tagged(tag))
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 10
+    while (left := _tagged(tag)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"{method}: left after the parent's kill -9: {left}"
 
 
 # --------------------------------------------------------------------------- train
