@@ -9,11 +9,9 @@
   contract in the metadata and a parity check.
 """
 
-import os
+from ..tempfiles import umask
 
 
 def file_mode() -> int:
     """Permissions of a new output file under the current umask (``mkstemp`` creates 0600)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
+    return 0o666 & ~umask()
