@@ -18,8 +18,8 @@ never executes code from the file)::
     lineage           list of {"path", "arch", "stage", "epoch"} of the checkpoints it came from
     extra             free-form plain dict (early-stopping state, RNG state, lhc_seed...)
 
-The model itself is rebuilt with :func:`fertool.models.build_model` from ``arch`` and
-``arch_args`` (see :func:`model_from_checkpoint`).
+The model itself is rebuilt from ``arch`` and ``arch_args`` by
+:func:`fertool.surgery.model_from_checkpoint`.
 """
 
 from __future__ import annotations
@@ -243,22 +243,6 @@ def _unreadable(path: Path, exc: Exception) -> str:
         return "is truncated or corrupted (its zip structure is incomplete: an interrupted copy or download?)"
     first = (message.strip().splitlines() or [type(exc).__name__])[0]
     return f"not a readable fertool checkpoint ({type(exc).__name__}: {printable(first)})"
-
-
-def model_from_checkpoint(ckpt: Mapping[str, Any], *, strict: bool = True) -> torch.nn.Module:
-    """Rebuild the model described by ``ckpt`` and load its weights."""
-    from .models import build_model  # local import: models import torch-heavy modules
-
-    model = build_model(ckpt["arch"], **ckpt["arch_args"])
-    missing, unexpected = model.load_state_dict(ckpt["state_dict"], strict=False)
-    if strict and (missing or unexpected):
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)} tensors (e.g. {', '.join(missing[:3])})")
-        if unexpected:
-            parts.append(f"unexpected {len(unexpected)} tensors (e.g. {printable(', '.join(unexpected[:3]))})")
-        raise CheckpointError(f"checkpoint weights do not fit architecture '{ckpt['arch']}': {'; '.join(parts)}")
-    return model
 
 
 def checkpoint_classes(ckpt: Mapping[str, Any]) -> tuple[str, ...]:

@@ -26,15 +26,9 @@ from typing import Any, Callable, Sequence
 
 from .errors import FertoolError
 from .locks import holding_lock
+from .protocol import FINISHED, PAPER_PARAMS, PAPER_TABLE7, stage_dir
 from .recipe import Recipe, load_recipe, save_recipe, to_dict
-from .utils import read_json_object, write_json
-
-#: The paper's FER2013 PrivateTest numbers (SPEC §7): model -> (no TTA, TTA, params).
-PAPER_TABLE = {
-    "ResNet34v2": (72.81, 73.92, "27.6M"),
-    "LHC-Net": (73.39, 74.42, "32.4M"),
-    "LHC-NetC": (73.53, 74.28, "32.4M"),
-}
+from .utils import read_json, write_json
 
 Log = Callable[[str], None]
 
@@ -75,7 +69,7 @@ def _check_same_recipe(recipe: Recipe, run_dir: Path) -> None:
 def _check_same_csv(summary: Path, csv: Path, run_dir: Path) -> None:
     """Refuse to continue a run directory whose images were prepared from another CSV."""
     try:
-        source = read_json_object(summary)["source"]["csv"]
+        source = read_json(summary)["source"]["csv"]
     except (KeyError, TypeError):
         raise FertoolError(f"{summary}: unreadable; use a new --run directory") from None
     if Path(source).resolve() != csv.resolve():
@@ -108,7 +102,7 @@ def run_pipeline(
     from .data.prepare import prepare
     from .data.provenance import images_provenance, is_synthetic
     from .data.sample import generate_sample
-    from .engine.train import FINISHED, stage_dir, train_stage
+    from .engine.train import train_stage
     from .evaluation.evaluate import evaluate_checkpoint
 
     log = log or (lambda message: None)
@@ -144,7 +138,7 @@ def run_pipeline(
 
     def train(stage: str, where: Path, *, seed: int, init: Path | None = None, stage_recipe: Recipe = recipe) -> Path:
         folder = stage_dir(where, stage)
-        status = (read_json_object(folder / "summary.json") or {}).get("status")
+        status = (read_json(folder / "summary.json") or {}).get("status")
         if status in FINISHED:
             log(f"{folder}: already {status}, skipped")
         else:
@@ -182,7 +176,7 @@ def run_pipeline(
             out = path.parent / f"eval-{split}"
             metrics_file = out / "metrics.json"
             # Reused when newer than the checkpoint and with TTA figures if TTA is wanted.
-            metrics = read_json_object(metrics_file)
+            metrics = read_json(metrics_file)
             if (metrics is not None and metrics_file.stat().st_mtime >= path.stat().st_mtime
                     and (tta is None or metrics.get("tta"))):
                 log(f"{out}: already evaluated, skipped")
@@ -215,7 +209,8 @@ def run_pipeline(
 def keras_param_count(checkpoint: Path) -> int:
     """Parameters as Keras ``count_params()`` counts them (BatchNorm moving statistics
     included), the convention of the paper's 27.6M / 32.4M."""
-    from .checkpoint import load_checkpoint, model_from_checkpoint
+    from .checkpoint import load_checkpoint
+    from .surgery import model_from_checkpoint
     from .models.summary import summarize
 
     ckpt = load_checkpoint(checkpoint)
@@ -252,15 +247,15 @@ def final_table(results: dict[str, list[dict]]) -> list[dict]:
             continue
         best = max(runs, key=lambda m: m["accuracy"])
         tta = (best.get("tta") or {}).get("accuracy")
-        paper_plain, paper_tta, paper_params = PAPER_TABLE[name]
+        paper = PAPER_TABLE7[name]
         rows.append({
             "model": name,
             "runs": len(runs),
             "accuracy": 100 * best["accuracy"],
             "tta_accuracy": None if tta is None else 100 * tta,
             "params": best.get("params"),
-            "paper_accuracy": paper_plain,
-            "paper_tta_accuracy": paper_tta,
-            "paper_params": paper_params,
+            "paper_accuracy": paper["best"],
+            "paper_tta_accuracy": paper["best_tta"],
+            "paper_params": PAPER_PARAMS[name],
         })
     return rows

@@ -26,6 +26,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import yaml
 
+from . import protocol
 from .errors import RecipeError
 
 #: Folder of the recipes shipped with fertool: ``recipes/`` at the top of the repo (a clone
@@ -119,14 +120,8 @@ class LHCModuleConfig:
     scale: float = 1.0  # the constant g of the dynamic scaling
 
 
-#: Table 2 of the paper.
-TABLE2: tuple[LHCModuleConfig, ...] = (
-    LHCModuleConfig(after="stem", heads=8, dim=196),
-    LHCModuleConfig(after="stage1_unit3", heads=8, dim=196),
-    LHCModuleConfig(after="stage2_unit4", heads=7, dim=56),
-    LHCModuleConfig(after="stage3_unit6", heads=7, dim=14),
-    LHCModuleConfig(after="stage4_unit3", heads=1, dim=25),
-)
+#: Table 2 of the paper as recipe entries.
+TABLE2: tuple[LHCModuleConfig, ...] = tuple(LHCModuleConfig(**m) for m in protocol.TABLE2)
 
 
 @dataclass(frozen=True)
@@ -144,7 +139,7 @@ class ModelConfig:
     # (classification_models), a fertool checkpoint, or a torchvision .pth.
     pretrained: str | None = None
     lhc: tuple[LHCModuleConfig, ...] = TABLE2
-    controller_init: tuple[float, ...] = (0.0, 0.0, 0.0, -1.0, -0.5)
+    controller_init: tuple[float, ...] = protocol.CONTROLLER_INIT
 
 
 @dataclass(frozen=True)
@@ -162,7 +157,7 @@ class AugmentConfig:
 class StageConfig:
     """One training stage (a row of the table in SPEC §4)."""
 
-    model: str = field(default="backbone", metadata=one_of("backbone", "lhc", "controller"))
+    model: str = field(default="backbone", metadata=one_of(*protocol.MODEL_KINDS))
     optimizer: str = field(default="sgd", metadata=one_of("sgd", "adam"))
     lr: float = field(default=0.01, metadata=positive())
     batch_size: int = field(default=64, metadata=positive())

@@ -13,7 +13,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from .errors import FertoolError
+from .errors import DataError, FertoolError
 from .faults import pause_point
 from .tempfiles import temp_file
 
@@ -35,6 +35,13 @@ def seed_everything(seed: int, *, deterministic: bool = False) -> torch.Generato
     gen = torch.Generator()
     gen.manual_seed(seed)
     return gen
+
+
+def autocast(device: torch.device, amp: bool):
+    """bf16 autocast on CUDA when ``amp`` is set; a no-op context otherwise (and on the CPU)."""
+    if amp and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -75,13 +82,24 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
 
 
-def read_json_object(path: str | os.PathLike) -> dict | None:
-    """The JSON object in ``path``, or None when it is missing, unreadable or not an object."""
+def read_json(path: str | os.PathLike, *, strict: bool = False) -> dict | None:
+    """The JSON object in ``path``.
+
+    Not ``strict``: None when the file is missing, unreadable or not an object (a
+    half-finished run).  ``strict``: a :class:`DataError` naming the file instead.
+    """
+    path = Path(path)
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        if strict:
+            raise DataError(f"{path}: not a readable JSON file ({exc})") from None
         return None
-    return data if isinstance(data, dict) else None
+    if not isinstance(data, dict):
+        if strict:
+            raise DataError(f"{path}: expected a JSON object")
+        return None
+    return data
 
 
 def append_jsonl(path: str | os.PathLike, obj: Any) -> None:

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from fertool.analysis.ablation import ablate, ablated, ablation_sets, smallest_kept
-from fertool.checkpoint import make_checkpoint, model_from_checkpoint, save_checkpoint
+from fertool.checkpoint import make_checkpoint, save_checkpoint
 from fertool.models import build_model
-from fertool.models.lhc_net import augment_lhc
+from fertool.surgery import augment_lhc, model_from_checkpoint
 
 SIZE = 32  # positions: stem/stage1 8x8 (C 64), stage2 4x4 (128), stage3 2x2 (256), stage4 1x1 (512)
 TINY_LHC = [

@@ -20,15 +20,15 @@ from torch import nn
 from fertool.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
 from fertool.data.datasets import ArraySplit
 from fertool.engine.plots import plot_curves
-from fertool.engine.train import (
+from fertool.engine.loop import (
     EarlyStopping,
     NonFiniteLossError,
     evaluate,
     make_optimizer,
     set_train_mode,
     train_one_epoch,
-    train_stage,
 )
+from fertool.engine.train import train_stage
 from fertool.errors import RecipeError, TrainingError
 from fertool.recipe import StageConfig, load_recipe, to_dict
 from fertool.utils import read_jsonl
@@ -266,7 +266,7 @@ def test_interrupted_and_resumed_stage_ends_bit_identical(tmp_path, data):
     accs = [r["val_accuracy"] for r in rows_a]
     best = load_checkpoint(tmp_path / "a/stage1/best.pt")
     assert full["best_epoch"] == best["epoch"] == accs.index(max(accs)) + 1
-    from fertool.checkpoint import model_from_checkpoint
+    from fertool.surgery import model_from_checkpoint
 
     assert evaluate(model_from_checkpoint(best), val)["accuracy"] == pytest.approx(max(accs))
 

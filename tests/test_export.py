@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from fertool import CLASS_NAMES
-from fertool.checkpoint import load_checkpoint, model_from_checkpoint
+from fertool.checkpoint import load_checkpoint
+from fertool.surgery import model_from_checkpoint
 from fertool.deploy import export as E
 from fertool.errors import CheckpointError, FertoolError, ModelError
 

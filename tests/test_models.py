@@ -205,9 +205,11 @@ def test_torchvision_backbone_with_and_without_lhc():
 
 # --------------------------------------------------------------------------- augment-lhc
 
-from fertool.checkpoint import make_checkpoint, model_from_checkpoint  # noqa: E402
+from fertool.checkpoint import make_checkpoint  # noqa: E402
+from fertool.surgery import model_from_checkpoint  # noqa: E402
 from fertool.errors import CheckpointError  # noqa: E402
-from fertool.models.lhc_net import TABLE2_LHC, augment_lhc  # noqa: E402
+from fertool.protocol import TABLE2 as TABLE2_LHC  # noqa: E402
+from fertool.surgery import augment_lhc  # noqa: E402
 
 SMALL = {"input_size": 112, "num_classes": 7, "hidden": [16], "dropout": 0.4, "bn_eps": 2e-5, "bn_momentum": 0.99}
 

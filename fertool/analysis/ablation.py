@@ -276,7 +276,8 @@ def ablate(
     the heads (:mod:`fertool.evaluation.engines`).  Returns the ``ablation.json`` dict
     (with ``out_dir``).
     """
-    from ..checkpoint import checkpoint_classes, load_checkpoint, model_from_checkpoint
+    from ..checkpoint import checkpoint_classes, load_checkpoint
+    from ..surgery import model_from_checkpoint
     from ..evaluation.evaluate import _check_split, _open_split, _resolve_recipe, resolve_tta
     from ..evaluation.engines import build_engine
     from ..evaluation.inference import predict_probs

@@ -20,7 +20,7 @@ from html import escape
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from ..utils import read_json_object
+from ..utils import read_json
 from .report import PAPER_TABLE7, STAGES, STAT_COLUMNS, stat_text
 
 __all__ = ["render_html"]
@@ -84,7 +84,7 @@ def _stage_folders(root: Path) -> list[Path]:
 def _provenance(runs: Sequence[Path], report_data: dict) -> str:
     """A warning banner when any result of the page was made on synthetic data."""
     if not (any(r.get("synthetic") for r in report_data["runs"])
-            or any((read_json_object(run / "pipeline.json") or {}).get("synthetic") for run in runs)):
+            or any((read_json(run / "pipeline.json") or {}).get("synthetic") for run in runs)):
         return ""
     return ('<p class="note"><b>Synthetic data.</b> These results come from the generated sample of '
             "cartoon faces (<code>fertool sample-data</code>), not from FER2013: they show that the "
@@ -93,7 +93,7 @@ def _provenance(runs: Sequence[Path], report_data: dict) -> str:
 
 
 def _final_table(run: Path) -> str:
-    pipeline = read_json_object(run / "pipeline.json")
+    pipeline = read_json(run / "pipeline.json")
     if not pipeline or not pipeline.get("table"):
         return ""
     rows = [[r["model"], r["runs"], _pct(r["accuracy"], 1), _pct(r.get("tta_accuracy"), 1),
@@ -129,7 +129,7 @@ def _statistics(data: dict) -> str:
 def _curves(run: Path) -> str:
     html = []
     for folder in _stage_folders(run):
-        summary = read_json_object(folder / "summary.json") or {}
+        summary = read_json(folder / "summary.json") or {}
         best = summary.get("best_val_accuracy")
         line = (f"{summary.get('arch', '?')}, {summary.get('status', '?')} after {summary.get('epochs', '?')} "
                 f"epoch(s); best validation accuracy {_pct(best)} at epoch {summary.get('best_epoch', '?')}")
@@ -144,7 +144,7 @@ def _curves(run: Path) -> str:
 def _evaluations(run: Path) -> str:
     html = []
     for metrics_file in sorted(run.rglob("eval-*/metrics.json")):
-        metrics = read_json_object(metrics_file) or {}
+        metrics = read_json(metrics_file) or {}
         folder = metrics_file.parent
         tta = metrics.get("tta") or {}
         line = f"{metrics.get('arch', '?')} on {metrics.get('split', '?')} ({metrics.get('n', '?')} images): " \
@@ -160,7 +160,7 @@ def _evaluations(run: Path) -> str:
 def _ablations(run: Path) -> str:
     html = []
     for ablation_file in sorted(run.rglob("ablate-*/ablation.json")):
-        data = read_json_object(ablation_file) or {}
+        data = read_json(ablation_file) or {}
         folder = ablation_file.parent
         html.append(f"<h3>{escape(_rel(folder, run))}</h3>")
         html.append(_image(folder / "ablation.png", "ablation",

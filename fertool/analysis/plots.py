@@ -31,16 +31,15 @@ def _save(fig, path: str | os.PathLike, dpi: int = 100) -> None:
     plt.close(fig)
 
 
-def plot_runs(results: Sequence[Any], path: str | os.PathLike, *, title: str = "") -> None:
+def plot_runs(results: Sequence[Any], path: str | os.PathLike, *, groups: Sequence[str], title: str = "") -> None:
     """Strip plot: test accuracy of every run per group; TTA as a second (hollow) marker.
 
-    ``results`` are :class:`fertool.analysis.report.RunResult` s; rejected runs are grey
-    crosses, superseded stages are not drawn.
+    ``results`` are :class:`fertool.analysis.report.RunResult` s, drawn in the order of
+    ``groups``; rejected runs are grey crosses, superseded stages are not drawn.
     """
     plt = _pyplot()
-    from .report import _group_order
-
-    groups = sorted({r.group for r in results if r.status != "superseded"}, key=_group_order)
+    shown = {r.group for r in results if r.status != "superseded"}
+    groups = [g for g in groups if g in shown]
     fig, ax = plt.subplots(figsize=(max(4.0, 1.8 * len(groups) + 1.5), 4.5))
     rng = np.random.default_rng(0)  # fixed jitter: the same runs give the same picture
     labels_done: set[str] = set()

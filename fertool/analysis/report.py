@@ -55,12 +55,11 @@ import yaml
 
 from ..data.provenance import SYNTHETIC
 from ..errors import DataError, FertoolError
+from ..protocol import MODEL_NAMES, PAPER_TABLE7, STAGE_ARCH, STAGE_DIRS
+from ..utils import read_json, write_json
 from . import atomic_dir
 
 __all__ = [
-    "STAGES",
-    "MODEL_NAMES",
-    "PAPER_TABLE7",
     "RunResult",
     "top_count",
     "run_statistics",
@@ -70,19 +69,7 @@ __all__ = [
 ]
 
 #: Stage folders of a run, in training order (the engine's layout).
-STAGES = ("stage1", "stage2", "stage3", "stage4", "controller")
-#: Architecture implied by a stage folder when metrics.json has no ``arch``.
-STAGE_ARCH = {"stage1": "resnet34v2", "stage2": "resnet34v2", "stage3": "resnet34v2",
-              "stage4": "lhc_net", "controller": "lhc_netc"}
-#: Display names of the architectures (the paper's names).
-MODEL_NAMES = {"resnet34v2": "ResNet34v2", "lhc_net": "LHC-Net", "lhc_netc": "LHC-NetC",
-               "resnet34_tv": "ResNet34 (torchvision)"}
-#: Table 7 (no TTA) and the single-model numbers of SPEC §7, in percent.
-PAPER_TABLE7 = {
-    "ResNet34v2": {"top40": 72.69, "top25": 72.75, "best": 72.81, "best_tta": 73.92},
-    "LHC-Net": {"top40": 72.89, "top25": 73.02, "best": 73.39, "best_tta": 74.42},
-    "LHC-NetC": {"top40": 73.04, "top25": 73.21, "best": 73.53, "best_tta": 74.28},
-}
+STAGES = tuple(STAGE_DIRS.values())
 GROUP_BY = ("model", "stage", "recipe")
 #: Statistic keys, in table order, with their column titles.
 STAT_COLUMNS = (
@@ -152,13 +139,7 @@ def run_statistics(values: Sequence[float]) -> dict[str, Any]:
 
 
 def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise DataError(f"{path}: not a readable JSON file ({exc})") from None
-    if not isinstance(data, dict):
-        raise DataError(f"{path}: expected a JSON object")
-    return data
+    return read_json(path, strict=True)
 
 
 def _accuracy(value: Any, where: str) -> float:
@@ -185,10 +166,7 @@ def _seed(metrics: dict, stage_dir: Path | None, run_dir: Path) -> int | None:
     for folder in summaries:
         if not (folder / "summary.json").is_file():
             continue
-        try:
-            seed = json.loads((folder / "summary.json").read_text(encoding="utf-8")).get("seed")
-        except (OSError, json.JSONDecodeError, AttributeError):
-            seed = None
+        seed = (read_json(folder / "summary.json") or {}).get("seed")
         if isinstance(seed, int):
             return seed
     match = re.fullmatch(r"seed-?(\d+)", run_dir.name)
@@ -336,10 +314,7 @@ def _init_dir(stage_dir: Path | None) -> tuple[str, ...] | None:
     """
     if stage_dir is None or not (stage_dir / "summary.json").is_file():
         return None
-    try:
-        label = json.loads((stage_dir / "summary.json").read_text(encoding="utf-8")).get("init")
-    except (OSError, json.JSONDecodeError, AttributeError):
-        return None
+    label = (read_json(stage_dir / "summary.json") or {}).get("init")
     if not isinstance(label, str) or not label.strip():
         return None
     path = Path(label.split(" + ")[0].strip())
@@ -413,13 +388,13 @@ def report(
         "paper": PAPER_TABLE7,
         "out_dir": str(out),
     }
-    from ..utils import write_json
     from .plots import plot_runs
 
     with atomic_dir(out) as tmp:
         write_json(tmp / "report.json", data)
         (tmp / "report.md").write_text(render_markdown(data), encoding="utf-8")
-        plot_runs(results, tmp / "runs.png", title=f"{split} accuracy per run")
+        plot_runs(results, tmp / "runs.png", groups=sorted({r.group for r in results}, key=_group_order),
+                  title=f"{split} accuracy per run")
         if html:
             from .html import render_html
 
@@ -429,6 +404,7 @@ def report(
 
 
 def _group_order(name: str) -> tuple:
+    """The paper's models first, in its order; anything else after them."""
     known = list(PAPER_TABLE7)
     head = name.split(" @ ")[0]
     return (known.index(head) if head in known else len(known), name)

@@ -33,7 +33,7 @@ def augment_lhc_cli(
     the new modules are initialised from --seed.  Without --recipe the checkpoint's own
     recipe is used."""
     from ..errors import CheckpointError
-    from ..models.lhc_net import augment_lhc_file
+    from ..surgery import augment_lhc_file
 
     if run is not None:
         if checkpoint is not None or out_path is not None:

@@ -220,7 +220,8 @@ def export_model(
     "metadata": dict, "path": str, "bytes": int}``; a difference above ``tolerance``
     raises :class:`ModelError` and leaves ``out_path`` as it was.
     """
-    from ..checkpoint import load_checkpoint, model_from_checkpoint
+    from ..checkpoint import load_checkpoint
+    from ..surgery import model_from_checkpoint
 
     if fmt not in FORMATS:
         raise FertoolError(f"--format: unknown export format {fmt!r} (known: {', '.join(FORMATS)})")

@@ -233,7 +233,8 @@ class FaceClassifier:
         precision: str = "fp32",
     ) -> "FaceClassifier":
         """Load a fertool checkpoint (path or loaded dict); ``tta`` names a preset."""
-        from ..checkpoint import load_checkpoint, model_from_checkpoint
+        from ..checkpoint import load_checkpoint
+        from ..surgery import model_from_checkpoint
 
         ckpt = checkpoint if isinstance(checkpoint, Mapping) else load_checkpoint(checkpoint)
         model = model_from_checkpoint(ckpt)

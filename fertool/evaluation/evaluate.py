@@ -143,7 +143,8 @@ def evaluate_checkpoint(
     ``onnxruntime``) runs the forward passes (:mod:`fertool.evaluation.engines`).  The
     returned dict also carries ``"out_dir"`` and ``"files"``.
     """
-    from ..checkpoint import checkpoint_classes, load_checkpoint, model_from_checkpoint
+    from ..checkpoint import checkpoint_classes, load_checkpoint
+    from ..surgery import model_from_checkpoint
     from ..utils import resolve_device
     from .engines import build_engine
     from .inference import predict_probs

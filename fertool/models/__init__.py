@@ -19,7 +19,8 @@ from typing import Any, Callable
 from torch import nn
 
 from ..errors import ModelError
-from .lhc_net import TABLE2_LHC, freeze_except_controllers, lhc_net, lhc_netc
+from ..protocol import KIND_ARCH, MODEL_KINDS
+from .lhc_net import freeze_except_controllers, lhc_net, lhc_netc
 from .resnet import FERResNet, ResNet34v2, TorchvisionResNet34
 
 __all__ = [
@@ -30,7 +31,6 @@ __all__ = [
     "FERResNet",
     "ResNet34v2",
     "TorchvisionResNet34",
-    "TABLE2_LHC",
 ]
 
 
@@ -71,7 +71,7 @@ def arch_from_recipe(model_cfg: Any, kind: str) -> tuple[str, dict]:
     ``kind``: ``"backbone"`` (no LHC), ``"lhc"`` (backbone + ``model.lhc``) or
     ``"controller"`` (plus ``model.controller_init``).
     """
-    if kind not in ("backbone", "lhc", "controller"):
+    if kind not in MODEL_KINDS:
         raise ModelError(f"model kind must be backbone, lhc or controller, got {kind!r}")
     args: dict[str, Any] = {
         "input_size": int(model_cfg.input_size),
@@ -95,4 +95,4 @@ def arch_from_recipe(model_cfg: Any, kind: str) -> tuple[str, dict]:
         return "resnet34_tv", args
     if model_cfg.backbone != "resnet34v2":
         raise ModelError(f"model.backbone: unknown backbone {model_cfg.backbone!r} (known: resnet34v2, resnet34_tv)")
-    return {"backbone": "resnet34v2", "lhc": "lhc_net", "controller": "lhc_netc"}[kind], args
+    return KIND_ARCH[kind], args

@@ -27,8 +27,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..checkpoint import make_checkpoint
 from ..errors import ModelError
 from ..utils import sha256_file
+from . import build_model
 
 __all__ = ["import_keras", "read_keras_weights", "keras_to_torch_key", "keras_to_torch", "keras_shape",
            "file_provenance"]
@@ -167,9 +169,6 @@ def import_keras(
     unexpected names (a ResNet18/50 or another network is refused this way).  The head is
     imported when it ends in ``num_classes`` outputs, else initialised from ``seed``.
     """
-    from ..checkpoint import make_checkpoint
-    from . import build_model
-
     path = Path(h5_path)
     data = read_keras_weights(path)
     backbone = data["backbone"]
