@@ -33,7 +33,7 @@ import torch
 
 from . import CLASS_NAMES, __version__
 from .errors import CheckpointError, DataError, ModelError, printable
-from .utils import atomic_path
+from .files import atomic_path
 
 FORMAT = "fertool-checkpoint"
 FORMAT_VERSION = 1

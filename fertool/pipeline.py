@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .errors import FertoolError
+from .files import read_json, write_json
 from .locks import holding_lock
 from .protocol import FINISHED, PAPER_PARAMS, PAPER_TABLE7, stage_dir
 from .recipe import Recipe, load_recipe, save_recipe, to_dict
-from .utils import read_json, write_json
 
 Log = Callable[[str], None]
 

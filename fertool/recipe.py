@@ -69,7 +69,7 @@ def each(pred: Callable[[Any], bool], message: str) -> dict:
 
 @dataclass(frozen=True)
 class PrepareConfig:
-    """How ``fertool prepare`` makes training images: from 48x48 CSV pixels (SPEC §1), or image files."""
+    """How ``fertool prepare`` makes training images: from 48x48 CSV pixels (docs/protocol.md §1), or image files."""
 
     size: int = field(default=224, metadata=positive())
     rgb: bool = True  # grey -> RGB by channel replication
@@ -144,7 +144,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """Keras ImageDataGenerator semantics (SPEC §4)."""
+    """Keras ImageDataGenerator semantics (docs/protocol.md §4)."""
 
     rotation: float = field(default=0.0, metadata=in_range(0, 180))  # degrees, uniform in [-r, r]
     shift: float = field(default=0.0, metadata=in_range(0, 1))  # fraction of the size, x and y
@@ -155,7 +155,7 @@ class AugmentConfig:
 
 @dataclass(frozen=True)
 class StageConfig:
-    """One training stage (a row of the table in SPEC §4)."""
+    """One training stage (a row of the table in docs/protocol.md §4)."""
 
     model: str = field(default="backbone", metadata=one_of(*protocol.MODEL_KINDS))
     optimizer: str = field(default="sgd", metadata=one_of("sgd", "adam"))
@@ -201,7 +201,7 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class TTAPass:
-    """A product grid of views; the identity combination is skipped (SPEC §5)."""
+    """A product grid of views; the identity combination is skipped (docs/protocol.md §5)."""
 
     zoom: tuple[float, ...] = (1.0,)  # central crop fraction, < 1 zooms in
     rotation: tuple[float, ...] = (0.0,)  # radians, positive = counter-clockwise
@@ -541,7 +541,7 @@ def _cross_checks(recipe: Recipe) -> list[str]:
 
 def save_recipe(recipe: Recipe, path: str | os.PathLike) -> None:
     """Write the resolved recipe as YAML (atomically) next to a command's outputs."""
-    from .utils import atomic_path
+    from .files import atomic_path
 
     with atomic_path(path) as tmp:
         tmp.write_text(dump_recipe(recipe), encoding="utf-8")

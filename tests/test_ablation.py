@@ -1,4 +1,4 @@
-"""fertool ablate: LHC modules switched off / de-trained without retraining (SPEC §6)."""
+"""fertool ablate: LHC modules switched off / de-trained without retraining (docs/protocol.md §6)."""
 
 from __future__ import annotations
 

@@ -7,7 +7,8 @@ import resource
 import pytest
 import torch
 
-from fertool.checkpoint import load_checkpoint, make_checkpoint, model_from_checkpoint, save_checkpoint
+from fertool.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
+from fertool.surgery import model_from_checkpoint
 from fertool.cli import app
 from fertool.errors import CheckpointError
 from fertool.models import build_model

@@ -11,7 +11,7 @@ import pytest
 import torch.distributed as dist
 import yaml
 
-from fertool.utils import read_jsonl
+from fertool.files import read_jsonl
 
 TINY = {
     "model": {"input_size": 32, "hidden": [8, 8], "bn_momentum": 0.9},

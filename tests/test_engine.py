@@ -30,8 +30,8 @@ from fertool.engine.loop import (
 )
 from fertool.engine.train import train_stage
 from fertool.errors import RecipeError, TrainingError
+from fertool.files import read_jsonl
 from fertool.recipe import StageConfig, load_recipe, to_dict
-from fertool.utils import read_jsonl
 
 from .conftest import reference_file
 

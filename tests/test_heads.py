@@ -1,4 +1,4 @@
-"""Head analysis: correlation between the outputs of the heads of an LHC module (SPEC §6)."""
+"""Head analysis: correlation between the outputs of the heads of an LHC module (docs/protocol.md §6)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The LHC layer against the original Keras module (reference/lhc_modules.npz, SPEC §3)."""
+"""The LHC layer against the original Keras module (reference/lhc_modules.npz, docs/protocol.md §3)."""
 
 from __future__ import annotations
 
@@ -78,7 +78,7 @@ def test_controller_matches_reference(ref):
 
 
 def naive_lhc(m: LHC, x: torch.Tensor) -> torch.Tensor:
-    """Per-head loop written straight from SPEC §3, independent of the batched layer."""
+    """Per-head loop written straight from docs/protocol.md §3, independent of the batched layer."""
     b, c, h, w = x.shape
     n, r, d = m.heads, h * w // m.heads, m.dim
     q_src = F.avg_pool2d(x, 3, 1, 1, count_include_pad=False).reshape(b, c, h * w)

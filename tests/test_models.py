@@ -1,4 +1,4 @@
-"""Whole networks (SPEC §2-3): reference forward passes, parameter counts, LHC placement."""
+"""Whole networks (docs/protocol.md §2-3): reference forward passes, parameter counts, LHC placement."""
 
 from __future__ import annotations
 

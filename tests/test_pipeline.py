@@ -90,7 +90,7 @@ def test_the_final_table_reports_the_best_run_of_each_model_beside_the_paper(fin
 
 def test_every_output_says_the_results_are_synthetic(finished):
     from fertool.checkpoint import load_checkpoint
-    from fertool.utils import sha256_file
+    from fertool.files import sha256_file
 
     run, result, _ = finished
     sample = {"kind": "synthetic sample", "source": "sample.csv", "sha256": sha256_file(run / "data/sample.csv"),

@@ -7,7 +7,7 @@ import json
 
 from fertool.data.provenance import SYNTHETIC, csv_provenance, describe, images_provenance, is_synthetic
 from fertool.data.sample import generate_sample
-from fertool.utils import sha256_file
+from fertool.files import sha256_file
 
 
 def test_a_generated_sample_is_recognised_by_its_bytes(tmp_path):

@@ -1,4 +1,4 @@
-"""fertool report: Table-7 statistics across runs (SPEC §6, §7)."""
+"""fertool report: Table-7 statistics across runs (docs/protocol.md §6, §7)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""TTA views against the original implementation (reference/tta_views.npz, SPEC §5)."""
+"""TTA views against the original implementation (reference/tta_views.npz, docs/protocol.md §5)."""
 
 from __future__ import annotations
 

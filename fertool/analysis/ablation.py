@@ -1,4 +1,4 @@
-"""Ablation of the LHC modules without retraining (SPEC §6), with head analysis and pictures.
+"""Ablation of the LHC modules without retraining (docs/protocol.md §6), with head analysis and pictures.
 
 ``ablate(checkpoint)`` measures the test accuracy of an LHC-Net / LHC-NetC checkpoint with
 sets of its LHC modules
@@ -47,9 +47,9 @@ from torch import nn
 
 from ..data.datasets import ImageSplit
 from ..errors import CheckpointError, FertoolError
+from ..files import atomic_dir
 from ..locks import holding_lock, output_folder
 from ..progress import Progress
-from . import atomic_dir
 
 __all__ = [
     "MODES",
@@ -282,7 +282,8 @@ def ablate(
     from ..evaluation.engines import build_engine
     from ..evaluation.inference import predict_probs
     from ..recipe import AblateConfig, save_recipe
-    from ..utils import resolve_device, write_json
+    from ..utils import resolve_device
+    from ..files import write_json
     from .heads import controller_weights, head_summary, record_heads
 
     checkpoint_path = Path(checkpoint_path)

@@ -1,8 +1,8 @@
-"""Head redundancy of the LHC modules and the LHC-NetC controller weights (SPEC §6).
+"""Head redundancy of the LHC modules and the LHC-NetC controller weights (docs/protocol.md §6).
 
 Correlation between heads
     Head h of a module produces ``A_h = W_h v_h``, a (C, r) matrix per image (C channels,
-    r = H*W/heads positions of its stripe; SPEC §3 step 6), before the residual and before
+    r = H*W/heads positions of its stripe; docs/protocol.md §3 step 6), before the residual and before
     any controller scaling.  Flattened, every head gives one value per *feature*
     ``(image b, channel c, position j)`` of its stripe, ``j = 0..r-1``.  The correlation of
     heads h and k is the Pearson correlation of these two paired samples over all images,
@@ -152,7 +152,7 @@ def record_heads(model: nn.Module) -> Iterator[dict[str, HeadCorrelation]]:
 def controller_weights(model: nn.Module) -> dict[str, dict[str, float]] | None:
     """LHC-NetC controllers: ``{name: {"w", "tanh_w", "gain"}}`` with gain = 1 + tanh(w).
 
-    The module output is ``x + A * gain`` (SPEC §3, LHC-NetC).  None for an LHC-Net.
+    The module output is ``x + A * gain`` (docs/protocol.md §3, LHC-NetC).  None for an LHC-Net.
     """
     out = {}
     for name, m in model.lhc_modules().items():

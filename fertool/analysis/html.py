@@ -20,7 +20,7 @@ from html import escape
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from ..utils import read_json
+from ..files import read_json
 from .report import PAPER_TABLE7, STAGES, STAT_COLUMNS, stat_text
 
 __all__ = ["render_html"]

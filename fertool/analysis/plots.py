@@ -10,7 +10,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ..utils import atomic_path
+from ..files import atomic_path
 
 __all__ = ["plot_runs", "plot_ablation", "plot_head_correlation", "plot_attention"]
 

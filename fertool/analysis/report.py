@@ -1,4 +1,4 @@
-"""Run statistics across seeds: Table 7 of the paper (SPEC §6, §7).
+"""Run statistics across seeds: Table 7 of the paper (docs/protocol.md §6, §7).
 
 ``report(run_dirs)`` walks the given folders for evaluation results
 (``.../eval-<split>/metrics.json``, written by ``fertool evaluate`` next to a checkpoint)
@@ -35,7 +35,7 @@ Statistics (per group, on test accuracy; the same with TTA where every run has i
 
 Selection rule
     Runs whose ``stage4/summary.json`` says ``selection.accepted: false`` (the paper's rule,
-    SPEC §4: training loss above 1.1x that of the starting ResNet) are rejected: their
+    docs/protocol.md §4: training loss above 1.1x that of the starting ResNet) are rejected: their
     stage-4 (LHC-Net) and controller (LHC-NetC) results are listed separately and left out
     of the statistics.  The backbone results of such a run are unaffected.
 """
@@ -55,9 +55,9 @@ import yaml
 
 from ..data.provenance import SYNTHETIC
 from ..errors import DataError, FertoolError
+from ..files import read_json, write_json
+from ..files import atomic_dir
 from ..protocol import MODEL_NAMES, PAPER_TABLE7, STAGE_ARCH, STAGE_DIRS
-from ..utils import read_json, write_json
-from . import atomic_dir
 
 __all__ = [
     "RunResult",

@@ -12,7 +12,7 @@ from ._common import EngineOption, QuietOption, RecipeOption, SetOption, err, nu
 
 def ablate_cli(
     checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="LHC-Net or LHC-NetC checkpoint (.pt)."),
-    csv: Optional[Path] = typer.Option(None, "--csv", help="FER2013 CSV: images made the reference way (SPEC §1)."),
+    csv: Optional[Path] = typer.Option(None, "--csv", help="FER2013 CSV: images made the reference way (docs/protocol.md §1)."),
     images: Optional[Path] = typer.Option(
         None, "--images", help="Prepared image folder (fertool prepare) or a folder of class subfolders."
     ),

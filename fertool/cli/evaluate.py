@@ -13,12 +13,12 @@ from ._common import EngineOption, QuietOption, RecipeOption, SetOption, err, nu
 
 def evaluate_cli(
     checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="fertool checkpoint (.pt) to evaluate."),
-    csv: Optional[Path] = typer.Option(None, "--csv", help="FER2013 CSV: images made the reference way (SPEC §1)."),
+    csv: Optional[Path] = typer.Option(None, "--csv", help="FER2013 CSV: images made the reference way (docs/protocol.md §1)."),
     images: Optional[Path] = typer.Option(
         None, "--images", help="Prepared image folder (fertool prepare) or a folder of class subfolders."
     ),
     split: str = typer.Option("PrivateTest", "--split", help="Split to evaluate: Training, PublicTest, PrivateTest."),
-    tta: bool = typer.Option(False, "--tta", help="Also evaluate with test-time augmentation (SPEC §5)."),
+    tta: bool = typer.Option(False, "--tta", help="Also evaluate with test-time augmentation (docs/protocol.md §5)."),
     tta_preset: Optional[str] = typer.Option(
         None, "--tta-preset", metavar="PRESET",
         help="TTA preset from the recipe's tta.presets (paper, flip, ...); implies --tta. "

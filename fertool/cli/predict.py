@@ -28,7 +28,7 @@ def predict_cmd(
         None, "--out", "-o",
         help="Folder for annotated copies (box + label + probability; videos as <name>.mp4) and predictions.jsonl.",
     ),
-    tta: bool = typer.Option(False, "--tta", help="Also report test-time-augmented probabilities (SPEC §5)."),
+    tta: bool = typer.Option(False, "--tta", help="Also report test-time-augmented probabilities (docs/protocol.md §5)."),
     tta_preset: str = typer.Option(
         "paper", "--tta-preset",
         help="TTA preset for --tta: paper (62 views), flip, or one of the checkpoint's recipe.",
@@ -51,7 +51,7 @@ def predict_cmd(
         "probabilities differ slightly from fp32 (benchmarks/infer.py measures the agreement).",
     ),
     no_jpeg: bool = typer.Option(
-        False, "--no-jpeg", help="Skip the JPEG q100 round trip the training images went through (SPEC §1)."
+        False, "--no-jpeg", help="Skip the JPEG q100 round trip the training images went through (docs/protocol.md §1)."
     ),
     quiet: bool = QuietOption,
 ) -> None:

@@ -1,4 +1,4 @@
-"""``fertool train``: one stage of the staged protocol (SPEC §4) into a run directory."""
+"""``fertool train``: one stage of the staged protocol (docs/protocol.md §4) into a run directory."""
 
 from __future__ import annotations
 
@@ -55,6 +55,7 @@ def train_cli(
     from rich.table import Table
 
     from ..engine.train import format_epoch, normalise_stage, train_stage
+    from ..protocol import stage_dir
 
     resolved = load_recipe_from_options(recipe, sets)
     stage = normalise_stage(stage)
@@ -88,7 +89,7 @@ def train_cli(
     table.add_column("value")
     best = summary.get("best_val_accuracy")
     rows = [
-        ("run folder", str(Path(run) / ("controller" if stage == "controller" else f"stage{stage}"))),
+        ("run folder", str(stage_dir(run, stage))),
         ("model", f"{summary.get('arch')} from {summary.get('init')}"),
         ("epochs", f"{summary.get('epochs')} (best {summary.get('best_epoch')})"),
         ("best val accuracy", "-" if best is None else f"{100 * best:.2f}%"),

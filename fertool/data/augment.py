@@ -1,6 +1,6 @@
 """Training augmentation with Keras ``ImageDataGenerator`` semantics, on whole batches.
 
-SPEC §4: rotation angle uniform in [-r, r] degrees, shifts uniform in [-f, f] x size,
+docs/protocol.md §4: rotation angle uniform in [-r, r] degrees, shifts uniform in [-f, f] x size,
 zoom factors for x and y drawn independently in [1-z, 1+z], fill 'nearest', horizontal
 flip with probability 0.5.  The reference code used ``ImageDataGenerator`` of TF 2.4
 (keras-preprocessing 1.1.2); per image it does ``get_random_transform`` then
@@ -118,7 +118,7 @@ def _affine_grid(theta: torch.Tensor, height: int, width: int) -> torch.Tensor:
 
 
 class KerasAugment:
-    """Random Keras-style rotation / shift / zoom / flip of a batch (SPEC §4).
+    """Random Keras-style rotation / shift / zoom / flip of a batch (docs/protocol.md §4).
 
     ``aug(x, generator)`` takes float (B, C, H, W) on any device and a CPU
     ``torch.Generator``; it returns the augmented batch, same shape, dtype and device.

@@ -1,4 +1,4 @@
-"""Reading the FER2013 CSV variants (SPEC §1), streamed and validated.
+"""Reading the FER2013 CSV variants (docs/protocol.md §1), streamed and validated.
 
 Supported layouts, detected from the header (column names are compared without
 surrounding spaces and without case):

@@ -2,7 +2,7 @@
 
 Every split answers ``len(split)``, ``split.labels`` (int64, CPU) and
 ``split.load(index, device)`` -> float32 (B, 3, S, S) with raw pixel values 0..255, the
-network's input contract (SPEC §1: no division, ``bn_data`` normalises).  Batches are
+network's input contract (docs/protocol.md §1: no division, ``bn_data`` normalises).  Batches are
 assembled from indices so that data order is one explicit generator
 (:func:`batch_indices`) and augmentation runs on the training device afterwards.
 

@@ -1,4 +1,4 @@
-"""``fertool prepare``: a FER2013 CSV -> one JPEG per row, a manifest and a summary (SPEC §1).
+"""``fertool prepare``: a FER2013 CSV -> one JPEG per row, a manifest and a summary (docs/protocol.md §1).
 
 Output layout of ``DIR``::
 
@@ -20,7 +20,7 @@ are prepared into the same layout by :mod:`fertool.data.prepare_images`.
 Pixels: 48x48 grey -> ``size`` float32 bilinear with half-pixel centres (TF
 ``tf.image.resize``), floor to uint8, grey -> RGB by replication, JPEG (quality 100,
 4:4:4 for the reference).  The resize here is the float32 formula of
-``reference/README.md`` §2 in NumPy, the same arithmetic, in the same order, as
+docs/protocol.md §1 in NumPy, the same arithmetic, in the same order, as
 :func:`fertool.data.resize.resize_bilinear`; tests pin both to the fixture bit for bit.
 It is NumPy rather than torch on purpose: importing torch (CUDA build) costs ~520 MB of
 resident memory per process, more than the whole memory budget of ``prepare``, and
@@ -69,7 +69,7 @@ from .ferplus import FERPLUS_CLASSES, FerPlusLabels, read_ferplus
 if TYPE_CHECKING:
     from ..recipe import PrepareConfig, Recipe
 
-#: The canonical Kaggle FER2013 (SPEC §1).
+#: The canonical Kaggle FER2013 (docs/protocol.md §1).
 CANONICAL_FER2013 = {
     "rows": 35_887,
     "splits": {"Training": 28_709, "PublicTest": 3_589, "PrivateTest": 3_589},
@@ -148,7 +148,7 @@ class _TFBilinear:
 
 
 def resize_float(grey: np.ndarray, size: int) -> np.ndarray:
-    """(n, H, W) -> float32 (n, size, size), bit-identical to TF bilinear (SPEC §1).
+    """(n, H, W) -> float32 (n, size, size), bit-identical to TF bilinear (docs/protocol.md §1).
 
     ``top = a[y0,x0] + (a[y0,x1] - a[y0,x0]) * xlerp``; ``out = top + (bottom - top) * ylerp``,
     every operation in float32, rows (x) first: the arithmetic of
@@ -402,7 +402,8 @@ def _install(tmp: Path, out_dir: Path) -> None:
 
 @contextlib.contextmanager
 def build_folder(out_dir: Path, check: Callable[[], None] = lambda: None) -> Iterator[Path]:
-    """A hidden temporary sibling of ``out_dir`` to fill in the ``with`` block.
+    """A hidden temporary sibling of ``out_dir`` to fill in the ``with`` block
+    (:func:`fertool.files.atomic_dir`).
 
     When the block completes, ``check()`` runs (a last look at the destination) and the
     folder replaces ``out_dir`` (an old one is removed only then); when anything fails
@@ -414,11 +415,10 @@ def build_folder(out_dir: Path, check: Callable[[], None] = lambda: None) -> Ite
     except OSError as exc:
         raise DataError(f"{out_dir}: cannot create it ({exc.strerror or exc})") from None
     try:
-        yield tmp
-        check()
-        _install(tmp, out_dir)
+        with atomic_dir(out_dir) as tmp:
+            yield tmp
+            check()
     except OSError as exc:  # disk full, permissions...
-        shutil.rmtree(tmp, ignore_errors=True)
         raise DataError(f"{exc.filename or out_dir}: {exc.strerror or exc}; nothing was written") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -440,7 +440,7 @@ def prepare(
 ) -> dict:
     """Prepare a FER2013 CSV into ``out_dir`` (layout in the module docstring).
 
-    ``config`` says how pixels are made (SPEC §1); ``recipe`` (default: the built-in
+    ``config`` says how pixels are made (docs/protocol.md §1); ``recipe`` (default: the built-in
     one with this ``config``) is saved as ``recipe.yaml``.  Bad rows: by default nothing
     is written and one :class:`DataError` lists them (``FILE:LINE: problem``);
     ``skip_bad`` writes the good rows and records the bad ones in ``prepare.json``.

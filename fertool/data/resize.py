@@ -1,10 +1,10 @@
-"""Bilinear resize that reproduces TensorFlow 2 ``tf.image.resize`` bit for bit (SPEC §1).
+"""Bilinear resize that reproduces TensorFlow 2 ``tf.image.resize`` bit for bit (docs/protocol.md §1).
 
 TF's bilinear kernel uses half-pixel centres, no antialiasing, and interpolates as
 ``top + (bottom - top) * lerp`` in float32.  ``F.interpolate(mode="bilinear")`` computes
 the same function as a weighted sum and, after the floor to uint8 that preparation
 applies, comes out one grey level lower on ~0.014% of pixels.  This module follows the
-float32 formula of ``reference/README.md`` §2 step by step, in torch, on any device.
+float32 formula of docs/protocol.md §1 step by step, in torch, on any device.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def resize_bilinear(x: torch.Tensor, size: int | tuple[int, int]) -> torch.Tenso
 
 
 def to_prepared_uint8(x: torch.Tensor, size: int, *, truncate: bool = True) -> torch.Tensor:
-    """48x48 grey (..., H, W) -> the uint8 training image (..., size, size) of SPEC §1.
+    """48x48 grey (..., H, W) -> the uint8 training image (..., size, size) of docs/protocol.md §1.
 
     ``truncate`` floors like the reference (``np.floor(...).astype('uint8')``); False rounds.
     Channel replication to RGB is left to the caller (the three channels are identical).

@@ -230,15 +230,10 @@ def _write_lines(path: Path, lines: list[str]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_file(path)
     try:
-        with open(tmp, "w", encoding="ascii", newline="\n") as fh:
+        with atomic_path(path) as tmp, open(tmp, "w", encoding="ascii", newline="\n") as fh:
             fh.writelines(lines)
-        os.replace(tmp, path)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise DataError(f"{path}: cannot write ({exc.strerror or exc})") from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def sample_csv_text(per_class: int, seed: int) -> str:

@@ -2,7 +2,7 @@
 
 * :mod:`fertool.deploy.faces` — face detection (OpenCV Haar cascade, scikit-image LBP
   cascade, OpenCV YuNet DNN) and the preparation of a face crop into exactly the input
-  the network was trained on (SPEC §1);
+  the network was trained on (docs/protocol.md §1);
 * :mod:`fertool.deploy.predict` — ``predict_paths`` over images, folders and videos
   (streamed), annotated outputs, the live webcam loop;
 * :mod:`fertool.deploy.export` — ONNX / TorchScript export with the preprocessing

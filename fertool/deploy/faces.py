@@ -14,7 +14,7 @@ Detection backends (:func:`load_detector`):
 
 ``auto`` (the default) takes ``haar`` when this OpenCV has it, else ``lbp``.
 
-Preparation of a face (SPEC §1) mirrors how ``fertool prepare`` made the training images
+Preparation of a face (docs/protocol.md §1) mirrors how ``fertool prepare`` made the training images
 from FER2013's 48x48 grey faces: the box is enlarged by a margin and made square
 (:func:`expand_box`), cropped, converted to grey, shrunk to 48x48 with ``cv2.INTER_AREA``
 (FER2013's own faces are 48x48 grey crops), then resized to the network's input size with
@@ -382,7 +382,7 @@ def face_to_48(gray_crop: np.ndarray) -> np.ndarray:
 
 
 def jpeg_roundtrip(gray: np.ndarray, *, quality: int = 100, subsampling: str = "4:4:4") -> np.ndarray:
-    """Store a grey image as the training images are stored and read it back (SPEC §1).
+    """Store a grey image as the training images are stored and read it back (docs/protocol.md §1).
 
     Replicated to RGB and JPEG-encoded by :func:`fertool.data.prepare.encode_jpeg` (quality
     100, 4:4:4 by default), decoded as the image cache decodes it (its three channels
@@ -439,7 +439,7 @@ def prepare_faces(
 
 
 def face_to_input(gray_crop: np.ndarray, size: int, *, jpeg: bool = True, **preparation) -> torch.Tensor:
-    """Grey face crop -> float32 (3, size, size) model input, raw values 0..255 (SPEC §1).
+    """Grey face crop -> float32 (3, size, size) model input, raw values 0..255 (docs/protocol.md §1).
 
     48x48 ``INTER_AREA`` -> :func:`prepare_face` -> channel replication (grey as RGB).
     """

@@ -2,9 +2,9 @@
 
 :func:`predict_paths` is the library side of ``fertool predict``: it expands the inputs
 (files, folders searched recursively), finds faces (:mod:`fertool.deploy.faces`), prepares
-every face exactly like the training images (SPEC §1, see :func:`fertool.deploy.faces.prepare_face`),
+every face exactly like the training images (docs/protocol.md §1, see :func:`fertool.deploy.faces.prepare_face`),
 classifies them in batches through :func:`fertool.evaluation.predict_probs` (plain, and with
-a TTA preset of SPEC §5 when asked) and yields, in input order:
+a TTA preset of docs/protocol.md §5 when asked) and yields, in input order:
 
 * :class:`FaceResult` per face (path, video frame, box, class probabilities, label);
 * :class:`InputDone` when an input is finished (faces found, annotated output written);
@@ -36,8 +36,8 @@ from ..data.prepare_images import prepared_photo
 from ..data.provenance import checkpoint_provenance
 from ..errors import DataError, FertoolError
 from ..evaluation.engines import build_engine, choose_engine
+from ..files import atomic_path
 from ..progress import Progress
-from ..utils import atomic_path
 from . import file_mode
 from .faces import Box, FaceDetector, crop_face, expand_box, face_to_48, gui_problem, load_detector, prepare_faces
 
@@ -157,7 +157,7 @@ def resolve_tta(name: str, recipe: Mapping[str, Any] | None = None):
 
 
 def preparation_from_recipe(recipe: Mapping[str, Any] | None) -> dict[str, Any]:
-    """How the checkpoint's training images were prepared (recipe ``prepare``; defaults: SPEC §1)."""
+    """How the checkpoint's training images were prepared (recipe ``prepare``; defaults: docs/protocol.md §1)."""
     from ..recipe import PrepareConfig
 
     default = PrepareConfig()

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Iterable, Mapping
 
-from ..utils import atomic_path, read_jsonl
+from ..files import atomic_path, read_jsonl
 
 __all__ = ["plot_curves"]
 

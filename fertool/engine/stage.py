@@ -26,10 +26,10 @@ from .. import CLASS_NAMES
 from ..checkpoint import make_checkpoint, save_checkpoint
 from ..data.datasets import ImageSplit
 from ..errors import TrainingError
+from ..files import read_json, write_json
 from ..progress import Progress
 from ..protocol import FINISHED
 from ..recipe import Recipe, StageConfig, to_dict
-from ..utils import read_json, write_json
 from .distributed import DistContext
 from .loop import EarlyStopping
 from .plots import plot_curves

@@ -30,13 +30,14 @@ from ..data.augment import KerasAugment
 from ..data.datasets import ImageSplit
 from ..errors import CheckpointError, DataError, RecipeError, TrainingError
 from ..faults import pause_point
+from ..files import append_jsonl, atomic_path, read_jsonl
 from ..locks import holding_lock
 from ..models import build_model, freeze_except_controllers
 from ..progress import Progress
 from ..protocol import normalise_stage as _normalise_stage
 from ..protocol import stage_dir
 from ..recipe import Recipe, save_recipe
-from ..utils import append_jsonl, atomic_path, read_jsonl, seed_everything
+from ..utils import seed_everything
 from .data import data_info, load_stage_data, training_provenance, with_data_classes
 from .distributed import DistContext, setup
 from .loop import (EarlyStopping, NonFiniteLossError, evaluate, format_epoch, make_optimizer, set_train_mode,

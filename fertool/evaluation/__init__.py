@@ -1,4 +1,4 @@
-"""Evaluation: batched inference, the paper's TTA (SPEC §5), metrics and reports."""
+"""Evaluation: batched inference, the paper's TTA (docs/protocol.md §5), metrics and reports."""
 
 from .inference import predict_probs
 from .tta import View, apply_view, tta_divisor, tta_plan

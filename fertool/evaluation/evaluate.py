@@ -1,7 +1,7 @@
-"""``fertool evaluate``: a checkpoint on one split, plain and with the paper's TTA (SPEC §5).
+"""``fertool evaluate``: a checkpoint on one split, plain and with the paper's TTA (docs/protocol.md §5).
 
 Images come the reference way from the CSV (48x48 originals resized on the fly, float,
-no floor, no JPEG; SPEC §1) or from a prepared / class-subfolder image folder.  Results
+no floor, no JPEG; docs/protocol.md §1) or from a prepared / class-subfolder image folder.  Results
 go to ``<checkpoint dir>/eval-<split>/`` by default:
 
 * ``metrics.json``: accuracy, loss, balanced accuracy, macro-F1, per-class scores,
@@ -28,11 +28,11 @@ import numpy as np
 
 from ..data.provenance import checkpoint_provenance, csv_provenance, images_provenance
 from ..errors import DataError, FertoolError, RecipeError
+from ..files import write_json
 from ..locks import holding_lock, output_folder
 from ..progress import Progress
 from ..recipe import Recipe, TTAPreset, load_recipe, save_recipe, to_dict
 from ..tempfiles import temp_dir
-from ..utils import write_json
 
 __all__ = ["evaluate_checkpoint", "metrics_from_probs", "resolve_tta", "default_out_dir"]
 

@@ -1,4 +1,4 @@
-"""Batched inference: softmax probabilities of a split, plain and with TTA (SPEC §5).
+"""Batched inference: softmax probabilities of a split, plain and with TTA (docs/protocol.md §5).
 
 Every inference in fertool (validation during training, evaluation, ablation, analysis,
 prediction) goes through :func:`predict_probs`.  It runs the forward passes through an

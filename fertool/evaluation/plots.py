@@ -7,7 +7,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..utils import atomic_path
+from ..files import atomic_path
 from .metrics import normalise_rows
 
 __all__ = ["plot_confusion"]

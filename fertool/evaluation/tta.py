@@ -1,4 +1,4 @@
-"""Deterministic test-time augmentation of the reference code (SPEC §5).
+"""Deterministic test-time augmentation of the reference code (docs/protocol.md §5).
 
 A preset (``recipe.tta.presets[name]``) is a list of passes; each pass is a product grid
 zoom -> rotation -> shift_h -> shift_v -> flip (flip innermost), the reference's loop
@@ -8,7 +8,7 @@ the un-augmented prediction weighs 3, every view 1, and the average divides by 6
 Each view is applied to a batch already on the device, as separate resamplings in the
 reference's order: flip -> zoom (central crop, TF bilinear resize back) -> translate ->
 rotate.  Translate and rotate follow the float32 projective-transform formula of
-``reference/README.md`` §3 (TF ``ImageProjectiveTransformV3``, bilinear, fill 'nearest')
+docs/protocol.md §5 (TF ``ImageProjectiveTransformV3``, bilinear, fill 'nearest')
 step by step, so the views are bit-identical to the reference on CPU.  The per-pixel
 source indices and weights of a transform are computed once per (view, size, device) on
 the CPU in float32 and cached; applying a view is then four gathers and a few
@@ -32,7 +32,7 @@ __all__ = ["View", "tta_plan", "tta_divisor", "apply_view", "projective_transfor
 
 @dataclass(frozen=True)
 class View:
-    """One TTA view: parameters of ``augment`` in the reference code (SPEC §5).
+    """One TTA view: parameters of ``augment`` in the reference code (docs/protocol.md §5).
 
     ``shift_h`` / ``shift_v`` are pixels at the input size (already scaled from the
     preset's ``reference_size``); ``rotation`` is in radians, positive = counter-clockwise.
@@ -187,7 +187,7 @@ def _central_crop_zoom(x: torch.Tensor, zoom: float) -> torch.Tensor:
 def apply_view(x: torch.Tensor, view: View) -> torch.Tensor:
     """Apply one view to a float32 batch (B, C, H, W): flip -> zoom -> translate -> rotate.
 
-    Each step is a separate resampling, as in the reference's ``augment`` (SPEC §5); the
+    Each step is a separate resampling, as in the reference's ``augment`` (docs/protocol.md §5); the
     flip is folded into the next gather when there is one.  A batch whose channels are
     one plane expanded (grey images, stride 0 on C) is transformed once per image and
     returned expanded the same way.

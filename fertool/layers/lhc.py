@@ -1,8 +1,8 @@
-"""The LHC module: local multi-head channel self-attention (SPEC §3, paper eqs. 1-17).
+"""The LHC module: local multi-head channel self-attention (docs/protocol.md §3, paper eqs. 1-17).
 
 Pecoraro et al., "Local Multi-Head Channel Self-Attention for Facial Expression
 Recognition", Information 13(9):419, 2022.  The semantics are those of the authors'
-Keras ``LHC_Module`` (``reference/README.md`` §1), which produced the published numbers:
+Keras ``LHC_Module`` (docs/protocol.md §3), which produced the published numbers:
 
 * the *tokens* are the C channels; the heads split the flattened spatial grid into
   contiguous row-major stripes of ``r = H*W / heads`` positions;
@@ -101,11 +101,11 @@ class LHC(nn.Module):
         channels: C, the number of channels (the attention tokens).
         heads: n, the number of heads; H*W must be divisible by it.
         dim: d, the per-head embedding dim of the shared query/key map (also the base of
-            the dynamic scaling, SPEC §3 step 5).
+            the dynamic scaling, docs/protocol.md §3 step 5).
         pool: p, the query/key pooling size (value pooling is fixed at 3, as in the code).
         kernel: s, the value convolution kernel.
         scale: g, the constant of the dynamic scaling exponent.
-        controller: None, or the initial value of the LHC-NetC scalar w (SPEC §3,
+        controller: None, or the initial value of the LHC-NetC scalar w (docs/protocol.md §3,
             LHC-NetC): the output becomes ``x + A * (1 + tanh(w))``.
         size: the spatial size the module sees, ``H`` (square) or ``(H, W)``; it fixes
             ``r = H*W / heads``, the input width of the per-head dense map.  None makes

@@ -2,9 +2,9 @@
 
 Registered architectures (``arch_args`` are plain types so they live in checkpoints):
 
-* ``resnet34v2`` — the paper's pre-activation ResNet34 + 4096-1024-C head (SPEC §2);
-* ``lhc_net`` — the same with LHC modules (default: Table 2, SPEC §3);
-* ``lhc_netc`` — LHC-Net with one controller scalar per module (SPEC §3, LHC-NetC);
+* ``resnet34v2`` — the paper's pre-activation ResNet34 + 4096-1024-C head (docs/protocol.md §2);
+* ``lhc_net`` — the same with LHC modules (default: Table 2, docs/protocol.md §3);
+* ``lhc_netc`` — LHC-Net with one controller scalar per module (docs/protocol.md §3, LHC-NetC);
 * ``resnet34_tv`` — torchvision's ResNet34 (v1) trunk + the same head; ``lhc`` and
   ``controller_init`` optional.
 

@@ -2,7 +2,7 @@
 
 The paper started from the ImageNet weights of the ``classification_models`` ResNet34
 (``image-classifiers``); this reads such a file with h5py alone (no TensorFlow) and maps
-every tensor by its Keras layer name (``reference/README.md`` §6):
+every tensor by its Keras layer name (docs/protocol.md §2):
 
 * no-top files: one root group per layer, datasets at ``/<layer>/<layer>/<param>:0``;
 * whole-model files (ResNet34_Train.py): the backbone nested in one group (``/model``,
@@ -29,7 +29,7 @@ import torch
 
 from ..checkpoint import make_checkpoint
 from ..errors import ModelError
-from ..utils import sha256_file
+from ..files import sha256_file
 from . import build_model
 
 __all__ = ["import_keras", "read_keras_weights", "keras_to_torch_key", "keras_to_torch", "keras_shape",
@@ -162,7 +162,7 @@ def import_keras(
     num_classes: int = 7,
     seed: int = 0,
 ) -> dict:
-    """A ``resnet34v2`` fertool checkpoint holding the Keras file's weights (SPEC §2).
+    """A ``resnet34v2`` fertool checkpoint holding the Keras file's weights (docs/protocol.md §2).
 
     Every backbone tensor of the model must be in the file and every backbone weight of
     the file must be used, with the right shape; otherwise the error lists the missing or

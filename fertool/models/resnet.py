@@ -1,13 +1,13 @@
 """ResNet34 backbones with the paper's classification head and optional LHC modules.
 
 * :class:`ResNet34v2` — the pre-activation ResNet34 of ``classification_models`` that the
-  paper trained (SPEC §2): ``bn_data`` normalisation of raw 0..255 pixels, BatchNorm eps
+  paper trained (docs/protocol.md §2): ``bn_data`` normalisation of raw 0..255 pixels, BatchNorm eps
   2e-5, shortcut conv of every stage's first unit on the activated input.
 * :class:`TorchvisionResNet34` — torchvision's ResNet34 (v1), so a user can start from
   torchvision's ImageNet weights; it normalises the raw pixels itself.
 
-Both share :class:`FERResNet`: the 4096-1024-C head (SPEC §2), named insertion points
-(``stem``, ``stageS_unitU``) and the LHC modules inserted after them (LHC-Net, SPEC §3).
+Both share :class:`FERResNet`: the 4096-1024-C head (docs/protocol.md §2), named insertion points
+(``stem``, ``stageS_unitU``) and the LHC modules inserted after them (LHC-Net, docs/protocol.md §3).
 LHC modules live in ``self.lhc`` (an ``nn.ModuleDict``, empty for a plain backbone), so the
 backbone's state-dict keys are the same with and without them.
 """
@@ -38,7 +38,7 @@ __all__ = [
 #: Units per stage of ResNet34.
 UNITS = (3, 4, 6, 3)
 FILTERS = (64, 128, 256, 512)
-#: Keys an LHC spec may have (SPEC §3 hyper-parameters + placement).
+#: Keys an LHC spec may have (docs/protocol.md §3 hyper-parameters + placement).
 LHC_KEYS = ("after", "heads", "dim", "pool", "kernel", "scale")
 
 
@@ -68,7 +68,7 @@ class BatchNormCenter(nn.BatchNorm2d):
 
 
 class PreActUnit(nn.Module):
-    """Pre-activation basic unit ``stageS_unitU`` (SPEC §2).
+    """Pre-activation basic unit ``stageS_unitU`` (docs/protocol.md §2).
 
     ``y = relu(bn1(x))``; ``out = conv2(relu(bn2(conv1(y)))) + shortcut`` where the
     shortcut is ``sc(y)`` (1x1 conv on the *activated* input) in the first unit of a
