@@ -235,7 +235,7 @@ def test_cli_evaluate_bad_input(workdir, cli_runner, tmp_path, case):
         expected = "is a text file (it begins 'not a checkpoint at all'), not a fertool checkpoint"
     elif case == "preset":
         args += ["--tta-preset", "sideways"]
-        expected = "unknown preset 'sideways'"
+        expected = "unknown TTA preset 'sideways'"
     else:
         expected = "--csv or --images"
     data = [] if case == "nodata" else ["--csv", str(csv)]

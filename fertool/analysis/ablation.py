@@ -276,26 +276,23 @@ def ablate(
     the heads (:mod:`fertool.evaluation.engines`).  Returns the ``ablation.json`` dict
     (with ``out_dir``).
     """
-    from ..checkpoint import checkpoint_classes, load_checkpoint
-    from ..surgery import model_from_checkpoint
-    from ..evaluation.evaluate import _check_split, _open_split, _resolve_recipe, resolve_tta
     from ..evaluation.engines import build_engine
     from ..evaluation.inference import predict_probs
-    from ..recipe import AblateConfig, save_recipe
-    from ..utils import resolve_device
+    from ..evaluation.inputs import load_eval_inputs
     from ..files import write_json
+    from ..recipe import AblateConfig, save_recipe
     from .heads import controller_weights, head_summary, record_heads
 
-    checkpoint_path = Path(checkpoint_path)
-    ckpt = load_checkpoint(checkpoint_path)
-    model = model_from_checkpoint(ckpt)
+    inputs = load_eval_inputs(checkpoint_path, csv=csv, images=images, split=split, recipe=recipe,
+                              overrides=overrides, tta=tta, device=device, what="ablate")
+    ckpt, model, rcp, data, dev = inputs.ckpt, inputs.model, inputs.recipe, inputs.data, inputs.device
+    checkpoint_path, source, tta_name, preset = inputs.checkpoint, inputs.source, inputs.tta_name, inputs.tta
     modules = model.lhc_modules() if hasattr(model, "lhc_modules") else {}
     if not modules:
         raise CheckpointError(f"{checkpoint_path}: has no LHC modules; ablate needs an LHC-Net or LHC-NetC checkpoint")
     names = list(modules)
     head_counts = {n: int(m.heads) for n, m in modules.items()}
 
-    rcp = _resolve_recipe(ckpt, recipe, overrides)
     seed = (ckpt.get("extra") or {}).get("lhc_seed")
     seed = seed if isinstance(seed, int) else None
     modes, notes = _runnable_modes(modes, rcp.ablate.modes, seed, checkpoint_path)
@@ -305,27 +302,11 @@ def ablate(
         raise FertoolError(f"--tolerance: must be >= 0, got {tolerance}")
     if max_images is not None and max_images < 1:
         raise FertoolError(f"--max-images: must be >= 1, got {max_images}")
-    tta_name, preset = resolve_tta(rcp, rcp.tta.preset if tta is True else tta)
-
-    if csv is not None and images is not None:
-        raise FertoolError("give either a CSV or an image folder, not both")
-    if csv is None and images is None:
-        csv, images = rcp.data.csv, (rcp.data.images if rcp.data.csv is None else None)
-    if csv is None and images is None:
-        raise FertoolError(f"{checkpoint_path}: no data to ablate on: pass --csv or --images "
-                           "(the checkpoint's recipe has no data.csv)")
-    arch_args = dict(ckpt.get("arch_args") or {})
-    size = int(arch_args.get("input_size", 224))
-    data, source = _open_split(None if csv is None else str(csv), None if images is None else str(images),
-                               split, size, None)
-    _check_split(data, str(csv if csv is not None else images), split, size, checkpoint_classes(ckpt),
-                 str(checkpoint_path))
     if max_images is not None and max_images < len(data):
         data = SubsetSplit(data, max_images)
     labels = data.labels.numpy()
     n = len(data)
 
-    dev = resolve_device(device)
     use_amp = bool(rcp.train.amp if amp is None else amp) and dev.type == "cuda"
     infer = dict(batch_size=batch_size, device=dev, amp=use_amp,
                  channels_last=rcp.train.channels_last and dev.type == "cuda")
@@ -400,7 +381,7 @@ def ablate(
         "split": split,
         **source,
         "n": n,
-        "input_size": size,
+        "input_size": inputs.size,
         "tta": tta_name,
         "lhc_seed": seed,
         "modes": list(modes),

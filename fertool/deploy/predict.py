@@ -142,18 +142,15 @@ Event = FaceResult | InputDone | InputProblem
 
 
 def resolve_tta(name: str, recipe: Mapping[str, Any] | None = None):
-    """The TTA preset ``name`` of ``recipe`` (a checkpoint's stored recipe) or of the defaults."""
-    from ..errors import RecipeError
+    """The TTA preset ``name`` of ``recipe`` (a checkpoint's stored recipe) or of the defaults.
+
+    A stored recipe that no longer loads is an error, not a silent fall-back to the defaults:
+    its presets may differ from them.
+    """
+    from ..evaluation.inputs import resolve_tta as resolve_preset
     from ..recipe import load_recipe
 
-    try:
-        resolved = load_recipe(recipe) if recipe else load_recipe(None)
-    except RecipeError:  # a recipe from an older fertool: its presets are not needed
-        resolved = load_recipe(None)
-    presets = resolved.tta.presets
-    if name not in presets:
-        raise FertoolError(f"--tta-preset {name}: unknown TTA preset (known: {', '.join(presets)})")
-    return presets[name]
+    return resolve_preset(load_recipe(recipe or None), name)[1]
 
 
 def preparation_from_recipe(recipe: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -13,7 +13,7 @@ go to ``<checkpoint dir>/eval-<split>/`` by default:
 * ``confusion.png`` (plain and TTA side by side) and the resolved ``recipe.yaml``.
 
 Every input problem is detected before anything is written; the outputs are built in a
-temporary sibling folder and moved into place file by file.
+temporary sibling folder that then replaces ``eval-<split>/`` as a whole.
 """
 
 from __future__ import annotations
@@ -27,14 +27,17 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ..data.provenance import checkpoint_provenance, csv_provenance, images_provenance
-from ..errors import DataError, FertoolError, RecipeError
 from ..files import write_json
 from ..locks import holding_lock, output_folder
 from ..progress import Progress
-from ..recipe import Recipe, TTAPreset, load_recipe, save_recipe, to_dict
+from ..recipe import Recipe, TTAPreset, save_recipe
 from ..tempfiles import temp_dir
+from .engines import build_engine
+from .inference import predict_probs
+from .inputs import load_eval_inputs
+from .tta import tta_divisor, tta_plan
 
-__all__ = ["evaluate_checkpoint", "metrics_from_probs", "resolve_tta", "default_out_dir"]
+__all__ = ["evaluate_checkpoint", "metrics_from_probs", "default_out_dir"]
 
 
 
@@ -42,68 +45,9 @@ def default_out_dir(checkpoint_path: str | os.PathLike, split: str) -> Path:
     return Path(checkpoint_path).resolve().parent / f"eval-{split}"
 
 
-def resolve_tta(recipe: Recipe, tta: str | bool | TTAPreset | None) -> tuple[str | None, TTAPreset | None]:
-    """(name, preset) for a preset name of ``recipe.tta.presets``, True (the recipe's
-    ``tta.preset``), a preset, or None / False (no TTA)."""
-    if tta is None or tta is False:
-        return None, None
-    if tta is True:
-        tta = recipe.tta.preset
-    if isinstance(tta, TTAPreset):
-        return "custom", tta
-    if tta not in recipe.tta.presets:
-        raise RecipeError(f"tta: unknown preset {tta!r} (known: {', '.join(recipe.tta.presets)})")
-    return tta, recipe.tta.presets[tta]
-
-
-def _resolve_recipe(ckpt: Mapping[str, Any], recipe: Recipe | str | os.PathLike | Mapping | None,
-                    overrides: Sequence[str]) -> Recipe:
-    """The recipe given, else the one stored in the checkpoint, else the defaults; then ``overrides``."""
-    if isinstance(recipe, Recipe):
-        return load_recipe(to_dict(recipe), overrides) if overrides else recipe
-    source = recipe if recipe is not None else ckpt.get("recipe")
-    return load_recipe(source, overrides)
-
-
-def _open_split(csv: str | None, images: str | None, split: str, size: int, progress: Progress | None):
-    if csv is not None:
-        from ..data.datasets import reference_split
-
-        if not Path(csv).is_file():
-            raise DataError(f"{csv}: CSV file not found")
-        return reference_split(csv, split, size), {"csv": str(csv)}
-    try:
-        from ..data.cache import open_image_split
-    except ImportError:  # pragma: no cover - input-pipeline module not installed yet
-        raise FertoolError("--images needs fertool.data.cache, which this installation lacks; use --csv") from None
-    return open_image_split(images, split, progress=progress), {"images": str(images)}
-
-
 def _data_provenance(csv, images, rcp: Recipe) -> dict:
     seeds = (rcp.sample.seed, 0)
     return csv_provenance(csv, sample_seeds=seeds) if csv is not None else images_provenance(images, sample_seeds=seeds)
-
-
-def _check_split(data, where: str, split: str, size: int, class_names: Sequence[str], model: str = "the checkpoint") -> None:
-    """Refuse an empty split, data of another class set, labels outside the model's classes,
-    or images of another size."""
-    from ..checkpoint import check_same_classes
-
-    if len(data) == 0:
-        raise DataError(f"{where}: split '{split}' has no images")
-    check_same_classes(class_names, data.class_names, model=model, data=where)
-    num_classes = len(class_names)
-    labels = data.labels.numpy()
-    bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
-    if len(bad):
-        rows = getattr(data, "rows", None)
-        at = f"row {int(rows[bad[0]])}" if rows is not None else f"image {int(bad[0])}"
-        raise DataError(
-            f"{where}: split '{split}' has label {int(labels[bad[0]])} ({at}, {len(bad)} such images) "
-            f"but the checkpoint has {num_classes} classes"
-        )
-    if data.size != size:
-        raise DataError(f"{where}: images are {data.size}x{data.size} but the checkpoint's model takes {size}x{size}")
 
 
 def metrics_from_probs(probs: np.ndarray, labels: np.ndarray, class_names: Sequence[str], *,
@@ -143,36 +87,12 @@ def evaluate_checkpoint(
     ``onnxruntime``) runs the forward passes (:mod:`fertool.evaluation.engines`).  The
     returned dict also carries ``"out_dir"`` and ``"files"``.
     """
-    from ..checkpoint import checkpoint_classes, load_checkpoint
-    from ..surgery import model_from_checkpoint
-    from ..utils import resolve_device
-    from .engines import build_engine
-    from .inference import predict_probs
-
-    checkpoint_path = Path(checkpoint_path)
-    ckpt = load_checkpoint(checkpoint_path)
-    rcp = _resolve_recipe(ckpt, recipe, overrides)
-    tta_name, preset = resolve_tta(rcp, tta)
-    if csv is not None and images is not None:
-        raise FertoolError("give either a CSV or an image folder, not both")
-    if csv is None and images is None:
-        csv, images = rcp.data.csv, (rcp.data.images if rcp.data.csv is None else None)
-    if csv is None and images is None:
-        raise DataError(
-            f"{checkpoint_path}: no data to evaluate on: pass --csv or --images (the checkpoint's recipe has no data.csv)"
-        )
-    arch_args = dict(ckpt.get("arch_args") or {})
-    size = int(arch_args.get("input_size", 224))
-    class_names = list(checkpoint_classes(ckpt))
-    dev = resolve_device(device)
-
-    data, source = _open_split(None if csv is None else str(csv), None if images is None else str(images),
-                               split, size, None)
-    _check_split(data, str(csv if csv is not None else images), split, size, class_names, str(checkpoint_path))
-    model = model_from_checkpoint(ckpt)
-
+    inputs = load_eval_inputs(checkpoint_path, csv=csv, images=images, split=split, recipe=recipe,
+                              overrides=overrides, tta=tta, device=device)
+    ckpt, rcp, data, dev, size = inputs.ckpt, inputs.recipe, inputs.data, inputs.device, inputs.size
+    class_names, preset, tta_name = inputs.class_names, inputs.tta, inputs.tta_name
     use_amp = bool(rcp.train.amp if amp is None else amp) and dev.type == "cuda"
-    runner = build_engine(model, engine, device=dev, precision="bf16" if use_amp else "fp32",
+    runner = build_engine(inputs.model, engine, device=dev, precision="bf16" if use_amp else "fp32",
                           channels_last=rcp.train.channels_last or dev.type == "cpu")
     start = time.perf_counter()
     result = predict_probs(None, data, batch_size=batch_size, tta=preset, engine=runner, progress=progress)
@@ -182,13 +102,13 @@ def evaluate_checkpoint(
     rows = np.asarray(rows, dtype=np.int64) if rows is not None else np.arange(len(data), dtype=np.int64)
 
     report: dict[str, Any] = {
-        "checkpoint": str(checkpoint_path),
+        "checkpoint": str(inputs.checkpoint),
         "arch": ckpt.get("arch"),
         "stage": ckpt.get("stage"),
         "epoch": ckpt.get("epoch"),
         "seed": (ckpt.get("extra") or {}).get("seed"),
         "split": split,
-        **source,
+        **inputs.source,
         "input_size": size,
         "class_names": class_names,
         "device": str(dev),
@@ -198,12 +118,10 @@ def evaluate_checkpoint(
         "images_per_s": len(data) / seconds if seconds > 0 else None,
         # Provenance: what the model was trained on, and what it was evaluated on.
         "model_data": checkpoint_provenance(ckpt),
-        "data": _data_provenance(csv, images, rcp),
+        "data": _data_provenance(inputs.source.get("csv"), inputs.source.get("images"), rcp),
     }
     report.update(metrics_from_probs(result["probs"], labels, class_names, resamples=resamples))
     if preset is not None:
-        from .tta import tta_divisor, tta_plan
-
         views = tta_plan(preset, size)
         report["tta"] = {
             "preset": tta_name,
