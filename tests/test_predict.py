@@ -14,7 +14,7 @@ from torch import nn
 
 from fertool import CLASS_NAMES
 from fertool.checkpoint import make_checkpoint, save_checkpoint
-from fertool.data.resize import to_prepared_uint8
+from fertool.data.resize import resize_bilinear
 from fertool.deploy import faces as F
 from fertool.deploy.predict import (
     FaceClassifier,
@@ -184,7 +184,7 @@ def _expected_probs(image_bgr: np.ndarray, box: F.Box, model: nn.Module, margin:
     x1, y1 = min(w, round(cx + side / 2)), min(h, round(cy + side / 2))
     grey = cv2.cvtColor(image_bgr[y0:y1, x0:x1], cv2.COLOR_BGR2GRAY)
     face48 = cv2.resize(grey, (48, 48), interpolation=cv2.INTER_AREA)
-    prepared = to_prepared_uint8(torch.from_numpy(face48), SIZE).numpy()
+    prepared = torch.floor(resize_bilinear(torch.from_numpy(face48), SIZE)).clamp(0, 255).to(torch.uint8).numpy()
     rgb = np.repeat(prepared[..., None], 3, axis=-1)
     ok, buf = cv2.imencode(".jpg", rgb, [cv2.IMWRITE_JPEG_QUALITY, 100,
                                           cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444])

@@ -19,9 +19,8 @@ are prepared into the same layout by :mod:`fertool.data.prepare_images`.
 
 Pixels: 48x48 grey -> ``size`` float32 bilinear with half-pixel centres (TF
 ``tf.image.resize``), floor to uint8, grey -> RGB by replication, JPEG (quality 100,
-4:4:4 for the reference).  The resize here is the float32 formula of
-docs/protocol.md §1 in NumPy, the same arithmetic, in the same order, as
-:func:`fertool.data.resize.resize_bilinear`; tests pin both to the fixture bit for bit.
+4:4:4 for the reference).  The resize is :class:`fertool.data.resize.TFBilinear`, the
+float32 formula of docs/protocol.md §1 in NumPy; tests pin it to the fixture bit for bit.
 It is NumPy rather than torch on purpose: importing torch (CUDA build) costs ~520 MB of
 resident memory per process, more than the whole memory budget of ``prepare``, and
 nothing else here needs it.
@@ -65,6 +64,7 @@ from ..progress import Progress
 from ..tempfiles import pid_alive, temp_dir
 from .csv import SPLITS, BadRow, Layout, Span, bad_rows_error, count_lines, iter_spans, open_csv, parse_chunk, read_span
 from .ferplus import FERPLUS_CLASSES, FerPlusLabels, read_ferplus
+from .resize import TFBilinear
 
 if TYPE_CHECKING:
     from ..recipe import PrepareConfig, Recipe
@@ -96,67 +96,16 @@ _SAMPLING = {"4:4:4": "IMWRITE_JPEG_SAMPLING_FACTOR_444", "4:2:2": "IMWRITE_JPEG
 # --------------------------------------------------------------------------- pixels
 
 
-def _source_coords(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per output index: both source indices and the float32 weight (reference formula)."""
-    scale = np.float32(in_size) / np.float32(out_size)
-    src = (np.arange(out_size, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5)
-    lo = np.floor(src)
-    lerp = src - lo
-    i0 = np.clip(lo, 0, in_size - 1).astype(np.intp)
-    i1 = np.clip(lo + 1, 0, in_size - 1).astype(np.intp)
-    return i0, i1, lerp
-
-
-class _TFBilinear:
-    """The reference float32 bilinear resize, block by block, with reused buffers.
-
-    Per image: ``rows = left + (right - left) * xlerp`` (48 x size), then
-    ``out = top + (bottom - top) * ylerp``.  ``bottom - top`` is taken at source
-    resolution (``rows[k+1] - rows[k]``, the same float32 subtraction of the same two
-    values, zero where the edge is clamped) and gathered, which saves a full-size pass.
-    """
-
-    def __init__(self, in_h: int, in_w: int, size: int, block: int):
-        self.x0, self.x1, self.xlerp = _source_coords(in_w, size)
-        y0, y1, ylerp = _source_coords(in_h, size)
-        self.y0 = y0
-        self.dy = np.where(y1 > y0, y0, in_h - 1)  # row of `diff` holding bottom - top; in_h-1 is all zero
-        self.ylerp = np.ascontiguousarray(ylerp[:, None])
-        self.rows = np.empty((block, in_h, size), np.float32)
-        self.right = np.empty((block, in_h, size), np.float32)
-        self.diff = np.zeros((block, in_h, size), np.float32)
-        self.top = np.empty((block, size, size), np.float32)
-        self.delta = np.empty((block, size, size), np.float32)
-
-    def __call__(self, grey: np.ndarray) -> np.ndarray:
-        """(n <= block, H, W) -> float32 (n, size, size), a view of an internal buffer."""
-        n = len(grey)
-        x = grey.astype(np.float32)
-        rows, right, diff = self.rows[:n], self.right[:n], self.diff[:n]
-        np.take(x, self.x0, axis=2, out=rows)  # (n, H, size): left
-        np.take(x, self.x1, axis=2, out=right)
-        right -= rows
-        right *= self.xlerp
-        rows += right  # rows = left + (right - left) * xlerp
-        np.subtract(rows[:, 1:], rows[:, :-1], out=diff[:, :-1])  # (n, H-1, size); last row stays 0
-        top, delta = self.top[:n], self.delta[:n]
-        np.take(rows, self.y0, axis=1, out=top)  # (n, size, size)
-        np.take(diff, self.dy, axis=1, out=delta)  # bottom - top
-        delta *= self.ylerp
-        top += delta  # out = top + (bottom - top) * ylerp
-        return top
-
-
 def resize_float(grey: np.ndarray, size: int) -> np.ndarray:
     """(n, H, W) -> float32 (n, size, size), bit-identical to TF bilinear (docs/protocol.md §1).
 
     ``top = a[y0,x0] + (a[y0,x1] - a[y0,x0]) * xlerp``; ``out = top + (bottom - top) * ylerp``,
     every operation in float32, rows (x) first: the arithmetic of
-    :func:`fertool.data.resize.resize_bilinear`, in NumPy.
+    :func:`fertool.data.resize.resize_bilinear`, in NumPy (:class:`~fertool.data.resize.TFBilinear`).
     """
     grey = np.asarray(grey)
     out = np.empty((len(grey), size, size), np.float32)
-    resize = _TFBilinear(grey.shape[1], grey.shape[2], size, RESIZE_BLOCK)
+    resize = TFBilinear(grey.shape[1], grey.shape[2], size, RESIZE_BLOCK)
     for start in range(0, len(grey), RESIZE_BLOCK):
         out[start : start + RESIZE_BLOCK] = resize(grey[start : start + RESIZE_BLOCK])
     return out
@@ -173,7 +122,7 @@ def prepare_pixels(grey: np.ndarray, *, size: int = 224, rgb: bool = True, trunc
     """
     grey = np.asarray(grey)
     images = np.empty((len(grey), size, size), np.uint8)
-    resize = _TFBilinear(grey.shape[1], grey.shape[2], size, RESIZE_BLOCK)
+    resize = TFBilinear(grey.shape[1], grey.shape[2], size, RESIZE_BLOCK)
     for start in range(0, len(grey), RESIZE_BLOCK):
         out = resize(grey[start : start + RESIZE_BLOCK])
         if not truncate:

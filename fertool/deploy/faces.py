@@ -408,9 +408,8 @@ def prepare_face(
     """(48, 48) uint8 grey face -> (size, size) uint8 grey, made like the training images.
 
     The TF-exact bilinear resize in float32 and the floor to uint8 of
-    :func:`fertool.data.prepare.prepare_pixels` (the code that wrote the training images;
-    same arithmetic as :func:`fertool.data.resize.to_prepared_uint8`, both pinned to the
-    reference fixture), then, with ``jpeg``, the JPEG round trip of the stored training
+    :func:`fertool.data.prepare.prepare_pixels` (the code that wrote the training images,
+    pinned to the reference fixture), then, with ``jpeg``, the JPEG round trip of the stored training
     images (:func:`jpeg_roundtrip`).  ``truncate``/``quality``/``subsampling`` are the
     recipe's ``prepare`` settings.
     """

@@ -19,8 +19,8 @@ from .. import CLASS_NAMES
 from ..data.cache import folder_data, open_image_split
 from ..data.csv import load_split
 from ..data.datasets import ArraySplit, ImageSplit, reference_split
+from ..data.prepare import prepare_pixels
 from ..data.provenance import csv_provenance, images_provenance
-from ..data.resize import to_prepared_uint8
 from ..errors import DataError
 from ..progress import Progress
 from ..recipe import Recipe
@@ -141,9 +141,6 @@ def with_data_classes(recipe: Recipe, classes: tuple[str, ...], where: str, log:
 def csv_training_split(csv: str, split: str, size: int, *, truncate: bool) -> ArraySplit:
     """The training split prepared in memory: TF-exact resize + floor, no JPEG."""
     arrays = load_split(csv, split)
-    out = np.empty((len(arrays.images), size, size), dtype=np.uint8)
-    for start in range(0, len(out), 512):  # chunks bound the float32 intermediate
-        chunk = torch.from_numpy(arrays.images[start : start + 512])
-        out[start : start + 512] = to_prepared_uint8(chunk, size, truncate=truncate).numpy()
+    out = prepare_pixels(arrays.images, size=size, rgb=False, truncate=truncate)  # (N, S, S) uint8
     return ArraySplit(images=out, labels=torch.from_numpy(np.asarray(arrays.labels, dtype=np.int64)),
                       name=split, rows=np.asarray(arrays.rows))
