@@ -45,14 +45,12 @@ def _check_same_recipe(recipe: Recipe, run_dir: Path) -> None:
     finished stages would be mixed with new ones.  The ``pipeline`` section (seeds, TTA,
     ablation switches) and ``train.keep`` may change between runs, e.g. to add seeds; keys
     added to fertool since the run started count with their defaults."""
-    import yaml
-
     saved_file = run_dir / "recipe.yaml"
     if not saved_file.is_file():
         return
     try:
-        saved = to_dict(load_recipe(yaml.safe_load(saved_file.read_text(encoding="utf-8")) or {}))
-    except (OSError, yaml.YAMLError, FertoolError):
+        saved = to_dict(load_recipe(saved_file, stored=True))
+    except FertoolError:
         raise FertoolError(f"{saved_file}: unreadable; use a new --run directory") from None
     current = to_dict(recipe)
     for section in (saved, current):

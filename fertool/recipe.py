@@ -191,7 +191,6 @@ class TrainConfig:
     deterministic: bool = False  # bit-reproducible CPU runs
     sync_bn: bool = False  # SyncBatchNorm under torchrun
     eval_batch_size: int = field(default=256, metadata=positive())
-    num_workers: int = field(default=0, metadata=non_negative())
     selection_factor: float = field(default=1.1, metadata=positive())  # stage-4 selection rule
     # Checkpoints a finished stage keeps: "best", or "best+last" (last.pt: weights +
     # optimiser state of the last epoch, only needed to resume; about 2x best.pt).
@@ -477,13 +476,36 @@ def resolve_recipe_path(name: str | os.PathLike) -> Path:
     raise RecipeError(f"{name}: no such recipe file" + (f" (shipped recipes: {', '.join(shipped)})" if shipped else ""))
 
 
-def load_recipe(source: str | os.PathLike | Mapping | None = None, overrides: Sequence[str] = ()) -> Recipe:
+#: Keys of earlier fertool versions: what became of them.  In a recipe file or an
+#: override they are an error that says so; in a recipe stored in a checkpoint or run
+#: folder (``stored=True``) they are dropped, so old results stay readable.
+REMOVED_KEYS = {
+    "train.num_workers": "removed: it had no effect (batches are read in the training process)",
+}
+
+
+def _removed_keys(raw: Mapping, keys: Sequence[str], *, drop: bool) -> list[str]:
+    """Problems for the :data:`REMOVED_KEYS` present in ``raw`` (or drop them in place)."""
+    problems = []
+    for dotted in keys:
+        section, _, key = dotted.partition(".")
+        node = raw.get(section)
+        if isinstance(node, dict) and key in node:
+            if drop:
+                del node[key]
+            else:
+                problems.append(f"{dotted}: {REMOVED_KEYS[dotted]}")
+    return problems
+
+
+def load_recipe(source: str | os.PathLike | Mapping | None = None, overrides: Sequence[str] = (), *,
+                stored: bool = False) -> Recipe:
     """Load and validate a recipe.
 
     ``source`` is a YAML path, a shipped recipe name, an already-parsed mapping (e.g.
-    the recipe stored in a checkpoint), or None for the built-in defaults (the paper).
-    ``overrides`` are ``dotted.key=value`` strings.  Every problem is collected and
-    raised together as one :class:`RecipeError`.
+    the recipe stored in a checkpoint, with ``stored=True``), or None for the built-in
+    defaults (the paper).  ``overrides`` are ``dotted.key=value`` strings.  Every problem
+    is collected and raised together as one :class:`RecipeError`.
     """
     label = "recipe"
     raw_file: Any = {}
@@ -508,11 +530,15 @@ def load_recipe(source: str | os.PathLike | Mapping | None = None, overrides: Se
             raw_file = {}
         if not isinstance(raw_file, Mapping):
             raise RecipeError(f"{label}: the top level must be a mapping of sections, got {type(raw_file).__name__}")
-    problems: list[str] = []
+    raw_file = {k: dict(v) if isinstance(v, Mapping) else v for k, v in raw_file.items()}
+    problems = _removed_keys(raw_file, list(REMOVED_KEYS), drop=stored)
     # Unknown top-level sections are reported before merging so that the hint is precise.
     raw = _merge(to_dict(Recipe()), raw_file)
     for text in overrides:
         key, value = parse_override(text)
+        if key in REMOVED_KEYS:
+            problems.append(f"--set {key}: {REMOVED_KEYS[key]}")
+            continue
         problem = _apply_override(raw, key, value)
         if problem:
             problems.append(problem)
@@ -558,8 +584,8 @@ def dump_recipe(recipe: Recipe) -> str:
 #: stage 1 that has started already, which checkpoints a finished stage keeps).
 #: ``max_epochs`` may change too, but not below the epochs already done.  Accepted
 #: changes are recorded in the stage's summary warnings.
-RESUME_SAFE = ("data.csv", "data.images", "model.pretrained", "train.eval_batch_size", "train.num_workers",
-               "train.keep", "train.stages.{stage}.max_epochs")
+RESUME_SAFE = ("data.csv", "data.images", "model.pretrained", "train.eval_batch_size", "train.keep",
+               "train.stages.{stage}.max_epochs")
 #: Sections that shape a stage's training (the other stages, tta, sample, ablate and
 #: pipeline do not).
 _STAGE_SECTIONS = ("prepare", "data", "model", "train")
@@ -574,6 +600,8 @@ def resume_changes(saved: Mapping[str, Any], current: Recipe, stage: str, *,
     ``stage``.  Keys ``saved`` lacks (an older fertool wrote it) count as their defaults.
     """
     safe = {key.format(stage=stage) for key in RESUME_SAFE}
+    saved = {k: dict(v) if isinstance(v, Mapping) else v for k, v in saved.items()}
+    _removed_keys(saved, list(REMOVED_KEYS), drop=True)  # keys fertool no longer has
     saved = _merge(to_dict(Recipe()), saved)  # keys added to fertool since then take their defaults
     old, new = _flat(_stage_view(saved, stage)), _flat(_stage_view(to_dict(current), stage))
     refused, accepted = [], []

@@ -203,7 +203,7 @@ def augment_lhc_file(
     if recipe is not None:
         rcp = load_recipe(recipe, overrides)
     elif isinstance(ckpt.get("recipe"), Mapping):
-        rcp = load_recipe(ckpt["recipe"], overrides)
+        rcp = load_recipe(ckpt["recipe"], overrides, stored=True)
     else:
         rcp = load_recipe(None, overrides)
     size = (ckpt.get("arch_args") or {}).get("input_size")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import pytest
 import typer
 
 from fertool import __version__
@@ -56,9 +55,3 @@ def test_fertool_debug_shows_the_traceback(cli_runner, tmp_path):
     assert proc.returncode == 1 and "Traceback (most recent call last)" in proc.stderr
     plain = subprocess.run([sys.executable, "-m", "fertool", *args], capture_output=True, text=True, timeout=120)
     assert plain.returncode == 1 and "Traceback" not in plain.stderr and plain.stderr.startswith("error: ")
-
-
-@pytest.mark.parametrize("command", ["heads", "serve"])
-def test_unregistered_commands_are_not_offered(cli_runner, command):
-    assert command not in COMMANDS
-    assert cli_runner.invoke(app, [command]).exit_code == 2

@@ -21,9 +21,8 @@ from fertool.data.prepare import (
     jpeg_params,
     prepare,
     prepare_pixels,
-    resize_float,
 )
-from fertool.data.resize import resize_bilinear
+from fertool.data.resize import TFBilinear, resize_bilinear
 from fertool.errors import DataError, FertoolError
 from fertool.recipe import PrepareConfig, load_recipe
 
@@ -31,6 +30,11 @@ from .conftest import load_reference
 
 SPLITS = ("Training", "PublicTest", "PrivateTest")
 
+
+
+def resize_float(grey: np.ndarray, size: int) -> np.ndarray:
+    """The NumPy resize of ``prepare`` on a whole stack at once."""
+    return TFBilinear(grey.shape[1], grey.shape[2], size, len(grey))(np.asarray(grey)).copy()
 
 def pixel_text(image: np.ndarray) -> str:
     return " ".join(str(int(v)) for v in image.ravel())

@@ -162,3 +162,15 @@ def test_resume_changes_fill_keys_an_older_fertool_did_not_write_with_defaults()
     saved = to_dict(load_recipe("demo"))
     del saved["train"]["stages"]["1"]["eps"], saved["prepare"]["colour"]  # both at their defaults in demo
     assert resume_changes(saved, load_recipe("demo"), "1", epochs_done=1) == ([], [])
+
+
+def test_a_removed_key_is_an_error_that_says_so_but_a_stored_recipe_still_loads(tmp_path):
+    old = tmp_path / "old.yaml"
+    old.write_text("train:\n  num_workers: 4\n")
+    with pytest.raises(RecipeError, match="train.num_workers: removed"):
+        load_recipe(old)
+    with pytest.raises(RecipeError, match="--set train.num_workers: removed"):
+        load_recipe(None, ["train.num_workers=2"])
+    stored = to_dict(load_recipe(None))
+    stored["train"]["num_workers"] = 0  # a checkpoint written by an earlier version
+    assert load_recipe(stored, stored=True) == load_recipe(None)

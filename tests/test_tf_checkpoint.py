@@ -22,11 +22,12 @@ import pytest
 import torch
 
 from fertool import CLASS_NAMES
-from fertool.checkpoint import load_checkpoint, model_from_checkpoint
+from fertool.checkpoint import load_checkpoint
 from fertool.cli import app
-from fertool.models import TABLE2_LHC
 from fertool.models.tf_bundle import TensorBundle, _entry, _read_table
 from fertool.models.tf_checkpoint import tf_prefix
+from fertool.protocol import TABLE2 as TABLE2_LHC
+from fertool.surgery import model_from_checkpoint
 from tests._reference_weights import load_json, reference_state_dict
 from tests.conftest import load_reference, reference_file
 

@@ -1,7 +1,7 @@
 """The ``fertool`` command line: one module per command, each a thin wrapper.
 
 Command modules only parse options, call the library and render results with Rich.
-Each defines ``register(app)``; a command whose module is absent is simply not offered.
+Each defines ``register(app)``, called here in the order ``--help`` lists the commands.
 No command shows a traceback: a :class:`fertool.errors.FertoolError` becomes its
 ``error: ...`` lines on stderr and exit code 1, an ``OSError`` one line naming the path
 and the cause, anything else one line naming the exception (usage errors exit 2,
@@ -13,7 +13,6 @@ exit code 0.
 
 from __future__ import annotations
 
-import importlib
 import os
 import signal
 from contextlib import contextmanager
@@ -26,21 +25,6 @@ from .. import __version__
 from ..errors import FertoolError, os_error_message, printable
 from ._common import out
 
-#: Command modules, in the order ``--help`` lists them (the data flow).
-COMMAND_MODULES = (
-    "sample_data",
-    "prepare",
-    "import_weights",
-    "info",
-    "train",
-    "augment_lhc",
-    "evaluate",
-    "ablate",
-    "report",
-    "pipeline",
-    "predict",
-    "export",
-)
 
 
 def debug_enabled() -> bool:
@@ -146,13 +130,26 @@ def _root(
     """fertool: LHC-Net facial expression recognition toolkit."""
 
 
-for _name in COMMAND_MODULES:
-    try:
-        _module = importlib.import_module(f"{__name__}.{_name}")
-    except ModuleNotFoundError as _exc:
-        if _exc.name == f"{__name__}.{_name}":
-            continue
-        raise
+# The command modules import ``app``'s package only for this registration, after it exists.
+from . import (  # noqa: E402
+    ablate,
+    augment_lhc,
+    evaluate,
+    export,
+    import_weights,
+    info,
+    pipeline,
+    predict,
+    prepare,
+    report,
+    sample_data,
+    train,
+)
+
+#: Command modules, in the order ``--help`` lists them (the data flow).
+COMMAND_MODULES = (sample_data, prepare, import_weights, info, train, augment_lhc, evaluate, ablate, report, pipeline,
+                   predict, export)
+for _module in COMMAND_MODULES:
     _module.register(app)
 
 

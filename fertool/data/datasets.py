@@ -147,11 +147,6 @@ def batch_indices(
         yield chunk
 
 
-def num_batches(n: int, batch_size: int, *, world_size: int = 1, drop_last: bool = False) -> int:
-    per_rank = -(-n // world_size)
-    return per_rank // batch_size if drop_last else -(-per_rank // batch_size)
-
-
 def iter_split(
     split: ImageSplit,
     batch_size: int,
@@ -169,6 +164,5 @@ __all__: Sequence[str] = (
     "ReferenceSplit",
     "reference_split",
     "batch_indices",
-    "num_batches",
     "iter_split",
 )

@@ -96,21 +96,6 @@ _SAMPLING = {"4:4:4": "IMWRITE_JPEG_SAMPLING_FACTOR_444", "4:2:2": "IMWRITE_JPEG
 # --------------------------------------------------------------------------- pixels
 
 
-def resize_float(grey: np.ndarray, size: int) -> np.ndarray:
-    """(n, H, W) -> float32 (n, size, size), bit-identical to TF bilinear (docs/protocol.md §1).
-
-    ``top = a[y0,x0] + (a[y0,x1] - a[y0,x0]) * xlerp``; ``out = top + (bottom - top) * ylerp``,
-    every operation in float32, rows (x) first: the arithmetic of
-    :func:`fertool.data.resize.resize_bilinear`, in NumPy (:class:`~fertool.data.resize.TFBilinear`).
-    """
-    grey = np.asarray(grey)
-    out = np.empty((len(grey), size, size), np.float32)
-    resize = TFBilinear(grey.shape[1], grey.shape[2], size, RESIZE_BLOCK)
-    for start in range(0, len(grey), RESIZE_BLOCK):
-        out[start : start + RESIZE_BLOCK] = resize(grey[start : start + RESIZE_BLOCK])
-    return out
-
-
 def prepare_pixels(grey: np.ndarray, *, size: int = 224, rgb: bool = True, truncate: bool = True) -> np.ndarray:
     """48x48 grey uint8 (n, 48, 48) -> the training images, uint8 (n, size, size[, 3]).
 

@@ -150,7 +150,7 @@ def resolve_tta(name: str, recipe: Mapping[str, Any] | None = None):
     from ..evaluation.inputs import resolve_tta as resolve_preset
     from ..recipe import load_recipe
 
-    return resolve_preset(load_recipe(recipe or None), name)[1]
+    return resolve_preset(load_recipe(recipe or None, stored=True), name)[1]
 
 
 def preparation_from_recipe(recipe: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -55,8 +55,9 @@ def resolve_recipe(ckpt: Mapping[str, Any], recipe: Recipe | str | os.PathLike |
     """The recipe given, else the one stored in the checkpoint, else the defaults; then ``overrides``."""
     if isinstance(recipe, Recipe):
         return load_recipe(to_dict(recipe), overrides) if overrides else recipe
-    source = recipe if recipe is not None else ckpt.get("recipe")
-    return load_recipe(source, overrides)
+    if recipe is not None:
+        return load_recipe(recipe, overrides)
+    return load_recipe(ckpt.get("recipe"), overrides, stored=True)
 
 
 def resolve_tta(recipe: Recipe, tta: str | bool | TTAPreset | None) -> tuple[str | None, TTAPreset | None]:
