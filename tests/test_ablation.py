@@ -286,7 +286,7 @@ def test_cli_runs_and_prints_tables(ckpts, tmp_path, cli_runner):
     (out).mkdir()
     (out / "old.txt").write_text("old")
     res = cli_runner.invoke(app, ["ablate", "-c", str(ckpts["paths"]["trained"]), "--csv", str(csv), "--out",
-                                  str(out), "--modes", "off", "--sets", "single", "--pictures", "0", "--quiet",
+                                  str(out), "--modes", "off", "--subsets", "single", "--pictures", "0", "--quiet",
                                   "--device", "cpu"])
     assert res.exit_code == 0, res.output
     assert "smallest kept set" in res.output and "head redundancy" in res.output

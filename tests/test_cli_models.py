@@ -39,7 +39,14 @@ def test_augment_lhc_run_then_controller(cli_runner, run_dir):
     assert "lhc_net" in result.stdout
     # refuses to overwrite, and a second LHC augmentation of an LHC-Net
     again = cli_runner.invoke(app, ["augment-lhc", "--run", str(run_dir), *RECIPE_112])
-    assert again.exit_code == 1 and "already exists" in again.output
+    assert again.exit_code == 1 and "already exists (pass --overwrite" in again.output
+    for flag, seed in (("--overwrite", "5"), ("--force", "6")):  # --force: the old, hidden name
+        replaced = cli_runner.invoke(app, ["augment-lhc", "--run", str(run_dir), "--seed", seed, flag, *RECIPE_112])
+        assert replaced.exit_code == 0, replaced.output
+        assert load_checkpoint(run_dir / "stage4" / "init.pt")["extra"]["lhc_seed"] == int(seed)
+    help_text = cli_runner.invoke(app, ["augment-lhc", "--help"]).output
+    assert "--overwrite" in help_text and "--force" not in help_text
+    init = load_checkpoint(run_dir / "stage4" / "init.pt")
     bad = cli_runner.invoke(app, ["augment-lhc", "-c", str(run_dir / "stage4" / "init.pt"),
                                   "--out", str(run_dir / "x.pt"), *RECIPE_112])
     assert bad.exit_code == 1 and "already has LHC modules" in bad.output

@@ -78,7 +78,7 @@ def ablation_sets(names: Sequence[str], kinds: Sequence[str]) -> list[tuple[tupl
     names = list(names)
     unknown = [k for k in kinds if k not in SET_KINDS]
     if unknown or not kinds:
-        raise FertoolError(f"--sets: must be some of {', '.join(SET_KINDS)}, got {', '.join(kinds) or 'nothing'}")
+        raise FertoolError(f"--subsets: must be some of {', '.join(SET_KINDS)}, got {', '.join(kinds) or 'nothing'}")
     found: dict[tuple[str, ...], list[str]] = {}
 
     def add(subset: Sequence[str], how: str) -> None:
@@ -296,7 +296,7 @@ def ablate(
     seed = (ckpt.get("extra") or {}).get("lhc_seed")
     seed = seed if isinstance(seed, int) else None
     modes, notes = _runnable_modes(modes, rcp.ablate.modes, seed, checkpoint_path)
-    kinds = _choose(sets, rcp.ablate.sets, SET_KINDS, "--sets")
+    kinds = _choose(sets, rcp.ablate.sets, SET_KINDS, "--subsets")
     tolerance = rcp.ablate.tolerance if tolerance is None else float(tolerance)
     if not tolerance >= 0:
         raise FertoolError(f"--tolerance: must be >= 0, got {tolerance}")

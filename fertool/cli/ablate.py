@@ -22,10 +22,11 @@ def ablate_cli(
         "seed, which imported checkpoints lack: skipped by default there) "
         "[default: recipe ablate.modes = off,detrain]."
     ),
-    sets: Optional[str] = typer.Option(
-        None, "--sets", help="Comma list: single, cumulative (from the first and from the last module), "
+    subsets: Optional[str] = typer.Option(
+        None, "--subsets", help="Comma list: single, cumulative (from the first and from the last module), "
         "all (every non-empty subset) [default: recipe ablate.sets = single,cumulative]."
     ),
+    old_sets: Optional[str] = typer.Option(None, "--sets", hidden=True, help="Old name of --subsets."),
     tta: bool = typer.Option(False, "--tta", help="Also measure every set with test-time augmentation."),
     tta_preset: Optional[str] = typer.Option(
         None, "--tta-preset", help="TTA preset of the recipe's tta.presets (implies --tta) [default: tta.preset]."
@@ -47,11 +48,12 @@ def ablate_cli(
     set_: Optional[List[str]] = SetOption,
     quiet: bool = QuietOption,
 ) -> None:
-    """Ablate the LHC modules without retraining: accuracy of the model with sets of modules
-    switched off or reset to their untrained weights, the smallest set of modules that keeps
-    the accuracy within --tolerance, head correlations and attention pictures.
+    """Ablate the LHC modules without retraining; head correlations and attention pictures.
 
-    Writes ablation.json, ablation.png, heads-<module>.png, pictures/ and recipe.yaml."""
+    Measures the accuracy of the model with sets of modules switched off or reset to their untrained weights, the smallest set of modules that keeps the accuracy within --tolerance, head correlations and attention pictures.
+
+    Writes ablation.json, ablation.png, heads-<module>.png, pictures/ and recipe.yaml.
+    """
     from ..analysis.ablation import ablate
 
     preset = tta_preset if tta_preset is not None else (True if tta else None)  # True: the recipe's tta.preset
@@ -62,7 +64,7 @@ def ablate_cli(
             images=images,
             split=split,
             modes=modes,
-            sets=sets,
+            sets=subsets if subsets is not None else old_sets,
             tta=preset,
             tolerance=tolerance,
             out_dir=out_dir,

@@ -23,15 +23,16 @@ def augment_lhc_cli(
         False, "--controller", help="Add the LHC-NetC controllers (model.controller_init) too / instead."
     ),
     seed: int = typer.Option(0, "--seed", help="Seed of the new LHC modules' initial weights."),
-    force: bool = typer.Option(False, "--force", help="Replace an existing output checkpoint."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output checkpoint."),
+    force: bool = typer.Option(False, "--force", hidden=True, help="Old name of --overwrite."),
     recipe: Optional[str] = RecipeOption,
     sets: Optional[List[str]] = SetOption,
     quiet: bool = QuietOption,
 ) -> None:
-    """Build LHC-Net from a trained ResNet34v2 checkpoint (LHC modules from model.lhc, Table 2
-    by default), or LHC-NetC with --controller.  Every backbone tensor is copied bit for bit;
-    the new modules are initialised from --seed.  Without --recipe the checkpoint's own
-    recipe is used."""
+    """Build LHC-Net from a trained ResNet34v2 checkpoint, or LHC-NetC with --controller.
+
+    The LHC modules come from model.lhc (Table 2 by default). Every backbone tensor is copied bit for bit; the new modules are initialised from --seed. Without --recipe the checkpoint's own recipe is used.
+    """
     from ..errors import CheckpointError
     from ..surgery import augment_lhc_file
 
@@ -46,7 +47,7 @@ def augment_lhc_cli(
     if checkpoint is None or out_path is None:
         raise CheckpointError("give --checkpoint CKPT and --out CKPT, or --run DIR")
     result = augment_lhc_file(checkpoint, out_path, recipe=recipe, overrides=sets or (), controller=controller,
-                              seed=seed, overwrite=force)
+                              seed=seed, overwrite=overwrite or force)
     ckpt = result["checkpoint"]
     what = "LHC modules" if result["added"] == "lhc" else "controllers"
     if result["added"] == "lhc" and ckpt["arch_args"].get("controller_init") is not None:

@@ -35,9 +35,10 @@ def evaluate_cli(
     sets: Optional[List[str]] = SetOption,
     quiet: bool = QuietOption,
 ) -> None:
-    """Evaluate a checkpoint: accuracy, loss, balanced accuracy, macro-F1, per-class scores,
-    confusion matrix, bootstrap 95% interval and tied predictions; with --tta, plain and TTA
-    side by side.  Writes metrics.json, probs.npz, confusion.png and recipe.yaml."""
+    """Evaluate a checkpoint on one split, plain and with the paper's TTA.
+
+    Reports accuracy, loss, balanced accuracy, macro-F1, per-class scores, confusion matrix, bootstrap 95% interval and tied predictions; with --tta, plain and TTA side by side. Writes metrics.json, probs.npz, confusion.png and recipe.yaml.
+    """
     from ..evaluation.evaluate import evaluate_checkpoint
 
     with ExitStack() as stack:

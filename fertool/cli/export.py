@@ -30,10 +30,7 @@ def export_cmd(
 ) -> None:
     """Export the model (eval mode, softmax output, dynamic batch) with its preprocessing contract.
 
-    The input contract (size, raw 0..255 float values, NCHW grey replicated to RGB,
-    class names, architecture, preparation of docs/protocol.md §1) is stored in the file's metadata.
-    The export is then run on random images and compared with the PyTorch model
-    (ONNX with onnxruntime when installed).
+    The input contract (size, raw 0..255 float values, NCHW grey replicated to RGB, class names, architecture, preparation of docs/protocol.md §1) is stored in the file's metadata. The export is then run on random images and compared with the PyTorch model (ONNX with onnxruntime when installed).
     """
     from ..deploy.export import export_model
 

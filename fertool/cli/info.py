@@ -17,8 +17,10 @@ def info_cli(
     sets: Optional[List[str]] = SetOption,
     quiet: bool = QuietOption,  # accepted like every command's; info writes no notes
 ) -> None:
-    """Table of a model's modules (from a checkpoint or a recipe): parameters, output shape and
-    FLOPs per image, with totals in PyTorch and Keras counting and the LHC share."""
+    """Table of a model's modules, from a checkpoint or a recipe.
+
+    Lists parameters, output shape and FLOPs per image, with totals in PyTorch and Keras counting and the LHC share.
+    """
     from ..checkpoint import load_checkpoint
     from ..errors import ModelError
     from ..models import arch_from_recipe, build_model

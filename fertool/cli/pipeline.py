@@ -25,8 +25,9 @@ def pipeline_cli(
     sets: Optional[List[str]] = SetOption,
     quiet: bool = QuietOption,
 ) -> None:
-    """Run prepare -> stages 1-3 -> augment-lhc -> stage 4 -> controller -> evaluate (plain
-    and TTA) -> ablate -> report, and print the final table beside the paper's numbers.
+    """Run the whole protocol, resumably, and compare with the paper.
+
+    Runs prepare -> stages 1-3 -> augment-lhc -> stage 4 -> controller -> evaluate (plain and TTA) -> ablate -> report, and print the final table beside the paper's numbers.
 
     Re-running skips finished steps and resumes an interrupted stage.
     """

@@ -57,8 +57,7 @@ def predict_cmd(
 ) -> None:
     """Classify the facial expression of every face in photos, folders, videos or a webcam.
 
-    Faces are found with OpenCV (or the detector given), cropped with a margin, made grey
-    and 48x48, prepared exactly like the training images, and classified in batches.
+    Faces are found with OpenCV (or the detector given), cropped with a margin, made grey and 48x48, prepared exactly like the training images, and classified in batches.
     """
     from ..data.provenance import is_synthetic
     from ..deploy.faces import gui_problem, load_detector

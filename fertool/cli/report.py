@@ -25,8 +25,7 @@ def report_cli(
 ) -> None:
     """Run statistics (Table 7): top 40% / 25% (with and without the best), best, mean, std per group.
 
-    Writes report.md, report.json and runs.png (a strip plot). Runs rejected by the stage-4
-    selection rule are listed apart and left out of the statistics.
+    Writes report.md, report.json and runs.png (a strip plot). Runs rejected by the stage-4 selection rule are listed apart and left out of the statistics.
     """
     from ..analysis.report import STAT_COLUMNS, report, stat_text
 

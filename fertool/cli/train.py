@@ -48,9 +48,7 @@ def train_cli(
 ) -> None:
     """Train one stage; a stage starts from the previous stage's best checkpoint.
 
-    Stage 4 starts from RUN/stage4/init.pt (`fertool augment-lhc`) or adds the LHC modules
-    to stage 3's best itself; the controller stage likewise from stage 4.  Run under
-    `torchrun --nproc_per_node N -m fertool train ... --run-dir DIR` for data-parallel training.
+    Stage 4 starts from RUN/stage4/init.pt (`fertool augment-lhc`) or adds the LHC modules to stage 3's best itself; the controller stage likewise from stage 4. Run under `torchrun --nproc_per_node N -m fertool train ... --run-dir DIR` for data-parallel training.
     """
     from rich.table import Table
 
