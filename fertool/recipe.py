@@ -1,5 +1,8 @@
 """Recipes: YAML files loaded into typed, frozen, validated dataclasses.
 
+(One file of ~550 lines: the schema and its validating loader belong together; the schema
+is most of it.)
+
 A recipe has sections (``prepare``, ``data``, ``model``, ``train``, ``tta``, ``sample``,
 ``ablate``, ``pipeline``).  Every field has the paper's value as its default, so a file
 only needs the keys it changes, and ``recipes/paper.yaml`` spells the whole protocol out.

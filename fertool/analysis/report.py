@@ -1,5 +1,7 @@
 """Run statistics across seeds: Table 7 of the paper (docs/protocol.md §6, §7).
 
+(One file of ~460 lines: discovery, statistics and rendering of the one report read together.)
+
 ``report(run_dirs)`` walks the given folders for evaluation results
 (``.../eval-<split>/metrics.json``, written by ``fertool evaluate`` next to a checkpoint)
 and summarises the test accuracy of the runs per group.

@@ -1,5 +1,7 @@
 """Faces in users' photos: detection, cropping, and preparation exactly like the training data.
 
+(One file of ~460 lines: four small detector back-ends behind one interface.)
+
 Detection backends (:func:`load_detector`):
 
 * ``haar`` — OpenCV's Haar cascade ``haarcascade_frontalface_default.xml`` that ships

@@ -1,5 +1,8 @@
 """Classify the facial expressions of the faces in photos, folders, videos and a webcam.
 
+(One file of ~730 lines: the input kinds -- photos, folders, videos, a webcam -- share the
+event stream and the batch classifier; splitting them would scatter that contract.)
+
 :func:`predict_paths` is the library side of ``fertool predict``: it expands the inputs
 (files, folders searched recursively), finds faces (:mod:`fertool.deploy.faces`), prepares
 every face exactly like the training images (docs/protocol.md §1, see :func:`fertool.deploy.faces.prepare_face`),
