@@ -36,9 +36,10 @@ def import_cli(
     force: bool = typer.Option(False, "--force", hidden=True, help="Former name of --overwrite."),
     quiet: bool = QuietOption,
 ) -> None:
-    """Import foreign weights as a fertool checkpoint: the ResNet34 ImageNet weights the paper
-    started from (Keras .h5, for stage 1 via model.pretrained), or the authors' trained LHC-Net /
-    LHC-NetC (TensorFlow checkpoints), ready for evaluate, ablate, predict and export."""
+    """Import foreign weights (Keras, TensorFlow) as a fertool checkpoint.
+
+    The ResNet34 ImageNet weights the paper started from (Keras .h5, for stage 1 via model.pretrained), or the authors' trained LHC-Net / LHC-NetC (TensorFlow checkpoints), ready for evaluate, ablate, predict and export.
+    """
     from ..checkpoint import save_checkpoint
     from ..errors import CheckpointError
     from ..models.importer import import_weights
