@@ -283,10 +283,9 @@ def ablate(
     from ..recipe import AblateConfig, save_recipe
     from .heads import controller_weights, head_summary, record_heads
 
-    inputs = load_eval_inputs(checkpoint_path, csv=csv, images=images, split=split, recipe=recipe,
-                              overrides=overrides, tta=tta, device=device, what="ablate")
-    ckpt, model, rcp, data, dev = inputs.ckpt, inputs.model, inputs.recipe, inputs.data, inputs.device
-    checkpoint_path, source, tta_name, preset = inputs.checkpoint, inputs.source, inputs.tta_name, inputs.tta
+    inputs = load_eval_inputs(checkpoint_path, recipe=recipe, overrides=overrides, tta=tta, device=device)
+    ckpt, model, rcp, dev = inputs.ckpt, inputs.model, inputs.recipe, inputs.device
+    checkpoint_path, tta_name, preset = inputs.checkpoint, inputs.tta_name, inputs.tta
     modules = model.lhc_modules() if hasattr(model, "lhc_modules") else {}
     if not modules:
         raise CheckpointError(f"{checkpoint_path}: has no LHC modules; ablate needs an LHC-Net or LHC-NetC checkpoint")
@@ -302,6 +301,8 @@ def ablate(
         raise FertoolError(f"--tolerance: must be >= 0, got {tolerance}")
     if max_images is not None and max_images < 1:
         raise FertoolError(f"--max-images: must be >= 1, got {max_images}")
+    data = inputs.open_split(csv=csv, images=images, split=split, what="ablate")
+    source = inputs.source
     if max_images is not None and max_images < len(data):
         data = SubsetSplit(data, max_images)
     labels = data.labels.numpy()

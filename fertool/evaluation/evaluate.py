@@ -87,8 +87,8 @@ def evaluate_checkpoint(
     ``onnxruntime``) runs the forward passes (:mod:`fertool.evaluation.engines`).  The
     returned dict also carries ``"out_dir"`` and ``"files"``.
     """
-    inputs = load_eval_inputs(checkpoint_path, csv=csv, images=images, split=split, recipe=recipe,
-                              overrides=overrides, tta=tta, device=device)
+    inputs = load_eval_inputs(checkpoint_path, recipe=recipe, overrides=overrides, tta=tta, device=device)
+    inputs.open_split(csv=csv, images=images, split=split)
     ckpt, rcp, data, dev, size = inputs.ckpt, inputs.recipe, inputs.data, inputs.device, inputs.size
     class_names, preset, tta_name = inputs.class_names, inputs.tta, inputs.tta_name
     use_amp = bool(rcp.train.amp if amp is None else amp) and dev.type == "cuda"

@@ -31,23 +31,42 @@ Progress = Callable[[int, "int | None"], None]
 
 @dataclass
 class EvalInputs:
-    """A checkpoint ready to be measured on a split."""
+    """A checkpoint ready to be measured; :meth:`open_split` adds the images of a split."""
 
     checkpoint: Path
     ckpt: dict
     model: nn.Module
     recipe: Recipe
-    data: ImageSplit
-    source: dict  # {"csv": path} or {"images": path}
     size: int
     class_names: list[str]
     device: torch.device
     tta_name: str | None
     tta: TTAPreset | None
+    data: ImageSplit | None = None
+    source: dict | None = None  # {"csv": path} or {"images": path}
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    def open_split(self, *, csv: str | os.PathLike | None, images: str | os.PathLike | None, split: str,
+                   what: str = "evaluate") -> ImageSplit:
+        """The images of ``split``: reference images from ``csv``, or ``images``; without
+        either, the recipe's ``data.csv`` (then ``data.images``).  ``what`` names the command
+        in error messages."""
+        if csv is not None and images is not None:
+            raise FertoolError("give either a CSV or an image folder, not both")
+        if csv is None and images is None:
+            csv, images = self.recipe.data.csv, (self.recipe.data.images if self.recipe.data.csv is None else None)
+        if csv is None and images is None:
+            raise DataError(f"{self.checkpoint}: no data to {what} on: pass --csv or --images "
+                            "(the checkpoint's recipe has no data.csv)")
+        data, source = open_split(None if csv is None else str(csv), None if images is None else str(images),
+                                  split, self.size)
+        _check_split(data, str(csv if csv is not None else images), split, self.size, self.class_names,
+                     str(self.checkpoint))
+        self.data, self.source = data, source
+        return data
 
 
 def resolve_recipe(ckpt: Mapping[str, Any], recipe: Recipe | str | os.PathLike | Mapping | None,
@@ -107,39 +126,23 @@ def _check_split(data: ImageSplit, where: str, split: str, size: int, class_name
 def load_eval_inputs(
     checkpoint_path: str | os.PathLike,
     *,
-    csv: str | os.PathLike | None = None,
-    images: str | os.PathLike | None = None,
-    split: str = "PrivateTest",
     recipe: Recipe | str | os.PathLike | Mapping | None = None,
     overrides: Sequence[str] = (),
     tta: str | bool | TTAPreset | None = None,
     device: str = "cpu",
-    what: str = "evaluate",
 ) -> EvalInputs:
-    """Load ``checkpoint_path`` and everything needed to measure it on ``split``.
+    """Load ``checkpoint_path``, its model and recipe, ready to be measured.
 
     The recipe is ``recipe`` if given, else the checkpoint's, else the defaults, with
-    ``overrides``.  Without ``csv`` / ``images`` the recipe's ``data.csv`` (then
-    ``data.images``) is used.  ``tta``: see :func:`resolve_tta`.  ``what`` names the
-    command in error messages.
+    ``overrides``.  ``tta``: see :func:`resolve_tta`.  The split comes next, from
+    :meth:`EvalInputs.open_split`.
     """
     checkpoint_path = Path(checkpoint_path)
     ckpt = load_checkpoint(checkpoint_path)
     rcp = resolve_recipe(ckpt, recipe, overrides)
     tta_name, preset = resolve_tta(rcp, tta)
-    if csv is not None and images is not None:
-        raise FertoolError("give either a CSV or an image folder, not both")
-    if csv is None and images is None:
-        csv, images = rcp.data.csv, (rcp.data.images if rcp.data.csv is None else None)
-    if csv is None and images is None:
-        raise DataError(f"{checkpoint_path}: no data to {what} on: pass --csv or --images "
-                        "(the checkpoint's recipe has no data.csv)")
     arch_args = dict(ckpt.get("arch_args") or {})
-    size = int(arch_args.get("input_size", 224))
     class_names = list(checkpoint_classes(ckpt))
-    dev = resolve_device(device)
-    data, source = open_split(None if csv is None else str(csv), None if images is None else str(images), split, size)
-    _check_split(data, str(csv if csv is not None else images), split, size, class_names, str(checkpoint_path))
     return EvalInputs(checkpoint=checkpoint_path, ckpt=ckpt, model=model_from_checkpoint(ckpt), recipe=rcp,
-                      data=data, source=source, size=size, class_names=class_names, device=dev,
-                      tta_name=tta_name, tta=preset)
+                      size=int(arch_args.get("input_size", 224)), class_names=class_names,
+                      device=resolve_device(device), tta_name=tta_name, tta=preset)
