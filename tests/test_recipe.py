@@ -174,3 +174,7 @@ def test_a_removed_key_is_an_error_that_says_so_but_a_stored_recipe_still_loads(
     stored = to_dict(load_recipe(None))
     stored["train"]["num_workers"] = 0  # a checkpoint written by an earlier version
     assert load_recipe(stored, stored=True) == load_recipe(None)
+
+
+def test_the_paper_recipe_spells_out_the_built_in_defaults():
+    assert load_recipe("paper") == load_recipe(None)
