@@ -11,12 +11,17 @@ flip with probability 0.5.  The reference code used ``ImageDataGenerator`` of TF
 * ``apply_affine_transform`` composes ``M = C @ R(theta) @ T(tx, ty) @ Z(zx, zy) @ C^-1``
   with ``R = [[cos, -sin], [sin, cos]]``, ``T`` the translation by ``(tx, ty)``,
   ``Z = diag(zx, zy)`` and ``C`` the translation to Keras' centre ``(H/2 + 0.5, W/2 + 0.5)``
-  (sic: half a pixel past the true centre ``(S-1)/2``, on both axes).  Since
-  keras-preprocessing 1.1.1 ``M`` acts on (x, y) = (column, row) coordinates (the
-  ``M' = P M P`` axis swap before ``scipy.ndimage.affine_transform``), so ``tx`` (drawn
-  from the height range) moves along columns, ``zx`` scales columns, and a positive
-  ``theta`` turns the content counter-clockwise as displayed.  For the paper's square
-  images and symmetric ranges the older convention gives the same distribution.
+  (sic: half a pixel past the true centre ``(S-1)/2``, on both axes).
+* Axes.  In keras-preprocessing 1.1.2 (the reference's) ``M`` acts on (row, column)
+  coordinates: ``tx`` (drawn from the height range) moves along rows and ``zx`` scales
+  rows.  Later Keras releases swap the axes first (``M' = P M P`` before
+  ``scipy.ndimage.affine_transform``) so that ``M`` acts on (x, y) = (column, row).
+  fertool implements the later, swapped convention: ``tx`` moves along columns, ``zx``
+  scales columns, and a positive ``theta`` turns the content counter-clockwise as
+  displayed.  For the paper's square images and symmetric ranges (``tx`` and ``ty`` from
+  the same range, ``zx`` and ``zy`` independent draws from the same range, angles
+  symmetric about 0) both conventions draw transforms from the same distribution; a
+  single draw is not the same transform.
 * ``M`` maps an OUTPUT pixel to the INPUT position it samples (``in = M @ out``): a
   zoom factor > 1 shows MORE of the image (zooms out), a positive ``tx`` moves the
   content left.
