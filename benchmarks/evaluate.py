@@ -1,4 +1,4 @@
-"""Cost of TTA evaluation relative to 62 plain evaluations of the same images (SPEC §5).
+"""Cost of TTA evaluation relative to 62 plain evaluations of the same images (docs/protocol.md §5).
 
 The paper's TTA runs 60 forward passes per image (the identity and 59 views) where 62
 plain evaluations would run 62, so with free view transforms the ratio is 60/62 = 0.97;
@@ -26,6 +26,7 @@ from fertool.evaluation.inference import predict_probs
 from fertool.evaluation.tta import apply_view, tta_plan
 from fertool.models import build_model
 from fertool.recipe import load_recipe
+from fertool.utils import precision
 
 
 def sync(device: torch.device) -> None:
@@ -56,7 +57,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--batch-size", type=int, default=None, help="default: 16 on CPU, 256 on CUDA")
     parser.add_argument("--preset", default="paper")
-    parser.add_argument("--no-amp", action="store_true", help="float32 on CUDA instead of bf16 autocast")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "tf32", "bf16"),
+                        help="forward passes: fp32 (the paper's, default), tf32 or bf16 (CUDA)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
     parser.add_argument("--cpu-time", action="store_true",
                         help="CPU: measure process CPU time instead of wall time (for a machine shared with other "
@@ -75,7 +77,6 @@ def main() -> None:
     n = args.images or (3589 if cuda else 16)
     bs = args.batch_size or (256 if cuda else 16)
     repeat = args.repeat or (5 if cuda else 3)
-    amp = cuda and not args.no_amp
     if cuda:
         torch.backends.cudnn.benchmark = True
     preset = load_recipe(None, ()).tta.presets[args.preset]
@@ -89,7 +90,7 @@ def main() -> None:
         name="PrivateTest",
     )
     model = build_model(args.arch, input_size=args.size).to(device).eval()
-    kw = dict(batch_size=bs, device=device, amp=amp, channels_last=cuda)
+    kw = dict(batch_size=bs, device=device, precision=args.precision, channels_last=cuda)
 
     # warm-up (cuDNN autotuning, view caches)
     warm = ReferenceSplit(images=split.images[:bs], labels=split.labels[:bs], size=args.size)
@@ -102,7 +103,7 @@ def main() -> None:
     transforms = timed(lambda: [apply_view(x, v) for v in views], device, 3)
 
     def forwards():
-        with torch.inference_mode(), torch.autocast("cuda", torch.bfloat16, enabled=amp):
+        with torch.inference_mode(), precision(device, args.precision):
             xx = x.contiguous(memory_format=torch.channels_last) if cuda else x
             for _ in views:
                 model(xx)
@@ -112,7 +113,7 @@ def main() -> None:
     passes = 1 + len(views)
     divisor = preset.identity_weight + len(views)
     print(f"device {device} ({torch.cuda.get_device_name(device) if cuda else f'{torch.get_num_threads()} threads'}), "
-          f"arch {args.arch}, {n} images at {args.size}px, batch {bs}, amp {'bf16' if amp else 'off'}, "
+          f"arch {args.arch}, {n} images at {args.size}px, batch {bs}, precision {args.precision}, "
           f"preset {args.preset}: {len(views)} views, {passes} forward passes per image"
           + (", times are process CPU seconds" if args.cpu_time else ""))
     print(f"plain evaluation        : {plain:8.2f} s  {n / plain:9.1f} img/s")

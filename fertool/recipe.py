@@ -69,6 +69,12 @@ def each(pred: Callable[[Any], bool], message: str) -> dict:
 
 # --------------------------------------------------------------------------- schema
 
+#: Numeric precisions of training and inference (``train.precision``, ``train.eval_precision``):
+#: ``fp32`` float32 throughout (the authors' setting; TF32 off), ``tf32`` float32 tensors
+#: with TF32 matrix products and convolutions on NVIDIA GPUs, ``bf16`` bf16 autocast of
+#: the forward pass (TF32 off for what stays in float32).  See :func:`fertool.utils.precision`.
+PRECISIONS = ("fp32", "tf32", "bf16")
+
 
 @dataclass(frozen=True)
 class PrepareConfig:
@@ -188,7 +194,11 @@ def _paper_stages() -> dict[str, StageConfig]:
 class TrainConfig:
     """Engine settings shared by all stages, and the stages themselves."""
 
-    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    # Numeric precision of training (fp32 | tf32 | bf16, see fertool.utils.PRECISIONS) and
+    # of everything that measures a model: early-stopping validation, the stage-4 rule,
+    # evaluation, TTA and ablation.  fp32 is the authors' setting.
+    precision: str = field(default="fp32", metadata=one_of(*PRECISIONS))
+    eval_precision: str = field(default="fp32", metadata=one_of(*PRECISIONS))
     channels_last: bool = True  # on CUDA
     compile: bool = False  # torch.compile the model
     deterministic: bool = False  # bit-reproducible CPU runs
@@ -198,6 +208,9 @@ class TrainConfig:
     # Checkpoints a finished stage keeps: "best", or "best+last" (last.pt: weights +
     # optimiser state of the last epoch, only needed to resume; about 2x best.pt).
     keep: str = field(default="best+last", metadata=one_of("best", "best+last"))
+    # Seed of the model's initial weights (new LHC modules, a new head, dropout); fixed, as
+    # in the paper's run sets, while --seed (the data seed) varies the data order and augmentation.
+    init_seed: int = field(default=0, metadata=non_negative())
     stages: dict[str, StageConfig] = field(default_factory=_paper_stages)
 
 
@@ -484,6 +497,7 @@ def resolve_recipe_path(name: str | os.PathLike) -> Path:
 #: folder (``stored=True``) they are dropped, so old results stay readable.
 REMOVED_KEYS = {
     "train.num_workers": "removed: it had no effect (batches are read in the training process)",
+    "train.amp": "replaced by train.precision: fp32 | tf32 | bf16 (amp: true was bf16 autocast on CUDA)",
 }
 
 

@@ -8,15 +8,18 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+from typing import Iterator
 
 import numpy as np
 import torch
 
 from .errors import FertoolError
+from .recipe import PRECISIONS
 
 
-def seed_everything(seed: int, *, deterministic: bool = False) -> torch.Generator:
-    """Seed Python, NumPy and torch; return a torch generator for data order.
+def seed_everything(seed: int, *, data_seed: int | None = None, deterministic: bool = False) -> torch.Generator:
+    """Seed Python, NumPy and torch with ``seed``; return a torch generator for the data
+    order and augmentation, seeded with ``data_seed`` (default ``seed``).
 
     ``deterministic`` is the single switch for bit-reproducible runs: deterministic
     algorithms on and cuDNN benchmarking off (as in the torchvision references).
@@ -30,15 +33,31 @@ def seed_everything(seed: int, *, deterministic: bool = False) -> torch.Generato
         torch.backends.cudnn.benchmark = False
         torch.backends.cudnn.deterministic = True
     gen = torch.Generator()
-    gen.manual_seed(seed)
+    gen.manual_seed(seed if data_seed is None else data_seed)
     return gen
 
 
-def autocast(device: torch.device, amp: bool):
-    """bf16 autocast on CUDA when ``amp`` is set; a no-op context otherwise (and on the CPU)."""
-    if amp and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+@contextlib.contextmanager
+def precision(device: torch.device | str, mode: str, *, autocast: bool = True) -> Iterator[None]:
+    """Run the enclosed computation in ``mode`` (one of :data:`PRECISIONS`).
+
+    TF32 is switched explicitly, never left to PyTorch's defaults: on for ``tf32`` and
+    off otherwise, for matrix products (``torch.backends.cuda.matmul``) and cuDNN
+    convolutions alike; the previous switches are restored on exit.  ``bf16`` adds
+    bf16 autocast on the device (CUDA, or the CPU when asked there) unless ``autocast``
+    is False (a training step: autocast covers the forward pass only, TF32 the backward too).  Losses and
+    softmaxes are taken in float32 by the callers.
+    """
+    if mode not in PRECISIONS:
+        raise FertoolError(f"precision: must be one of {', '.join(PRECISIONS)}, got {mode!r}")
+    device = torch.device(device)
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = mode == "tf32"
+    try:
+        with torch.autocast(device.type, dtype=torch.bfloat16) if mode == "bf16" and autocast else contextlib.nullcontext():
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 def resolve_device(name: str = "auto") -> torch.device:

@@ -255,7 +255,7 @@ def ablate(
     pictures: int = 4,
     recipe: Any = None,
     overrides: Sequence[str] = (),
-    amp: bool | None = None,
+    precision: str | None = None,
     engine: str = "auto",
     progress: Progress | None = None,
 ) -> dict:
@@ -308,8 +308,8 @@ def ablate(
     labels = data.labels.numpy()
     n = len(data)
 
-    use_amp = bool(rcp.train.amp if amp is None else amp) and dev.type == "cuda"
-    infer = dict(batch_size=batch_size, device=dev, amp=use_amp,
+    precision = rcp.train.eval_precision if precision is None else precision
+    infer = dict(batch_size=batch_size, device=dev, precision=precision,
                  channels_last=rcp.train.channels_last and dev.type == "cuda")
     set_list = ablation_sets(names, kinds)
     passes = 1 + len(modes) * len(set_list) + (1 if preset is not None else 0)
@@ -327,7 +327,7 @@ def ablate(
     def run(tta_preset=None, *, hooks: bool = False) -> dict:
         # An engine runs a copy (or an export) of the model as ablated now; the pass that
         # feeds the head analysis runs the model itself, whose hooks record the heads.
-        runner = None if hooks else build_engine(model, engine, device=dev, precision="bf16" if use_amp else "fp32",
+        runner = None if hooks else build_engine(model, engine, device=dev, precision=precision,
                                                  channels_last=infer["channels_last"] or dev.type == "cpu")
         result = predict_probs(model, data, tta=tta_preset, engine=runner, progress=step_progress(done[0]), **infer)
         done[0] += n

@@ -43,6 +43,9 @@ def ablate_cli(
     batch_size: int = typer.Option(256, "--batch-size", min=1, help="Images per forward pass."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     engine: str = EngineOption,
+    precision: Optional[str] = typer.Option(
+        None, "--precision", help="fp32, tf32 or bf16 for the forward passes [default: recipe train.eval_precision, fp32]."
+    ),
     max_images: Optional[int] = typer.Option(None, "--max-images", min=1, help="Use only the first N images."),
     recipe: Optional[str] = RecipeOption,
     set_: Optional[List[str]] = SetOption,
@@ -71,6 +74,7 @@ def ablate_cli(
             batch_size=batch_size,
             device=device,
             engine=engine,
+            precision=precision,
             max_images=max_images,
             heads=heads,
             pictures=pictures,

@@ -31,6 +31,9 @@ def evaluate_cli(
     batch_size: int = typer.Option(256, "--batch-size", min=1, help="Images per forward pass."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     engine: str = EngineOption,
+    precision: Optional[str] = typer.Option(
+        None, "--precision", help="fp32, tf32 or bf16 for the forward passes [default: recipe train.eval_precision, fp32]."
+    ),
     recipe: Optional[str] = RecipeOption,
     sets: Optional[List[str]] = SetOption,
     quiet: bool = QuietOption,
@@ -63,6 +66,7 @@ def evaluate_cli(
             batch_size=batch_size,
             device=device,
             engine=engine,
+            precision=precision,
             progress=cb,
         )
     if as_json:

@@ -24,6 +24,7 @@ def info_cli(
     from ..checkpoint import load_checkpoint
     from ..errors import ModelError
     from ..models import arch_from_recipe, build_model
+    from ..recipe import load_recipe
     from ..models.summary import summarize
 
     if (checkpoint is None) == (recipe is None):
@@ -43,6 +44,10 @@ def info_cli(
         source = f"recipe {recipe} ({kind})"
     size = int(args.get("input_size", 224))
     render(summarize(model, size), title=f"{arch} at {size}x{size} — {source}", ckpt=ckpt)
+    if ckpt is None or ckpt.get("recipe"):
+        train = rcp.train if ckpt is None else load_recipe(ckpt["recipe"], stored=True).train
+        out.print(f"precision: training {train.precision}, evaluation {train.eval_precision}"
+                  + (" (the checkpoint's recipe)" if ckpt is not None else ""))
 
 
 def _fmt_flops(f: int) -> str:

@@ -28,7 +28,7 @@ from ..evaluation.inference import predict_probs
 from ..evaluation.metrics import EPSILON
 from ..progress import Progress
 from ..recipe import StageConfig
-from ..utils import autocast
+from ..utils import precision as precision_mode
 from .distributed import DistContext
 
 __all__ = [
@@ -160,7 +160,7 @@ def train_one_epoch(
     generator: torch.Generator,
     augment: Any = None,
     aug_generator: torch.Generator | None = None,
-    amp: bool = False,
+    precision: str = "fp32",
     channels_last: bool = False,
     ctx: DistContext | None = None,
     sync_every: int = 1,
@@ -191,32 +191,33 @@ def train_one_epoch(
     start = time.perf_counter()
 
     batch_iter = _loaded_batches(split, batches, device)
-    try:
-        for i, (x, y, t) in enumerate(batch_iter):
-            if augment is not None and augment.active:
-                x = augment(x, aug_generator)  # (B, 3, S, S), same device
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with autocast(device, amp):
-                logits = model(x)  # (B, C)
-            loss = F.cross_entropy(logits.float(), y if t is None else t)  # soft targets: against the distribution
-            n = int(y.shape[0])
-            check = (i + 1) % sync_every == 0 or i + 1 == len(batches)
-            if check:
-                value = float(loss.detach())
-                if ctx.any_flag(not math.isfinite(value)):
-                    raise NonFiniteLossError(value, i + 1)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += loss.detach().double() * n
-            correct += (logits.detach().argmax(dim=1) == y).sum()
-            seen += n
-            if progress is not None and check:
-                progress(seen, total_images, batch=i + 1, batches=len(batches),
-                         loss=float(loss_sum) / seen, accuracy=int(correct) / seen, **fields)
-    finally:
-        batch_iter.close()  # stops the reading thread
+    with precision_mode(device, precision, autocast=False):  # TF32 on or off for backward too
+        try:
+            for i, (x, y, t) in enumerate(batch_iter):
+                if augment is not None and augment.active:
+                    x = augment(x, aug_generator)  # (B, 3, S, S), same device
+                if channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with precision_mode(device, precision):
+                    logits = model(x)  # (B, C)
+                loss = F.cross_entropy(logits.float(), y if t is None else t)  # soft targets: against the distribution
+                n = int(y.shape[0])
+                check = (i + 1) % sync_every == 0 or i + 1 == len(batches)
+                if check:
+                    value = float(loss.detach())
+                    if ctx.any_flag(not math.isfinite(value)):
+                        raise NonFiniteLossError(value, i + 1)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                loss_sum += loss.detach().double() * n
+                correct += (logits.detach().argmax(dim=1) == y).sum()
+                seen += n
+                if progress is not None and check:
+                    progress(seen, total_images, batch=i + 1, batches=len(batches),
+                             loss=float(loss_sum) / seen, accuracy=int(correct) / seen, **fields)
+        finally:
+            batch_iter.close()  # stops the reading thread
     seconds = time.perf_counter() - start
     totals = ctx.all_reduce(torch.stack([loss_sum.cpu(), correct.cpu().double(), torch.tensor(float(seen), dtype=torch.float64)]))
     images = float(totals[2])
@@ -235,7 +236,7 @@ def evaluate(
     *,
     batch_size: int = 256,
     device: torch.device | str = "cpu",
-    amp: bool = False,
+    precision: str = "fp32",
     channels_last: bool = False,
     ctx: DistContext | None = None,
     progress: Progress | None = None,
@@ -250,7 +251,7 @@ def evaluate(
     if ctx.distributed:
         part = _Shard(split, torch.arange(ctx.rank, len(split), ctx.world_size))
     if len(part):
-        out = predict_probs(model, part, batch_size=batch_size, device=device, amp=amp,
+        out = predict_probs(model, part, batch_size=batch_size, device=device, precision=precision,
                             channels_last=channels_last, progress=progress)
         probs = np.asarray(out["probs"], dtype=np.float64)  # (N, C)
         labels = part.labels.numpy()

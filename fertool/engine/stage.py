@@ -8,7 +8,8 @@
     metrics.jsonl  one JSON line per epoch: epoch, train_loss, train_accuracy, val_loss,
                    val_accuracy, lr, seconds, images_per_s
     recipe.yaml    the resolved recipe;  curves.png  loss/accuracy curves (redrawn per epoch)
-    summary.json   stage, status (finished | early_stopped | interrupted | diverged), seed,
+    summary.json   stage, status (finished | early_stopped | interrupted | diverged), seed (data
+                   seed), init_seed,
                    epochs, best_epoch, best_val_accuracy, best_train_loss, init, and for
                    stage 4 the paper's selection rule
 """
@@ -72,7 +73,8 @@ class Stage:
     val_split: ImageSplit
     gen: torch.Generator  # data order (the same on every rank)
     aug_gen: torch.Generator | None  # augmentation draws (per rank under DDP; None = ``gen``)
-    amp: bool
+    precision: str  # training (train.precision)
+    eval_precision: str  # validation and the stage-4 rule (train.eval_precision)
     channels_last: bool
     log: Log
     progress: Progress | None
@@ -124,10 +126,12 @@ def check_stage_folder(out: StageOutputs, stage: str, *, resume: bool, overwrite
 
 def _checkpoint(run: Stage, epoch: int, metrics: Mapping[str, Any], *, with_state: bool) -> dict:
     start = run.start
-    extra: dict[str, Any] = {**start.init_extra, "seed": start.seed, "init": start.label, "data": run.data_info}
+    extra: dict[str, Any] = {**start.init_extra, "seed": start.seed, "init_seed": start.init_seed,
+                             "init": start.label, "data": run.data_info}
     if with_state:
         extra["resume"] = {
             "seed": start.seed,
+            "init_seed": start.init_seed,
             "init": start.label,
             "init_extra": start.init_extra,
             "early_stopping": run.es.state_dict(),
@@ -168,6 +172,7 @@ def write_summary(run: Stage, status: str, epoch: int, **more: Any) -> dict:
         "stage": run.stage,
         "status": status,
         "seed": run.start.seed,
+        "init_seed": run.start.init_seed,
         "epochs": epoch,
         "max_epochs": run.cfg.max_epochs,
         "patience": run.cfg.patience,
@@ -179,6 +184,8 @@ def write_summary(run: Stage, status: str, epoch: int, **more: Any) -> dict:
         "init": run.start.label,
         "arch": run.arch,
         "device": str(run.device),
+        "precision": run.precision,
+        "eval_precision": run.eval_precision,
         "world_size": run.ctx.world_size,
         "warnings": run.warnings,
         **more,

@@ -2,10 +2,12 @@
 
 * ``torch`` — eager PyTorch on an inference copy of the model: BatchNorm folded into the
   convolution before it where there is one (:func:`fertool.models.resnet.fold_batchnorm`),
-  channels_last memory, ``torch.inference_mode``.  ``precision="bf16"`` adds bf16 autocast:
-  on CUDA when the recipe's ``train.amp`` asks for it, as in training; on a CPU with native
-  bf16 instructions only for ``predict --precision bf16`` (faster, slightly different
-  outputs; never for reported metrics).
+  channels_last memory, ``torch.inference_mode``, in a precision of
+  :func:`fertool.utils.precision` (``fp32``, ``tf32``, ``bf16``; TF32 switched explicitly).
+  ``precision="bf16"`` adds bf16 autocast: on CUDA when the recipe's
+  ``train.eval_precision`` asks for it; on a CPU with native bf16 instructions only for
+  ``predict --precision bf16`` (faster, slightly different outputs; never for reported
+  metrics unless asked).
 * ``onnxruntime`` — the model exported to ONNX in memory (the exporter of ``fertool
   export``) and run by ONNX Runtime's CPU provider, whose convolutions work in a blocked
   layout with BatchNorm and ReLU fused in (1.1x the torch engine and 1.25x eager PyTorch on
@@ -32,12 +34,13 @@ from torch import nn
 from ..deploy.export import INPUT_NAME, OUTPUT_NAME, onnx_graph
 from ..errors import FertoolError
 from ..models.resnet import fold_batchnorm
+from ..recipe import PRECISIONS
+from ..utils import precision as precision_mode
 
 __all__ = ["ENGINES", "PRECISIONS", "InferenceEngine", "TorchEngine", "OnnxRuntimeEngine", "build_engine",
            "choose_engine", "bf16_supported", "onnxruntime_available"]
 
 ENGINES = ("auto", "torch", "onnxruntime")
-PRECISIONS = ("fp32", "bf16")
 
 
 def onnxruntime_available() -> bool:
@@ -86,8 +89,8 @@ class TorchEngine(InferenceEngine):
     def __init__(self, model: nn.Module, *, device: torch.device | str = "cpu", precision: str = "fp32",
                  channels_last: bool = True, copy_model: bool = True) -> None:
         self.device = torch.device(device)
-        if precision != "fp32":
-            choose_engine("torch", self.device, precision)  # refuses what cannot run
+        if precision not in PRECISIONS:
+            raise FertoolError(f"--precision: unknown precision {precision!r} (known: {', '.join(PRECISIONS)})")
         self.precision = precision
         self.channels_last = channels_last
         if copy_model:
@@ -99,8 +102,7 @@ class TorchEngine(InferenceEngine):
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16,
-                                                    enabled=self.precision == "bf16"):
+        with torch.inference_mode(), precision_mode(self.device, self.precision):
             return self.model(x).float()
 
     def describe(self) -> str:

@@ -71,7 +71,7 @@ def evaluate_checkpoint(
     overrides: Sequence[str] = (),
     batch_size: int = 256,
     device: str = "cpu",
-    amp: bool | None = None,
+    precision: str | None = None,
     engine: str = "auto",
     resamples: int = 1000,
     progress: Progress | None = None,
@@ -82,8 +82,8 @@ def evaluate_checkpoint(
     for the recipe's ``tta.preset`` (the paper's).  The
     recipe is ``recipe`` if given, else the one stored in the checkpoint, else the
     defaults, with ``overrides`` applied.  Without ``csv`` / ``images`` the recipe's
-    ``data.csv`` (then ``data.images``) is used.  ``amp`` defaults to the recipe's
-    ``train.amp`` (bf16 autocast, CUDA only).  ``engine`` (``auto``, ``torch``,
+    ``data.csv`` (then ``data.images``) is used.  ``precision`` (fp32, tf32, bf16) defaults
+    to the recipe's ``train.eval_precision`` (fp32).  ``engine`` (``auto``, ``torch``,
     ``onnxruntime``) runs the forward passes (:mod:`fertool.evaluation.engines`).  The
     returned dict also carries ``"out_dir"`` and ``"files"``.
     """
@@ -91,8 +91,8 @@ def evaluate_checkpoint(
     inputs.open_split(csv=csv, images=images, split=split)
     ckpt, rcp, data, dev, size = inputs.ckpt, inputs.recipe, inputs.data, inputs.device, inputs.size
     class_names, preset, tta_name = inputs.class_names, inputs.tta, inputs.tta_name
-    use_amp = bool(rcp.train.amp if amp is None else amp) and dev.type == "cuda"
-    runner = build_engine(inputs.model, engine, device=dev, precision="bf16" if use_amp else "fp32",
+    precision = rcp.train.eval_precision if precision is None else precision
+    runner = build_engine(inputs.model, engine, device=dev, precision=precision,
                           channels_last=rcp.train.channels_last or dev.type == "cpu")
     start = time.perf_counter()
     result = predict_probs(None, data, batch_size=batch_size, tta=preset, engine=runner, progress=progress)
@@ -112,7 +112,7 @@ def evaluate_checkpoint(
         "input_size": size,
         "class_names": class_names,
         "device": str(dev),
-        "amp": use_amp,
+        "precision": precision,
         "engine": runner.describe(),
         "seconds": seconds,
         "images_per_s": len(data) / seconds if seconds > 0 else None,

@@ -29,7 +29,7 @@ def predict_probs(
     *,
     batch_size: int = 256,
     device: torch.device | str = "cpu",
-    amp: bool = False,
+    precision: str = "fp32",
     channels_last: bool = False,
     tta: TTAPreset | None = None,
     engine: str | InferenceEngine | None = None,
@@ -41,12 +41,13 @@ def predict_probs(
     "labels": int64 (N,)}``.  With ``tta`` the TTA probability is
     ``(w_id * p(x) + sum_v w_v * p(view_v(x))) / divisor`` (paper: ``(3 p + sum of 59) / 62``).
 
-    ``engine``: None runs ``model`` itself in eager PyTorch (``amp``: bf16 autocast on CUDA
-    only; ``channels_last`` memory when asked), as validation during training does; its
-    train/eval mode is restored afterwards.  An engine name (``auto``, ``torch``,
-    ``onnxruntime``, see :mod:`fertool.evaluation.engines`) builds that engine for ``model``
-    on ``device``, float32; a built :class:`InferenceEngine` is used as it is (``model``,
-    ``amp`` and ``channels_last`` are then ignored).  The softmax is always taken in
+    ``engine``: None runs ``model`` itself in eager PyTorch in ``precision`` (``fp32``,
+    ``tf32``, ``bf16``: :func:`fertool.utils.precision`; ``channels_last`` memory when
+    asked), as validation during training does; its train/eval mode is restored
+    afterwards.  An engine name (``auto``, ``torch``, ``onnxruntime``, see
+    :mod:`fertool.evaluation.engines`) builds that engine for ``model`` on ``device`` in
+    ``precision``; a built :class:`InferenceEngine` is used as it is (``model``,
+    ``precision`` and ``channels_last`` are then ignored).  The softmax is always taken in
     float32.  ``progress(done, total)`` counts images.
     """
     device = torch.device(device)
@@ -59,10 +60,9 @@ def predict_probs(
     if isinstance(engine, InferenceEngine):
         run = engine
     elif engine is None:
-        precision = "bf16" if amp and device.type == "cuda" else "fp32"
         run = TorchEngine(model, device=device, precision=precision, channels_last=channels_last, copy_model=False)
     else:
-        run = build_engine(model, engine, device=device)
+        run = build_engine(model, engine, device=device, precision=precision)
     device = run.device
 
     def forward(x: torch.Tensor) -> torch.Tensor:
