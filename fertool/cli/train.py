@@ -36,7 +36,10 @@ def train_cli(
         None, "--images", help="Prepared image folder (`fertool prepare`) or a folder of class subfolders."
     ),
     init: Optional[Path] = typer.Option(None, "--init", help="Start from this checkpoint instead of the previous stage."),
-    seed: int = typer.Option(0, "--seed", help="Data-order seed (shuffling and augmentation); also seeds the model init."),
+    seed: int = typer.Option(0, "--seed", "--data-seed", help="Data seed: data order and augmentation (the paper's run sets vary it)."),
+    init_seed: Optional[int] = typer.Option(
+        None, "--init-seed", help="Seed of new weights (LHC modules, head) and dropout [default: recipe train.init_seed, 0]."
+    ),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted stage from RUN/<stage>/last.pt."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Train a stage again even though its folder has results."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
@@ -75,7 +78,7 @@ def train_cli(
 
     with progress_callback(f"stage {stage}", quiet=quiet, transient=True) as progress:
         summary = train_stage(
-            resolved, stage, run, csv=csv, images=images, init=init, seed=seed, resume=resume,
+            resolved, stage, run, csv=csv, images=images, init=init, seed=seed, init_seed=init_seed, resume=resume,
             overwrite=overwrite, device=device, allow_test_selection=allow_test_selection,
             progress=None if quiet else progress, log=log_line, on_epoch=on_epoch,
         )

@@ -48,7 +48,8 @@ class Start:
 
     ckpt: dict  # arch, arch_args and state_dict of the starting weights (last.pt on resume)
     label: str  # where they came from (summary ``init``)
-    seed: int
+    seed: int  # the data seed: data order and augmentation
+    init_seed: int  # new weights (LHC modules, head) and dropout
     lineage: list[dict]
     init_extra: dict  # ``lhc_seed`` carried along
     parent: dict | None = None  # the checkpoint LHC modules were added to here
@@ -57,16 +58,17 @@ class Start:
     resumed: Resumed | None = None
 
 
-def resolve_start(recipe: Recipe, stage: str, run_dir: Path, *, init: str | None, seed: int, resume: bool,
-                  overwrite: bool, is_main: bool, log: Log, classes: tuple[str, ...] = CLASS_NAMES) -> Start:
+def resolve_start(recipe: Recipe, stage: str, run_dir: Path, *, init: str | None, seed: int, init_seed: int,
+                  resume: bool, overwrite: bool, is_main: bool, log: Log,
+                  classes: tuple[str, ...] = CLASS_NAMES) -> Start:
     """The :class:`Start` of ``stage``: ``last.pt`` when resuming, else the initial checkpoint."""
     sdir = stage_dir(run_dir, stage)
     if resume:
-        start = _resumed_start(sdir / "last.pt", recipe, stage, seed, log)
+        start = _resumed_start(sdir / "last.pt", recipe, stage, seed, init_seed, log)
     else:
-        ckpt, label, parent = _initial_checkpoint(recipe, stage, run_dir, sdir, init=init, seed=seed,
+        ckpt, label, parent = _initial_checkpoint(recipe, stage, run_dir, sdir, init=init, seed=init_seed,
                                                   overwrite=overwrite, is_main=is_main, log=log, classes=classes)
-        start = Start(ckpt=ckpt, label=label, seed=seed, parent=parent,
+        start = Start(ckpt=ckpt, label=label, seed=seed, init_seed=init_seed, parent=parent,
                       lineage=list(ckpt.get("lineage") or []) + [lineage_entry(label, ckpt)],
                       init_extra={k: v for k, v in (ckpt.get("extra") or {}).items() if k == "lhc_seed"})
     size = (start.ckpt.get("arch_args") or {}).get("input_size")
@@ -77,7 +79,7 @@ def resolve_start(recipe: Recipe, stage: str, run_dir: Path, *, init: str | None
     return start
 
 
-def _resumed_start(path: Path, recipe: Recipe, stage: str, seed: int, log: Log) -> Start:
+def _resumed_start(path: Path, recipe: Recipe, stage: str, seed: int, init_seed: int, log: Log) -> Start:
     last = load_checkpoint(path)
     if last.get("stage") != stage:
         raise CheckpointError(f"{path}: is a checkpoint of stage {last.get('stage')}, not {stage}")
@@ -85,12 +87,15 @@ def _resumed_start(path: Path, recipe: Recipe, stage: str, seed: int, log: Log) 
     for note in accepted:
         log("note: " + note)
     state = last["extra"]["resume"]
-    if state["seed"] != seed:
-        log(f"resuming with the run's seed {state['seed']} (--seed {seed} ignored)")
+    saved_init_seed = int(state.get("init_seed", state["seed"]))  # one seed for both before
+    if (state["seed"], saved_init_seed) != (seed, init_seed):
+        log(f"resuming with the run's data seed {state['seed']} and init seed {saved_init_seed} "
+            f"(--seed {seed} / --init-seed {init_seed} ignored)")
     resumed = Resumed(epoch=int(last["epoch"]), optimizer_state=last.get("optimizer_state"),
                       early_stopping=state["early_stopping"], best_row=state.get("best_row"),
                       order_generator=state["order_generator"], rng=state["rng"])
-    return Start(ckpt=last, label=state["init"], seed=int(state["seed"]), lineage=list(last.get("lineage") or []),
+    return Start(ckpt=last, label=state["init"], seed=int(state["seed"]), init_seed=saved_init_seed,
+                 lineage=list(last.get("lineage") or []),
                  init_extra=dict(state["init_extra"]), reference=state.get("selection_reference"),
                  warnings=list(dict.fromkeys(list(state.get("warnings", [])) + accepted)), resumed=resumed)
 

@@ -5,8 +5,10 @@ model, optimiser and data into a :class:`~.stage.Stage` record, loop over epochs
 loop body is the two plain functions of :mod:`.loop`, ``train_one_epoch`` and ``evaluate``.
 What a stage folder holds is listed in :mod:`.stage`.
 
-Randomness: ``seed`` seeds Python, NumPy and torch (model initialisation, dropout) and
-one CPU ``torch.Generator`` that draws the data order and the augmentation parameters.
+Randomness, as in the paper's run sets: ``init_seed`` (``train.init_seed``, fixed by
+default) seeds Python, NumPy and torch -- new weights such as LHC modules, dropout -- and
+``seed``, the data seed, one CPU ``torch.Generator`` that draws the data order and the
+augmentation parameters.
 ``train.deterministic`` makes CPU runs bit-reproducible, and an interrupted stage resumed
 from ``last.pt`` ends with the same weights as an uninterrupted one.
 """
@@ -71,7 +73,8 @@ class StageRequest:
     csv: str | None = None
     images: str | None = None
     init: str | None = None
-    seed: int = 0
+    seed: int = 0  # data order and augmentation
+    init_seed: int = 0  # new weights and dropout
     resume: bool = False
     overwrite: bool = False
     allow_test_selection: bool = False
@@ -92,6 +95,7 @@ def train_stage(
     images: str | os.PathLike | None = None,
     init: str | os.PathLike | None = None,
     seed: int = 0,
+    init_seed: int | None = None,
     resume: bool = False,
     overwrite: bool = False,
     device: str = "auto",
@@ -105,7 +109,8 @@ def train_stage(
     """Train one stage of ``recipe`` into ``run_dir/<stage>/``; return its summary.
 
     The stage starts from ``init``, else from the previous stage's ``best.pt`` (stage 4
-    from ``stage4/init.pt``, or stage 3's best with LHC modules added here with ``seed``;
+    from ``stage4/init.pt``, or stage 3's best with LHC modules added here, drawn with
+    ``init_seed`` (default ``train.init_seed``; ``seed`` is the data seed);
     the controller stage likewise from stage 4), and stage 1 from ``model.pretrained`` or
     scratch.  ``progress(done, total, **fields)`` reports batches (``phase="train"``) and
     validation images (``phase="val"``); ``log(message)`` one-line notes; ``on_epoch(row)``
@@ -119,7 +124,8 @@ def train_stage(
     request = StageRequest(
         recipe=recipe, stage=normalise_stage(stage), run_dir=Path(run_dir),
         csv=None if csv is None else str(csv), images=None if images is None else str(images),
-        init=None if init is None else str(init), seed=int(seed), resume=resume, overwrite=overwrite,
+        init=None if init is None else str(init), seed=int(seed),
+        init_seed=int(recipe.train.init_seed if init_seed is None else init_seed), resume=resume, overwrite=overwrite,
         allow_test_selection=allow_test_selection)
     if request.stage not in recipe.train.stages:
         raise RecipeError(f"train.stages.{request.stage}: the recipe has no such stage "
@@ -137,12 +143,12 @@ def train_stage(
         info, where = _data_info(request, train_data)
         recipe = with_data_classes(recipe, tuple(info["classes"]), where, log)
         request = dataclasses.replace(request, recipe=recipe)
-        gen = seed_everything(request.seed, deterministic=recipe.train.deterministic)
+        gen = seed_everything(request.init_seed, data_seed=request.seed, deterministic=recipe.train.deterministic)
         start = resolve_start(recipe, request.stage, request.run_dir, init=request.init, seed=request.seed,
-                              resume=resume, overwrite=overwrite, is_main=ctx.is_main, log=log,
-                              classes=tuple(info["classes"]))
-        if start.seed != request.seed:
-            gen = seed_everything(start.seed, deterministic=recipe.train.deterministic)
+                              init_seed=request.init_seed, resume=resume, overwrite=overwrite, is_main=ctx.is_main,
+                              log=log, classes=tuple(info["classes"]))
+        if (start.seed, start.init_seed) != (request.seed, request.init_seed):
+            gen = seed_everything(start.init_seed, data_seed=start.seed, deterministic=recipe.train.deterministic)
         check_same_classes(checkpoint_classes(start.ckpt), info["classes"], model=start.label, data=where)
         if train_data is None:
             train_data, val_data, notes = load_stage_data(recipe, csv=request.csv, images=request.images, log=log,
@@ -208,7 +214,8 @@ def build(request: StageRequest, start: Start, ctx: DistContext, out: StageOutpu
     optimizer = make_optimizer(params, cfg)
     run = Stage(recipe=recipe, stage=stage, cfg=cfg, ctx=ctx, out=out, start=start, model=model, net=model,
                 optimizer=optimizer, train_split=train_split, val_split=val_split, gen=gen, aug_gen=None,
-                amp=recipe.train.amp and on_cuda, channels_last=channels_last, log=log, progress=progress,
+                precision=recipe.train.precision, eval_precision=recipe.train.eval_precision,
+                channels_last=channels_last, log=log, progress=progress,
                 on_epoch=on_epoch, es=EarlyStopping(cfg.patience), warnings=warnings, reference=start.reference)
     if start.resumed is not None:
         if start.resumed.optimizer_state is not None:
@@ -220,7 +227,7 @@ def build(request: StageRequest, start: Start, ctx: DistContext, out: StageOutpu
     # Separate per-rank streams for dropout and augmentation under DDP; the data-order
     # generator stays identical on every rank so the shards partition the epoch.
     if ctx.distributed:
-        torch.manual_seed(rank_seed(start.seed, ctx.rank))
+        torch.manual_seed(rank_seed(start.init_seed, ctx.rank))
         run.aug_gen = torch.Generator().manual_seed(rank_seed(start.seed, ctx.rank + ctx.world_size))
     return run
 
@@ -328,13 +335,14 @@ def _one_epoch(run: Stage, epoch: int, augment: KerasAugment, batch_size: int) -
     set_train_mode(run.net)
     t = train_one_epoch(
         run.net, run.train_split, run.optimizer, batch_size=batch_size, device=run.device,
-        generator=run.gen, augment=augment, aug_generator=run.aug_gen, amp=run.amp,
+        generator=run.gen, augment=augment, aug_generator=run.aug_gen, precision=run.precision,
         channels_last=run.channels_last, ctx=run.ctx, sync_every=1 if run.device.type == "cpu" else 25,
         progress=run.progress, fields=fields)
     pause_point("epoch")  # fault tests: killed with the epoch trained, not yet saved
     run.ctx.average_buffers(run.model)  # the same BatchNorm statistics on every rank
     v = evaluate(run.model, run.val_split, batch_size=run.recipe.train.eval_batch_size, device=run.device,
-                 amp=run.amp, channels_last=run.channels_last, ctx=run.ctx, progress=_val_progress(run, epoch))
+                 precision=run.eval_precision, channels_last=run.channels_last, ctx=run.ctx,
+                 progress=_val_progress(run, epoch))
     row = {
         "epoch": epoch,
         "train_loss": t["train_loss"],

@@ -155,7 +155,7 @@ def choose_engine(engine: str, device: torch.device | str = "cpu", precision: st
     if precision not in PRECISIONS:
         raise FertoolError(f"--precision: unknown precision {precision!r} (known: {', '.join(PRECISIONS)})")
     if precision == "bf16" and device.type != "cuda" and not bf16_supported(device):
-        # (CUDA autocast runs bf16 on any GPU, as training's train.amp does)
+        # (CUDA autocast runs bf16 on any GPU, as training's train.precision does)
         raise FertoolError(f"--precision bf16: {device} has no native bf16 support (use fp32)")
     if engine == "auto":
         engine = "onnxruntime" if device.type == "cpu" and precision == "fp32" and onnxruntime_available() else "torch"
