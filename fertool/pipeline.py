@@ -7,9 +7,13 @@ Layout of a pipeline run directory::
     RUN/data/sample.csv             the synthetic sample (only when no CSV was given)
     RUN/data/prepared/              `fertool prepare` output (training images)
     RUN/stage1/ stage2/ stage3/     the ResNet34v2 stages (shared by every seed)
-    RUN/seed-S/stage4/              LHC-Net trained with data-order seed S
+    RUN/seed-S/stage4/              LHC-Net trained with data seed S (the paper's set C)
     RUN/seed-S/controller/          LHC-NetC from that LHC-Net
-    RUN/seed-S/resnet/stage4/       the matching ResNet control re-run (the paper's set A)
+    RUN/seed-S/resnet/stage4/       the ResNet control: stage 4 without LHC modules, data seed S
+                                    (the paper's set A); run for every seed, one included
+
+The LHC modules' initial weights come from ``train.init_seed`` for every seed (fixed, as
+in the paper's run sets); the seeds vary the data order and augmentation.
     RUN/**/eval-<split>/            evaluations; RUN/report/ the Table 7 report
     RUN/pipeline.json               the final table
 
@@ -153,16 +157,17 @@ def run_pipeline(
         resnet_best = train(stage, run_dir, seed=first_seed)
 
     # 3. per seed: LHC-Net (stage 4), LHC-NetC (controller), ResNet control ------------
-    checkpoints: dict[str, list[Path]] = {"ResNet34v2": [resnet_best], "LHC-Net": [], "LHC-NetC": []}
+    # The ResNet34v2 results are the control re-runs (set A), trained as long as the
+    # LHC-Nets (set C), so that the final table compares like with like.
+    checkpoints: dict[str, list[Path]] = {"ResNet34v2": [], "LHC-Net": [], "LHC-NetC": []}
     for seed in seeds:
         seed_dir = run_dir / f"seed-{seed}"
         lhc_best = train("4", seed_dir, seed=seed, init=resnet_best)
         checkpoints["LHC-Net"].append(lhc_best)
         checkpoints["LHC-NetC"].append(train("controller", seed_dir, seed=seed, init=lhc_best))
-        if len(seeds) > 1:
-            control = train("4", seed_dir / "resnet", seed=seed, init=resnet_best,
-                            stage_recipe=_with_stage_model(recipe, "4", "backbone"))
-            checkpoints["ResNet34v2"].append(control)
+        control = train("4", seed_dir / "resnet", seed=seed, init=resnet_best,
+                        stage_recipe=_with_stage_model(recipe, "4", "backbone"))
+        checkpoints["ResNet34v2"].append(control)
 
     # 4. evaluation, plain and TTA ------------------------------------------------------
     split = recipe.data.test_split

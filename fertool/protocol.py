@@ -29,6 +29,8 @@ __all__ = [
     "CONTROLLER_INIT",
     "PAPER_TABLE7",
     "PAPER_PARAMS",
+    "RUN_SETS",
+    "paper_set",
     "normalise_stage",
     "stage_dir",
     "checkpoint_kind",
@@ -118,5 +120,27 @@ PAPER_TABLE7 = {
     "LHC-Net": {"top40": 72.89, "top25": 73.02, "best": 73.39, "best_tta": 74.42},
     "LHC-NetC": {"top40": 73.04, "top25": 73.21, "best": 73.53, "best_tta": 74.28},
 }
+#: The paper's run sets (Section 4.1, Table 7); the runs of a set differ only in the data
+#: seed.  Table 7 compares set A with the LHC-Nets (B and C).
+RUN_SETS = {
+    "A": "ResNet34v2: stage 4 without LHC modules, from the best ResNet",
+    "B": "LHC-Net with other module settings",
+    "C": "LHC-Net with the Table 2 modules",
+}
 #: Parameter counts the paper reports (Keras ``count_params()``).
 PAPER_PARAMS = {"ResNet34v2": "27.6M", "LHC-Net": "32.4M", "LHC-NetC": "32.4M"}
+
+
+def paper_set(arch: str | None, stage: str | None, lhc: list | None) -> str | None:
+    """The run set of the paper a result belongs to (:data:`RUN_SETS`), or None.
+
+    ``stage`` is the stage folder (``stage4``...), ``lhc`` the run recipe's ``model.lhc``
+    (None when unknown: Table 2 is assumed, the default).
+    """
+    if stage != STAGE_DIRS["4"]:
+        return None
+    if arch == KIND_ARCH["backbone"]:
+        return "A"
+    if arch == KIND_ARCH["lhc"]:
+        return "C" if lhc is None or [dict(m) for m in lhc] == [dict(m) for m in TABLE2] else "B"
+    return None

@@ -10,8 +10,10 @@ import shutil
 from html.parser import HTMLParser
 
 import pytest
+import torch
 import yaml
 
+from fertool.checkpoint import load_checkpoint
 from fertool.cli import app
 from fertool.errors import FertoolError
 from fertool.pipeline import TTA_HURTS, final_table, run_pipeline, table_notes
@@ -35,7 +37,7 @@ TINY = {
 }
 
 MODEL_DIRS = {  # what each model's checkpoints are, for two seeds
-    "ResNet34v2": ["stage3", "seed-1/resnet/stage4", "seed-2/resnet/stage4"],
+    "ResNet34v2": ["seed-1/resnet/stage4", "seed-2/resnet/stage4"],
     "LHC-Net": ["seed-1/stage4", "seed-2/stage4"],
     "LHC-NetC": ["seed-1/controller", "seed-2/controller"],
 }
@@ -67,6 +69,19 @@ def test_every_step_leaves_its_outputs(finished):
             assert metrics["n"] == 7 and metrics["tta"] is not None, d
     # Stage 4 started from the stage-3 weights with LHC modules added.
     assert (run / "seed-1/stage4/init.pt").is_file()
+
+
+def test_the_seeds_vary_the_data_and_not_the_lhc_initialisation(finished):
+    """Sets A (ResNet re-runs) and C (LHC-Nets): data seed S in seed-S/, one init seed."""
+    run, _, _ = finished
+    inits = [load_checkpoint(run / f"seed-{s}/stage4/init.pt")["state_dict"] for s in (1, 2)]
+    lhc_keys = [k for k in inits[0] if k.startswith("lhc.")]
+    assert lhc_keys and all(torch.equal(inits[0][k], inits[1][k]) for k in lhc_keys)
+    for s in (1, 2):
+        lhc = json.loads((run / f"seed-{s}/stage4/summary.json").read_text())
+        control = json.loads((run / f"seed-{s}/resnet/stage4/summary.json").read_text())
+        assert lhc["seed"] == control["seed"] == s and lhc["init_seed"] == control["init_seed"] == 0
+        assert lhc["arch"] == "lhc_net" and control["arch"] == "resnet34v2"
     ablated = [p.relative_to(run).parts[0] for p in run.glob("seed-*/stage4/ablate-PrivateTest/ablation.json")]
     assert len(ablated) == 1  # only the best LHC-Net is ablated
     assert (run / "report/report.md").is_file()
@@ -248,7 +263,11 @@ def test_cli_runs_a_recipe_and_prints_the_table(cli_runner, tmp_path):
     for text in ("LHC-NetC", "74.42%", "SYNTHETIC", "report:"):
         assert text in result.output, text
     table = json.loads((run / "pipeline.json").read_text())["table"]
-    assert [row["runs"] for row in table] == [1, 1, 1]  # one seed: no ResNet control re-run
+    assert [row["runs"] for row in table] == [1, 1, 1]
+    # One seed still gives a ResNet control re-run beside the LHC-Net, with the same data seed.
+    control = json.loads((run / "seed-1/resnet/stage4/summary.json").read_text())
+    assert control["arch"] == "resnet34v2" and control["seed"] == 1
+    assert json.loads((run / "seed-1/stage4/summary.json").read_text())["seed"] == 1
     assert not list(run.glob("seed-1/stage4/ablate-*"))
 
 

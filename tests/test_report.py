@@ -150,6 +150,10 @@ def test_pipeline_resnet_reruns_supersede_the_shared_stage3(tmp_path, monkeypatc
     shared = next(r for r in data["runs"] if r["stage"] == "stage3")
     assert shared["status"] == "superseded" and "continued by" in shared["note"]
     assert sorted(r["seed"] for r in data["runs"] if r["group"] == "LHC-Net") == [1, 2]
+    # Labelled with the paper's run sets (Table 7): A = ResNet stage-4 re-runs, C = Table-2 LHC-Nets.
+    assert data["groups"]["ResNet34v2"]["paper_set"] == "A" and data["groups"]["LHC-Net"]["paper_set"] == "C"
+    md = (root / "report" / "report.md").read_text()
+    assert "| ResNet34v2 (set A) |" in md and "| LHC-Net (set C) |" in md and "A = ResNet34v2: stage 4" in md
 
 
 def test_group_by_stage_and_no_tta(tmp_path):

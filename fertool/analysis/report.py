@@ -59,7 +59,7 @@ from ..data.provenance import SYNTHETIC
 from ..errors import DataError, FertoolError
 from ..files import read_json, write_json
 from ..files import atomic_dir
-from ..protocol import MODEL_NAMES, PAPER_TABLE7, STAGE_ARCH, STAGE_DIRS
+from ..protocol import MODEL_NAMES, PAPER_TABLE7, RUN_SETS, STAGE_ARCH, STAGE_DIRS, paper_set
 
 __all__ = [
     "RunResult",
@@ -99,6 +99,7 @@ class RunResult:
     tta_accuracy: float | None
     metrics: str  # path of metrics.json
     recipe_id: str | None = None
+    paper_set: str | None = None  # the paper's run set (A, B, C: protocol.RUN_SETS)
     status: str = "used"  # used | rejected | superseded
     note: str | None = None
     synthetic: bool = False  # trained or evaluated on the synthetic sample (metrics' data / model_data)
@@ -268,6 +269,7 @@ def find_results(
             tta_accuracy=_tta_accuracy(metrics, where), metrics=where, recipe_id=recipe_id,
             synthetic=SYNTHETIC in ((metrics.get("data") or {}).get("kind"),
                                     (metrics.get("model_data") or {}).get("kind")),
+            paper_set=paper_set(arch, stage, _run_lhc(run_dir, stage_dir)),
         )
         where_from[id(result)] = (ckpt_dir, _init_dir(stage_dir))
         if arch in ("lhc_net", "lhc_netc"):
@@ -373,6 +375,8 @@ def report(
             if missing is not None:
                 raise DataError(f"{missing.metrics}: has no TTA metrics (evaluate with --tta, or report --no-tta)")
         entry["rejected"] = sum(r.group == name and r.status == "rejected" for r in results)
+        sets = {r.paper_set for r in used}
+        entry["paper_set"] = sets.pop() if len(sets) == 1 else None  # one of the paper's run sets, or a mix
         groups[name] = entry
     out = Path(out_dir) if out_dir is not None else _default_out(run_dirs)
     data = {
@@ -403,6 +407,24 @@ def report(
             (tmp / "index.html").write_text(render_html(run_dirs, data, runs_png=tmp / "runs.png"),
                                             encoding="utf-8")
     return data
+
+
+def _group_label(name: str, entry: dict) -> str:
+    """A group's name with the paper's run set, e.g. ``ResNet34v2 (set A)``."""
+    return f"{name} (set {entry['paper_set']})" if entry.get("paper_set") else name
+
+
+def _run_lhc(run_dir: Path, stage_dir: Path | None) -> list | None:
+    """``model.lhc`` of the run's recipe.yaml (the stage's own first), None when there is none."""
+    for folder in (stage_dir, run_dir, run_dir.parent):
+        if folder is not None and (folder / "recipe.yaml").is_file():
+            try:
+                raw = yaml.safe_load((folder / "recipe.yaml").read_text(encoding="utf-8"))
+            except (OSError, yaml.YAMLError):
+                return None
+            lhc = ((raw or {}).get("model") or {}).get("lhc") if isinstance(raw, dict) else None
+            return lhc if isinstance(lhc, list) else None
+    return None
 
 
 def _group_order(name: str) -> tuple:
@@ -463,12 +485,17 @@ def render_markdown(data: dict) -> str:
         "",
     ]
     header = ["group"] + [title for _, title in STAT_COLUMNS]
-    lines += _table([[g] + [_stat_cell(k, e["plain"]) for k, _ in STAT_COLUMNS] for g, e in groups.items()], header)
+    lines += _table([[_group_label(g, e)] + [_stat_cell(k, e["plain"]) for k, _ in STAT_COLUMNS]
+                     for g, e in groups.items()], header)
     tta_groups = {g: e for g, e in groups.items() if e["tta"] is not None}
     if tta_groups:
         lines += ["", "## With TTA", ""]
-        lines += _table([[g] + [_stat_cell(k, e["tta"]) for k, _ in STAT_COLUMNS] for g, e in tta_groups.items()],
-                        header)
+        lines += _table([[_group_label(g, e)] + [_stat_cell(k, e["tta"]) for k, _ in STAT_COLUMNS]
+                         for g, e in tta_groups.items()], header)
+    sets = sorted({e["paper_set"] for e in groups.values() if e.get("paper_set")})
+    if sets:
+        lines += ["", "Run sets of the paper (Table 7; the runs of a set differ only in the data seed): "
+                  + "; ".join(f"{s} = {RUN_SETS[s]}" for s in sets) + "."]
     lines += ["", "## The paper (FER2013 PrivateTest; Table 7 without TTA, best single model with TTA)", ""]
     paper_rows = []
     for model, p in PAPER_TABLE7.items():
