@@ -208,7 +208,7 @@ def test_evaluate_and_ablate_accept_the_imported_checkpoint(imported, prepared, 
     # one image, single modules only: six forward passes at 224 px
     ab = tmp_path / "ablate"
     result = cli_runner.invoke(app, ["ablate", "-c", str(ckpt), "--images", str(prepared), "--out", str(ab),
-                                     "--max-images", "1", "--sets", "single", "--pictures", "0", "--no-heads",
+                                     "--max-images", "1", "--subsets", "single", "--pictures", "0", "--no-heads",
                                      "--device", "cpu", "-q"])
     assert result.exit_code == 0, result.output
     notes = [line for line in result.stderr.splitlines() if line.startswith("note:")]
