@@ -263,6 +263,18 @@ def check_same_classes(model_classes: Iterable[str], data_classes: Iterable[str]
         )
 
 
+#: Data sets of photos: their models see colour face crops fitted the way ``prepare --folder`` does.
+PHOTO_DATASETS = ("folder", "rafdb")
+
+
+def photo_preparation(ckpt: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The ``prepare`` settings of a model trained on photos (class folders, RAF-DB), else None."""
+    data = (ckpt.get("extra") or {}).get("data") or {}
+    if data.get("dataset") not in PHOTO_DATASETS or not isinstance(data.get("prepare"), Mapping):
+        return None
+    return dict(data["prepare"])
+
+
 def lineage_entry(path: str | os.PathLike, ckpt: Mapping[str, Any]) -> dict:
     """The record a derived checkpoint keeps of its parent."""
     return {

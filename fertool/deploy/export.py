@@ -82,8 +82,7 @@ class _WithSoftmax(nn.Module):
 
 def export_metadata(ckpt: Mapping[str, Any], *, fmt: str, checkpoint_path: str | os.PathLike | None = None) -> dict:
     """The preprocessing contract and provenance stored in an export (plain JSON types)."""
-    from ..checkpoint import checkpoint_classes
-    from .predict import photo_preparation
+    from ..checkpoint import checkpoint_classes, photo_preparation
 
     arch_args = dict(ckpt.get("arch_args") or {})
     size = int(arch_args.get("input_size", 224))

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from .. import CLASS_NAMES
+from ..checkpoint import photo_preparation
 from ..data.prepare_images import prepared_photo
 from ..data.provenance import checkpoint_provenance
 from ..errors import DataError, FertoolError
@@ -167,18 +168,6 @@ def preparation_from_recipe(recipe: Mapping[str, Any] | None) -> dict[str, Any]:
         "quality": int(section.get("jpeg_quality", default.jpeg_quality)),
         "subsampling": str(section.get("subsampling", default.subsampling)),
     }
-
-
-#: Data sets of photos: their models see colour face crops fitted the way ``prepare --folder`` does.
-PHOTO_DATASETS = ("folder", "rafdb")
-
-
-def photo_preparation(ckpt: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The ``prepare`` settings of a model trained on photos (class folders, RAF-DB), else None."""
-    data = (ckpt.get("extra") or {}).get("data") or {}
-    if data.get("dataset") not in PHOTO_DATASETS or not isinstance(data.get("prepare"), Mapping):
-        return None
-    return dict(data["prepare"])
 
 
 class FaceClassifier:
