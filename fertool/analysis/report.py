@@ -176,23 +176,29 @@ def _seed(metrics: dict, stage_dir: Path | None, run_dir: Path) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def _recipe_id(run_dir: Path, stage_dir: Path | None) -> str | None:
-    """Fingerprint of the run's recipe: sha256 of its JSON without ``pipeline`` and data paths."""
-    for folder in (run_dir, stage_dir, run_dir.parent):
+def _run_recipe(*folders: Path | None) -> dict | None:
+    """The ``recipe.yaml`` of the first of ``folders`` that has one, as raw data (None when
+    there is none, or it is unreadable)."""
+    for folder in folders:
         if folder is not None and (folder / "recipe.yaml").is_file():
             try:
                 raw = yaml.safe_load((folder / "recipe.yaml").read_text(encoding="utf-8"))
             except (OSError, yaml.YAMLError):
                 return None
-            if not isinstance(raw, dict):
-                return None
-            raw = dict(raw)
-            raw.pop("pipeline", None)
-            if isinstance(raw.get("data"), dict):
-                raw["data"] = {k: v for k, v in raw["data"].items() if k not in ("csv", "images")}
-            text = json.dumps(raw, sort_keys=True, default=str)
-            return hashlib.sha256(text.encode("utf-8")).hexdigest()[:8]
+            return dict(raw) if isinstance(raw, dict) else None
     return None
+
+
+def _recipe_id(run_dir: Path, stage_dir: Path | None) -> str | None:
+    """Fingerprint of the run's recipe: sha256 of its JSON without ``pipeline`` and data paths."""
+    raw = _run_recipe(run_dir, stage_dir, run_dir.parent)
+    if raw is None:
+        return None
+    raw.pop("pipeline", None)
+    if isinstance(raw.get("data"), dict):
+        raw["data"] = {k: v for k, v in raw["data"].items() if k not in ("csv", "images")}
+    text = json.dumps(raw, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:8]
 
 
 def _selection(run_dir: Path) -> dict | None:
@@ -416,15 +422,9 @@ def _group_label(name: str, entry: dict) -> str:
 
 def _run_lhc(run_dir: Path, stage_dir: Path | None) -> list | None:
     """``model.lhc`` of the run's recipe.yaml (the stage's own first), None when there is none."""
-    for folder in (stage_dir, run_dir, run_dir.parent):
-        if folder is not None and (folder / "recipe.yaml").is_file():
-            try:
-                raw = yaml.safe_load((folder / "recipe.yaml").read_text(encoding="utf-8"))
-            except (OSError, yaml.YAMLError):
-                return None
-            lhc = ((raw or {}).get("model") or {}).get("lhc") if isinstance(raw, dict) else None
-            return lhc if isinstance(lhc, list) else None
-    return None
+    raw = _run_recipe(stage_dir, run_dir, run_dir.parent) or {}
+    lhc = (raw.get("model") or {}).get("lhc") if isinstance(raw.get("model"), dict) else None
+    return lhc if isinstance(lhc, list) else None
 
 
 def _group_order(name: str) -> tuple:
