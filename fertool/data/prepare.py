@@ -1,5 +1,8 @@
 """``fertool prepare``: a FER2013 CSV -> one JPEG per row, a manifest and a summary (docs/protocol.md §1).
 
+(One file of ~500 lines: the streaming worker pool, the pixel pipeline and the output folder
+are one command's machinery; photo folders are in :mod:`fertool.data.prepare_images`.)
+
 Output layout of ``DIR``::
 
     DIR/<Usage>/<Class>/<row>.jpg   row = 0-based data row of the CSV, 5 digits

@@ -1,5 +1,8 @@
 """ResNet34 backbones with the paper's classification head and optional LHC modules.
 
+(One file of ~470 lines: the two backbones share the head, the LHC insertion points and
+the weight loading, which read best side by side.)
+
 * :class:`ResNet34v2` — the pre-activation ResNet34 of ``classification_models`` that the
   paper trained (docs/protocol.md §2): ``bn_data`` normalisation of raw 0..255 pixels, BatchNorm eps
   2e-5, shortcut conv of every stage's first unit on the activated input.
