@@ -19,6 +19,7 @@ from typing import Any, Mapping
 __all__ = [
     "STAGES",
     "STAGE_DIRS",
+    "STAGE_FOLDERS",
     "PREVIOUS",
     "FINISHED",
     "MODEL_KINDS",
@@ -42,6 +43,8 @@ __all__ = [
 STAGES = ("1", "2", "3", "4", "controller")
 #: The folder of a run that each stage writes.
 STAGE_DIRS = {"1": "stage1", "2": "stage2", "3": "stage3", "4": "stage4", "controller": "controller"}
+#: Those folders in training order.
+STAGE_FOLDERS = tuple(STAGE_DIRS.values())
 #: The stage whose best checkpoint a stage starts from by default.
 PREVIOUS = {"2": "1", "3": "2", "4": "3", "controller": "4"}
 #: ``summary.json`` statuses of a stage that is done (the others: interrupted, diverged).

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from ..files import read_json
-from .report import PAPER_TABLE7, STAGES, STAT_COLUMNS, stat_text
+from ..protocol import PAPER_TABLE7, STAGE_FOLDERS
+from .stats import STAT_COLUMNS, stat_text
 
 __all__ = ["render_html"]
 
@@ -73,9 +74,9 @@ def _rel(path: Path, root: Path) -> str:
 
 def _stage_folders(root: Path) -> list[Path]:
     """Every stage folder under ``root`` (a ``summary.json`` in a stage-named folder)."""
-    found = [p.parent for p in root.rglob("summary.json") if p.parent.name in STAGES]
+    found = [p.parent for p in root.rglob("summary.json") if p.parent.name in STAGE_FOLDERS]
     # Shared stages first, then per seed; within a folder in training order.
-    return sorted(found, key=lambda p: (len(p.relative_to(root).parts), str(p.parent), STAGES.index(p.name)))
+    return sorted(found, key=lambda p: (len(p.relative_to(root).parts), str(p.parent), STAGE_FOLDERS.index(p.name)))
 
 
 # --------------------------------------------------------------------------- sections

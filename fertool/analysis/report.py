@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import re
 from dataclasses import asdict, dataclass
@@ -57,9 +56,9 @@ import yaml
 
 from ..data.provenance import SYNTHETIC
 from ..errors import DataError, FertoolError
-from ..files import read_json, write_json
-from ..files import atomic_dir
-from ..protocol import MODEL_NAMES, PAPER_TABLE7, RUN_SETS, STAGE_ARCH, STAGE_DIRS, paper_set
+from ..files import atomic_dir, read_json, write_json
+from ..protocol import MODEL_NAMES, PAPER_TABLE7, RUN_SETS, STAGE_ARCH, STAGE_FOLDERS, paper_set
+from .stats import STAT_COLUMNS, pct, run_statistics, stat_text, top_count
 
 __all__ = [
     "RunResult",
@@ -70,20 +69,7 @@ __all__ = [
     "render_markdown",
 ]
 
-#: Stage folders of a run, in training order (the engine's layout).
-STAGES = tuple(STAGE_DIRS.values())
 GROUP_BY = ("model", "stage", "recipe")
-#: Statistic keys, in table order, with their column titles.
-STAT_COLUMNS = (
-    ("n", "runs"),
-    ("top40", "top 40%"),
-    ("top40_wo_best", "top 40% w/o best"),
-    ("top25", "top 25%"),
-    ("top25_wo_best", "top 25% w/o best"),
-    ("best", "best"),
-    ("mean", "mean"),
-    ("std", "std"),
-)
 
 
 @dataclass
@@ -103,39 +89,6 @@ class RunResult:
     status: str = "used"  # used | rejected | superseded
     note: str | None = None
     synthetic: bool = False  # trained or evaluated on the synthetic sample (metrics' data / model_data)
-
-
-# --------------------------------------------------------------------------- statistics
-
-
-def top_count(n: int, percent: int) -> int:
-    """Number of runs in the top ``percent``% of ``n``: round half up, at least 1, at most n.
-
-    Exact integer arithmetic: ``floor(n * percent / 100 + 1/2)``.
-    """
-    if n <= 0:
-        return 0
-    return max(1, min(n, (2 * n * percent + 100) // 200))
-
-
-def run_statistics(values: Sequence[float]) -> dict[str, Any]:
-    """Table-7 statistics of accuracies ``values`` (see the module docstring); None = n/a."""
-    vals = sorted((float(v) for v in values), reverse=True)
-    n = len(vals)
-    out: dict[str, Any] = {"n": n}
-    if n == 0:
-        out.update({k: None for k, _ in STAT_COLUMNS[1:]})
-        return out
-    for percent in (40, 25):
-        m = top_count(n, percent)
-        out[f"top{percent}"] = sum(vals[:m]) / m
-        out[f"top{percent}_wo_best"] = sum(vals[1:m]) / (m - 1) if m >= 2 else None
-        out[f"top{percent}_runs"] = m
-    mean = sum(vals) / n
-    out["best"] = vals[0]
-    out["mean"] = mean
-    out["std"] = math.sqrt(sum((v - mean) ** 2 for v in vals) / (n - 1)) if n >= 2 else None
-    return out
 
 
 # --------------------------------------------------------------------------- discovery
@@ -165,7 +118,7 @@ def _seed(metrics: dict, stage_dir: Path | None, run_dir: Path) -> int | None:
     if isinstance(metrics.get("seed"), int):
         return metrics["seed"]
     summaries = [stage_dir] if stage_dir is not None else []
-    summaries += [run_dir / s for s in STAGES if run_dir / s != stage_dir]
+    summaries += [run_dir / s for s in STAGE_FOLDERS if run_dir / s != stage_dir]
     for folder in summaries:
         if not (folder / "summary.json").is_file():
             continue
@@ -257,7 +210,7 @@ def find_results(
         if "accuracy" not in metrics:
             raise DataError(f"{where}: no 'accuracy' key")
         ckpt_dir = path.parent.parent
-        if ckpt_dir.name in STAGES:
+        if ckpt_dir.name in STAGE_FOLDERS:
             stage_dir, run_dir, stage = ckpt_dir, ckpt_dir.parent, ckpt_dir.name
         else:
             stage_dir, run_dir = None, ckpt_dir
@@ -296,7 +249,7 @@ def find_results(
                 r1.status = "superseded"
                 r1.note = f"continued by {r2.run} ({r2.stage})"
     # One result per (run, group): the latest stage; earlier ones are superseded.
-    order = {s: i for i, s in enumerate(STAGES)}
+    order = {s: i for i, s in enumerate(STAGE_FOLDERS)}
     latest: dict[tuple[str, str], RunResult] = {}
     for r in results:
         if r.status != "used":
@@ -434,22 +387,13 @@ def _group_order(name: str) -> tuple:
     return (known.index(head) if head in known else len(known), name)
 
 
-def _pct(value: float | None, digits: int = 2) -> str:
-    return "n/a" if value is None else f"{100 * value:.{digits}f}"
-
-
-def stat_text(key: str, stats: dict) -> str:
-    """One statistic for a table: the run count, or a percentage with 2 decimals (n/a)."""
-    return str(stats.get(key)) if key == "n" else _pct(stats.get(key))
-
-
 def _stat_cell(key: str, stats: dict) -> str:
     value = stats.get(key)
     if key == "n":
         return str(value)
     if key.startswith("top") and not key.endswith("wo_best") and value is not None:
-        return f"{_pct(value)} ({stats[key + '_runs']})"
-    return _pct(value)
+        return f"{pct(value)} ({stats[key + '_runs']})"
+    return pct(value)
 
 
 def _table(rows: list[list[str]], header: list[str]) -> list[str]:
@@ -504,10 +448,10 @@ def render_markdown(data: dict) -> str:
         ours_tta = ours["tta"] if ours and ours["tta"] else {}
         paper_rows.append([
             model,
-            f"{p['top40']:.2f}", _pct(plain.get("top40")),
-            f"{p['top25']:.2f}", _pct(plain.get("top25")),
-            f"{p['best']:.2f}", _pct(plain.get("best")),
-            f"{p['best_tta']:.2f}", _pct(ours_tta.get("best")),
+            f"{p['top40']:.2f}", pct(plain.get("top40")),
+            f"{p['top25']:.2f}", pct(plain.get("top25")),
+            f"{p['best']:.2f}", pct(plain.get("best")),
+            f"{p['best_tta']:.2f}", pct(ours_tta.get("best")),
         ])
     ours = "ours (synthetic)" if synthetic else "ours"
     lines += _table(paper_rows, ["model", "paper top 40%", ours, "paper top 25%", ours, "paper best", ours,
@@ -515,13 +459,13 @@ def render_markdown(data: dict) -> str:
     rejected = [r for r in runs if r["status"] == "rejected"]
     lines += ["", "## Rejected by the selection rule (excluded from the statistics)", ""]
     if rejected:
-        lines += _table([[r["run"], str(r["seed"]), str(r["stage"]), _pct(r["accuracy"]), r["note"] or ""]
+        lines += _table([[r["run"], str(r["seed"]), str(r["stage"]), pct(r["accuracy"]), r["note"] or ""]
                          for r in rejected], ["run", "seed", "stage", "accuracy", "why"])
     else:
         lines.append("None.")
     lines += ["", "## All results", ""]
     lines += _table(
-        [[r["group"], r["run"], str(r["seed"]), str(r["stage"]), _pct(r["accuracy"]), _pct(r["tta_accuracy"]),
+        [[r["group"], r["run"], str(r["seed"]), str(r["stage"]), pct(r["accuracy"]), pct(r["tta_accuracy"]),
           r["status"] + (f" ({r['note']})" if r["note"] and r["status"] == "superseded" else "")]
          for r in runs],
         ["group", "run", "seed", "stage", "accuracy", "TTA accuracy", "status"],

@@ -27,7 +27,8 @@ def report_cli(
 
     Writes report.md, report.json and runs.png (a strip plot). Runs rejected by the stage-4 selection rule are listed apart and left out of the statistics.
     """
-    from ..analysis.report import STAT_COLUMNS, report, stat_text
+    from ..analysis.report import report
+    from ..analysis.stats import STAT_COLUMNS, stat_text
 
     data = report(run_dirs, group_by=group_by, split=split, tta=tta, out_dir=out_dir, html=html)
 
