@@ -23,6 +23,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from ..files import sha256_file
 from .csv import count_lines
 
 __all__ = ["SYNTHETIC", "csv_provenance", "images_provenance", "checkpoint_provenance", "is_synthetic", "describe"]
@@ -58,8 +59,6 @@ def _record(source: str, sha256: str, rows: int, seeds: Iterable[int]) -> dict:
 
 def csv_provenance(path: str | os.PathLike, *, sample_seeds: Iterable[int] = (0,)) -> dict:
     """The record of a FER2013-format CSV (hashes the file)."""
-    from ..utils import sha256_file  # torch comes with fertool.utils; `fertool report` only needs SYNTHETIC
-
     path = Path(path)
     return _record(path.name, sha256_file(path), max(count_lines(path) - 1, 0), sample_seeds)
 
