@@ -23,9 +23,8 @@ def narrow(monkeypatch):
     """Route every command module's stdout console into an 80-column buffer."""
     buffer = io.StringIO()
     console = Console(file=buffer, width=80, color_system=None)
-    for name in COMMAND_MODULES:
-        module = sys.modules.get(f"fertool.cli.{name}")
-        if module is not None and hasattr(module, "out"):
+    for module in COMMAND_MODULES:
+        if hasattr(module, "out"):
             monkeypatch.setattr(module, "out", console)
     return buffer
 

@@ -110,7 +110,7 @@ def test_every_output_says_the_results_are_synthetic(finished):
     run, result, _ = finished
     sample = {"kind": "synthetic sample", "source": "sample.csv", "sha256": sha256_file(run / "data/sample.csv"),
               "rows": 28}
-    for folder in ("stage3", "seed-1/stage4", "seed-2/controller"):
+    for folder in ("seed-1/resnet/stage4", "seed-1/stage4", "seed-2/controller"):
         assert load_checkpoint(run / folder / "best.pt")["extra"]["data"]["provenance"] == sample, folder
         metrics = json.loads((run / folder / "eval-PrivateTest/metrics.json").read_text())
         assert metrics["model_data"] == sample and metrics["data"] == sample
