@@ -48,7 +48,7 @@ METADATA_NAME = "fertool.json"
 INPUT_NAME = "images"
 OUTPUT_NAME = "probs"
 
-#: How an image must be made before it enters the exported model (SPEC §1).
+#: How an image must be made before it enters the exported model (docs/protocol.md §1).
 PREPARATION = (
     "face crop (square, with a margin) -> grey -> 48x48 (cv2.INTER_AREA, FER2013's size) -> "
     "bilinear resize to SxS in float32 with half-pixel centres and no antialiasing (TensorFlow 2 "
