@@ -1,6 +1,6 @@
 """``fertool prepare``: a FER2013 CSV -> one JPEG per row, a manifest and a summary (docs/protocol.md §1).
 
-(One file of ~500 lines: the streaming worker pool, the pixel pipeline and the output folder
+(One file of ~560 lines: the streaming worker pool, the pixel pipeline and the output folder
 are one command's machinery; photo folders are in :mod:`fertool.data.prepare_images`.)
 
 Output layout of ``DIR``::
