@@ -339,8 +339,7 @@ def _install(tmp: Path, out_dir: Path) -> None:
 
 @contextlib.contextmanager
 def build_folder(out_dir: Path, check: Callable[[], None] = lambda: None) -> Iterator[Path]:
-    """A hidden temporary sibling of ``out_dir`` to fill in the ``with`` block
-    (:func:`fertool.files.atomic_dir`).
+    """A hidden temporary sibling of ``out_dir`` to fill in the ``with`` block.
 
     When the block completes, ``check()`` runs (a last look at the destination) and the
     folder replaces ``out_dir`` (an old one is removed only then); when anything fails
@@ -352,10 +351,11 @@ def build_folder(out_dir: Path, check: Callable[[], None] = lambda: None) -> Ite
     except OSError as exc:
         raise DataError(f"{out_dir}: cannot create it ({exc.strerror or exc})") from None
     try:
-        with atomic_dir(out_dir) as tmp:
-            yield tmp
-            check()
+        yield tmp
+        check()
+        _install(tmp, out_dir)
     except OSError as exc:  # disk full, permissions...
+        shutil.rmtree(tmp, ignore_errors=True)
         raise DataError(f"{exc.filename or out_dir}: {exc.strerror or exc}; nothing was written") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

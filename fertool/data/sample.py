@@ -43,7 +43,7 @@ import numpy as np
 
 from .. import CLASS_NAMES
 from ..errors import DataError
-from ..tempfiles import temp_file
+from ..files import atomic_path
 from .csv import SIDE, SPLITS
 from .ferplus import FERPLUS_CLASSES, VOTE_COLUMNS
 from .folders import RAFDB_CLASSES, RAFDB_LABEL_FILE
@@ -226,9 +226,7 @@ def _csv_lines(images: np.ndarray, labels, splits) -> list[str]:
 
 
 def _write_lines(path: Path, lines: list[str]) -> None:
-    """Write ``lines`` to ``path`` through a temporary file (atomic)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_file(path)
+    """Write ``lines`` to ``path`` atomically."""
     try:
         with atomic_path(path) as tmp, open(tmp, "w", encoding="ascii", newline="\n") as fh:
             fh.writelines(lines)
