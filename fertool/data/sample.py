@@ -227,6 +227,7 @@ def _csv_lines(images: np.ndarray, labels, splits) -> list[str]:
 
 def _write_lines(path: Path, lines: list[str]) -> None:
     """Write ``lines`` to ``path`` atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)  # an OSError here names the folder itself
     try:
         with atomic_path(path) as tmp, open(tmp, "w", encoding="ascii", newline="\n") as fh:
             fh.writelines(lines)
