@@ -52,7 +52,8 @@ CLOCK = time.perf_counter
 def load_model(checkpoint: str | None, size: int) -> tuple[torch.nn.Module, str]:
     """The checkpoint's model, else LHC-Net with the reference formula weights (else random)."""
     if checkpoint is not None:
-        from fertool.checkpoint import load_checkpoint, model_from_checkpoint
+        from fertool.checkpoint import load_checkpoint
+        from fertool.surgery import model_from_checkpoint
 
         return model_from_checkpoint(load_checkpoint(checkpoint)).eval(), checkpoint
     model = build_model("lhc_net", input_size=size).eval()

@@ -49,11 +49,11 @@ def make_prepared(root: Path, n: int) -> None:
     """``n`` synthetic grey 224x224 JPEGs (quality 100, 4:4:4) laid out like ``fertool prepare``."""
     import cv2
 
-    from fertool.data.resize import to_prepared_uint8
+    from fertool.data.prepare import prepare_pixels
 
     rng = np.random.default_rng(0)
-    small = torch.from_numpy(rng.integers(0, 256, (n, 48, 48), dtype=np.uint8))
-    big = to_prepared_uint8(small, SIZE).numpy()  # (n, 224, 224[, 3]) uint8, as prepare makes them
+    small = rng.integers(0, 256, (n, 48, 48), dtype=np.uint8)
+    big = prepare_pixels(small, size=SIZE, rgb=False)  # (n, 224, 224) uint8, as prepare makes them
     params = [cv2.IMWRITE_JPEG_QUALITY, 100, cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444]
     rows = []
     for i in range(n):
