@@ -199,6 +199,15 @@ _COMPRESSED = (
 )
 
 
+def read_error(path: Path, exc: OSError, *, expected: str, missing: str = "") -> DataError:
+    """The one-line error for an input file that cannot be opened (``expected``: what it should be)."""
+    if isinstance(exc, FileNotFoundError):
+        return DataError(f"{path}: no such file{missing}")
+    if isinstance(exc, IsADirectoryError):
+        return DataError(f"{path}: is a directory, expected {expected}")
+    return DataError(f"{path}: cannot read ({exc.strerror})")
+
+
 def open_csv(path: str | os.PathLike) -> tuple[Layout, IO[bytes]]:
     """Open ``path``, read and check its header; return the layout and the open file.
 
@@ -208,12 +217,8 @@ def open_csv(path: str | os.PathLike) -> tuple[Layout, IO[bytes]]:
     path = Path(path)
     try:
         fh = open(path, "rb", buffering=1 << 20)  # lines are ~9 KB: read in large blocks
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise DataError(f"{path}: is a directory, expected a CSV file") from None
     except OSError as exc:
-        raise DataError(f"{path}: cannot read ({exc.strerror})") from None
+        raise read_error(path, exc, expected="a CSV file") from None
     try:
         head = fh.peek(1 << 16)[: 1 << 16]
         for magic, what, command in _COMPRESSED:

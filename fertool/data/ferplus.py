@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from .csv import SPLITS
+from .csv import SPLITS, read_error
 
 #: The eight FER+ emotions, in the label file's column order (the model's output order).
 FERPLUS_CLASSES: tuple[str, ...] = (
@@ -108,12 +108,9 @@ def read_ferplus(path: str | os.PathLike) -> FerPlusLabels:
     path = Path(path)
     try:
         raw = path.read_bytes()
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such file (the FER+ label file, fer2013new.csv)") from None
-    except IsADirectoryError:
-        raise DataError(f"{path}: is a directory, expected the FER+ label file (fer2013new.csv)") from None
     except OSError as exc:
-        raise DataError(f"{path}: cannot read ({exc.strerror})") from None
+        raise read_error(path, exc, expected="the FER+ label file (fer2013new.csv)",
+                         missing=" (the FER+ label file, fer2013new.csv)") from None
     lines = raw.decode("utf-8-sig", errors="replace").splitlines()  # a byte-order mark is not part of "Usage"
     if not lines or not lines[0].strip():
         raise DataError(f"{path}: empty file; expected a header 'Usage,Image name,{','.join(VOTE_COLUMNS)}'")
