@@ -9,6 +9,7 @@ from torch import nn
 
 from fertool.errors import FertoolError
 from fertool.evaluation.engines import (
+    CheckedEngine,
     OnnxRuntimeEngine,
     TorchEngine,
     bf16_supported,
@@ -106,3 +107,61 @@ def test_bf16_engine_is_close_to_float32(net_ref, tensors):
     assert got.dtype == torch.float32
     assert not torch.equal(got, want)  # it did run in bf16
     assert ((got - want).norm() / want.norm()).item() < 0.1  # measured 0.04
+
+
+class _Fixed:
+    """An engine stand-in returning fixed logits for the rows it is given (by row id in x[:, 0, 0, 0])."""
+
+    def __init__(self, logits: torch.Tensor, precision: str) -> None:
+        self.logits, self.precision, self.device, self.seen = logits, precision, torch.device("cpu"), []
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x[:, 0, 0, 0].long()
+        self.seen.append(rows.tolist())
+        return self.logits[rows]
+
+    def describe(self) -> str:
+        return self.precision
+
+
+def test_checked_engine_recomputes_only_close_calls():
+    fast = _Fixed(torch.tensor([[4.0, 3.0, 0.0],     # gap 1.0  = 0.25 x max|logit|: kept
+                                [4.0, 3.9, 0.0],     # gap 0.1  = 0.025 x 4: close
+                                [-10.0, 0.1, 0.0],   # gap 0.1 < 0.03 x 10 (the largest |logit| counts): close
+                                [2.0, 2.0, 1.0]]), "bf16")  # a tie: close
+    exact = _Fixed(torch.tensor([[0.0, 1.0, 2.0]] * 4) + torch.arange(4.0)[:, None], "fp32")
+    run = CheckedEngine(fast, exact, margin=0.03)
+    x = torch.arange(4.0).view(4, 1, 1, 1).expand(4, 3, 2, 2)
+    got = run(x)
+    assert exact.seen == [[1, 2, 3]]  # only the close rows went through float32
+    torch.testing.assert_close(got[0], fast.logits[0])
+    torch.testing.assert_close(got[1:], exact.logits[1:])
+    assert (run.rechecked, run.rows) == (3, 4)
+    assert torch.equal(fast.logits[1], torch.tensor([4.0, 3.9, 0.0]))  # the fast engine's output is not edited
+    off = CheckedEngine(_Fixed(fast.logits, "bf16"), exact, margin=0)
+    torch.testing.assert_close(off(x), fast.logits)
+    assert off.rechecked == 0
+    with pytest.raises(FertoolError, match="--recheck-margin: must be >= 0"):
+        CheckedEngine(fast, exact, margin=float("nan"))
+
+
+@pytest.mark.skipif(not bf16_supported("cpu"), reason="this CPU has no native bf16")
+def test_checked_bf16_keeps_float32_labels_where_the_margin_covers_the_error(tensors):
+    # Seeded random images through LHC-Net with the reference weights (whose predictions are
+    # often near-ties): every row the check did not recompute had a bf16 top-2 gap of at least
+    # the margin, every recomputed row equals float32, and so the labels agree at least as
+    # often as plain bf16's.
+    model = build_model("lhc_net").eval()
+    model.load_state_dict(reference_state_dict(tensors, "lhc"), strict=False)
+    x = torch.rand(8, 3, 224, 224, generator=torch.Generator().manual_seed(0)) * 255
+    exact = TorchEngine(model)(x)
+    plain = TorchEngine(model, precision="bf16")(x)
+    run = build_engine(model, "torch", precision="bf16", recheck=0.05)
+    assert isinstance(run, CheckedEngine)
+    got = run(x)
+    best = plain.topk(2, dim=1).values
+    close = best[:, 0] - best[:, 1] < 0.05 * plain.abs().amax(dim=1)
+    assert run.rechecked == int(close.sum()) and run.rows == 8
+    torch.testing.assert_close(got[close], exact[close], rtol=1e-5, atol=1e-5)
+    assert torch.equal(got[~close], plain[~close])
+    assert (got.argmax(1) == exact.argmax(1)).sum() >= (plain.argmax(1) == exact.argmax(1)).sum()

@@ -26,6 +26,7 @@ from fertool.deploy.predict import (
     resolve_tta,
 )
 from fertool.errors import FertoolError
+from fertool.evaluation.engines import bf16_supported
 from fertool.models import build_model
 
 from .conftest import load_reference
@@ -424,3 +425,24 @@ def test_predict_warns_when_the_model_never_saw_a_real_face(cli_runner, tmp_path
     assert json.loads(warned.stdout.splitlines()[0])["label"] in CLASS_NAMES  # the results are still given
     plain = cli_runner.invoke(app, ["predict", str(photo), "-c", str(ckpt_path), "--json", "-q"])
     assert "real face" not in plain.stderr
+
+
+@pytest.mark.skipif(not bf16_supported("cpu"), reason="this CPU has no native bf16")
+def test_cli_bf16_rechecks_close_calls_and_says_how_many(cli_runner, photo, ckpt_path):
+    from fertool.cli import app
+
+    fp32 = cli_runner.invoke(app, ["predict", str(photo), "-c", str(ckpt_path), "--json", "-q"])
+    # A margin of 10 (x the largest |logit|) makes every face a close call: the bf16 run then
+    # reports the float32 probabilities and says it recomputed the one face.
+    checked = cli_runner.invoke(app, ["predict", str(photo), "-c", str(ckpt_path), "--json", "--engine", "torch",
+                                      "--precision", "bf16", "--recheck-margin", "10"])
+    assert checked.exit_code == 0, checked.output
+    want, got = (json.loads(r.stdout.splitlines()[0])["probs"] for r in (fp32, checked))
+    assert got == pytest.approx(want, abs=1e-5)
+    assert "bf16: 1 of 1 face images were close calls, recomputed in fp32" in checked.stderr
+    plain = cli_runner.invoke(app, ["predict", str(photo), "-c", str(ckpt_path), "--json", "--engine", "torch",
+                                    "--precision", "bf16", "--recheck-margin", "0"])
+    assert plain.exit_code == 0 and "close calls" not in plain.stderr
+    assert json.loads(plain.stdout.splitlines()[0])["probs"] != want  # it did run in bf16
+    bad = cli_runner.invoke(app, ["predict", str(photo), "-c", str(ckpt_path), "--recheck-margin", "-1"])
+    assert bad.exit_code == 2 and "--recheck-margin" in bad.stderr

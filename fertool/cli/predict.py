@@ -8,6 +8,7 @@ from typing import List, Optional
 
 import typer
 
+from ..recipe import RECHECK_MARGIN
 from ._common import EngineOption, QuietOption, err, out, progress_callback
 
 EPILOG = (
@@ -50,6 +51,11 @@ def predict_cmd(
         help="fp32, or bf16: faster on a CPU with native bf16 (AVX512-BF16, AMX) or a GPU, with torch; "
         "probabilities differ slightly from fp32 (benchmarks/infer.py measures the agreement).",
     ),
+    recheck: float = typer.Option(
+        RECHECK_MARGIN, "--recheck-margin", min=0.0, metavar="FRACTION",
+        help="With --precision bf16: faces whose two best classes are closer than this fraction of the "
+        "largest |logit| are recomputed in fp32, so that rounding does not flip their label; 0 turns it off.",
+    ),
     no_jpeg: bool = typer.Option(
         False, "--no-jpeg", help="Skip the JPEG q100 round trip the training images went through (docs/protocol.md §1)."
     ),
@@ -75,7 +81,7 @@ def predict_cmd(
     face_detector = load_detector(detector)
     classifier = FaceClassifier.from_checkpoint(
         checkpoint, device=dev, tta=tta_preset if tta else None, batch_size=batch_size, engine=engine,
-        precision=precision,
+        precision=precision, recheck=recheck,
     )
     if is_synthetic(classifier.trained_on):
         err.print(f"warning: {checkpoint} was trained on the synthetic sample (cartoon faces from `fertool "
@@ -116,6 +122,8 @@ def predict_cmd(
         _render(faces, videos, tta=classifier.tta_name)
     if out_dir is not None and not quiet:
         err.print(f"annotated outputs and predictions.jsonl in {out_dir}")
+    if (counts := classifier.rechecked()) is not None and counts[1] and not quiet:
+        err.print(f"bf16: {counts[0]} of {counts[1]} face images were close calls, recomputed in fp32")
     if failed:
         if not quiet:
             err.print(f"{failed} input(s) failed")

@@ -39,7 +39,7 @@ from ..checkpoint import photo_preparation
 from ..data.prepare_images import prepared_photo
 from ..data.provenance import checkpoint_provenance
 from ..errors import DataError, FertoolError
-from ..evaluation.engines import build_engine, choose_engine
+from ..evaluation.engines import RECHECK_MARGIN, CheckedEngine, build_engine, choose_engine
 from ..files import atomic_path
 from ..progress import Progress
 from . import file_mode
@@ -189,6 +189,7 @@ class FaceClassifier:
         photo: Mapping[str, Any] | None = None,
         engine: str = "auto",
         precision: str = "fp32",
+        recheck: float = RECHECK_MARGIN,
         trained_on: Mapping[str, Any] | None = None,
     ) -> None:
         if batch_size < 1:
@@ -196,8 +197,13 @@ class FaceClassifier:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         #: ``engine`` / ``precision`` of :func:`fertool.evaluation.engines.build_engine`
-        #: (``precision="bf16"``: faster on CPUs with native bf16, outputs slightly differ)
+        #: (``precision="bf16"``: faster on CPUs with native bf16, outputs slightly differ;
+        #: faces whose two best classes are within ``recheck`` x the largest |logit| are
+        #: recomputed in float32, see :class:`~fertool.evaluation.engines.CheckedEngine`)
         self.engine_name, self.precision = choose_engine(engine, self.device, precision), precision
+        if not recheck >= 0:
+            raise FertoolError(f"--recheck-margin: must be >= 0, got {recheck}")
+        self.recheck = float(recheck)
         self._engine = None
         self.size = int(size)
         self.class_names = tuple(class_names)
@@ -220,6 +226,7 @@ class FaceClassifier:
         batch_size: int = 64,
         engine: str = "auto",
         precision: str = "fp32",
+        recheck: float = RECHECK_MARGIN,
     ) -> "FaceClassifier":
         """Load a fertool checkpoint (path or loaded dict); ``tta`` names a preset."""
         from ..checkpoint import load_checkpoint
@@ -241,6 +248,7 @@ class FaceClassifier:
             photo=photo_preparation(ckpt),
             engine=engine,
             precision=precision,
+            recheck=recheck,
             trained_on=checkpoint_provenance(ckpt),
         )
 
@@ -250,7 +258,8 @@ class FaceClassifier:
         from ..evaluation import predict_probs
 
         if self._engine is None:  # built at the first batch (an ONNX export takes seconds)
-            self._engine = build_engine(self.model, self.engine_name, device=self.device, precision=self.precision)
+            self._engine = build_engine(self.model, self.engine_name, device=self.device, precision=self.precision,
+                                        recheck=self.recheck)
 
         split = ArraySplit(
             images=faces,
@@ -260,6 +269,12 @@ class FaceClassifier:
         )
         out = predict_probs(None, split, batch_size=self.batch_size, tta=self.tta, engine=self._engine)
         return out["probs"], out["tta_probs"]
+
+    def rechecked(self) -> tuple[int, int] | None:
+        """(images recomputed in float32, images classified) of a bf16 classifier, else None."""
+        if not isinstance(self._engine, CheckedEngine):
+            return None
+        return self._engine.rechecked, self._engine.rows
 
     def _dict(self, p: np.ndarray) -> dict[str, float]:
         return {name: float(v) for name, v in zip(self.class_names, p)}

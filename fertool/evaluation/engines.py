@@ -16,6 +16,11 @@
 * ``auto`` — ``onnxruntime`` on the CPU when it is installed and the precision is float32,
   else ``torch``.
 
+:class:`CheckedEngine` wraps a low-precision engine (``predict --precision bf16``): images
+whose two best classes are closer than the rounding could move them are run again in
+float32, so the bf16 path's top-1 label agrees with float32's on every image but those
+whose bf16 error exceeds the margin.
+
 ``python benchmarks/infer.py`` measures them against each other.  Every engine maps
 (B, 3, S, S) float32 raw pixels on its device to (B, C) float32 logits there; in float32
 each matches the eager model to rounding (the reference-fixture tests run through each).
@@ -34,13 +39,14 @@ from torch import nn
 from ..deploy.export import INPUT_NAME, OUTPUT_NAME, onnx_graph
 from ..errors import FertoolError
 from ..models.resnet import fold_batchnorm
-from ..recipe import PRECISIONS
+from ..recipe import PRECISIONS, RECHECK_MARGIN
 from ..utils import precision as precision_mode
 
-__all__ = ["ENGINES", "PRECISIONS", "InferenceEngine", "TorchEngine", "OnnxRuntimeEngine", "build_engine",
-           "choose_engine", "bf16_supported", "onnxruntime_available"]
+__all__ = ["ENGINES", "PRECISIONS", "RECHECK_MARGIN", "InferenceEngine", "TorchEngine", "OnnxRuntimeEngine",
+           "CheckedEngine", "build_engine", "checked_bf16", "choose_engine", "bf16_supported", "onnxruntime_available"]
 
 ENGINES = ("auto", "torch", "onnxruntime")
+
 
 
 def onnxruntime_available() -> bool:
@@ -109,6 +115,47 @@ class TorchEngine(InferenceEngine):
         return f"torch ({self.precision}{', channels_last' if self.channels_last else ''})"
 
 
+class CheckedEngine(InferenceEngine):
+    """A low-precision engine whose close calls are recomputed by an exact one.
+
+    Rows whose two best logits from ``fast`` are less than ``margin`` x the row's largest
+    |logit| apart are run again by ``exact``, and take its logits.  ``rows`` and
+    ``rechecked`` count what went through and what was recomputed.
+    """
+
+    def __init__(self, fast: InferenceEngine, exact: InferenceEngine, *, margin: float = RECHECK_MARGIN) -> None:
+        if not margin >= 0:
+            raise FertoolError(f"--recheck-margin: must be >= 0, got {margin}")
+        self.fast, self.exact, self.margin = fast, exact, float(margin)
+        self.device = fast.device
+        self.rows = self.rechecked = 0
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.fast(x)
+        if logits.shape[1] < 2 or self.margin == 0:
+            close = torch.zeros(len(logits), dtype=torch.bool, device=logits.device)
+        else:
+            best = logits.topk(2, dim=1).values  # (B, 2)
+            close = best[:, 0] - best[:, 1] < self.margin * logits.abs().amax(dim=1)
+        if close.any():
+            logits = logits.clone()
+            logits[close] = self.exact(x[close])
+        self.rows += len(logits)
+        self.rechecked += int(close.sum())
+        return logits
+
+    def describe(self) -> str:
+        return f"{self.fast.describe()}, close calls (< {self.margin:g} x max |logit|) in {self.exact.precision}"
+
+
+def checked_bf16(model: nn.Module, *, device: torch.device | str = "cpu", margin: float = RECHECK_MARGIN,
+                 channels_last: bool = True) -> CheckedEngine:
+    """bf16 torch engine with float32 rechecks of close calls; both share one model copy."""
+    fast = TorchEngine(model, device=device, precision="bf16", channels_last=channels_last)
+    exact = TorchEngine(fast.model, device=device, precision="fp32", channels_last=channels_last, copy_model=False)
+    return CheckedEngine(fast, exact, margin=margin)
+
+
 class OnnxRuntimeEngine(InferenceEngine):
     """ONNX Runtime (CPU provider) on the model's ONNX graph, exported in memory."""
 
@@ -168,10 +215,14 @@ def choose_engine(engine: str, device: torch.device | str = "cpu", precision: st
 
 
 def build_engine(model: nn.Module, engine: str = "auto", *, device: torch.device | str = "cpu",
-                 precision: str = "fp32", channels_last: bool = True) -> InferenceEngine:
+                 precision: str = "fp32", channels_last: bool = True,
+                 recheck: float | None = None) -> InferenceEngine:
     """The engine named ``engine`` (``auto``, ``torch``, ``onnxruntime``; see
     :func:`choose_engine`) for ``model`` on ``device``.  The model itself is not modified
-    (engines work on a copy)."""
+    (engines work on a copy).  ``recheck`` (bf16 only): the margin of a
+    :class:`CheckedEngine` around the bf16 engine; None or 0 for plain bf16."""
     if choose_engine(engine, device, precision) == "onnxruntime":
         return OnnxRuntimeEngine(model)
+    if precision == "bf16" and recheck:
+        return checked_bf16(model, device=device, margin=recheck, channels_last=channels_last)
     return TorchEngine(model, device=device, precision=precision, channels_last=channels_last)
