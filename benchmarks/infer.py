@@ -14,7 +14,7 @@ CPU, float32, LHC-Net (Table 2) at 224 px, batch 16; img/s of the best of interl
 * ``tv_resnet34``: torchvision's ResNet34 (ImageNet head), eager: a plain-backbone anchor;
 * ``predict bf16``: what ``predict --precision bf16`` runs (where the CPU has native bf16):
   the torch engine under bf16 autocast, close calls recomputed in float32
-  (``--recheck-margin``, default 0.03); ``plain bf16``: the same without the recheck.
+  (``--recheck-margin``, default predict's); ``plain bf16``: the same without the recheck.
 
 Every contender classifies the same batch: the first ``--batch`` faces of the synthetic
 sample's PrivateTest split (``fertool sample-data`` defaults: 105 faces), so that the share of
@@ -49,6 +49,7 @@ from fertool.deploy.export import export_model  # noqa: E402
 from fertool.evaluation.engines import TorchEngine, bf16_supported, build_engine, checked_bf16  # noqa: E402
 from fertool.evaluation.inference import predict_probs  # noqa: E402
 from fertool.models import build_model  # noqa: E402
+from fertool.recipe import RECHECK_MARGIN  # noqa: E402
 
 CLOCK = time.perf_counter
 
@@ -92,14 +93,14 @@ def sample_split(code: int, size: int) -> ReferenceSplit:
     return ReferenceSplit(images=images[rows], labels=torch.from_numpy(labels[rows]), size=size)
 
 
-def agreement(model: torch.nn.Module, size: int, batch: int) -> dict[str, float]:
+def agreement(model: torch.nn.Module, size: int, batch: int, margin: float) -> dict[str, float]:
     """Top-1 agreement with float32 on the sample PrivateTest split of plain bf16 and of
     ``predict``'s checked bf16, the share the latter recomputed, and the float32 accuracy."""
     split = sample_split(2, size)
     labels = split.labels.numpy()
     fp32 = predict_probs(model, split, batch_size=batch)["probs"].argmax(1)
     plain = predict_probs(None, split, batch_size=batch, engine=TorchEngine(model, precision="bf16"))["probs"].argmax(1)
-    checked = checked_bf16(model)
+    checked = checked_bf16(model, margin=margin)
     ours = predict_probs(None, split, batch_size=batch, engine=checked)["probs"].argmax(1)
     return {"n": len(labels), "plain": float((plain == fp32).mean()), "checked": float((ours == fp32).mean()),
             "rechecked": checked.rechecked / checked.rows, "accuracy": float((fp32 == labels).mean())}
@@ -113,6 +114,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--cpu-time", action="store_true", help="one thread, timed by its CPU time")
     ap.add_argument("--checkpoint", default=None, help="a trained LHC-Net checkpoint (e.g. from fertool import)")
+    ap.add_argument("--recheck-margin", type=float, default=RECHECK_MARGIN, help="predict's --recheck-margin")
     args = ap.parse_args()
     global CLOCK
     if args.cpu_time:
@@ -141,7 +143,7 @@ def main() -> None:
         contenders["tv_resnet34"] = lambda x: tv(x)
         fast = bf16_supported("cpu")
         if fast:
-            contenders["predict bf16"] = checked_bf16(model)
+            contenders["predict bf16"] = checked_bf16(model, margin=args.recheck_margin)
             contenders["plain bf16"] = TorchEngine(model, precision="bf16")
         best = {name: float("inf") for name in contenders}
         with torch.inference_mode():
@@ -157,7 +159,7 @@ def main() -> None:
         print(f"{name:22s} {args.batch / seconds:7.2f} img/s   x{ort_time / seconds:.2f} onnxruntime on export")
     print(f"fertool (auto) is {auto.describe()}")
     if fast:
-        a = agreement(model, args.size, args.batch)
+        a = agreement(model, args.size, args.batch, args.recheck_margin)
         print(f"top-1 agreement with float32 on {a['n']} sample PrivateTest faces (float32 accuracy there "
               f"{100 * a['accuracy']:.1f}%): predict bf16 {100 * a['checked']:.1f}% ({100 * a['rechecked']:.1f}% of "
               f"the faces recomputed in float32), plain bf16 {100 * a['plain']:.1f}%")
