@@ -47,7 +47,7 @@ def export_cmd(
         f"({', '.join(meta['class_names'])})"
     )
     if info["max_abs_diff"] is None:
-        out.print("  parity: not checked (onnxruntime is not installed: pip install 'fertool\\[export]')")
+        out.print("  parity: not checked (onnxruntime is not installed: pip install onnxruntime)")
     else:
         out.print(
             f"  parity: max |softmax difference| = {info['max_abs_diff']:.3g} on {info['samples']} random images "

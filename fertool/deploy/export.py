@@ -7,7 +7,7 @@ correctly travels inside the file (:func:`export_metadata`):
 
 * ONNX: ``metadata_props`` — ``fertool`` holds the whole contract as JSON, and the main
   fields are repeated as plain keys (``input_size``, ``class_names``, ...).  Needs the
-  ``onnx`` package (``pip install 'fertool[export]'``).
+  ``onnx`` package (installed with fertool).
 * TorchScript: ``torch.jit.trace`` of the eval-mode model, with the contract as the extra
   file ``fertool.json`` (``torch.jit.load(path, _extra_files={"fertool.json": ""})``).
 
@@ -135,7 +135,7 @@ def _require_onnx():
         import onnx
     except ImportError:
         raise FertoolError(
-            "ONNX export needs the 'onnx' package: pip install 'fertool[export]' (onnx, onnxruntime)"
+            "ONNX export needs the 'onnx' package: pip install onnx onnxruntime"
         ) from None
     return onnx
 

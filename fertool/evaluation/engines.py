@@ -11,8 +11,8 @@
 * ``onnxruntime`` — the model exported to ONNX in memory (the exporter of ``fertool
   export``) and run by ONNX Runtime's CPU provider, whose convolutions work in a blocked
   layout with BatchNorm and ReLU fused in (1.1x the torch engine and 1.25x eager PyTorch on
-  the 2-core development CPU).  Needs the ``onnxruntime`` package
-  (``pip install 'fertool[export]'``); CPU only.
+  the 2-core development CPU).  Needs the ``onnx`` and ``onnxruntime`` packages (installed
+  with fertool); CPU only.
 * ``auto`` — ``onnxruntime`` on the CPU when it is installed and the precision is float32,
   else ``torch``.
 
@@ -166,7 +166,7 @@ class OnnxRuntimeEngine(InferenceEngine):
             import onnxruntime as ort
         except ImportError:
             raise FertoolError(
-                "--engine onnxruntime: the onnxruntime package is not installed (pip install 'fertool[export]')"
+                "--engine onnxruntime: the onnxruntime package is not installed (pip install onnx onnxruntime)"
             ) from None
         self.device = torch.device("cpu")
         model = copy.deepcopy(model).cpu().eval()
