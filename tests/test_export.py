@@ -103,9 +103,9 @@ def test_onnx_without_onnxruntime_says_not_checked(onnx_export, monkeypatch):
     assert got is None and checked_with is None
 
 
-def test_onnx_without_the_onnx_package_names_the_extra(ckpt_path, tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "onnx", None)
-    with pytest.raises(FertoolError, match=r"fertool\[export\]"):
+def test_onnx_without_the_onnx_package_names_the_packages(ckpt_path, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnx", None)  # installed with fertool, but removable
+    with pytest.raises(FertoolError, match=r"needs the 'onnx' package: pip install onnx onnxruntime"):
         E.export_model(ckpt_path, tmp_path / "m.onnx", fmt="onnx")
     assert not list(tmp_path.iterdir())
 
