@@ -4,7 +4,9 @@
 
 CPU: float32, batch 8.  CUDA: batch 128, bf16 autocast, channels_last.  Prints numbers only.
 ``--cpu-time`` (CPU only) runs torch on one thread and times with the thread's CPU time, which
-other processes on a shared machine disturb much less than wall-clock time.
+other processes on a shared machine disturb much less than wall-clock time.  ``--profile``
+then shows where each LHC module's forward+backward time goes (``torch.profiler``, self time
+by kind of operation) and each module's time against a 3x3 convolution of its shape.
 """
 
 from __future__ import annotations
@@ -85,6 +87,79 @@ def layer_time(module, x, device, amp, steps) -> float:
     return min(times)
 
 
+#: torch.profiler operator names -> the kind of work the profile table groups them under
+KINDS = {
+    "convolution": ("aten::mkldnn_convolution", "aten::convolution_backward", "aten::_convolution"),
+    "matmul": ("aten::bmm", "aten::baddbmm", "aten::mm", "aten::addmm"),
+    "layout copy": ("aten::copy_", "aten::clone"),
+    "max pooling": ("aten::max_pool2d_with_indices", "aten::max_pool2d_with_indices_backward"),
+    "softmax": ("aten::_softmax", "aten::_softmax_backward_data"),
+}
+
+
+def profile_modules(model, batch: int, device: torch.device, steps: int) -> None:
+    """Per LHC module of ``model``: fwd+bwd time vs a same-shape 3x3 convolution, and the
+    profiler's self time by kind of work."""
+    from torch.profiler import ProfilerActivity, profile
+
+    size = model.input_size
+    shapes = {}  # module name -> its input shape, from one forward pass
+
+    def record(name):
+        def hook(_module, args):
+            shapes[name] = args[0].shape  # (returns None: the input is left as it is)
+        return hook
+
+    hooks = [m.register_forward_pre_hook(record(name)) for name, m in model.lhc_modules().items()]
+    with torch.no_grad():
+        model(torch.zeros(1, 3, size, size, device=device))
+    for h in hooks:
+        h.remove()
+    for name, module in model.lhc_modules().items():
+        c, h, w = shapes[name][1:]
+        x = torch.rand(batch, c, h, w, device=device, requires_grad=True)
+        conv = torch.nn.Conv2d(c, c, 3, padding=1).to(device)
+        t_module = layer_time(module, x, device, False, steps)
+        t_conv = layer_time(conv, x, device, False, steps)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(steps):
+                module(x).float().square().mean().backward()
+        totals = {kind: 0.0 for kind in (*KINDS, "other")}
+        for event in prof.key_averages():
+            kind = next((k for k, ops in KINDS.items() if event.key in ops), "other")
+            totals[kind] += event.self_cpu_time_total
+        whole = sum(totals.values()) or 1.0
+        shares = ", ".join(f"{kind} {100 * t / whole:.0f}%" for kind, t in totals.items())
+        print(f"{name} ({c}x{h}x{w}) fwd+bwd {1e3 * t_module / batch:.2f} ms/image = "
+              f"{t_module / t_conv:.2f}x a 3x3 convolution of its shape; profile: {shares}")
+    # The arithmetic rates to compare with: module 1's query/key product, a large square
+    # matrix product, and a backbone-shaped convolution (forward, no gradients).
+    m1 = next(iter(model.lhc_modules().values()))
+    heads, r, d = m1.qk_weight.shape
+    a = torch.randn(heads, batch * m1.channels, r, device=device)
+    rates = {
+        f"query/key bmm ({heads}x{batch * m1.channels}x{r}x{d})": (lambda: torch.bmm(a, m1.qk_weight.detach()),
+                                                                  heads * batch * m1.channels * r * d),
+    }
+    big = torch.randn(1024, 1024, device=device)
+    rates["1024x1024 matmul"] = (lambda: big @ big, 1024 ** 3)
+    xc = torch.randn(batch, 64, 56, 56, device=device)
+    conv = torch.nn.Conv2d(64, 64, 3, padding=1).to(device)
+    rates["64x56x56 3x3 convolution"] = (lambda: conv(xc), batch * 64 * 64 * 9 * 56 * 56)
+    with torch.no_grad():
+        for what, (fn, macs) in rates.items():
+            fn()
+            best = float("inf")
+            for _ in range(5):
+                _sync(device)
+                t0 = CLOCK()
+                fn()
+                _sync(device)
+                best = min(best, CLOCK() - t0)
+            rates[what] = macs / best / 1e9
+    print("arithmetic rate: " + ", ".join(f"{what} {gmacs:.1f} GMAC/s" for what, gmacs in rates.items()))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -94,8 +169,11 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--cpu-time", action="store_true", help="one thread, timed by its CPU time")
+    ap.add_argument("--profile", action="store_true", help="where each LHC module's time goes (CPU)")
     args = ap.parse_args()
     device = torch.device(args.device)
+    if args.profile and device.type != "cpu":
+        ap.error("--profile is for the CPU")
     global CLOCK
     if args.cpu_time:
         if device.type != "cpu":
@@ -145,6 +223,8 @@ def main() -> None:
     tl = layer_time(LoopLHC(m), xl, device, amp, 3 * args.rounds)
     print(f"LHC1 layer fwd+bwd, batched: {1e3 * tb / batch:.3f} ms/image; per-head loop: "
           f"{1e3 * tl / batch:.3f} ms/image; loop / batched = {tl / tb:.2f}")
+    if args.profile:
+        profile_modules(models["lhc_net"], batch, device, 3)
     print(f"ratio train lhc_net/resnet34v2: {best['lhc_net'] / best['resnet34v2']:.2f}"
           "                   (goal <= 1.25; today 1.41)")
     print(f"ratio train lhc_net/tv_resnet34: {best['lhc_net'] / best['resnet34_tv']:.2f}"
