@@ -48,7 +48,6 @@ __all__ = ["ENGINES", "PRECISIONS", "RECHECK_MARGIN", "InferenceEngine", "TorchE
 ENGINES = ("auto", "torch", "onnxruntime")
 
 
-
 def onnxruntime_available() -> bool:
     try:
         import onnxruntime  # noqa: F401
@@ -145,7 +144,7 @@ class CheckedEngine(InferenceEngine):
         return logits
 
     def describe(self) -> str:
-        return f"{self.fast.describe()}, close calls (< {self.margin:g} x max |logit|) in {self.exact.precision}"
+        return f"{self.fast.describe()}; close calls (< {self.margin:g} x max |logit|) by {self.exact.describe()}"
 
 
 def checked_bf16(model: nn.Module, *, device: torch.device | str = "cpu", margin: float = RECHECK_MARGIN,
