@@ -56,22 +56,17 @@ def reference_networks(batch: int) -> tuple[dict[str, torch.nn.Module], torch.Te
 
 def trained_networks(resnet: str, lhc: str) -> tuple[dict[str, torch.nn.Module], torch.Tensor, str]:
     """A trained (ResNet34v2, LHC-Net) pair and the sample PrivateTest faces at their size."""
-    import numpy as np
-
     from fertool.checkpoint import load_checkpoint
-    from fertool.data.datasets import ReferenceSplit
-    from fertool.data.sample import generate_faces
     from fertool.surgery import model_from_checkpoint
+    from infer import sample_split  # benchmarks/infer.py: the sample faces infer.py measures on
 
     nets = {name: model_from_checkpoint(load_checkpoint(path)).eval()
             for name, path in (("resnet34v2", resnet), ("lhc_net", lhc))}
     sizes = {net.input_size for net in nets.values()}
     if len(sizes) != 1:
         raise SystemExit(f"the two checkpoints take different input sizes: {sorted(sizes)}")
-    images, labels, splits = generate_faces()
-    rows = np.flatnonzero(splits == 2)  # PrivateTest
-    split = ReferenceSplit(images=images[rows], labels=torch.from_numpy(labels[rows]), size=sizes.pop())
-    x = split.load(torch.arange(len(rows))).float().contiguous()
+    split = sample_split(2, sizes.pop())  # PrivateTest
+    x = split.load(torch.arange(len(split.labels))).float().contiguous()
     return nets, x, f"trained weights ({resnet}, {lhc}), sample PrivateTest faces"
 
 
