@@ -1,6 +1,6 @@
 """Classify the facial expressions of the faces in photos, folders, videos and a webcam.
 
-(One file of ~760 lines: the input kinds -- photos, folders, videos, a webcam -- share the
+(One file of ~780 lines: the input kinds -- photos, folders, videos, a webcam -- share the
 event stream and the batch classifier; splitting them would scatter that contract.)
 
 :func:`predict_paths` is the library side of ``fertool predict``: it expands the inputs
@@ -39,7 +39,7 @@ from ..checkpoint import photo_preparation
 from ..data.prepare_images import prepared_photo
 from ..data.provenance import checkpoint_provenance
 from ..errors import DataError, FertoolError
-from ..evaluation.engines import RECHECK_MARGIN, CheckedEngine, build_engine, choose_engine
+from ..evaluation.engines import RECHECK_MARGIN, CheckedEngine, build_engine, choose_engine, recheck_margin
 from ..files import atomic_path
 from ..progress import Progress
 from . import file_mode
@@ -201,9 +201,7 @@ class FaceClassifier:
         #: faces whose two best classes are within ``recheck`` x the largest |logit| are
         #: recomputed in float32, see :class:`~fertool.evaluation.engines.CheckedEngine`)
         self.engine_name, self.precision = choose_engine(engine, self.device, precision), precision
-        if not recheck >= 0:
-            raise FertoolError(f"--recheck-margin: must be >= 0, got {recheck}")
-        self.recheck = float(recheck)
+        self.recheck = recheck_margin(recheck)  # checked now: the engine is built at the first batch
         self._engine = None
         self.size = int(size)
         self.class_names = tuple(class_names)

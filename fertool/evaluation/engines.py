@@ -43,7 +43,8 @@ from ..recipe import PRECISIONS, RECHECK_MARGIN
 from ..utils import precision as precision_mode
 
 __all__ = ["ENGINES", "PRECISIONS", "RECHECK_MARGIN", "InferenceEngine", "TorchEngine", "OnnxRuntimeEngine",
-           "CheckedEngine", "build_engine", "checked_bf16", "choose_engine", "bf16_supported", "onnxruntime_available"]
+           "CheckedEngine", "build_engine", "checked_bf16", "recheck_margin", "choose_engine", "bf16_supported",
+           "onnxruntime_available"]
 
 ENGINES = ("auto", "torch", "onnxruntime")
 
@@ -114,6 +115,13 @@ class TorchEngine(InferenceEngine):
         return f"torch ({self.precision}{', channels_last' if self.channels_last else ''})"
 
 
+def recheck_margin(margin: float) -> float:
+    """``margin`` of a :class:`CheckedEngine` as a float; negative or NaN is a FertoolError."""
+    if not margin >= 0:
+        raise FertoolError(f"--recheck-margin: must be >= 0, got {margin}")
+    return float(margin)
+
+
 class CheckedEngine(InferenceEngine):
     """A low-precision engine whose close calls are recomputed by an exact one.
 
@@ -123,19 +131,15 @@ class CheckedEngine(InferenceEngine):
     """
 
     def __init__(self, fast: InferenceEngine, exact: InferenceEngine, *, margin: float = RECHECK_MARGIN) -> None:
-        if not margin >= 0:
-            raise FertoolError(f"--recheck-margin: must be >= 0, got {margin}")
-        self.fast, self.exact, self.margin = fast, exact, float(margin)
+        self.fast, self.exact, self.margin = fast, exact, recheck_margin(margin)
         self.device = fast.device
         self.rows = self.rechecked = 0
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         logits = self.fast(x)
-        if logits.shape[1] < 2 or self.margin == 0:
-            close = torch.zeros(len(logits), dtype=torch.bool, device=logits.device)
-        else:
-            best = logits.topk(2, dim=1).values  # (B, 2)
-            close = best[:, 0] - best[:, 1] < self.margin * logits.abs().amax(dim=1)
+        best = logits.topk(2, dim=1).values  # (B, 2); models have >= 2 classes
+        # (a margin of 0 selects nothing: the gap is never negative)
+        close = best[:, 0] - best[:, 1] < self.margin * logits.abs().amax(dim=1)
         if close.any():
             logits = logits.clone()
             logits[close] = self.exact(x[close])

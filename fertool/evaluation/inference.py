@@ -22,7 +22,6 @@ from .tta import apply_view, tta_divisor, tta_plan
 __all__ = ["predict_probs"]
 
 
-
 def predict_probs(
     model: nn.Module | None,
     split: ImageSplit,
