@@ -71,20 +71,29 @@ class LoopLHC(torch.nn.Module):
         return x + torch.cat(outs, dim=2).reshape(b, c, h, w)
 
 
-def layer_time(module, x, device, amp, steps) -> float:
-    """Minimum seconds of one forward+backward of a layer."""
-    times = []
-    for i in range(2 + steps):
+def best_seconds(fn, device, repeats: int, warmup: int = 1) -> float:
+    """Minimum seconds of ``repeats`` calls of ``fn`` after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    best = float("inf")
+    for _ in range(repeats):
         _sync(device)
         t0 = CLOCK()
+        fn()
+        _sync(device)
+        best = min(best, CLOCK() - t0)
+    return best
+
+
+def layer_time(module, x, device, amp, steps) -> float:
+    """Minimum seconds of one forward+backward of a layer."""
+    def step():
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             out = module(x)
         out.float().square().mean().backward()
         module.zero_grad(set_to_none=True)
-        _sync(device)
-        if i >= 2:
-            times.append(CLOCK() - t0)
-    return min(times)
+
+    return best_seconds(step, device, steps, warmup=2)
 
 
 #: torch.profiler operator names -> the kind of work the profile table groups them under
@@ -137,26 +146,17 @@ def profile_modules(model, batch: int, device: torch.device, steps: int) -> None
     m1 = next(iter(model.lhc_modules().values()))
     heads, r, d = m1.qk_weight.shape
     a = torch.randn(heads, batch * m1.channels, r, device=device)
-    rates = {
+    work = {  # what -> (call, multiply-accumulates per call)
         f"query/key bmm ({heads}x{batch * m1.channels}x{r}x{d})": (lambda: torch.bmm(a, m1.qk_weight.detach()),
                                                                   heads * batch * m1.channels * r * d),
     }
     big = torch.randn(1024, 1024, device=device)
-    rates["1024x1024 matmul"] = (lambda: big @ big, 1024 ** 3)
+    work["1024x1024 matmul"] = (lambda: big @ big, 1024 ** 3)
     xc = torch.randn(batch, 64, 56, 56, device=device)
     conv = torch.nn.Conv2d(64, 64, 3, padding=1).to(device)
-    rates["64x56x56 3x3 convolution"] = (lambda: conv(xc), batch * 64 * 64 * 9 * 56 * 56)
+    work["64x56x56 3x3 convolution"] = (lambda: conv(xc), batch * 64 * 64 * 9 * 56 * 56)
     with torch.no_grad():
-        for what, (fn, macs) in rates.items():
-            fn()
-            best = float("inf")
-            for _ in range(5):
-                _sync(device)
-                t0 = CLOCK()
-                fn()
-                _sync(device)
-                best = min(best, CLOCK() - t0)
-            rates[what] = macs / best / 1e9
+        rates = {what: macs / best_seconds(fn, device, 5) / 1e9 for what, (fn, macs) in work.items()}
     print("arithmetic rate: " + ", ".join(f"{what} {gmacs:.1f} GMAC/s" for what, gmacs in rates.items()))
 
 
