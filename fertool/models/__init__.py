@@ -80,6 +80,8 @@ def arch_from_recipe(model_cfg: Any, kind: str) -> tuple[str, dict]:
         "dropout": float(model_cfg.dropout),
         "bn_eps": float(model_cfg.bn_eps),
         "bn_momentum": float(model_cfg.bn_momentum),
+        "channels": [int(c) for c in model_cfg.channels],
+        "stem_width": int(model_cfg.stem_width),
     }
     if kind != "backbone":
         if not model_cfg.lhc:
