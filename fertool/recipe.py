@@ -143,7 +143,9 @@ TABLE2: tuple[LHCModuleConfig, ...] = tuple(LHCModuleConfig(**m) for m in protoc
 class ModelConfig:
     """The network: backbone, head, LHC modules and controller initialisation."""
 
-    backbone: str = field(default="resnet34v2", metadata=one_of("resnet34v2", "resnet34_tv"))
+    # A registered backbone (fertool.models.registry: resnet34v2, resnet34_tv); the name is
+    # checked when the model is built, where the registry is.
+    backbone: str = field(default="resnet34v2", metadata=_check(lambda v: bool(v), "must name a backbone"))
     input_size: int = field(default=224, metadata=positive())
     num_classes: int = field(default=7, metadata=_check(lambda v: v >= 2, "must be >= 2"))
     hidden: tuple[int, ...] = field(default=(4096, 1024), metadata=each(lambda v: v > 0, "must all be > 0"))

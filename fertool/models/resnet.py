@@ -27,6 +27,7 @@ from torch import nn
 
 from ..errors import ModelError
 from ..layers import LHC
+from .registry import register_backbone
 
 __all__ = [
     "FERResNet",
@@ -311,6 +312,8 @@ def _check_common(input_size: int, num_classes: int, hidden: Sequence[int], drop
         raise ModelError(f"model.dropout: must be in [0, 1), got {dropout}")
 
 
+@register_backbone("resnet34v2", archs={"backbone": "resnet34v2", "lhc": "lhc_net", "controller": "lhc_netc"},
+                   titles={"resnet34v2": "ResNet34v2", "lhc_net": "LHC-Net", "lhc_netc": "LHC-NetC"})
 class ResNet34v2(FERResNet):
     """Pre-activation ResNet34 (classification_models) + head, optional LHC modules.
 
@@ -398,6 +401,16 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 TORCHVISION_FILE = "resnet34-b627a593.pth"
 
 
+def _torchvision_pretrained(model: nn.Module, path) -> str | None:
+    """Stage 1's start from a torchvision ``.pth`` (other files: None, read as fertool/Keras files)."""
+    if path.suffix.lower() != ".pth":
+        return None
+    load_torchvision_weights(model, str(path))
+    return "torchvision-resnet34"
+
+
+@register_backbone("resnet34_tv", titles={"resnet34_tv": "ResNet34 (torchvision)"},
+                   load_pretrained=_torchvision_pretrained)
 class TorchvisionResNet34(FERResNet):
     """torchvision's ResNet34 (v1, post-activation) trunk + the paper's head.
 
