@@ -391,3 +391,38 @@ def test_lhc_attention_core_stays_float32_under_bf16_autocast(net_ref, tensors):
             f"lhc_net with float32 LHC modules {err_lhc_fp32_modules:.4f}")
     assert err_backbone > 1e-4, seen  # autocast did run in bf16
     assert err_lhc <= 1.5 * err_lhc_fp32_modules, seen
+
+
+def test_a_new_backbone_is_one_registration():
+    """A backbone registered once is known to recipes, build_model, checkpoints and augment-lhc."""
+    from fertool.models import ARCHS, BACKBONES, ResNet34v2, arch_title, register_backbone
+
+    try:
+        @register_backbone("toy", archs={"backbone": "toy", "lhc": "toy_lhc", "controller": "toy_lhcc"},
+                           titles={"toy_lhc": "Toy-LHC"})
+        class Toy(ResNet34v2):
+            """ResNet34v2 at 1/8 width."""
+
+            def __init__(self, **kw):
+                super().__init__(**{"channels": (8, 16, 32, 64), "stem_width": 8, **kw})
+
+        rcp = load_recipe("lhc", ["model.backbone=toy", "model.input_size=64", "model.hidden=[8]"])
+        assert arch_from_recipe(rcp.model, "lhc")[0] == "toy_lhc"
+        arch, args = arch_from_recipe(rcp.model, "backbone")
+        assert arch == "toy" and isinstance(build_model(arch, **args), Toy)
+        with pytest.raises(ModelError, match="plain backbone: use 'toy_lhc' or 'toy_lhcc'"):
+            build_model("toy", **args, lhc=[{"after": "stem", "heads": 4, "dim": 2}])
+        ckpt = make_checkpoint(arch=arch, arch_args=args, state_dict=build_model(arch, **args).state_dict())
+        lhc = [{"after": "stem", "heads": 4, "dim": 2}]
+        added = augment_lhc(ckpt, lhc=lhc, controller_init=None, seed=1)
+        assert added["arch"] == "toy_lhc" and len(model_from_checkpoint(added).lhc_modules()) == 1
+        assert augment_lhc(added, lhc=None, controller_init=[0.5], seed=1)["arch"] == "toy_lhcc"
+        assert arch_title("toy_lhc") == "Toy-LHC" and arch_title("toy") == "toy"
+        with pytest.raises(ModelError, match="already registered"):
+            register_backbone("toy")(Toy)
+    finally:
+        BACKBONES.pop("toy", None)
+        for name in ("toy", "toy_lhc", "toy_lhcc"):
+            ARCHS.pop(name, None)
+    with pytest.raises(ModelError, match=r"model.backbone: unknown backbone 'toy' \(known: resnet34v2, resnet34_tv\)"):
+        arch_from_recipe(load_recipe("lhc", ["model.backbone=toy"]).model, "lhc")
