@@ -36,6 +36,7 @@ import torch
 
 from .. import CLASS_NAMES
 from ..checkpoint import photo_preparation
+from ..data.folders import IMAGE_EXTENSIONS
 from ..data.prepare_images import prepared_photo
 from ..data.provenance import checkpoint_provenance
 from ..errors import DataError, FertoolError
@@ -61,9 +62,6 @@ __all__ = [
     "MAX_BUFFER_BYTES",
 ]
 
-IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".dib", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pbm", ".pnm", ".jp2"}
-)
 VIDEO_EXTENSIONS = frozenset({".mp4", ".m4v", ".avi", ".mov", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp"})
 #: Most bytes of decoded photos / video frames held while their faces wait for a batch
 #: (only when annotated copies are written; otherwise only the small prepared faces are kept).
