@@ -1,6 +1,6 @@
 """Recipes: YAML files loaded into typed, frozen, validated dataclasses.
 
-(One file of ~660 lines: the schema, its validating loader and the resume rules belong together; the schema
+(Kept as one file: the schema, its validating loader and the resume rules belong together; the schema
 is most of it.)
 
 A recipe has sections (``prepare``, ``data``, ``model``, ``train``, ``tta``, ``sample``,

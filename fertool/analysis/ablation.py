@@ -1,6 +1,6 @@
 """Ablation of the LHC modules without retraining (docs/protocol.md §6), with head analysis and pictures.
 
-(One file of ~480 lines: the module sets, the passes and the report of one ablation run.)
+(Kept as one file: the module sets, the passes and the report of one ablation run.)
 
 ``ablate(checkpoint)`` measures the test accuracy of an LHC-Net / LHC-NetC checkpoint with
 sets of its LHC modules

@@ -1,6 +1,6 @@
 """Run statistics across seeds: Table 7 of the paper (docs/protocol.md §6, §7).
 
-(One file of ~470 lines: discovery and rendering of the one report read together.)
+(Kept as one file: discovery and rendering of the one report read together.)
 
 ``report(run_dirs)`` walks the given folders for evaluation results
 (``.../eval-<split>/metrics.json``, written by ``fertool evaluate`` next to a checkpoint)

@@ -1,6 +1,6 @@
 """Classify the facial expressions of the faces in photos, folders, videos and a webcam.
 
-(One file of ~780 lines: the input kinds -- photos, folders, videos, a webcam -- share the
+(Kept as one file: the input kinds -- photos, folders, videos, a webcam -- share the
 event stream and the batch classifier; splitting them would scatter that contract.)
 
 :func:`predict_paths` is the library side of ``fertool predict``: it expands the inputs

@@ -10,8 +10,8 @@
   metrics unless asked).
 * ``onnxruntime`` — the model exported to ONNX in memory (the exporter of ``fertool
   export``) and run by ONNX Runtime's CPU provider, whose convolutions work in a blocked
-  layout with BatchNorm and ReLU fused in (1.1x the torch engine and 1.25x eager PyTorch on
-  the 2-core development CPU).  Needs the ``onnx`` and ``onnxruntime`` packages (installed
+  layout with BatchNorm and ReLU fused in (faster than eager PyTorch on a CPU;
+  ``benchmarks/infer.py`` measures by how much).  Needs the ``onnx`` and ``onnxruntime`` packages (installed
   with fertool); CPU only.
 * ``auto`` — ``onnxruntime`` on the CPU when it is installed and the precision is float32,
   else ``torch``.

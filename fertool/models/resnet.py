@@ -1,6 +1,6 @@
 """ResNet34 backbones with the paper's classification head and optional LHC modules.
 
-(One file of ~470 lines: the two backbones share the head, the LHC insertion points and
+(Kept as one file: the two backbones share the head, the LHC insertion points and
 the weight loading, which read best side by side.)
 
 * :class:`ResNet34v2` — the pre-activation ResNet34 of ``classification_models`` that the
