@@ -191,7 +191,7 @@ class FaceClassifier:
         trained_on: Mapping[str, Any] | None = None,
     ) -> None:
         if batch_size < 1:
-            raise FertoolError(f"--batch-size: must be >= 1, got {batch_size}")
+            raise FertoolError(f"batch_size: must be >= 1, got {batch_size}")
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         #: ``engine`` / ``precision`` of :func:`fertool.evaluation.engines.build_engine`
@@ -659,9 +659,9 @@ def predict_paths(
     checkpoint, detector or option raises :class:`FertoolError` before anything is read.
     """
     if every < 1:
-        raise FertoolError(f"--every: must be >= 1, got {every}")
+        raise FertoolError(f"every: must be >= 1, got {every}")
     if margin < 0:
-        raise FertoolError(f"--margin: must be >= 0, got {margin}")
+        raise FertoolError(f"margin: must be >= 0, got {margin}")
     if isinstance(checkpoint, FaceClassifier):
         classifier = checkpoint
     else:
@@ -670,7 +670,7 @@ def predict_paths(
         detector = load_detector(detector)
     out = Path(out_dir) if out_dir is not None else None
     if out is not None and out.exists() and not out.is_dir():
-        raise FertoolError(f"--out {out}: exists and is not a folder")
+        raise FertoolError(f"out_dir {out}: exists and is not a folder")
     predictor = _Predictor(
         classifier,
         detector,
@@ -753,7 +753,7 @@ def run_webcam(
                            progress=None, max_buffer_bytes=MAX_BUFFER_BYTES)
     cap = cv2.VideoCapture(int(camera))
     if not cap.isOpened():
-        raise FertoolError(f"--webcam {camera}: cannot open camera {camera}")
+        raise FertoolError(f"camera {camera}: cannot open camera {camera}")
     shown = 0
     last: list[FaceResult] = []
     try:
