@@ -80,9 +80,9 @@ KIND_ARCH = {"backbone": "resnet34v2", "lhc": "lhc_net", "controller": "lhc_netc
 #: The architecture a stage folder holds.
 STAGE_ARCH = {"stage1": "resnet34v2", "stage2": "resnet34v2", "stage3": "resnet34v2",
               "stage4": "lhc_net", "controller": "lhc_netc"}
-#: Display names of the architectures (the paper's names).
-MODEL_NAMES = {"resnet34v2": "ResNet34v2", "lhc_net": "LHC-Net", "lhc_netc": "LHC-NetC",
-               "resnet34_tv": "ResNet34 (torchvision)"}
+#: Display names of the paper's architectures (other backbones: their registry entry,
+#: :func:`fertool.models.arch_title`).
+MODEL_NAMES = {"resnet34v2": "ResNet34v2", "lhc_net": "LHC-Net", "lhc_netc": "LHC-NetC"}
 
 
 def checkpoint_kind(ckpt: Mapping[str, Any]) -> str:

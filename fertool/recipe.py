@@ -1,6 +1,6 @@
 """Recipes: YAML files loaded into typed, frozen, validated dataclasses.
 
-(One file of ~660 lines: the schema, its validating loader and the resume rules belong together; the schema
+(Kept as one file: the schema, its validating loader and the resume rules belong together; the schema
 is most of it.)
 
 A recipe has sections (``prepare``, ``data``, ``model``, ``train``, ``tta``, ``sample``,
@@ -143,10 +143,17 @@ TABLE2: tuple[LHCModuleConfig, ...] = tuple(LHCModuleConfig(**m) for m in protoc
 class ModelConfig:
     """The network: backbone, head, LHC modules and controller initialisation."""
 
-    backbone: str = field(default="resnet34v2", metadata=one_of("resnet34v2", "resnet34_tv"))
+    # A registered backbone (fertool.models.registry: resnet34v2, resnet34_tv); the name is
+    # checked when the model is built, where the registry is.
+    backbone: str = field(default="resnet34v2", metadata=_check(lambda v: bool(v), "must name a backbone"))
     input_size: int = field(default=224, metadata=positive())
     num_classes: int = field(default=7, metadata=_check(lambda v: v >= 2, "must be >= 2"))
     hidden: tuple[int, ...] = field(default=(4096, 1024), metadata=each(lambda v: v > 0, "must all be > 0"))
+    # Channels of the four stages and of the stem (ResNet34's, the paper's); smaller values
+    # make a narrow model of the same depth (quick experiments, tests).
+    channels: tuple[int, ...] = field(default=(64, 128, 256, 512), metadata=_check(
+        lambda v: len(v) == 4 and all(c > 0 for c in v), "must be 4 integers > 0 (one per stage)"))
+    stem_width: int = field(default=64, metadata=positive())
     dropout: float = field(default=0.4, metadata=_check(lambda v: 0 <= v < 1, "must be in [0, 1)"))
     bn_eps: float = field(default=2e-5, metadata=positive())
     bn_momentum: float = field(default=0.99, metadata=_check(lambda v: 0 < v < 1, "must be in (0, 1)"))  # Keras convention

@@ -24,14 +24,15 @@ from torch import nn
 from . import CLASS_NAMES
 from .checkpoint import lineage_entry, load_checkpoint, make_checkpoint, save_checkpoint
 from .errors import CheckpointError, ModelError, printable
-from .models import FERResNet, build_model
+from .models import ARCHS, FERResNet, build_model
 from .protocol import TABLE2, checkpoint_kind
 from .recipe import load_recipe, save_recipe, to_dict
 
 __all__ = ["KNOWN_ARCHS", "model_from_checkpoint", "augment_lhc", "augment_lhc_file", "load_backbone"]
 
-#: The architectures whose checkpoints augment-lhc accepts.
-KNOWN_ARCHS = ("resnet34v2", "lhc_net", "lhc_netc", "resnet34_tv")
+#: The architectures whose checkpoints augment-lhc accepts: every registered one
+#: (:data:`fertool.models.ARCHS`, read when a checkpoint comes).
+KNOWN_ARCHS = ARCHS
 
 
 def model_from_checkpoint(ckpt: Mapping[str, Any], *, strict: bool = True) -> nn.Module:
@@ -82,8 +83,9 @@ def augment_lhc(
 ) -> dict:
     """A NEW checkpoint: the model of ``ckpt`` with LHC modules and/or controllers added.
 
-    * backbone (``resnet34v2``, or ``resnet34_tv`` without LHC) -> ``lhc_net``
-      (``controller_init`` None) or ``lhc_netc``; ``lhc`` None means Table 2;
+    * backbone (e.g. ``resnet34v2``, or ``resnet34_tv`` without LHC) -> its LHC variant
+      (``lhc_net``; ``controller_init`` None) or controller variant (``lhc_netc``); ``lhc``
+      None means Table 2 (the variants are the registry's, :mod:`fertool.models.registry`);
     * LHC-Net -> LHC-NetC: ``lhc`` must be None (the trained modules are kept) and
       ``controller_init`` given.
 
@@ -107,8 +109,8 @@ def augment_lhc(
             )
         if controller_init is None:
             raise CheckpointError(f"{where}: already has LHC modules ({arch}) and no controllers were asked for")
-        new_arch = "lhc_netc" if arch == "lhc_net" else arch
-        if arch == "lhc_net" and not args.get("lhc"):
+        new_arch = ARCHS[arch].archs["controller"]
+        if not args.get("lhc"):  # an LHC variant built with its default modules
             args["lhc"] = [dict(m) for m in TABLE2]
         args["controller_init"] = [float(w) for w in controller_init]
         adding = "controller"
@@ -116,7 +118,7 @@ def augment_lhc(
         args["lhc"] = [dict(m) for m in (TABLE2 if lhc is None else lhc)]
         if controller_init is not None:
             args["controller_init"] = [float(w) for w in controller_init]
-        new_arch = arch if arch == "resnet34_tv" else ("lhc_net" if controller_init is None else "lhc_netc")
+        new_arch = ARCHS[arch].archs["lhc" if controller_init is None else "controller"]
         adding = "lhc"
 
     model = build_model(new_arch, **args)

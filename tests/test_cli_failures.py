@@ -11,10 +11,10 @@ import yaml
 
 from fertool.cli import app, failure_lines
 from fertool.errors import printable
-from tests.conftest import SHARED_REFERENCE, TEST_DATA
+from tests.conftest import SHARED_REFERENCE, TEST_DATA, TINY_WIDTH
 
 TINY = {
-    "model": {"input_size": 32, "hidden": [8, 8], "bn_momentum": 0.9,
+    "model": {"input_size": 32, "hidden": [8, 8], "bn_momentum": 0.9, **TINY_WIDTH,
               "lhc": [{"after": "stem", "heads": 4, "dim": 8}], "controller_init": [0.0]},
     "train": {"eval_batch_size": 16, "stages": {"1": {"optimizer": "sgd", "max_epochs": 1, "batch_size": 7}}},
     "pipeline": {"seeds": [1]},
@@ -35,7 +35,7 @@ def inputs(tmp_path_factory):
     recipe = root / "tiny.yaml"
     recipe.write_text(yaml.safe_dump(TINY))
     torch.manual_seed(0)
-    args = {"input_size": 32, "num_classes": 7, "hidden": [8, 8]}
+    args = {"input_size": 32, "num_classes": 7, "hidden": [8, 8], **TINY_WIDTH}
     backbone = root / "run" / "stage3" / "best.pt"
     save_checkpoint(backbone, make_checkpoint(arch="resnet34v2", arch_args=args, stage="3",
                                               state_dict=build_model("resnet34v2", **args).state_dict()))
@@ -157,3 +157,15 @@ def test_printable_escapes_controls_and_bidi_overrides_only():
     assert printable("caf\u00e9 \u4e2d ok") == "caf\u00e9 \u4e2d ok"
     assert printable("a\x1b[31mb\tc\u202ed\x9b") == "a\\x1b[31mb\\x09c\\u202ed\\x9b"
     assert printable(os.fspath("/tmp/x")) == "/tmp/x"
+
+
+def test_library_errors_name_parameters_and_the_command_line_says_the_flag():
+    from fertool.evaluation.engines import choose_engine
+    from fertool.errors import FertoolError
+
+    with pytest.raises(FertoolError) as caught:
+        choose_engine("onnxruntime", "meta")
+    assert str(caught.value) == "engine onnxruntime: runs on the CPU only (device is meta; use engine=torch)"
+    assert failure_lines(caught.value)[0] == ["--engine onnxruntime: runs on the CPU only (device is meta; use --engine torch)"]
+    lines, _ = failure_lines(FertoolError("sets: must be some of single, all\nmax_images: must be >= 1\ntrain.precision: x"))
+    assert lines == ["--subsets: must be some of single, all", "--max-images: must be >= 1", "train.precision: x"]

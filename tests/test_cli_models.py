@@ -98,6 +98,12 @@ def test_info_recipe(cli_runner):
     assert "14.8% of the Keras total" in result.stdout
     backbone = cli_runner.invoke(app, ["info", "--recipe", "lhc", "--kind", "backbone"], env={"COLUMNS": "200"})
     assert "27,606,224 in Keras counting" in backbone.stdout and "LHC modules: none" in backbone.stdout
+    assert "width: stem 64, stages 64-128-256-512 (the paper's)" in result.stdout
+    narrow = cli_runner.invoke(app, ["info", "--recipe", "lhc", "--kind", "backbone", "--set", "model.channels=[8,16,32,64]",
+                                     "--set", "model.stem_width=8"], env={"COLUMNS": "200"})
+    assert narrow.exit_code == 0, narrow.output
+    assert "width: stem 8, stages 8-16-32-64\n" in narrow.stdout
+    assert _table_rows(narrow.stdout)["stage4_unit3"][1] == "64 x 7 x 7"
 
 
 def test_info_checkpoint_and_errors(cli_runner, run_dir):

@@ -82,12 +82,12 @@ def test_engines_leave_the_model_alone():
     assert sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == 35
 
 
-def test_engine_choice_and_refusals(monkeypatch):
+def test_engine_choice_and_refusals(real_auto_runtime, monkeypatch):
     model = build_model("resnet34v2", input_size=32, hidden=[8])
     expected = OnnxRuntimeEngine if onnxruntime_available() else TorchEngine
     assert isinstance(build_engine(model, "auto"), expected)
     assert isinstance(build_engine(model, "torch"), TorchEngine)
-    with pytest.raises(FertoolError, match="--engine: unknown engine 'tvm'"):
+    with pytest.raises(FertoolError, match="^engine: unknown engine 'tvm'"):
         build_engine(model, "tvm")
     with pytest.raises(FertoolError, match="CPU only"):
         build_engine(model, "onnxruntime", device="meta")
@@ -141,7 +141,7 @@ def test_checked_engine_recomputes_only_close_calls():
     off = CheckedEngine(_Fixed(fast.logits, "bf16"), exact, margin=0)
     torch.testing.assert_close(off(x), fast.logits)
     assert off.rechecked == 0
-    with pytest.raises(FertoolError, match="--recheck-margin: must be >= 0"):
+    with pytest.raises(FertoolError, match="^recheck_margin: must be >= 0"):
         CheckedEngine(fast, exact, margin=float("nan"))
 
 

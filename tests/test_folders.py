@@ -48,6 +48,18 @@ def test_class_list_from_folders_sorted_or_fer2013_or_explicit(tmp_path):
         scan_folder(tmp_path / "a", classes=["Sadness", "Happiness"])
 
 
+def test_every_image_type_predict_reads_is_found_in_class_folders(tmp_path):
+    """One list of image extensions serves preparation and predict (a .jpe, .pnm or .dib photo is both)."""
+    from fertool.deploy.predict import IMAGE_EXTENSIONS as PREDICTED
+
+    for i, ext in enumerate((".png", ".jpe", ".pnm", ".dib")):
+        write_image(tmp_path / "train" / ("sad" if i % 2 else "happy") / f"{i}{ext}", np.full((8, 8, 3), 40 * i, np.uint8))
+    (tmp_path / "train" / "sad" / "notes.txt").write_text("not an image")
+    found = scan_folder(tmp_path)
+    assert len(found.labels) == 4  # the .txt is no image
+    assert {".jpe", ".pnm", ".dib", ".jp2"} <= PREDICTED
+
+
 def test_folder_layout_errors(tmp_path):
     with pytest.raises(DataError, match=r"no training folder .*folders found: images"):
         scan_folder(tree(tmp_path / "a", {"images": {"sad": 1}}))

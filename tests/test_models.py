@@ -193,6 +193,42 @@ def test_arch_from_recipe():
     assert arch_from_recipe(tv.model, "lhc")[0] == "resnet34_tv"
 
 
+def test_width_is_an_argument_with_the_paper_as_default(tmp_path):
+    from fertool.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
+    from fertool.surgery import model_from_checkpoint
+
+    full = build_model("resnet34v2", input_size=64, hidden=[8])
+    assert (full.stem_width, full.channels) == (64, (64, 128, 256, 512))
+    narrow_args = {"input_size": 64, "hidden": [8], "channels": [8, 16, 24, 32], "stem_width": 4,
+                   "lhc": [{"after": "stem", "heads": 4, "dim": 3}, {"after": "stage3_unit6", "heads": 4, "dim": 2}]}
+    narrow = build_model("lhc_net", **narrow_args)
+    x = torch.rand(2, 3, 64, 64) * 255
+    assert narrow.forward_features(x).shape == (2, 32)  # the head reads the last stage's channels
+    assert narrow.stem.conv0.weight.shape == (4, 3, 7, 7)
+    assert narrow.units["stage2_unit1"].conv1.weight.shape == (16, 8, 3, 3)
+    mods = narrow.lhc_modules()
+    assert (mods["lhc1"].channels, mods["lhc2"].channels) == (4, 24)  # LHC modules follow the width
+    assert narrow.head.fc1.in_features == 32
+    # The recipe's values reach the model, and a checkpoint rebuilds it from its own arch_args.
+    rcp = load_recipe("lhc", ["model.input_size=64", "model.hidden=[8]", "model.channels=[8,16,24,32]",
+                              "model.stem_width=4"])
+    arch, args = arch_from_recipe(rcp.model, "backbone")
+    assert (args["channels"], args["stem_width"]) == ([8, 16, 24, 32], 4)
+    model = build_model(arch, **args)
+    path = tmp_path / "narrow.pt"
+    save_checkpoint(path, make_checkpoint(arch=arch, arch_args=args, state_dict=model.state_dict()))
+    rebuilt = model_from_checkpoint(load_checkpoint(path)).eval()
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), model.eval()(x))
+    tv = build_model("resnet34_tv", input_size=64, hidden=[8], channels=[8, 16, 24, 32], stem_width=4)
+    assert tv.forward_features(x).shape == (2, 32) and tv.trunk.layer3[0].downsample[0].weight.shape == (24, 16, 1, 1)
+    for bad, message in (({"channels": [8, 16, 24]}, "model.channels"), ({"stem_width": 0}, "model.stem_width")):
+        with pytest.raises(ModelError, match=message):
+            build_model("resnet34v2", input_size=64, **bad)
+    with pytest.raises(Exception, match="model.channels"):
+        load_recipe("lhc", ["model.channels=[8,16]"])
+
+
 def test_torchvision_backbone_with_and_without_lhc():
     tv = build_model("resnet34_tv", input_size=64, num_classes=7, hidden=[8])
     x = torch.rand(1, 3, 64, 64) * 255
@@ -355,3 +391,38 @@ def test_lhc_attention_core_stays_float32_under_bf16_autocast(net_ref, tensors):
             f"lhc_net with float32 LHC modules {err_lhc_fp32_modules:.4f}")
     assert err_backbone > 1e-4, seen  # autocast did run in bf16
     assert err_lhc <= 1.5 * err_lhc_fp32_modules, seen
+
+
+def test_a_new_backbone_is_one_registration():
+    """A backbone registered once is known to recipes, build_model, checkpoints and augment-lhc."""
+    from fertool.models import ARCHS, BACKBONES, ResNet34v2, arch_title, register_backbone
+
+    try:
+        @register_backbone("toy", archs={"backbone": "toy", "lhc": "toy_lhc", "controller": "toy_lhcc"},
+                           titles={"toy_lhc": "Toy-LHC"})
+        class Toy(ResNet34v2):
+            """ResNet34v2 at 1/8 width."""
+
+            def __init__(self, **kw):
+                super().__init__(**{"channels": (8, 16, 32, 64), "stem_width": 8, **kw})
+
+        rcp = load_recipe("lhc", ["model.backbone=toy", "model.input_size=64", "model.hidden=[8]"])
+        assert arch_from_recipe(rcp.model, "lhc")[0] == "toy_lhc"
+        arch, args = arch_from_recipe(rcp.model, "backbone")
+        assert arch == "toy" and isinstance(build_model(arch, **args), Toy)
+        with pytest.raises(ModelError, match="plain backbone: use 'toy_lhc' or 'toy_lhcc'"):
+            build_model("toy", **args, lhc=[{"after": "stem", "heads": 4, "dim": 2}])
+        ckpt = make_checkpoint(arch=arch, arch_args=args, state_dict=build_model(arch, **args).state_dict())
+        lhc = [{"after": "stem", "heads": 4, "dim": 2}]
+        added = augment_lhc(ckpt, lhc=lhc, controller_init=None, seed=1)
+        assert added["arch"] == "toy_lhc" and len(model_from_checkpoint(added).lhc_modules()) == 1
+        assert augment_lhc(added, lhc=None, controller_init=[0.5], seed=1)["arch"] == "toy_lhcc"
+        assert arch_title("toy_lhc") == "Toy-LHC" and arch_title("toy") == "toy"
+        with pytest.raises(ModelError, match="already registered"):
+            register_backbone("toy")(Toy)
+    finally:
+        BACKBONES.pop("toy", None)
+        for name in ("toy", "toy_lhc", "toy_lhcc"):
+            ARCHS.pop(name, None)
+    with pytest.raises(ModelError, match=r"model.backbone: unknown backbone 'toy' \(known: resnet34v2, resnet34_tv\)"):
+        arch_from_recipe(load_recipe("lhc", ["model.backbone=toy"]).model, "lhc")

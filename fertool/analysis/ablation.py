@@ -1,6 +1,6 @@
 """Ablation of the LHC modules without retraining (docs/protocol.md §6), with head analysis and pictures.
 
-(One file of ~480 lines: the module sets, the passes and the report of one ablation run.)
+(Kept as one file: the module sets, the passes and the report of one ablation run.)
 
 ``ablate(checkpoint)`` measures the test accuracy of an LHC-Net / LHC-NetC checkpoint with
 sets of its LHC modules
@@ -80,7 +80,7 @@ def ablation_sets(names: Sequence[str], kinds: Sequence[str]) -> list[tuple[tupl
     names = list(names)
     unknown = [k for k in kinds if k not in SET_KINDS]
     if unknown or not kinds:
-        raise FertoolError(f"--subsets: must be some of {', '.join(SET_KINDS)}, got {', '.join(kinds) or 'nothing'}")
+        raise FertoolError(f"sets: must be some of {', '.join(SET_KINDS)}, got {', '.join(kinds) or 'nothing'}")
     found: dict[tuple[str, ...], list[str]] = {}
 
     def add(subset: Sequence[str], how: str) -> None:
@@ -136,7 +136,7 @@ def ablated(model: nn.Module, mode: str, names: Sequence[str], *, seed: int | No
             for n, sd in state.items():
                 modules[n].load_state_dict(sd)
     else:
-        raise FertoolError(f"--modes: unknown mode {mode!r} (known: {', '.join(MODES)})")
+        raise FertoolError(f"modes: unknown mode {mode!r} (known: {', '.join(MODES)})")
 
 
 def smallest_kept(
@@ -230,11 +230,11 @@ def _runnable_modes(
     ``detrain`` needs the LHC initialisation seed: without one it is dropped from the
     default modes (the recipe's) with a note, and refused when asked for by name.
     """
-    chosen = _choose(modes, default, MODES, "--modes")
+    chosen = _choose(modes, default, MODES, "modes")
     if seed is not None or "detrain" not in chosen:
         return chosen, []
     if modes is not None or chosen == ("detrain",):
-        raise CheckpointError(f"{checkpoint_path}: {NO_SEED}, which 'detrain' needs; use --modes off")
+        raise CheckpointError(f"{checkpoint_path}: {NO_SEED}, which 'detrain' needs; use modes=off")
     return tuple(m for m in chosen if m != "detrain"), [f"detrain skipped: the checkpoint {NO_SEED}"]
 
 
@@ -297,12 +297,12 @@ def ablate(
     seed = (ckpt.get("extra") or {}).get("lhc_seed")
     seed = seed if isinstance(seed, int) else None
     modes, notes = _runnable_modes(modes, rcp.ablate.modes, seed, checkpoint_path)
-    kinds = _choose(sets, rcp.ablate.sets, SET_KINDS, "--subsets")
+    kinds = _choose(sets, rcp.ablate.sets, SET_KINDS, "sets")
     tolerance = rcp.ablate.tolerance if tolerance is None else float(tolerance)
     if not tolerance >= 0:
-        raise FertoolError(f"--tolerance: must be >= 0, got {tolerance}")
+        raise FertoolError(f"tolerance: must be >= 0, got {tolerance}")
     if max_images is not None and max_images < 1:
-        raise FertoolError(f"--max-images: must be >= 1, got {max_images}")
+        raise FertoolError(f"max_images: must be >= 1, got {max_images}")
     data = inputs.open_split(csv=csv, images=images, split=split, what="ablate")
     source = inputs.source
     if max_images is not None and max_images < len(data):

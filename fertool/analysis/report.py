@@ -1,6 +1,6 @@
 """Run statistics across seeds: Table 7 of the paper (docs/protocol.md §6, §7).
 
-(One file of ~470 lines: discovery and rendering of the one report read together.)
+(Kept as one file: discovery and rendering of the one report read together.)
 
 ``report(run_dirs)`` walks the given folders for evaluation results
 (``.../eval-<split>/metrics.json``, written by ``fertool evaluate`` next to a checkpoint)
@@ -113,6 +113,15 @@ def _tta_accuracy(metrics: dict, where: str) -> float | None:
     return None
 
 
+def _arch_title(arch: str | None) -> str:
+    """Display name of an architecture outside the paper's three (from the model registry)."""
+    if not arch:
+        return "unknown"
+    from ..models import arch_title  # imports torch: only for other backbones' runs
+
+    return arch_title(arch)
+
+
 def _seed(metrics: dict, stage_dir: Path | None, run_dir: Path) -> int | None:
     """The run's seed: metrics.json, else a stage summary.json of the run, else ``seed-<S>``."""
     if isinstance(metrics.get("seed"), int):
@@ -217,7 +226,7 @@ def find_results(
             stage = metrics.get("stage")
             stage = None if stage is None else str(stage)
         arch = metrics.get("arch") or STAGE_ARCH.get(stage or "")
-        model = MODEL_NAMES.get(arch, arch or "unknown")
+        model = MODEL_NAMES.get(arch) or _arch_title(arch)
         recipe_id = _recipe_id(run_dir, stage_dir)
         group = {"model": model, "stage": f"{stage or 'unknown'} ({model})",
                  "recipe": f"{model} @ {recipe_id or 'no recipe'}"}[group_by] + _class_set(metrics)

@@ -14,6 +14,7 @@ exit code 0.
 from __future__ import annotations
 
 import os
+import re
 import signal
 from contextlib import contextmanager
 from typing import Iterator
@@ -87,12 +88,33 @@ def _is_click_exception(exc: BaseException) -> bool:
     )
 
 
+#: Library errors name the parameter (``engine: unknown engine``, ``use engine=torch``); the
+#: command line says the flag a user typed instead (``--engine: ...``, ``use --engine torch``).
+PARAMETER_FLAGS = {
+    "engine": "--engine", "precision": "--precision", "recheck_margin": "--recheck-margin",
+    "sets": "--subsets", "modes": "--modes", "tolerance": "--tolerance", "max_images": "--max-images",
+    "batch_size": "--batch-size", "every": "--every", "margin": "--margin", "out_dir": "--out",
+    "camera": "--webcam", "fmt": "--format", "batch": "--batch", "samples": "--samples", "out_path": "--out",
+}
+_LEADING_PARAMETER = re.compile(r"^([a-z_]+)( [^:]*)?:")
+_PARAMETER_VALUE = re.compile(r"\b([a-z_]+)=([\w.-]+)")
+
+
+def flag_names(line: str) -> str:
+    """``line`` with the parameter names of :data:`PARAMETER_FLAGS` written as command-line flags."""
+    lead = _LEADING_PARAMETER.match(line)
+    if lead and lead.group(1) in PARAMETER_FLAGS:
+        line = PARAMETER_FLAGS[lead.group(1)] + line[len(lead.group(1)):]
+    return _PARAMETER_VALUE.sub(
+        lambda m: f"{PARAMETER_FLAGS[m.group(1)]} {m.group(2)}" if m.group(1) in PARAMETER_FLAGS else m.group(0), line)
+
+
 def failure_lines(exc: BaseException) -> tuple[list[str], int]:
     """The ``error:`` lines (before escaping) and the exit code for an exception."""
     if isinstance(exc, KeyboardInterrupt):
         return ["interrupted"], 130
     if isinstance(exc, FertoolError):
-        return str(exc).splitlines() or [type(exc).__name__], 1
+        return [flag_names(line) for line in str(exc).splitlines()] or [type(exc).__name__], 1
     if isinstance(exc, OSError):
         return [os_error_message(exc)], 1
     if isinstance(exc, MemoryError):

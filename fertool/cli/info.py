@@ -44,6 +44,9 @@ def info_cli(
         source = f"recipe {recipe} ({kind})"
     size = int(args.get("input_size", 224))
     render(summarize(model, size), title=f"{arch} at {size}x{size} — {source}", ckpt=ckpt)
+    widths = "-".join(str(c) for c in model.channels)
+    out.print(f"width: stem {model.stem_width}, stages {widths}"
+              + (" (the paper's)" if (model.stem_width, widths) == (64, "64-128-256-512") else ""))
     if ckpt is None or ckpt.get("recipe"):
         train = rcp.train if ckpt is None else load_recipe(ckpt["recipe"], stored=True).train
         out.print(f"precision: training {train.precision}, evaluation {train.eval_precision}"

@@ -1,4 +1,4 @@
-"""Decode training images once into a memory-mapped uint8 cache (issue 4, input pipeline).
+"""Decode training images once into a memory-mapped uint8 cache.
 
 JPEG decoding must never starve the model, so :func:`open_image_split` decodes a split
 once into ``<images>/.cache/<split>-<key>.npy`` and later runs memory-map it.  FER

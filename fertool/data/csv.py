@@ -1,6 +1,6 @@
 """Reading the FER2013 CSV variants (docs/protocol.md §1), streamed and validated.
 
-(One file of ~640 lines: the layouts, the byte-range streaming that ``prepare``'s workers
+(Kept as one file: the layouts, the byte-range streaming that ``prepare``'s workers
 share and the row validation are one format's reader and change together.)
 
 Supported layouts, detected from the header (column names are compared without

@@ -41,7 +41,10 @@ from .. import CLASS_NAMES
 from ..errors import DataError
 from .csv import SPLITS
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm"})
+#: Image files fertool reads (OpenCV's decoders), for preparing folders and for predict alike.
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".dib", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pbm", ".pnm", ".jp2"}
+)
 
 #: Folder names accepted for each emotion (lower case); the first is FER2013's name.
 CLASS_ALIASES: tuple[tuple[str, ...], ...] = (

@@ -1,6 +1,6 @@
 """``fertool prepare``: a FER2013 CSV -> one JPEG per row, a manifest and a summary (docs/protocol.md §1).
 
-(One file of ~560 lines: the streaming worker pool, the pixel pipeline and the output folder
+(Kept as one file: the streaming worker pool, the pixel pipeline and the output folder
 are one command's machinery; photo folders are in :mod:`fertool.data.prepare_images`.)
 
 Output layout of ``DIR``::
@@ -245,7 +245,7 @@ def _work(task: _Task) -> _Result:
         for folder in {os.path.dirname(p) for p in paths}:
             os.makedirs(os.path.join(task.root, folder), exist_ok=True)
         for image, rel in zip(images, paths):
-            if task.rgb:  # grey -> RGB by replication (10x faster per image than np.repeat on the chunk)
+            if task.rgb:  # grey -> RGB by replication per image (cheaper than np.repeat on the chunk)
                 image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
             with open(os.path.join(task.root, rel), "wb") as fh:
                 fh.write(encode_jpeg(image, params))

@@ -223,14 +223,14 @@ def export_model(
     from ..surgery import model_from_checkpoint
 
     if fmt not in FORMATS:
-        raise FertoolError(f"--format: unknown export format {fmt!r} (known: {', '.join(FORMATS)})")
+        raise FertoolError(f"fmt: unknown export format {fmt!r} (known: {', '.join(FORMATS)})")
     if batch < 1:
-        raise FertoolError(f"--batch: must be >= 1, got {batch}")
+        raise FertoolError(f"batch: must be >= 1, got {batch}")
     if samples < 1:
-        raise FertoolError(f"--samples: must be >= 1, got {samples}")
+        raise FertoolError(f"samples: must be >= 1, got {samples}")
     out_path = Path(out_path)
     if out_path.is_dir():
-        raise FertoolError(f"--out {out_path}: is a folder, expected a file name")
+        raise FertoolError(f"out_path {out_path}: is a folder, expected a file name")
     if fmt == "onnx":
         _require_onnx()
     ckpt = load_checkpoint(checkpoint_path)

@@ -1,6 +1,6 @@
 """Faces in users' photos: detection, cropping, and preparation exactly like the training data.
 
-(One file of ~460 lines: four small detector back-ends behind one interface.)
+(Kept as one file: four small detector back-ends behind one interface.)
 
 Detection backends (:func:`load_detector`):
 
@@ -186,7 +186,7 @@ class LBPDetector:
 
     Search: windows from ``max(min_size, shorter side / 20)`` pixels up to the shorter
     side, scale step 1.2, at least 4 overlapping hits per face.  Slower than the Haar
-    cascade (about 0.6 s for a 512x512 photo on one CPU core).
+    cascade (more windows at finer scales).
     """
 
     name = "lbp"

@@ -1,6 +1,6 @@
 """Classify the facial expressions of the faces in photos, folders, videos and a webcam.
 
-(One file of ~780 lines: the input kinds -- photos, folders, videos, a webcam -- share the
+(Kept as one file: the input kinds -- photos, folders, videos, a webcam -- share the
 event stream and the batch classifier; splitting them would scatter that contract.)
 
 :func:`predict_paths` is the library side of ``fertool predict``: it expands the inputs
@@ -36,6 +36,7 @@ import torch
 
 from .. import CLASS_NAMES
 from ..checkpoint import photo_preparation
+from ..data.folders import IMAGE_EXTENSIONS
 from ..data.prepare_images import prepared_photo
 from ..data.provenance import checkpoint_provenance
 from ..errors import DataError, FertoolError
@@ -61,9 +62,6 @@ __all__ = [
     "MAX_BUFFER_BYTES",
 ]
 
-IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".dib", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pbm", ".pnm", ".jp2"}
-)
 VIDEO_EXTENSIONS = frozenset({".mp4", ".m4v", ".avi", ".mov", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp"})
 #: Most bytes of decoded photos / video frames held while their faces wait for a batch
 #: (only when annotated copies are written; otherwise only the small prepared faces are kept).
@@ -193,7 +191,7 @@ class FaceClassifier:
         trained_on: Mapping[str, Any] | None = None,
     ) -> None:
         if batch_size < 1:
-            raise FertoolError(f"--batch-size: must be >= 1, got {batch_size}")
+            raise FertoolError(f"batch_size: must be >= 1, got {batch_size}")
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         #: ``engine`` / ``precision`` of :func:`fertool.evaluation.engines.build_engine`
@@ -661,9 +659,9 @@ def predict_paths(
     checkpoint, detector or option raises :class:`FertoolError` before anything is read.
     """
     if every < 1:
-        raise FertoolError(f"--every: must be >= 1, got {every}")
+        raise FertoolError(f"every: must be >= 1, got {every}")
     if margin < 0:
-        raise FertoolError(f"--margin: must be >= 0, got {margin}")
+        raise FertoolError(f"margin: must be >= 0, got {margin}")
     if isinstance(checkpoint, FaceClassifier):
         classifier = checkpoint
     else:
@@ -672,7 +670,7 @@ def predict_paths(
         detector = load_detector(detector)
     out = Path(out_dir) if out_dir is not None else None
     if out is not None and out.exists() and not out.is_dir():
-        raise FertoolError(f"--out {out}: exists and is not a folder")
+        raise FertoolError(f"out_dir {out}: exists and is not a folder")
     predictor = _Predictor(
         classifier,
         detector,
@@ -755,7 +753,7 @@ def run_webcam(
                            progress=None, max_buffer_bytes=MAX_BUFFER_BYTES)
     cap = cv2.VideoCapture(int(camera))
     if not cap.isOpened():
-        raise FertoolError(f"--webcam {camera}: cannot open camera {camera}")
+        raise FertoolError(f"camera {camera}: cannot open camera {camera}")
     shown = 0
     last: list[FaceResult] = []
     try:

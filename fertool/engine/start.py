@@ -18,9 +18,8 @@ import torch
 from .. import CLASS_NAMES
 from ..checkpoint import lineage_entry, load_checkpoint, make_checkpoint, save_checkpoint
 from ..errors import CheckpointError, ModelError, RecipeError, TrainingError
-from ..models import arch_from_recipe, build_model
+from ..models import BACKBONES, arch_from_recipe, build_model
 from ..models.keras import import_keras
-from ..models.resnet import load_torchvision_weights
 from ..protocol import PREVIOUS, checkpoint_kind, stage_dir
 from ..recipe import Recipe, resume_changes, to_dict
 from ..surgery import augment_lhc, load_backbone
@@ -192,10 +191,11 @@ def _pretrained_checkpoint(recipe: Recipe, kind: str, seed: int, log: Log, class
             f"model.pretrained: {p}: no such file (a local Keras .h5, torchvision .pth or fertool checkpoint; "
             "null trains from scratch)"
         )
-    if p.suffix.lower() == ".pth" and recipe.model.backbone == "resnet34_tv":
-        load_torchvision_weights(model, str(p))
-        lineage.append({"path": str(p), "arch": "torchvision-resnet34", "stage": None, "epoch": None})
-        log(f"stage 1 starts from the torchvision ImageNet weights of {p}")
+    reader = BACKBONES[recipe.model.backbone].load_pretrained
+    label = reader(model, p) if reader is not None else None  # a file of the backbone's own kind
+    if label is not None:
+        lineage.append({"path": str(p), "arch": label, "stage": None, "epoch": None})
+        log(f"stage 1 starts from the pre-trained weights of {p} ({label})")
     else:
         if p.name.lower().endswith((".h5", ".hdf5", ".h5.gz", ".hdf5.gz")):
             source = import_keras(p, input_size=recipe.model.input_size, num_classes=recipe.model.num_classes,

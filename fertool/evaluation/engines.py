@@ -10,8 +10,8 @@
   metrics unless asked).
 * ``onnxruntime`` — the model exported to ONNX in memory (the exporter of ``fertool
   export``) and run by ONNX Runtime's CPU provider, whose convolutions work in a blocked
-  layout with BatchNorm and ReLU fused in (1.1x the torch engine and 1.25x eager PyTorch on
-  the 2-core development CPU).  Needs the ``onnx`` and ``onnxruntime`` packages (installed
+  layout with BatchNorm and ReLU fused in (faster than eager PyTorch on a CPU;
+  ``benchmarks/infer.py`` measures by how much).  Needs the ``onnx`` and ``onnxruntime`` packages (installed
   with fertool); CPU only.
 * ``auto`` — ``onnxruntime`` on the CPU when it is installed and the precision is float32,
   else ``torch``.
@@ -96,7 +96,7 @@ class TorchEngine(InferenceEngine):
                  channels_last: bool = True, copy_model: bool = True) -> None:
         self.device = torch.device(device)
         if precision not in PRECISIONS:
-            raise FertoolError(f"--precision: unknown precision {precision!r} (known: {', '.join(PRECISIONS)})")
+            raise FertoolError(f"precision: unknown precision {precision!r} (known: {', '.join(PRECISIONS)})")
         self.precision = precision
         self.channels_last = channels_last
         if copy_model:
@@ -118,7 +118,7 @@ class TorchEngine(InferenceEngine):
 def recheck_margin(margin: float) -> float:
     """``margin`` of a :class:`CheckedEngine` as a float; negative or NaN is a FertoolError."""
     if not margin >= 0:
-        raise FertoolError(f"--recheck-margin: must be >= 0, got {margin}")
+        raise FertoolError(f"recheck_margin: must be >= 0, got {margin}")
     return float(margin)
 
 
@@ -201,19 +201,19 @@ def choose_engine(engine: str, device: torch.device | str = "cpu", precision: st
     """
     device = torch.device(device)
     if engine not in ENGINES:
-        raise FertoolError(f"--engine: unknown engine {engine!r} (known: {', '.join(ENGINES)})")
+        raise FertoolError(f"engine: unknown engine {engine!r} (known: {', '.join(ENGINES)})")
     if precision not in PRECISIONS:
-        raise FertoolError(f"--precision: unknown precision {precision!r} (known: {', '.join(PRECISIONS)})")
+        raise FertoolError(f"precision: unknown precision {precision!r} (known: {', '.join(PRECISIONS)})")
     if precision == "bf16" and device.type != "cuda" and not bf16_supported(device):
         # (CUDA autocast runs bf16 on any GPU, as training's train.precision does)
-        raise FertoolError(f"--precision bf16: {device} has no native bf16 support (use fp32)")
+        raise FertoolError(f"precision bf16: {device} has no native bf16 support (use precision=fp32)")
     if engine == "auto":
         engine = "onnxruntime" if device.type == "cpu" and precision == "fp32" and onnxruntime_available() else "torch"
     if engine == "onnxruntime":
         if device.type != "cpu":
-            raise FertoolError(f"--engine onnxruntime: runs on the CPU only (device is {device}; use --engine torch)")
+            raise FertoolError(f"engine onnxruntime: runs on the CPU only (device is {device}; use engine=torch)")
         if precision != "fp32":
-            raise FertoolError(f"--engine onnxruntime: float32 only (use --engine torch for --precision {precision})")
+            raise FertoolError(f"engine onnxruntime: float32 only (use engine=torch for precision={precision})")
     return engine
 
 

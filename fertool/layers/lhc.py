@@ -47,7 +47,7 @@ def same_avg_pool(x: torch.Tensor, kernel: int, *, method: str | None = None) ->
     """Keras ``AvgPool2D(kernel, strides=1, padding='same')``: padded cells are not counted.
 
     On the CPU the window sum is a depthwise convolution with a ones kernel times 1/count
-    (about 5x faster than ``avg_pool2d`` there, forward+backward, same values to ~1 ulp);
+    (faster than ``avg_pool2d`` there, forward+backward, same values to ~1 ulp);
     on other devices ``avg_pool2d(count_include_pad=False)``.  ``method`` ("conv" or
     "pool") forces one of the two.  Exporters (ONNX, TorchScript tracing) always get the
     pooling form, which they translate to one standard operator.
@@ -74,8 +74,8 @@ def same_avg_pool(x: torch.Tensor, kernel: int, *, method: str | None = None) ->
 def same_max_pool(x: torch.Tensor, kernel: int, *, channels_last: bool | None = None) -> torch.Tensor:
     """Keras ``MaxPool2D(kernel, strides=1, padding='same')``: padding acts as -inf.
 
-    On the CPU the pooling runs in channels_last layout (about 2x faster there, forward+
-    backward, identical values); the result's layout does not matter to the caller, which
+    On the CPU the pooling runs in channels_last layout (faster there, forward+backward,
+    identical values); the result's layout does not matter to the caller, which
     reshapes it into heads.  ``channels_last`` forces the choice.
     """
     if channels_last if channels_last is not None else x.device.type == "cpu":

@@ -1,6 +1,6 @@
 """ResNet34 backbones with the paper's classification head and optional LHC modules.
 
-(One file of ~470 lines: the two backbones share the head, the LHC insertion points and
+(Kept as one file: the two backbones share the head, the LHC insertion points and
 the weight loading, which read best side by side.)
 
 * :class:`ResNet34v2` — the pre-activation ResNet34 of ``classification_models`` that the
@@ -27,6 +27,7 @@ from torch import nn
 
 from ..errors import ModelError
 from ..layers import LHC
+from .registry import register_backbone
 
 __all__ = [
     "FERResNet",
@@ -40,7 +41,11 @@ __all__ = [
 
 #: Units per stage of ResNet34.
 UNITS = (3, 4, 6, 3)
-FILTERS = (64, 128, 256, 512)
+#: The paper's (ResNet34's) channels per stage and stem width; a model takes others as
+#: ``channels=`` / ``stem_width=`` (timm's ``ResNet(channels=..., stem_width=...)``), e.g.
+#: narrow models for tests.  Imported Keras weights and the reference need these values.
+CHANNELS = (64, 128, 256, 512)
+STEM_WIDTH = 64
 #: Keys an LHC spec may have (docs/protocol.md §3 hyper-parameters + placement).
 LHC_KEYS = ("after", "heads", "dim", "pool", "kernel", "scale")
 
@@ -49,12 +54,14 @@ def _conv_out(size: int, kernel: int, stride: int, pad: int) -> int:
     return (size + 2 * pad - kernel) // stride + 1
 
 
-def position_shapes(input_size: int) -> dict[str, tuple[int, int]]:
+def position_shapes(
+    input_size: int, channels: Sequence[int] = CHANNELS, stem_width: int = STEM_WIDTH
+) -> dict[str, tuple[int, int]]:
     """(channels, H=W) after ``stem`` and after every ``stageS_unitU``, in network order."""
     size = _conv_out(input_size, 7, 2, 3)  # conv0 7x7/2, pad 3
     size = _conv_out(size, 3, 2, 1)  # max-pool 3x3/2, pad 1
-    shapes = {"stem": (64, size)}
-    for s, (units, filters) in enumerate(zip(UNITS, FILTERS), start=1):
+    shapes = {"stem": (int(stem_width), size)}
+    for s, (units, filters) in enumerate(zip(UNITS, channels), start=1):
         if s > 1:
             size = _conv_out(size, 3, 2, 1)
         for u in range(1, units + 1):
@@ -97,11 +104,11 @@ class PreActUnit(nn.Module):
 class Stem(nn.Module):
     """``bn_data`` -> pad 3 -> 7x7/2 ``conv0`` -> ``bn0`` -> ReLU -> pad 1 -> 3x3/2 max-pool."""
 
-    def __init__(self, bn: dict) -> None:
+    def __init__(self, bn: dict, width: int = STEM_WIDTH) -> None:
         super().__init__()
         self.bn_data = BatchNormCenter(3, **bn)
-        self.conv0 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
-        self.bn0 = nn.BatchNorm2d(64, **bn)
+        self.conv0 = nn.Conv2d(3, width, 7, stride=2, padding=3, bias=False)
+        self.bn0 = nn.BatchNorm2d(width, **bn)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu(self.bn0(self.conv0(self.bn_data(x))))
@@ -147,8 +154,9 @@ class FERResNet(nn.Module, abc.ABC):
     """Common part of the backbones: head, insertion points, LHC modules.
 
     Subclasses build ``self.stem`` (input -> ``stem`` position), ``self.units`` (an
-    ordered mapping name -> unit) and ``_final`` (last unit output -> (B, 512, h, w)
-    activated features), then call :meth:`_finish`.
+    ordered mapping name -> unit) and ``_final`` (last unit output -> (B, C, h, w)
+    activated features, C = the last stage's channels, 512 at the paper's width), then
+    call :meth:`_finish`.
     """
 
     arch_name = "?"
@@ -162,11 +170,15 @@ class FERResNet(nn.Module, abc.ABC):
         dropout: float,
         lhc: Sequence[Mapping[str, Any]] | None,
         controller_init: Sequence[float] | None,
+        channels: Sequence[int],
+        stem_width: int,
     ) -> None:
         self.input_size = int(input_size)
         self.num_classes = int(num_classes)
-        self.head = ClassifierHead(512, list(hidden), num_classes, dropout)
-        self.shapes = position_shapes(self.input_size)
+        self.channels = tuple(int(c) for c in channels)
+        self.stem_width = int(stem_width)
+        self.head = ClassifierHead(self.channels[-1], list(hidden), num_classes, dropout)
+        self.shapes = position_shapes(self.input_size, self.channels, self.stem_width)
         self.lhc = nn.ModuleDict()
         self.lhc_after: dict[str, str] = {}  # position -> module name
         self._add_lhc(lhc or [], controller_init)
@@ -253,18 +265,18 @@ class FERResNet(nn.Module, abc.ABC):
 
     @abc.abstractmethod
     def _final(self, x: torch.Tensor) -> torch.Tensor:
-        """The trunk's last operation on the (B, 512, h, w) map, before global pooling."""
+        """The trunk's last operation on the (B, C, h, w) map, before global pooling."""
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, S, S) raw 0..255 pixels -> (B, 512) pooled features (after final BN+ReLU)."""
+        """(B, 3, S, S) raw 0..255 pixels -> (B, C) pooled features (after final BN+ReLU; C = 512 at full width)."""
         x = self._after("stem", self.stem(x))
         for name, unit in self.units.items():
             x = self._after(name, unit(x))
-        x = self._final(x)  # (B, 512, h, w)
-        return x.mean(dim=(2, 3))  # (B, 512)
+        x = self._final(x)  # (B, C, h, w)
+        return x.mean(dim=(2, 3))  # (B, C)
 
     def forward_head(self, f: torch.Tensor) -> torch.Tensor:
-        """(B, 512) features -> (B, num_classes) logits (no softmax)."""
+        """(B, C) features -> (B, num_classes) logits (no softmax)."""
         return self.head(f)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -280,6 +292,15 @@ def _bn_args(bn_eps: float, bn_momentum: float) -> dict:
     return {"eps": float(bn_eps), "momentum": 1.0 - float(bn_momentum)}
 
 
+def _check_widths(channels: Sequence[int], stem_width: int) -> tuple[tuple[int, ...], int]:
+    if (not isinstance(channels, (list, tuple)) or len(channels) != len(UNITS)
+            or any(not isinstance(c, int) or c <= 0 for c in channels)):
+        raise ModelError(f"model.channels: must be {len(UNITS)} positive integers (one per stage), got {channels!r}")
+    if not isinstance(stem_width, int) or stem_width <= 0:
+        raise ModelError(f"model.stem_width: must be a positive integer, got {stem_width!r}")
+    return tuple(channels), stem_width
+
+
 def _check_common(input_size: int, num_classes: int, hidden: Sequence[int], dropout: float) -> None:
     if not isinstance(input_size, int) or input_size < 32:
         raise ModelError(f"model.input_size: must be an integer >= 32, got {input_size!r}")
@@ -291,6 +312,8 @@ def _check_common(input_size: int, num_classes: int, hidden: Sequence[int], drop
         raise ModelError(f"model.dropout: must be in [0, 1), got {dropout}")
 
 
+@register_backbone("resnet34v2", archs={"backbone": "resnet34v2", "lhc": "lhc_net", "controller": "lhc_netc"},
+                   titles={"resnet34v2": "ResNet34v2", "lhc_net": "LHC-Net", "lhc_netc": "LHC-NetC"})
 class ResNet34v2(FERResNet):
     """Pre-activation ResNet34 (classification_models) + head, optional LHC modules.
 
@@ -312,22 +335,25 @@ class ResNet34v2(FERResNet):
         bn_momentum: float = 0.99,
         lhc: Sequence[Mapping[str, Any]] | None = None,
         controller_init: Sequence[float] | None = None,
+        channels: Sequence[int] = CHANNELS,
+        stem_width: int = STEM_WIDTH,
     ) -> None:
         super().__init__()
         _check_common(input_size, num_classes, hidden, dropout)
+        channels, stem_width = _check_widths(channels, stem_width)
         bn = _bn_args(bn_eps, bn_momentum)
-        self.stem = Stem(bn)
+        self.stem = Stem(bn, stem_width)
         self.units = nn.ModuleDict()
-        in_ch = 64
-        for s, (units, filters) in enumerate(zip(UNITS, FILTERS), start=1):
+        in_ch = stem_width
+        for s, (units, filters) in enumerate(zip(UNITS, channels), start=1):
             for u in range(1, units + 1):
                 stride = 2 if (u == 1 and s > 1) else 1
                 self.units[f"stage{s}_unit{u}"] = PreActUnit(in_ch, filters, stride, shortcut=(u == 1), bn=bn)
                 in_ch = filters
-        self.final_bn = nn.BatchNorm2d(512, **bn)
+        self.final_bn = nn.BatchNorm2d(channels[-1], **bn)
         self._init_backbone()
         self._finish(input_size=input_size, num_classes=num_classes, hidden=hidden, dropout=dropout,
-                     lhc=lhc, controller_init=controller_init)
+                     lhc=lhc, controller_init=controller_init, channels=channels, stem_width=stem_width)
 
     def _init_backbone(self) -> None:
         # classification_models: he_uniform conv kernels, BN gamma 1 / beta 0.
@@ -375,6 +401,16 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 TORCHVISION_FILE = "resnet34-b627a593.pth"
 
 
+def _torchvision_pretrained(model: nn.Module, path) -> str | None:
+    """Stage 1's start from a torchvision ``.pth`` (other files: None, read as fertool/Keras files)."""
+    if path.suffix.lower() != ".pth":
+        return None
+    load_torchvision_weights(model, str(path))
+    return "torchvision-resnet34"
+
+
+@register_backbone("resnet34_tv", titles={"resnet34_tv": "ResNet34 (torchvision)"},
+                   load_pretrained=_torchvision_pretrained)
 class TorchvisionResNet34(FERResNet):
     """torchvision's ResNet34 (v1, post-activation) trunk + the paper's head.
 
@@ -396,13 +432,18 @@ class TorchvisionResNet34(FERResNet):
         bn_momentum: float = 0.9,
         lhc: Sequence[Mapping[str, Any]] | None = None,
         controller_init: Sequence[float] | None = None,
+        channels: Sequence[int] = CHANNELS,
+        stem_width: int = STEM_WIDTH,
     ) -> None:
         super().__init__()
         import torchvision
 
         _check_common(input_size, num_classes, hidden, dropout)
+        channels, stem_width = _check_widths(channels, stem_width)
         bn = _bn_args(bn_eps, bn_momentum)
         trunk = torchvision.models.resnet34(weights=None)
+        if (channels, stem_width) != (CHANNELS, STEM_WIDTH):
+            _narrow_torchvision(trunk, channels, stem_width)
         for m in trunk.modules():
             if isinstance(m, nn.BatchNorm2d):
                 m.eps, m.momentum = bn["eps"], bn["momentum"]
@@ -417,7 +458,7 @@ class TorchvisionResNet34(FERResNet):
             for u, block in enumerate(getattr(trunk, f"layer{s}"), start=1):
                 self.units[f"stage{s}_unit{u}"] = block
         self._finish(input_size=input_size, num_classes=num_classes, hidden=hidden, dropout=dropout,
-                     lhc=lhc, controller_init=controller_init)
+                     lhc=lhc, controller_init=controller_init, channels=channels, stem_width=stem_width)
 
     def stem(self, x: torch.Tensor) -> torch.Tensor:
         t = self.trunk
@@ -426,6 +467,23 @@ class TorchvisionResNet34(FERResNet):
 
     def _final(self, x: torch.Tensor) -> torch.Tensor:
         return x  # v1 blocks end with ReLU already
+
+
+def _narrow_torchvision(trunk: nn.Module, channels: Sequence[int], stem_width: int) -> None:
+    """Rebuild torchvision's stem and stages at other widths, initialised as torchvision does."""
+    from torchvision.models.resnet import BasicBlock
+
+    trunk.conv1 = nn.Conv2d(3, stem_width, 7, stride=2, padding=3, bias=False)
+    trunk.bn1 = nn.BatchNorm2d(stem_width)
+    trunk.inplanes = stem_width
+    for s, (units, filters) in enumerate(zip(UNITS, channels), start=1):
+        setattr(trunk, f"layer{s}", trunk._make_layer(BasicBlock, filters, units, stride=1 if s == 1 else 2))
+    for m in trunk.modules():  # torchvision's ResNet.__init__ initialisation
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
 
 
 def load_torchvision_weights(model: TorchvisionResNet34, path: str | None = None) -> None:
