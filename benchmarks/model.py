@@ -1,6 +1,7 @@
 """Speed of the models: forward+backward per image, LHC-Net / ResNet34v2 and / torchvision ResNet34 ratios, batched LHC vs loop.
 
     python benchmarks/model.py [--device cpu|cuda] [--batch N] [--steps N] [--size 224]
+    python benchmarks/model.py --compile [--size 64 --batch 8]     (train.compile against eager)
 
 CPU: float32, batch 8.  CUDA: batch 128, bf16 autocast, channels_last.  Prints numbers only.
 ``--cpu-time`` (CPU only) runs torch on one thread and times with the thread's CPU time, which
@@ -160,6 +161,47 @@ def profile_modules(model, batch: int, device: torch.device, steps: int) -> None
     print("arithmetic rate: " + ", ".join(f"{what} {gmacs:.1f} GMAC/s" for what, gmacs in rates.items()))
 
 
+def compile_vs_eager(size: int, batch: int, device: torch.device, rounds: int, steps: int) -> None:
+    """train.compile: whole training steps (forward, backward, SGD step) of torch.compile'd
+    ResNet34v2 and LHC-Net against eager, interleaved; the first compiled call's time too."""
+    torch.manual_seed(0)
+    x = torch.rand(batch, 3, size, size, device=device) * 255
+    y = torch.randint(0, 7, (batch,), device=device)
+    for arch in ("resnet34v2", "lhc_net"):
+        eager = build_model(arch, input_size=size).to(device)
+        compiled_model = build_model(arch, input_size=size).to(device)
+        compiled_model.load_state_dict(eager.state_dict())
+        nets = {"eager": eager, "compiled": torch.compile(compiled_model)}
+        opts = {k: torch.optim.SGD(n.parameters(), lr=1e-3) for k, n in nets.items()}
+
+        def train_step(kind):
+            nets[kind].train()
+            loss = F.cross_entropy(nets[kind](x), y)
+            loss.backward()
+            opts[kind].step()
+            opts[kind].zero_grad(set_to_none=True)
+
+        _sync(device)
+        t0 = time.perf_counter()
+        train_step("compiled")  # compiles forward and backward
+        _sync(device)
+        first = time.perf_counter() - t0
+        train_step("eager")
+        times: dict[str, list[float]] = {"eager": [], "compiled": []}
+        for _ in range(rounds):
+            for kind in nets:
+                for _ in range(steps):
+                    _sync(device)
+                    t0 = CLOCK()
+                    train_step(kind)
+                    _sync(device)
+                    times[kind].append(CLOCK() - t0)
+        e, c = min(times["eager"]), min(times["compiled"])
+        print(f"{arch:11s} training step at {size}x{size}, batch {batch}: eager {1e3 * e / batch:8.2f} ms/image, "
+              f"compiled {1e3 * c / batch:8.2f} ms/image, compiled/eager {c / e:.3f} (min of {rounds * steps}); "
+              f"first compiled step (compilation) {first:.1f} s")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -170,6 +212,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--cpu-time", action="store_true", help="one thread, timed by its CPU time")
     ap.add_argument("--profile", action="store_true", help="where each LHC module's time goes (CPU)")
+    ap.add_argument("--compile", action="store_true",
+                    help="only train.compile: compiled against eager training steps of ResNet34v2 and LHC-Net")
     args = ap.parse_args()
     device = torch.device(args.device)
     if args.profile and device.type != "cpu":
@@ -184,6 +228,11 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     cuda = device.type == "cuda"
     batch = args.batch or (128 if cuda else 8)
+    if args.compile:
+        print(f"device: {device}, {torch.get_num_threads()} threads, float32, "
+              f"{'thread CPU time' if args.cpu_time else 'wall clock'}")
+        compile_vs_eager(args.size, batch, device, args.rounds, args.steps)
+        return
     amp = cuda
     fmt = torch.channels_last if cuda else torch.contiguous_format
     if cuda:

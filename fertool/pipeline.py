@@ -91,11 +91,13 @@ def run_pipeline(
     device: str = "auto",
     log: Log | None = None,
     progress_factory: Callable[[str], Any] | None = None,
+    callbacks: Sequence[Any] = (),
 ) -> dict:
     """Run (or finish) the whole protocol; return the final table as a dict.
 
     ``progress_factory(description)`` returns a context manager yielding a progress
-    callback (the CLI passes Rich bars); ``log`` receives one-line messages.
+    callback (the CLI passes Rich bars); ``log`` receives one-line messages; ``callbacks``
+    (:class:`fertool.engine.callbacks.Callback`) receive every trained stage's events.
     """
     from contextlib import nullcontext
 
@@ -148,7 +150,7 @@ def run_pipeline(
             log(f"{folder}: {'resuming' if resume else 'training'}")
             with bar(f"{folder.relative_to(run_dir)}") as progress:
                 train_stage(stage_recipe, stage, where, csv=csv, images=images, init=init, seed=seed,
-                            resume=resume, device=device, progress=progress, log=log)
+                            resume=resume, device=device, progress=progress, log=log, callbacks=callbacks)
         return folder / "best.pt"
 
     # 2. ResNet34v2 stages 1-3 (shared by every seed) -----------------------------------

@@ -80,6 +80,11 @@ PRECISIONS = ("fp32", "tf32", "bf16")
 #: (largest 16%) of that, and every top-1 change there had its two best logits closer than
 #: 2% (``benchmarks/infer.py`` prints the agreement and the share rechecked).
 RECHECK_MARGIN = 0.03
+#: ``train.precision`` may also be ``fp16``: float16 autocast of the forward pass with a
+#: ``torch.amp.GradScaler`` (GPUs without bf16: Pascal, Turing).  Inference stays float32.
+TRAIN_PRECISIONS = PRECISIONS + ("fp16",)
+#: Loggers of ``train.log`` (fertool.engine.loggers).
+LOGGERS = ("tensorboard", "mlflow")
 
 
 @dataclass(frozen=True)
@@ -189,6 +194,20 @@ class StageConfig:
     momentum: float = field(default=0.0, metadata=in_range(0, 1))
     weight_decay: float = field(default=0.0, metadata=non_negative())
     augment: AugmentConfig = AugmentConfig()
+    # Options beyond the paper, all off by default (fertool.engine.schedule; README "Recipes").
+    # Learning rate per optimiser step: constant | cosine (to min_lr at max_epochs) | step
+    # (x gamma every step_epochs epochs), after a linear warmup of warmup_epochs (0 = none).
+    schedule: str = field(default="constant", metadata=one_of("constant", "cosine", "step"))
+    warmup_epochs: float = field(default=0.0, metadata=non_negative())
+    min_lr: float = field(default=0.0, metadata=non_negative())
+    step_epochs: int = field(default=30, metadata=positive())
+    gamma: float = field(default=0.1, metadata=positive())
+    label_smoothing: float = field(default=0.0, metadata=_check(lambda v: 0 <= v < 1, "must be in [0, 1)"))
+    # Exponential moving average of the weights (decay per optimiser step; 0 = off):
+    # validation, early stopping and best.pt use the averaged weights.
+    ema: float = field(default=0.0, metadata=_check(lambda v: 0 <= v < 1, "must be in [0, 1)"))
+    # Gradient accumulation: one optimiser step per `accumulate` batches of batch_size.
+    accumulate: int = field(default=1, metadata=positive())
 
 
 def _paper_stages() -> dict[str, StageConfig]:
@@ -210,7 +229,7 @@ class TrainConfig:
     # Numeric precision of training (fp32 | tf32 | bf16, see fertool.utils.PRECISIONS) and
     # of everything that measures a model: early-stopping validation, the stage-4 rule,
     # evaluation, TTA and ablation.  fp32 is the authors' setting.
-    precision: str = field(default="fp32", metadata=one_of(*PRECISIONS))
+    precision: str = field(default="fp32", metadata=one_of(*TRAIN_PRECISIONS))
     eval_precision: str = field(default="fp32", metadata=one_of(*PRECISIONS))
     channels_last: bool = True  # on CUDA
     compile: bool = False  # torch.compile the model
@@ -224,6 +243,12 @@ class TrainConfig:
     # Seed of the model's initial weights (new LHC modules, a new head, dropout); fixed, as
     # in the paper's run sets, while --seed (the data seed) varies the data order and augmentation.
     init_seed: int = field(default=0, metadata=non_negative())
+    # Live logging (fertool.engine.loggers): [], [tensorboard], [mlflow] or both.  Steps are
+    # logged every log_every optimiser steps; MLflow writes to RUN/mlruns unless mlflow_uri.
+    log: tuple[str, ...] = field(default=(), metadata=each(lambda v: v in LOGGERS, "must be tensorboard or mlflow"))
+    log_every: int = field(default=50, metadata=positive())
+    mlflow_uri: str | None = None
+    mlflow_experiment: str = "fertool"
     stages: dict[str, StageConfig] = field(default_factory=_paper_stages)
 
 
@@ -615,7 +640,8 @@ def dump_recipe(recipe: Recipe) -> str:
 #: ``max_epochs`` may change too, but not below the epochs already done.  Accepted
 #: changes are recorded in the stage's summary warnings.
 RESUME_SAFE = ("data.csv", "data.images", "model.pretrained", "train.eval_batch_size", "train.keep",
-               "train.stages.{stage}.max_epochs")
+               "train.stages.{stage}.max_epochs", "train.log", "train.log_every", "train.mlflow_uri",
+               "train.mlflow_experiment")
 #: Sections that shape a stage's training (the other stages, tta, sample, ablate and
 #: pipeline do not).
 _STAGE_SECTIONS = ("prepare", "data", "model", "train")

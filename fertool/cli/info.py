@@ -51,6 +51,14 @@ def info_cli(
         train = rcp.train if ckpt is None else load_recipe(ckpt["recipe"], stored=True).train
         out.print(f"precision: training {train.precision}, evaluation {train.eval_precision}"
                   + (" (the checkpoint's recipe)" if ckpt is not None else ""))
+        from ..engine.schedule import active_options, describe_options
+
+        stages = [str(ckpt.get("stage"))] if ckpt is not None else list(train.stages)
+        for name in stages:
+            if name in train.stages and (options := active_options(train.stages[name], train.precision)):
+                out.print(f"stage {name} options beyond the paper: {describe_options(options)}")
+        if train.log:
+            out.print(f"training logs: {', '.join(train.log)}")
 
 
 def _fmt_flops(f: int) -> str:

@@ -97,6 +97,10 @@ def train_cli(
         ("best train loss", "-" if summary.get("best_train_loss") is None else f"{summary['best_train_loss']:.4f}"),
         ("training speed", "-" if not summary.get("images_per_s") else f"{summary['images_per_s']:,.1f} img/s"),
     ]
+    if summary.get("options"):
+        rows.append(("options", ", ".join(f"{k} {v}" for k, v in summary["options"].items())))
+    if summary.get("skipped_steps"):
+        rows.append(("fp16 skipped steps", str(summary["skipped_steps"])))
     selection = summary.get("selection")
     if selection:
         verdict = "accepted" if selection["accepted"] else "[red]rejected[/red]"

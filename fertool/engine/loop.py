@@ -11,11 +11,12 @@ inference mode (the controller stage).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -166,6 +167,14 @@ def train_one_epoch(
     sync_every: int = 1,
     progress: Progress | None = None,
     fields: Mapping[str, Any] | None = None,
+    label_smoothing: float = 0.0,
+    accumulate: int = 1,
+    scaler: torch.amp.GradScaler | None = None,
+    lr_at: Callable[[int], float] | None = None,
+    start_step: int = 0,
+    ema: nn.Module | None = None,
+    on_step: Callable[[dict], None] | None = None,
+    log_every: int = 0,
 ) -> dict:
     """One pass over ``split`` in the order drawn from ``generator``; returns epoch metrics.
 
@@ -177,6 +186,17 @@ def train_one_epoch(
     the backward pass, so a non-finite loss raises :class:`NonFiniteLossError` without
     touching the weights.  Loss and accuracy are sample-weighted means over the epoch,
     summed over ranks under DDP.  ``progress(images_done, images_total, **fields)``.
+
+    Options beyond the paper (their defaults leave the arithmetic above untouched):
+    ``label_smoothing`` of the cross-entropy; ``accumulate`` batches per optimiser step,
+    each batch's loss weighted by its share of the group's images (the gradient of one
+    ``accumulate`` times larger batch, up to rounding, for a model without batch
+    statistics); ``precision="fp16"`` float16 autocast with ``scaler`` (a
+    ``torch.amp.GradScaler``: steps with inf/NaN gradients are skipped and counted);
+    ``lr_at(step)`` the learning rate of each optimiser step, numbered from
+    ``start_step``; ``ema`` (an ``AveragedModel``) updated after every optimiser step;
+    ``on_step(step)`` at each checked batch (see :mod:`fertool.engine.callbacks`), and
+    at every ``log_every``-th optimiser step.
     """
     ctx = ctx or DistContext(device=device)
     aug_generator = aug_generator if aug_generator is not None else generator
@@ -188,34 +208,69 @@ def train_one_epoch(
     correct = torch.zeros((), dtype=torch.int64, device=device)
     seen = 0
     fields = dict(fields or {})
+    step, skipped, group_images = start_step, 0, 0
+    fp16 = precision == "fp16"
+    if fp16 and scaler is None:
+        raise TrainingError("train_one_epoch: precision fp16 needs a gradient scaler")
     start = time.perf_counter()
 
     batch_iter = _loaded_batches(split, batches, device)
-    with precision_mode(device, precision, autocast=False):  # TF32 on or off for backward too
+    with precision_mode(device, "fp32" if fp16 else precision, autocast=False):  # TF32 on or off for backward too
         try:
             for i, (x, y, t) in enumerate(batch_iter):
                 if augment is not None and augment.active:
                     x = augment(x, aug_generator)  # (B, 3, S, S), same device
                 if channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
-                with precision_mode(device, precision):
+                with torch.autocast(device.type, dtype=torch.float16) if fp16 else precision_mode(device, precision):
                     logits = model(x)  # (B, C)
-                loss = F.cross_entropy(logits.float(), y if t is None else t)  # soft targets: against the distribution
+                # soft targets: against the distribution
+                loss = F.cross_entropy(logits.float(), y if t is None else t, label_smoothing=label_smoothing)
                 n = int(y.shape[0])
-                check = (i + 1) % sync_every == 0 or i + 1 == len(batches)
+                first = i % accumulate == 0  # the first batch of an optimiser step's group
+                if first:
+                    group = batches[i:i + accumulate]
+                    group_images = sum(len(b) for b in group)
+                last = i + 1 == len(batches) or (i + 1) % accumulate == 0
+                log_step = bool(log_every) and last and (step + 1) % log_every == 0
+                check = (i + 1) % sync_every == 0 or i + 1 == len(batches) or log_step
+                value = math.nan
                 if check:
                     value = float(loss.detach())
                     if ctx.any_flag(not math.isfinite(value)):
                         raise NonFiniteLossError(value, i + 1)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                if first:
+                    optimizer.zero_grad(set_to_none=True)
+                part = loss if accumulate == 1 else loss * (n / group_images)
+                with contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync():
+                    (part if scaler is None else scaler.scale(part)).backward()
+                if last:
+                    if lr_at is not None:
+                        for g in optimizer.param_groups:
+                            g["lr"] = lr_at(step)
+                    if scaler is None:
+                        optimizer.step()
+                    else:
+                        before = scaler.get_scale()
+                        scaler.step(optimizer)  # skipped when a gradient is inf/NaN
+                        scaler.update()
+                        skipped += int(scaler.get_scale() < before)  # the scale backs off exactly then
+                    if ema is not None:
+                        ema.update_parameters(model)
+                    step += 1
                 loss_sum += loss.detach().double() * n
                 correct += (logits.detach().argmax(dim=1) == y).sum()
                 seen += n
-                if progress is not None and check:
-                    progress(seen, total_images, batch=i + 1, batches=len(batches),
-                             loss=float(loss_sum) / seen, accuracy=int(correct) / seen, **fields)
+                if check:
+                    report = dict(fields, images=seen, images_total=total_images, batch=i + 1,
+                                  batches=len(batches), step=step, loss=float(loss_sum) / seen,
+                                  accuracy=int(correct) / seen, batch_loss=value,
+                                  lr=optimizer.param_groups[0]["lr"], skipped_steps=skipped, log_step=log_step)
+                    if progress is not None:
+                        progress(seen, total_images, batch=i + 1, batches=len(batches),
+                                 loss=report["loss"], accuracy=report["accuracy"], **fields)
+                    if on_step is not None:
+                        on_step(report)
         finally:
             batch_iter.close()  # stops the reading thread
     seconds = time.perf_counter() - start
@@ -227,6 +282,8 @@ def train_one_epoch(
         "images": int(images),
         "seconds": seconds,
         "images_per_s": images / seconds if seconds > 0 else float("nan"),
+        "steps": step - start_step,
+        "skipped_steps": skipped,
     }
 
 

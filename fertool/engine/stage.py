@@ -32,9 +32,11 @@ from ..progress import Progress
 from ..protocol import FINISHED
 from ..recipe import Recipe, StageConfig, to_dict
 from .distributed import DistContext
+from .callbacks import CallbackList
 from .loop import EarlyStopping
 from .plots import plot_curves
 from .rng import rng_state
+from .schedule import active_options
 from .start import Start
 
 __all__ = ["StageOutputs", "Stage", "STAGE_OUTPUTS", "check_stage_folder", "save_best", "save_last",
@@ -86,6 +88,16 @@ class Stage:
     best_row: dict | None = None
     saved_epoch: int = 0
     reference: dict | None = None  # stage 4: the starting network's training loss
+    callbacks: CallbackList = field(default_factory=CallbackList)  # training events (main process)
+    ema: nn.Module | None = None  # AveragedModel of the weights (cfg.ema > 0)
+    scaler: torch.amp.GradScaler | None = None  # fp16
+    step: int = 0  # optimiser steps since the stage began
+    skipped_steps: int = 0  # fp16 steps skipped for inf/NaN gradients
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """The weights that are validated and kept as best.pt: the EMA when on."""
+        return self.model if self.ema is None else self.ema.module
 
     @property
     def device(self) -> torch.device:
@@ -128,6 +140,15 @@ def _checkpoint(run: Stage, epoch: int, metrics: Mapping[str, Any], *, with_stat
     start = run.start
     extra: dict[str, Any] = {**start.init_extra, "seed": start.seed, "init_seed": start.init_seed,
                              "init": start.label, "data": run.data_info}
+    weights = run.model.state_dict()
+    if run.ema is not None:
+        # best.pt: the EMA weights (validated, used downstream) and the trained ones beside them;
+        # last.pt: the trained weights (training continues from them) and the EMA's state.
+        ema_weights = run.ema.module.state_dict()
+        if with_state:
+            extra["ema_state_dict"] = ema_weights
+        else:
+            extra["train_state_dict"], weights = weights, ema_weights
     if with_state:
         extra["resume"] = {
             "seed": start.seed,
@@ -140,9 +161,15 @@ def _checkpoint(run: Stage, epoch: int, metrics: Mapping[str, Any], *, with_stat
             "warnings": run.warnings,
             "order_generator": run.gen.get_state(),
             "rng": None,  # filled by save_last
+            "step": run.step,
+            "skipped_steps": run.skipped_steps,
         }
+        if run.ema is not None:
+            extra["resume"]["ema"] = run.ema.state_dict()
+        if run.scaler is not None:
+            extra["resume"]["scaler"] = run.scaler.state_dict()
     return make_checkpoint(
-        arch=run.arch, arch_args=dict(start.ckpt["arch_args"]), state_dict=run.model.state_dict(),
+        arch=run.arch, arch_args=dict(start.ckpt["arch_args"]), state_dict=weights,
         optimizer_state=run.optimizer.state_dict() if with_state else None,
         stage=run.stage, epoch=epoch, metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float))},
         recipe=to_dict(run.recipe), class_names=run.classes, lineage=start.lineage, extra=extra,
@@ -187,6 +214,7 @@ def write_summary(run: Stage, status: str, epoch: int, **more: Any) -> dict:
         "precision": run.precision,
         "eval_precision": run.eval_precision,
         "world_size": run.ctx.world_size,
+        "options": active_options(run.cfg, run.precision),
         "warnings": run.warnings,
         **more,
     }

@@ -39,6 +39,7 @@ class Resumed:
     best_row: dict | None
     order_generator: torch.Tensor
     rng: list  # one RNG state per rank
+    state: dict = field(default_factory=dict)  # last.pt's whole resume record (EMA, scaler, step...)
 
 
 @dataclass
@@ -92,7 +93,7 @@ def _resumed_start(path: Path, recipe: Recipe, stage: str, seed: int, init_seed:
             f"(--seed {seed} / --init-seed {init_seed} ignored)")
     resumed = Resumed(epoch=int(last["epoch"]), optimizer_state=last.get("optimizer_state"),
                       early_stopping=state["early_stopping"], best_row=state.get("best_row"),
-                      order_generator=state["order_generator"], rng=state["rng"])
+                      order_generator=state["order_generator"], rng=state["rng"], state=state)
     return Start(ckpt=last, label=state["init"], seed=int(state["seed"]), init_seed=saved_init_seed,
                  lineage=list(last.get("lineage") or []),
                  init_extra=dict(state["init_extra"]), reference=state.get("selection_reference"),

@@ -16,11 +16,13 @@ from ``last.pt`` ends with the same weights as an uninterrupted one.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -32,7 +34,7 @@ from ..data.augment import KerasAugment
 from ..data.datasets import ImageSplit
 from ..errors import CheckpointError, DataError, RecipeError, TrainingError
 from ..faults import pause_point
-from ..files import append_jsonl, atomic_path, read_jsonl
+from ..files import atomic_path, read_jsonl
 from ..locks import holding_lock
 from ..models import build_model, freeze_except_controllers
 from ..progress import Progress
@@ -40,17 +42,20 @@ from ..protocol import normalise_stage as _normalise_stage
 from ..protocol import stage_dir
 from ..recipe import Recipe, save_recipe
 from ..utils import seed_everything
+from .callbacks import Callback, CallbackList, EpochFunction, MetricsFile, ProgressBar
 from .data import data_info, load_stage_data, training_provenance, with_data_classes
 from .distributed import DistContext, setup
+from .loggers import check_loggers
 from .loop import (EarlyStopping, NonFiniteLossError, evaluate, format_epoch, make_optimizer, set_train_mode,
                    train_one_epoch)
 from .rng import rank_seed, set_rng_state
 from .selection import reference_loss, selection
-from .stage import (STAGE_OUTPUTS, Stage, StageOutputs, check_stage_folder, plot, save_best, save_last,
-                    write_summary)
+from .schedule import (active_options, describe_options, has_schedule, learning_rate, make_ema, scaler_for,
+                       steps_per_epoch)
+from .stage import STAGE_OUTPUTS, Stage, StageOutputs, check_stage_folder, save_best, save_last, write_summary
 from .start import Start, resolve_start
 
-__all__ = ["StageRequest", "normalise_stage", "train_stage", "format_epoch"]
+__all__ = ["StageRequest", "normalise_stage", "train_stage", "format_epoch", "Callback"]
 
 Log = Callable[[str], None]
 
@@ -105,6 +110,7 @@ def train_stage(
     on_epoch: Callable[[dict], None] | None = None,
     train_data: ImageSplit | None = None,
     val_data: ImageSplit | None = None,
+    callbacks: Sequence[Callback] = (),
 ) -> dict:
     """Train one stage of ``recipe`` into ``run_dir/<stage>/``; return its summary.
 
@@ -114,8 +120,9 @@ def train_stage(
     the controller stage likewise from stage 4), and stage 1 from ``model.pretrained`` or
     scratch.  ``progress(done, total, **fields)`` reports batches (``phase="train"``) and
     validation images (``phase="val"``); ``log(message)`` one-line notes; ``on_epoch(row)``
-    each epoch's metrics row (without it the row goes to ``log``).  ``train_data`` /
-    ``val_data`` give ready splits instead of ``csv`` / ``images``.
+    each epoch's metrics row (without it the row goes to ``log``); ``callbacks`` receive
+    the training events (:mod:`.callbacks`; the loggers of ``train.log`` are added to
+    them).  ``train_data`` / ``val_data`` give ready splits instead of ``csv`` / ``images``.
 
     Raises :class:`TrainingError` on a non-finite loss (status ``diverged``, best.pt kept);
     Ctrl-C leaves a clean ``last.pt`` and status ``interrupted`` and re-raises.  Under
@@ -130,6 +137,7 @@ def train_stage(
     if request.stage not in recipe.train.stages:
         raise RecipeError(f"train.stages.{request.stage}: the recipe has no such stage "
                           f"(has: {', '.join(recipe.train.stages)})")
+    check_loggers(recipe)  # a missing extra fails before anything is written
     if (train_data is None) != (val_data is None):
         raise DataError("train_stage: give both train_data and val_data, or neither")
     ctx = setup(device)
@@ -161,9 +169,22 @@ def train_stage(
                     log=log, progress=progress if ctx.is_main else None, on_epoch=on_epoch)
         run.classes, run.data_info = tuple(info["classes"]), info
         prepare_outputs(request, run)
+        if ctx.is_main:
+            run.callbacks = _callbacks(run, request, callbacks)
+        run.callbacks.on_stage_start(run)
         return run_epochs(run)
     finally:
         ctx.close()
+
+
+def _callbacks(run: Stage, request: StageRequest, extra: Sequence[Callback]) -> CallbackList:
+    """metrics.jsonl and curves, the progress bar, the recipe's loggers, the caller's
+    callbacks, and the epoch line (``on_epoch``, else ``log``), in that order."""
+    from .loggers import make_loggers
+
+    line = run.on_epoch or (lambda row: run.log(format_epoch(row, row["max_epochs"])))
+    return CallbackList([MetricsFile(run), *([ProgressBar(run.progress)] if run.progress is not None else []),
+                         *make_loggers(run.recipe, request.run_dir), *extra, EpochFunction(line)])
 
 
 def _data_info(request: StageRequest, train_data: ImageSplit | None) -> tuple[dict, str]:
@@ -212,12 +233,18 @@ def build(request: StageRequest, start: Start, ctx: DistContext, out: StageOutpu
     if channels_last:
         model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(params, cfg)
+    scaler = scaler_for(ctx.device, recipe.train.precision)
+    if scaler is not None and not on_cuda:
+        log("train.precision fp16 on the CPU: float16 autocast and the gradient scaler run, slowly "
+            "(fp16 is meant for CUDA GPUs without bf16)")
     run = Stage(recipe=recipe, stage=stage, cfg=cfg, ctx=ctx, out=out, start=start, model=model, net=model,
                 optimizer=optimizer, train_split=train_split, val_split=val_split, gen=gen, aug_gen=None,
                 precision=recipe.train.precision, eval_precision=recipe.train.eval_precision,
                 channels_last=channels_last, log=log, progress=progress,
-                on_epoch=on_epoch, es=EarlyStopping(cfg.patience), warnings=warnings, reference=start.reference)
+                on_epoch=on_epoch, es=EarlyStopping(cfg.patience), warnings=warnings, reference=start.reference,
+                ema=make_ema(model, cfg.ema) if cfg.ema else None, scaler=scaler)
     if start.resumed is not None:
+        _resume_options(run, start.resumed.state)
         if start.resumed.optimizer_state is not None:
             optimizer.load_state_dict(start.resumed.optimizer_state)
         run.es.load_state_dict(start.resumed.early_stopping)
@@ -230,6 +257,18 @@ def build(request: StageRequest, start: Start, ctx: DistContext, out: StageOutpu
         torch.manual_seed(rank_seed(start.init_seed, ctx.rank))
         run.aug_gen = torch.Generator().manual_seed(rank_seed(start.seed, ctx.rank + ctx.world_size))
     return run
+
+
+def _resume_options(run: Stage, state: Mapping[str, Any]) -> None:
+    """The EMA, the gradient scaler and the step counters from last.pt."""
+    run.step, run.skipped_steps = int(state.get("step", 0)), int(state.get("skipped_steps", 0))
+    if run.ema is not None:
+        if "ema" not in state:
+            raise CheckpointError(f"{run.out.last}: holds no EMA of the weights; train.stages.{run.stage}.ema "
+                                  "cannot be switched on when resuming")
+        run.ema.load_state_dict(state["ema"])
+    if run.scaler is not None and state.get("scaler"):
+        run.scaler.load_state_dict(state["scaler"])
 
 
 def _wrap(run: Stage) -> nn.Module:
@@ -312,7 +351,7 @@ def run_epochs(run: Stage) -> dict:
                 status = "early_stopped"
             _record_epoch(run, epoch, row)
     except KeyboardInterrupt:
-        write_summary(run, "interrupted", run.saved_epoch)
+        run.callbacks.on_stage_end(write_summary(run, "interrupted", run.saved_epoch), run)
         run.log(f"stage {run.stage}: interrupted; {run.out.last} holds epoch {run.saved_epoch} "
                 "(continue with --resume)")
         raise
@@ -326,21 +365,32 @@ def _log_start(run: Stage, augment: KerasAugment) -> None:
             f"batch {cfg.batch_size}, patience {cfg.patience}, up to {cfg.max_epochs} epochs, "
             f"{len(run.train_split):,} training / {len(run.val_split):,} validation images, "
             f"augmentation {augment if augment.active else 'none'}, device {run.device}"
-            + (f" x {ctx.world_size} processes" if ctx.distributed else ""))
+            + (f" x {ctx.world_size} processes" if ctx.distributed else "")
+            + (f"; options beyond the paper: {describe_options(options)}"
+               if (options := active_options(cfg, run.precision)) else ""))
 
 
 def _one_epoch(run: Stage, epoch: int, augment: KerasAugment, batch_size: int) -> dict:
     """Train one epoch, validate, update early stopping; the epoch's metrics row."""
     fields = {"phase": "train", "epoch": epoch, "epochs": run.cfg.max_epochs, "stage": run.stage}
     set_train_mode(run.net)
+    cfg, train = run.cfg, run.recipe.train
+    per_rank = math.ceil(len(run.train_split) / run.ctx.world_size)  # batch_indices pads to equal shares
+    spe = steps_per_epoch(math.ceil(per_rank / batch_size), cfg.accumulate)
     t = train_one_epoch(
         run.net, run.train_split, run.optimizer, batch_size=batch_size, device=run.device,
         generator=run.gen, augment=augment, aug_generator=run.aug_gen, precision=run.precision,
         channels_last=run.channels_last, ctx=run.ctx, sync_every=1 if run.device.type == "cpu" else 25,
-        progress=run.progress, fields=fields)
+        fields=fields, label_smoothing=cfg.label_smoothing, accumulate=cfg.accumulate, scaler=run.scaler,
+        lr_at=functools.partial(learning_rate, cfg, steps_per_epoch=spe) if has_schedule(cfg) else None,
+        start_step=run.step, ema=run.ema, on_step=run.callbacks.on_step, log_every=train.log_every)
+    run.step += t["steps"]
+    run.skipped_steps += t["skipped_steps"]
     pause_point("epoch")  # fault tests: killed with the epoch trained, not yet saved
     run.ctx.average_buffers(run.model)  # the same BatchNorm statistics on every rank
-    v = evaluate(run.model, run.val_split, batch_size=run.recipe.train.eval_batch_size, device=run.device,
+    if run.ema is not None:
+        run.ctx.average_buffers(run.ema.module)
+    v = evaluate(run.eval_model, run.val_split, batch_size=run.recipe.train.eval_batch_size, device=run.device,
                  precision=run.eval_precision, channels_last=run.channels_last, ctx=run.ctx,
                  progress=_val_progress(run, epoch))
     row = {
@@ -354,6 +404,8 @@ def _one_epoch(run: Stage, epoch: int, augment: KerasAugment, batch_size: int) -
         "images_per_s": t["images_per_s"],
         "images": t["images"],
     }
+    if run.scaler is not None:
+        row["skipped_steps"] = t["skipped_steps"]
     improved = run.es.update(v["accuracy"], epoch)
     if improved:
         run.best_row = dict(row)
@@ -362,20 +414,14 @@ def _one_epoch(run: Stage, epoch: int, augment: KerasAugment, batch_size: int) -
 
 
 def _record_epoch(run: Stage, epoch: int, row: Mapping[str, Any]) -> None:
-    """metrics.jsonl, best.pt, last.pt, curves.png and the epoch's line for the user."""
+    """The epoch's callbacks (metrics.jsonl and curves.png first, the epoch's line for the
+    user last), then best.pt and last.pt."""
     if run.ctx.is_main:
-        append_jsonl(run.out.metrics, row)
+        run.callbacks.on_epoch_end(dict(row, stage=run.stage, max_epochs=run.cfg.max_epochs,
+                                        best_epoch=run.es.best_epoch, wait=run.es.wait, patience=run.cfg.patience))
         if row["best"]:
             save_best(run, epoch, row)
     save_last(run, epoch)
-    if not run.ctx.is_main:
-        return
-    plot(run)
-    if run.on_epoch is not None:
-        run.on_epoch(dict(row, stage=run.stage, max_epochs=run.cfg.max_epochs,
-                          best_epoch=run.es.best_epoch, wait=run.es.wait, patience=run.cfg.patience))
-    else:
-        run.log(format_epoch(row, run.cfg.max_epochs))
 
 
 def _finish(run: Stage, status: str, epoch: int, rates: list[tuple[float, float]]) -> dict:
@@ -394,7 +440,10 @@ def _finish(run: Stage, status: str, epoch: int, rates: list[tuple[float, float]
         extra["selection"] = selection(run)
     if run.ctx.distributed:
         extra["ranks_consistent"] = _check_ranks(run)
+    if run.scaler is not None:
+        extra["skipped_steps"] = run.skipped_steps
     summary = write_summary(run, status, epoch, **extra)
+    run.callbacks.on_stage_end(summary, run)
     if run.recipe.train.keep == "best" and run.ctx.is_main:
         run.out.last.unlink(missing_ok=True)  # a finished stage is never resumed
     return summary
@@ -404,7 +453,9 @@ def _diverged(run: Stage, epoch: int, exc: NonFiniteLossError) -> dict:
     es = run.es
     where = (f"{run.out.best} (epoch {es.best_epoch}, val accuracy {es.best:.4f}) is intact"
              if es.best_epoch else "no best checkpoint was written yet")
-    write_summary(run, "diverged", run.saved_epoch, diverged_at={"epoch": epoch, "batch": exc.batch, "loss": exc.value})
+    summary = write_summary(run, "diverged", run.saved_epoch,
+                            diverged_at={"epoch": epoch, "batch": exc.batch, "loss": exc.value})
+    run.callbacks.on_stage_end(summary, run)
     raise TrainingError(
         f"stage {run.stage}: the training loss became {exc.value} at epoch {epoch}, batch {exc.batch}; "
         f"stopped. {where}; try a lower train.stages.{run.stage}.lr"
