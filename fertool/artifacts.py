@@ -261,8 +261,9 @@ def _cause(exc: BaseException) -> str:
 def _hash_message(exc: ValueError, source: Source) -> str:
     import re
 
-    found = re.search(r"Local file hash:\s*(\S+)", str(exc))
-    return f"expected {source.known_hash}, got {found.group(1) if found else 'another'}"
+    found = re.search(r"but got ([0-9a-fA-F]+)", str(exc))
+    algorithm = (source.known_hash or "").split(":")[0]
+    return f"expected {source.known_hash}, got {algorithm}:{found.group(1) if found else '(another)'}"
 
 
 def _check_content(path: Path, url: str, kind: str) -> None:

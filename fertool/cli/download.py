@@ -27,7 +27,7 @@ def download_cli(
     if list_ or not names:
         base = artifacts.mirror()
         out.print(f"cache: {artifacts.cache_dir()}" + (f"; mirror: {base}" if base else ""), highlight=False,
-                  markup=False)
+                  markup=False, soft_wrap=True)
         for name, e in artifacts.REGISTRY.items():
             cached = artifacts.cached_path(name)
             lines = [f"{name}: {e.size_note}, " + (f"cached: {cached}" if cached else "not cached"),
@@ -43,9 +43,9 @@ def download_cli(
         path = fetch_artifact(name, quiet=quiet)
         record = artifacts.fetched_record(name) or {}
         for f in record.get("files", []):
-            out.print(f"  {f['path']}: {f['bytes']:,} bytes, sha256 {f['sha256']}", highlight=False, markup=False)
+            out.print(f"  {f['path']}: {f['bytes']:,} bytes, sha256 {f['sha256']}", highlight=False, markup=False, soft_wrap=True)
         out.print(f"{name}: {path}" + (" (already cached)" if was is not None else ""), highlight=False,
-                  markup=False)
+                  markup=False, soft_wrap=True)
 
 
 def reproduce_cli(
