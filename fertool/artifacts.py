@@ -303,6 +303,30 @@ def fetch(name: str, progress: Progress | None = None, *, note: Callable[[str], 
     if note is not None:
         where = mirror() or ", ".join(sorted({s.urls[0].split('/')[2] for s in e.sources}))
         note(f"fetching {name} ({e.title}; {e.size_note}) from {where} into {folder}")
+    from .locks import folder_lock
+
+    with folder_lock(folder):  # one fetch of an entry at a time; a second process fails at once
+        done = cached_path(name)  # fetched by the process that held the lock before
+        if done is not None:
+            return done
+        _sweep(staging, {s.path for s in e.sources})
+        _fetch_into(e, staging, progress)
+    shutil.rmtree(staging, ignore_errors=True)
+    return e.product_path()
+
+
+def _sweep(staging: Path, keep: set[str]) -> None:
+    """Remove what a killed download left in ``staging`` (pooch's temporary files); whole files stay."""
+    if not staging.is_dir():
+        return
+    for path in sorted(staging.rglob("*"), reverse=True):
+        rel = path.relative_to(staging).as_posix()
+        if path.is_file() and rel not in keep:
+            path.unlink(missing_ok=True)
+
+
+def _fetch_into(e: Entry, staging: Path, progress: Progress | None) -> None:
+    name, folder = e.name, e.folder()
     records = []
     try:
         for source in e.sources:
@@ -317,8 +341,6 @@ def fetch(name: str, progress: Progress | None = None, *, note: Callable[[str], 
         _finish(e, staging, records)
     except DownloadError as exc:
         raise DownloadError(f"{exc}; nothing cached in {folder}; {_MANUAL}") from None
-    shutil.rmtree(staging, ignore_errors=True)
-    return e.product_path()
 
 
 def _finish(e: Entry, staging: Path, records: list[dict]) -> None:

@@ -343,6 +343,11 @@ def lhc_home(tmp_path_factory, tf_files):
     for name in ("checkpoint", "LHC_Net.index", f"LHC_Net{DATA}"):
         s.routes[f"/mirror/lhc-net/LHC_Net/{name}"] = ("redirect", f"/s/key/{name}?dl=1")
         s.routes[f"/s/key/{name}"] = ("file", tf_files / "LHC_Net" / name)
+    for name in ("checkpoint", "LHC_Net_Controller.index", f"LHC_Net_Controller{DATA}"):
+        s.routes[f"/mirror/lhc-netc/LHC_NetC/{name}"] = ("file", tf_files / "LHC_NetC" / name)
+    data = write_split_folder(home.parent / "served-fer2013", n=2, seed=5)
+    for name in data:
+        s.routes[f"/mirror/fer2013/{name}"] = ("file", home.parent / "served-fer2013" / name)
     mp = pytest.MonkeyPatch()
     mp.setenv("FERTOOL_HOME", str(home))
     mp.setenv("FERTOOL_MIRROR", s.url + "/mirror")
@@ -430,3 +435,33 @@ def test_fer2013_fetch_checks_the_files(home, server, tmp_path):
     assert path == home / "fer2013"
     for name in ("data_train.csv", "data_val.csv", "data_test.csv"):
         assert (path / name).read_bytes() == (folder / name).read_bytes()
+
+
+def test_reproduce_plain_only_prints_the_table_beside_the_paper(lhc_env, tmp_path, cli_runner):
+    import json
+
+    from fertool.protocol import PAPER_TABLE7
+
+    home, _ = lhc_env
+    result = cli_runner.invoke(app, ["reproduce", "--plain-only", "-o", str(tmp_path / "r"), "--device", "cpu",
+                                     "--batch-size", "2"])
+    assert result.exit_code == 0, result.output
+    assert "2 PrivateTest images x 2 models x 1 forward passes" in result.output and "about" in result.output
+    for label in ("LHC-Net", "LHC-NetC"):
+        metrics = json.loads((tmp_path / "r" / label / "metrics.json").read_text())
+        assert metrics["n"] == 2 and metrics["tta"] is None
+        row = next(line for line in result.stdout.splitlines() if line.strip().startswith(label + " "))
+        assert f"{100 * metrics['accuracy']:.2f}%" in row and f"{PAPER_TABLE7[label]['best']:.2f}%" in row
+        assert f"{PAPER_TABLE7[label]['best_tta']:.2f}%" in row
+    assert artifacts.cached_path("fer2013") == home / "fer2013"
+    assert artifacts.cached_path("lhc-netc") == home / "lhc-netc" / "lhc-netc.pt"
+
+
+def test_leftovers_of_a_killed_download_never_look_fetched_and_are_swept(home, server):
+    partial = home / "yunet" / ".partial"
+    partial.mkdir(parents=True)
+    (partial / "tmpk1ll3d").write_bytes(b"half a file")  # what pooch leaves when killed -9
+    assert artifacts.cached_path("yunet") is None
+    server.routes[YUNET] = ("file", _onnx_bytes())
+    assert artifacts.fetch("yunet").read_bytes() == _onnx_bytes()
+    assert not partial.exists()
