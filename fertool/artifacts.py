@@ -47,7 +47,14 @@ RETRIES = 2
 TIMEOUT = 60.0
 _RECORD = "fetched.json"
 _PARTIAL = ".partial"
-_MANUAL = "without internet, fetch the files elsewhere and give them to `fertool import DIR` (models) or --csv (data)"
+#: The way round a failed download, per kind of entry.
+_MANUAL = {
+    "tensorflow": "without internet, download its files elsewhere (fertool download --list shows them) and run "
+                  "`fertool import DIR` on their folder",
+    "keras": "without internet, download the file elsewhere and run `fertool import FILE`",
+    "fer2013-split": "without internet, download the three files elsewhere and give their folder as the FER2013 CSV",
+    "file": "without internet, download the file elsewhere and give its path instead of the name",
+}
 
 
 class DownloadError(FertoolError):
@@ -243,7 +250,9 @@ def _download(name: str, source: Source, staging: Path, progress: Progress | Non
             status = exc.response.status_code if exc.response is not None else "?"
             reason = exc.response.reason if exc.response is not None else str(exc)
             last = DownloadError(f"{url}: HTTP {status} {reason}")
-        except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
+        except requests.exceptions.Timeout as exc:
+            last = DownloadError(f"{url}: no answer within {TIMEOUT:.0f} s ({_cause(exc)})")
+        except requests.exceptions.ConnectionError as exc:
             last = DownloadError(f"{url}: cannot download ({_cause(exc)})")
         except requests.exceptions.RequestException as exc:
             last = DownloadError(f"{url}: download failed ({_cause(exc)})")
@@ -254,8 +263,17 @@ def _download(name: str, source: Source, staging: Path, progress: Progress | Non
 
 
 def _cause(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return printable(text[0][:200]) if text else type(exc).__name__
+    """The root of a requests error in a few words (``[Errno 111] Connection refused``)."""
+    import re
+
+    text = str(exc)
+    errno = re.search(r"\[Errno -?\d+\] [^'\")\]]+", text)
+    if errno:
+        return printable(errno.group().strip())
+    if "IncompleteRead" in text or "Connection broken" in text:
+        return "the connection broke before the whole file arrived"
+    lines = text.strip().splitlines()
+    return printable(lines[0][:160]) if lines else type(exc).__name__
 
 
 def _hash_message(exc: ValueError, source: Source) -> str:
@@ -340,7 +358,7 @@ def _fetch_into(e: Entry, staging: Path, progress: Progress | None) -> None:
                             "sha256": sha256_file(path)})
         _finish(e, staging, records)
     except DownloadError as exc:
-        raise DownloadError(f"{exc}; nothing cached in {folder}; {_MANUAL}") from None
+        raise DownloadError(f"{exc}; nothing cached in {folder}; {_MANUAL[e.kind]}") from None
 
 
 def _finish(e: Entry, staging: Path, records: list[dict]) -> None:

@@ -194,7 +194,7 @@ def test_failures_are_one_line_and_cache_nothing(home, server, route, message):
         artifacts.fetch("yunet")
     text = str(info.value)
     assert message in text and len(text.splitlines()) == 1
-    assert server.url + YUNET in text and str(home / "yunet") in text and "fertool import DIR" in text
+    assert server.url + YUNET in text and str(home / "yunet") in text and "nothing cached in" in text
     _nothing_cached(home, "yunet")
 
 
@@ -275,11 +275,12 @@ def test_cli_offline_is_one_error_line(tmp_path, monkeypatch, cli_runner):
     monkeypatch.setenv("FERTOOL_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("FERTOOL_MIRROR", f"http://127.0.0.1:{port}")
     monkeypatch.setattr(artifacts, "RETRIES", 0)
-    result = cli_runner.invoke(app, ["download", "yunet"])
+    result = cli_runner.invoke(app, ["download", "lhc-net"])
     assert result.exit_code == 1
     (line,) = [x for x in result.output.splitlines() if x.strip()][-1:]
-    assert line.startswith("error: ") and f"127.0.0.1:{port}/yunet/face_detection_yunet_2023mar.onnx" in line
-    assert "nothing cached in" in line and "fertool import DIR" in line
+    assert line.startswith("error: ") and f"http://127.0.0.1:{port}/lhc-net/LHC_Net/checkpoint: cannot download" in line
+    assert "Connection refused" in line and f"nothing cached in {tmp_path / 'home' / 'lhc-net'}" in line
+    assert "fertool import DIR" in line
     assert result.output.count("error:") == 1
 
 

@@ -36,7 +36,7 @@ def byte_progress(quiet: bool = False) -> Iterator:
             key = fields.get("description", "")
             if total and done >= total and key not in seen:
                 seen[key] = True
-                err.print(f"{key}: {done / 1e6:,.1f} MB", highlight=False, markup=False)
+                err.print(f"{key}: {_size(done)}", highlight=False, markup=False, soft_wrap=True)
 
         yield log
         return
@@ -52,6 +52,13 @@ def byte_progress(quiet: bool = False) -> Iterator:
 
     with bar:
         yield callback
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:,.1f} {unit}"
+    return f"{n} bytes"
 
 
 def fetch_artifact(name: str, *, quiet: bool = False) -> Path:
