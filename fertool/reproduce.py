@@ -14,7 +14,7 @@ __all__ = ["estimate_seconds", "evaluate_published", "forward_passes"]
 
 
 def forward_passes(checkpoint: str | os.PathLike, tta: bool) -> int:
-    """Forward passes per image: 1 plain, plus the paper TTA's views (61 + 1 plain = 63 with TTA)."""
+    """Forward passes per image: 1 plain, plus one per view of the recipe's TTA preset (the paper's: 59)."""
     if not tta:
         return 1
     from .checkpoint import load_checkpoint

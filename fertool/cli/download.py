@@ -49,7 +49,7 @@ def download_cli(
 
 
 def reproduce_cli(
-    plain_only: bool = typer.Option(False, "--plain-only", help="Skip TTA (62 forward passes per image)."),
+    plain_only: bool = typer.Option(False, "--plain-only", help="Skip TTA (the paper's: 59 views, 60 forward passes per image)."),
     out_dir: Path = typer.Option(Path("runs/reproduce"), "--out", "-o", help="Folder of the evaluation reports."),
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="Images per forward pass."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
@@ -61,7 +61,7 @@ def reproduce_cli(
     Fetches fer2013, lhc-net and lhc-netc (about a GB; see `fertool download --list`), prints a time estimate, then evaluates both models plain and with the paper's TTA (--plain-only skips it).
     """
     from ..protocol import PAPER_TABLE7
-    from ..reproduce import estimate_seconds, evaluate_published
+    from ..reproduce import estimate_seconds, evaluate_published, forward_passes
     from ..utils import resolve_device
     from ._artifacts import fetch_artifact, resolve_csv
     from ._common import progress_callback
@@ -71,9 +71,10 @@ def reproduce_cli(
     models = {"LHC-Net": fetch_artifact("lhc-net", quiet=quiet), "LHC-NetC": fetch_artifact("lhc-netc", quiet=quiet)}
     dev = resolve_device(device)
     seconds, n, per_image = estimate_seconds(models["LHC-Net"], csv, tta=not plain_only, device=dev)
-    log_line(f"{n:,} PrivateTest images x 2 models x {1 if plain_only else 63} forward passes "
+    passes = forward_passes(models["LHC-Net"], not plain_only)
+    log_line(f"{n:,} PrivateTest images x 2 models x {passes} forward passes "
              f"({per_image * 1e3:.1f} ms per pass measured on {dev}): about {_duration(seconds)}"
-             + ("" if plain_only else "; --plain-only takes 1/63 of that"))
+             + ("" if plain_only else f"; --plain-only takes 1/{passes} of that"))
     if not yes and err.is_terminal and not typer.confirm("go on?", default=True, err=True):
         raise typer.Exit(1)
     rows = []
