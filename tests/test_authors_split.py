@@ -111,3 +111,26 @@ def test_wrong_split_sources_are_one_clear_error(kaggle_and_split, tmp_path, cli
     assert result.exit_code == 1
     assert result.output.count("error:") == 1 and message in result.output, result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_train_from_the_split_folder_equals_training_from_the_kaggle_csv(cli_runner, kaggle_and_split, tmp_path,
+                                                                           home):
+    """One tiny stage 1 from each source: same images, same seed, so the same validation figures."""
+    import json
+
+    import yaml
+
+    from tests.test_cli_train import TINY
+
+    kaggle, split = kaggle_and_split
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump(TINY))
+    metrics = {}
+    for label, source in (("kaggle", kaggle), ("authors", split)):
+        run = tmp_path / f"run-{label}"
+        result = cli_runner.invoke(app, ["train", "-r", str(recipe), "--stage", "1", "--run", str(run), "--csv",
+                                         str(source), "--device", "cpu", "-q"])
+        assert result.exit_code == 0, result.output
+        rows = [json.loads(line) for line in (run / "stage1" / "metrics.jsonl").read_text().splitlines()]
+        metrics[label] = [{k: r[k] for k in r if k.startswith(("val_", "train_"))} for r in rows]
+    assert metrics["kaggle"] and metrics["kaggle"] == metrics["authors"]
