@@ -328,7 +328,7 @@ def fetch(name: str, progress: Progress | None = None, *, note: Callable[[str], 
         if done is not None:
             return done
         _sweep(staging, {s.path for s in e.sources})
-        _fetch_into(e, staging, progress)
+        _fetch_into(e, staging, progress, note)
     shutil.rmtree(staging, ignore_errors=True)
     return e.product_path()
 
@@ -343,7 +343,7 @@ def _sweep(staging: Path, keep: set[str]) -> None:
             path.unlink(missing_ok=True)
 
 
-def _fetch_into(e: Entry, staging: Path, progress: Progress | None) -> None:
+def _fetch_into(e: Entry, staging: Path, progress: Progress | None, note: Callable[[str], None] | None) -> None:
     name, folder = e.name, e.folder()
     records = []
     try:
@@ -356,12 +356,12 @@ def _fetch_into(e: Entry, staging: Path, progress: Progress | None) -> None:
                 raise
             records.append({"path": source.path, "url": url, "bytes": path.stat().st_size,
                             "sha256": sha256_file(path)})
-        _finish(e, staging, records)
+        _finish(e, staging, records, note)
     except DownloadError as exc:
         raise DownloadError(f"{exc}; nothing cached in {folder}; {_MANUAL[e.kind]}") from None
 
 
-def _finish(e: Entry, staging: Path, records: list[dict]) -> None:
+def _finish(e: Entry, staging: Path, records: list[dict], note: Callable[[str], None] | None = None) -> None:
     """Turn the downloaded files into the entry's product; fetched.json last."""
     folder = e.folder()
     first_url = records[0]["url"]
@@ -372,6 +372,8 @@ def _finish(e: Entry, staging: Path, records: list[dict]) -> None:
         source = staging / e.sources[0].path
         if e.kind == "tensorflow":
             source = source.parent  # the folder holding the 'checkpoint' file
+        if note is not None:
+            note(f"importing {source.name} ({e.kind}) as a fertool checkpoint")
         try:
             ckpt = import_weights(source)
         except FertoolError as exc:

@@ -40,7 +40,7 @@ def byte_progress(quiet: bool = False) -> Iterator:
 
         yield log
         return
-    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(bar_width=20), DownloadColumn(), TransferSpeedColumn(),
                    TimeRemainingColumn(), console=err)
     tasks: dict = {}
 
