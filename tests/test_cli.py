@@ -21,7 +21,7 @@ def test_version(cli_runner):
 
 def test_every_command_of_the_product_is_registered_with_help(cli_runner):
     assert sorted(COMMANDS) == sorted(["prepare", "sample-data", "train", "augment-lhc", "evaluate", "ablate", "report",
-                                       "info", "pipeline", "predict", "export", "import"])
+                                       "info", "pipeline", "predict", "export", "import", "download", "reproduce"])
     listing = cli_runner.invoke(app, ["--help"])
     assert listing.exit_code == 0
     for command in COMMANDS:

@@ -156,6 +156,7 @@ def _root(
 from . import (  # noqa: E402
     ablate,
     augment_lhc,
+    download,
     evaluate,
     export,
     import_weights,
@@ -169,7 +170,7 @@ from . import (  # noqa: E402
 )
 
 #: Command modules, in the order ``--help`` lists them (the data flow).
-COMMAND_MODULES = (sample_data, prepare, import_weights, info, train, augment_lhc, evaluate, ablate, report, pipeline,
+COMMAND_MODULES = (download, sample_data, prepare, import_weights, info, train, augment_lhc, evaluate, ablate, report, pipeline,
                    predict, export)
 for _module in COMMAND_MODULES:
     _module.register(app)

@@ -58,6 +58,10 @@ def ablate_cli(
     Writes ablation.json, ablation.png, heads-<module>.png, pictures/ and recipe.yaml.
     """
     from ..analysis.ablation import ablate
+    from ._artifacts import resolve_checkpoint, resolve_csv
+
+    checkpoint = resolve_checkpoint(checkpoint, quiet=quiet)
+    csv = resolve_csv(csv, quiet=quiet)
 
     preset = tta_preset if tta_preset is not None else (True if tta else None)  # True: the recipe's tta.preset
     with progress_callback("ablate " + split + (" + TTA" if preset else ""), quiet=quiet) as cb:

@@ -43,6 +43,10 @@ def evaluate_cli(
     Reports accuracy, loss, balanced accuracy, macro-F1, per-class scores, confusion matrix, bootstrap 95% interval and tied predictions; with --tta, plain and TTA side by side. Writes metrics.json, probs.npz, confusion.png and recipe.yaml.
     """
     from ..evaluation.evaluate import evaluate_checkpoint
+    from ._artifacts import resolve_checkpoint, resolve_csv
+
+    checkpoint = resolve_checkpoint(checkpoint, quiet=quiet or as_json)
+    csv = resolve_csv(csv, quiet=quiet or as_json)
 
     with ExitStack() as stack:
         bar = None

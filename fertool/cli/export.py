@@ -33,6 +33,9 @@ def export_cmd(
     The input contract (size, raw 0..255 float values, NCHW grey replicated to RGB, class names, architecture, preparation of docs/protocol.md §1) is stored in the file's metadata. The export is then run on random images and compared with the PyTorch model (ONNX with onnxruntime when installed).
     """
     from ..deploy.export import export_model
+    from ._artifacts import resolve_checkpoint
+
+    checkpoint = resolve_checkpoint(checkpoint, quiet=quiet)
 
     status = err.status(f"exporting to {fmt.value} and checking parity...") if not quiet else contextlib.nullcontext()
     with status:

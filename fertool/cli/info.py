@@ -30,6 +30,9 @@ def info_cli(
     if (checkpoint is None) == (recipe is None):
         raise ModelError("give exactly one of --checkpoint CKPT or --recipe RECIPE")
     if checkpoint is not None:
+        from ._artifacts import resolve_checkpoint
+
+        checkpoint = resolve_checkpoint(checkpoint, quiet=quiet)
         ckpt = load_checkpoint(checkpoint)
         arch, args = ckpt["arch"], ckpt["arch_args"]
         model = build_model(arch, **args)

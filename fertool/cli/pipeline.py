@@ -36,7 +36,10 @@ def pipeline_cli(
     from ..errors import FertoolError
     from ..pipeline import run_pipeline
 
+    from ._artifacts import resolve_csv
+
     name = recipe or ("paper" if csv is not None else "demo")
+    csv = resolve_csv(csv, quiet=quiet)
     resolved = load_recipe_from_options(name, sets)
     seed_list = None
     if seeds:

@@ -77,6 +77,9 @@ def predict_cmd(
         raise typer.BadParameter("--webcam shows a live window: it takes no INPUT and no --out", param_hint="--webcam")
     if webcam is not None and (problem := gui_problem()) is not None:
         raise FertoolError(problem)  # before the slow checkpoint load
+    from ._artifacts import resolve_checkpoint
+
+    checkpoint = resolve_checkpoint(checkpoint, quiet=quiet)
     dev = resolve_device(device)
     face_detector = load_detector(detector)
     classifier = FaceClassifier.from_checkpoint(

@@ -44,6 +44,10 @@ def prepare_cli(
             raise typer.BadParameter("only FER+ labels have modes; pass --ferplus", param_hint="--label-mode")
         sets = [*(sets or []), f"prepare.label_mode={label_mode}"]
     resolved = load_recipe_from_options(recipe, sets)
+    if csv is not None:
+        from ._artifacts import resolve_csv
+
+        csv = resolve_csv(csv, quiet=quiet)
     if csv is None:
         _prepare_images(resolved, folder, rafdb, out_dir, overwrite=overwrite, skip_bad=skip_bad, workers=workers,
                         quiet=quiet)

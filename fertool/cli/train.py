@@ -58,8 +58,11 @@ def train_cli(
     from ..engine.train import format_epoch, normalise_stage, train_stage
     from ..protocol import stage_dir
 
+    from ._artifacts import resolve_csv
+
     resolved = load_recipe_from_options(recipe, sets)
     stage = normalise_stage(stage)
+    csv = resolve_csv(csv, quiet=quiet)
     main_rank = os.environ.get("RANK", "0") == "0"
     quiet = quiet or not main_rank
     # Epoch rows as a table under the bar on a terminal; as log lines in a log file or with -q.

@@ -187,10 +187,14 @@ def _pretrained_checkpoint(recipe: Recipe, kind: str, seed: int, log: Log, class
         return make_checkpoint(arch=arch, arch_args=args, state_dict=model.state_dict(), stage=None,
                                recipe=to_dict(recipe), class_names=classes, lineage=lineage, extra={})
     p = Path(path)
+    if not p.is_file() and (path == "imagenet" or path in ("resnet34-imagenet",)):
+        from ..artifacts import fetch  # the registry's ImageNet start, fetched once and cached
+
+        p = fetch("resnet34-imagenet", note=log)
     if not p.is_file():
         raise CheckpointError(
-            f"model.pretrained: {p}: no such file (a local Keras .h5, torchvision .pth or fertool checkpoint; "
-            "null trains from scratch)"
+            f"model.pretrained: {p}: no such file (a local Keras .h5, torchvision .pth or fertool checkpoint, "
+            "'imagenet' for the classification_models ResNet34 weights; null trains from scratch)"
         )
     reader = BACKBONES[recipe.model.backbone].load_pretrained
     label = reader(model, p) if reader is not None else None  # a file of the backbone's own kind
