@@ -79,7 +79,7 @@ def predict_cmd(
 ) -> None:
     """Classify the facial expression of every face in photos, folders, videos or a webcam.
 
-    Faces are found with OpenCV (or the detector given), cropped with a margin, made grey and 48x48, prepared exactly like the training images, and classified in batches.
+    Faces are found with YuNet when its model is cached, else the bundled BlazeFace (or the detector given), turned eyes-level, cropped with a margin, made grey and 48x48, prepared exactly like the training images, and classified in batches. Videos: faces are tracked across frames; with --out each video gets a per-frame CSV, a plot per face and a summary.
     """
     from ..data.provenance import is_synthetic
     from ..deploy.faces import describe_detector, gui_problem, load_detector
