@@ -25,7 +25,10 @@ with the reference formula weights of ``tests/data/full_network.json``: those ar
 trained, and many of their predictions on the sample faces are near-ties (a few thousandths
 between the two best classes) that any rounding can flip.  ``--cpu-time`` runs everything on one thread timed by that thread's CPU
 time, which other processes on a shared machine disturb much less than wall-clock time.
-The script ends with the two ratio lines of issue 15.
+The script ends with the two ratio lines of issue 15 and those of issue 21: ``predict``'s bf16
+(with the recheck) and int8 (:mod:`fertool.deploy.quantize`, ONNX Runtime static quantization
+calibrated on prepared sample faces) against float32 as ``predict`` runs it (``fertool
+(auto)``), each with its top-1 agreement with float32 on the sample PrivateTest faces.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from fertool.checkpoint import make_checkpoint, save_checkpoint  # noqa: E402
 from fertool.data.datasets import ReferenceSplit  # noqa: E402
 from fertool.data.sample import generate_faces  # noqa: E402
 from fertool.deploy.export import export_model  # noqa: E402
+from fertool.deploy.quantize import Int8Engine  # noqa: E402
 from fertool.evaluation.engines import TorchEngine, bf16_supported, build_engine, checked_bf16  # noqa: E402
 from fertool.evaluation.inference import predict_probs  # noqa: E402
 from fertool.models import build_model  # noqa: E402
@@ -106,6 +110,24 @@ def agreement(model: torch.nn.Module, size: int, batch: int, margin: float) -> d
             "rechecked": checked.rechecked / checked.rows, "accuracy": float((fp32 == labels).mean())}
 
 
+def int8_calibration(size: int, n: int = 32) -> np.ndarray:
+    """``predict --precision int8``'s calibration set: prepared faces (here: the first ``n`` of the
+    sample's Training split) and their mirrors, (2n, 3, S, S) float32."""
+    from fertool.deploy.predict import calibration_images
+
+    split = sample_split(0, size)
+    faces = split.load(torch.arange(min(n, len(split.labels))))[:, 0].to(torch.uint8).numpy()  # (n, S, S) grey
+    return calibration_images(faces)
+
+
+def int8_agreement(model: torch.nn.Module, engine, size: int, batch: int) -> tuple[int, float]:
+    """Top-1 agreement of the int8 engine with float32 on the sample PrivateTest split."""
+    split = sample_split(2, size)
+    fp32 = predict_probs(model, split, batch_size=batch)["probs"].argmax(1)
+    int8 = predict_probs(None, split, batch_size=batch, engine=engine)["probs"].argmax(1)
+    return len(fp32), float((int8 == fp32).mean())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, default=16)
@@ -141,6 +163,8 @@ def main() -> None:
         contenders["fertool (auto)"] = auto
         contenders["onnxruntime on export"] = plain_session(model, args.checkpoint, Path(tmp), threads)
         contenders["tv_resnet34"] = lambda x: tv(x)
+        calibration = int8_calibration(args.size)
+        contenders["predict int8"] = Int8Engine(model, calibration)
         fast = bf16_supported("cpu")
         if fast:
             contenders["predict bf16"] = checked_bf16(model, margin=args.recheck_margin)
@@ -170,6 +194,15 @@ def main() -> None:
     print(f"ratio inference lhc_net fertool/onnxruntime: {ort_time / best['fertool (auto)']:.2f}"
           "      (goal >= 1.00; today 0.63)")
     print(f"ratio predict lhc_net fast/eager: {fast_line}   (goal >= 2.00 with P >= 99)")
+    fp32 = best["fertool (auto)"]  # what predict runs in float32
+    n, agree8 = int8_agreement(model, contenders["predict int8"], args.size, args.batch)
+    print(f"predict int8: static QDQ calibrated on {len(calibration) // 2} prepared sample Training faces (+ mirrors); "
+          f"top-1 agreement with float32 on {n} sample PrivateTest faces")
+    bf16_line = f"{fp32 / best['predict bf16']:.2f} agreement: {100 * a['checked']:.1f}%" if fast else \
+        "n/a (no native bf16 on this CPU) agreement: n/a"
+    print(f"ratio predict lhc_net bf16/fp32: {bf16_line}")
+    print(f"ratio predict lhc_net int8/fp32: {fp32 / best['predict int8']:.2f} agreement: {100 * agree8:.1f}%"
+          "   (goal: one of the two >= 2.00 with P >= 99)")
 
 
 if __name__ == "__main__":

@@ -187,6 +187,14 @@ def preparation_from_recipe(recipe: Mapping[str, Any] | None) -> dict[str, Any]:
     }
 
 
+def calibration_images(faces: np.ndarray) -> np.ndarray:
+    """Prepared faces (N, S, S) grey or (N, S, S, 3) RGB uint8 -> (2N, 3, S, S) float32 model
+    inputs, each also mirrored: the calibration set of ``precision="int8"``."""
+    x = np.asarray(faces, dtype=np.float32)
+    x = np.repeat(x[:, None], 3, axis=1) if x.ndim == 3 else x.transpose(0, 3, 1, 2)
+    return np.ascontiguousarray(np.concatenate([x, x[..., ::-1]]))
+
+
 def face_alignment(ckpt: Mapping[str, Any]) -> bool:
     """Whether faces are turned eyes-level before the crop for this checkpoint.
 
@@ -229,7 +237,13 @@ class FaceClassifier:
         #: (``precision="bf16"``: faster on CPUs with native bf16, outputs slightly differ;
         #: faces whose two best classes are within ``recheck`` x the largest |logit| are
         #: recomputed in float32, see :class:`~fertool.evaluation.engines.CheckedEngine`)
-        self.engine_name, self.precision = choose_engine(engine, self.device, precision), precision
+        if precision == "int8":  # ONNX Runtime static int8, calibrated on the first batch's faces
+            if self.device.type != "cpu" or engine not in ("auto", "onnxruntime"):
+                raise FertoolError(f"precision int8: runs on the CPU with ONNX Runtime only (device {self.device}, "
+                                   f"engine {engine})")
+            self.engine_name, self.precision = "onnxruntime-int8", precision
+        else:
+            self.engine_name, self.precision = choose_engine(engine, self.device, precision), precision
         self.recheck = recheck_margin(recheck)  # checked now: the engine is built at the first batch
         self._engine = None
         self.size = int(size)
@@ -289,6 +303,10 @@ class FaceClassifier:
         from ..data.datasets import ArraySplit
         from ..evaluation import predict_probs
 
+        if self._engine is None and self.precision == "int8":
+            from .quantize import Int8Engine
+
+            self._engine = Int8Engine(self.model, calibration_images(faces))
         if self._engine is None:  # built at the first batch (an ONNX export takes seconds)
             self._engine = build_engine(self.model, self.engine_name, device=self.device, precision=self.precision,
                                         recheck=self.recheck)
