@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["cache_dir", "cached_path", "ARTIFACT_FILES"]
+__all__ = ["ARTIFACT_FILES", "cache_dir", "cached_path"]
 
 #: Where each named artefact lives under :func:`cache_dir`.
 ARTIFACT_FILES = {

@@ -23,7 +23,14 @@ from fertool import CLASS_NAMES
 from fertool.artifacts import cache_dir, cached_path
 from fertool.cli import app
 from fertool.deploy import faces as F
-from fertool.deploy.predict import FaceClassifier, FaceResult, InputDone, InputProblem, face_alignment, predict_paths
+from fertool.deploy.predict import (
+    FaceClassifier,
+    FaceResult,
+    InputDone,
+    InputProblem,
+    face_alignment,
+    predict_paths,
+)
 from fertool.deploy.tracking import FrameTable, Smoother, Tally, Tracker, read_table
 from fertool.errors import FertoolError
 
@@ -109,7 +116,8 @@ def test_two_faces_in_one_frame(astronaut_bgr, lfw, blazeface):
     frame = _frame(astronaut_bgr, lfw, 10, 250)
     boxes = blazeface.detect(frame)
     assert len(boxes) == 2
-    assert sorted(b.x + b.w / 2 for b in boxes)[0] < 110 < 250 < sorted(b.x + b.w / 2 for b in boxes)[1]
+    left, right = sorted(b.x + b.w / 2 for b in boxes)
+    assert 10 < left < 106 and 250 < right < 325  # the astronaut's 96-px tile, the LFW face's 75-px tile
 
 
 def test_auto_takes_the_cached_yunet_and_falls_back_with_a_note(tmp_path, monkeypatch, astronaut_bgr):
@@ -151,7 +159,7 @@ def test_cli_says_which_detector_ran_and_why(cli_runner, tmp_path, monkeypatch, 
     assert result.exit_code == 0, result.output
     assert "YuNet model is not in the cache" in result.stderr and "using the bundled BlazeFace" in result.stderr
     assert "face detector: blazeface (" in result.stderr and "aligned eyes-level" in result.stderr
-    rows = list(csv.reader(open(tmp_path / "out" / "predictions.csv")))
+    rows = list(csv.reader((tmp_path / "out" / "predictions.csv").read_text().splitlines()))
     assert rows[0] == ["video", "frame", "time_s", "face_id", "x", "y", "w", "h", "label"] + [f"p_{c}" for c in CLASS_NAMES]
     assert len(rows) == 2 and rows[1][0] == str(photo) and rows[1][1] == "" and rows[1][3] == "0"
     assert sum(float(v) for v in rows[1][9:]) == pytest.approx(1.0, abs=1e-4)
@@ -170,16 +178,15 @@ def test_aligned_crop_levels_the_eyes_of_a_tilted_face(astronaut_bgr, blazeface)
         tilted = _rotate(astronaut_bgr, degrees)
         (box,) = blazeface.detect(tilted)
         assert abs(F.eye_angle(box) + degrees) < 6  # OpenCV turns counter-clockwise: the eye line tilts by -degrees
-        m, side = F.align_matrix(box, 0.1)
+        m, _ = F.align_matrix(box, 0.1)
         eyes = np.c_[np.array(box.landmarks[:2]), np.ones(2)] @ m.T
         assert abs(eyes[0, 1] - eyes[1, 1]) < 0.5  # level after the transform
         aligned = F.crop_face(tilted, box, 0.1, align=True)
         plain = F.crop_face(tilted, box, 0.1, align=False)
-        size = (48, 48)
 
         def diff(a):
-            return np.abs(cv2.resize(a, size, interpolation=cv2.INTER_AREA).astype(float)
-                          - cv2.resize(reference, size, interpolation=cv2.INTER_AREA)).mean()
+            return np.abs(cv2.resize(a, (48, 48), interpolation=cv2.INTER_AREA).astype(float)
+                          - cv2.resize(reference, (48, 48), interpolation=cv2.INTER_AREA)).mean()
 
         assert diff(aligned) < 0.8 * diff(plain), (degrees, diff(aligned), diff(plain))  # measured 0.55-0.61
 
@@ -304,7 +311,7 @@ def test_video_faces_keep_their_ids_with_times_table_plots_and_summary(tmp_path,
 
     table = out / "clip.csv"
     assert done.table == str(table)
-    rows = list(csv.DictReader(open(table)))
+    rows = list(csv.DictReader(table.read_text().splitlines()))
     assert len(rows) == len(faces) == done.faces == 19
     assert [(int(r["frame"]), float(r["time_s"]), int(r["face_id"])) for r in rows] == \
         [(r.frame, round(r.time_s, 3), r.face_id) for r in faces]

@@ -9,14 +9,14 @@ import pytest
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from fertool import CLASS_NAMES  # noqa: E402
-from fertool.cli import app  # noqa: E402
-from fertool.deploy.export import read_export_metadata  # noqa: E402
-from fertool.deploy.predict import FaceClassifier, calibration_images  # noqa: E402
-from fertool.deploy.quantize import Int8Engine  # noqa: E402
-from fertool.errors import FertoolError  # noqa: E402
+from fertool import CLASS_NAMES
+from fertool.cli import app
+from fertool.deploy.export import read_export_metadata
+from fertool.deploy.predict import FaceClassifier, calibration_images
+from fertool.deploy.quantize import Int8Engine
+from fertool.errors import FertoolError
 
-from .test_predict import SIZE, make_tiny_checkpoint  # noqa: E402
+from .test_predict import SIZE, make_tiny_checkpoint
 
 skimage_data = pytest.importorskip("skimage.data")
 
@@ -29,7 +29,6 @@ def ckpt_path(tmp_path_factory):
 @pytest.fixture(scope="module")
 def faces() -> np.ndarray:
     """Ten LFW faces prepared at the model's size (N, S, S) uint8."""
-    import cv2
 
     from fertool.deploy.faces import face_to_48, prepare_faces
 

@@ -24,7 +24,7 @@ from torch import nn
 from ..errors import FertoolError
 from ..evaluation.engines import InferenceEngine
 
-__all__ = ["quantize_onnx", "Int8Engine", "model_onnx_bytes"]
+__all__ = ["Int8Engine", "model_onnx_bytes", "quantize_onnx"]
 
 
 def _ort():
@@ -38,9 +38,9 @@ def _ort():
 
 def model_onnx_bytes(model: nn.Module, *, opset: int = 17) -> bytes:
     """``model``'s float32 ONNX graph (input ``images``, its logits as output), in memory."""
-    from .export import onnx_graph
-
     import copy
+
+    from .export import onnx_graph
 
     model = copy.deepcopy(model).cpu().eval()
     size = int(getattr(model, "input_size", 224))
@@ -53,7 +53,12 @@ def quantize_onnx(graph: bytes | str | os.PathLike, calibration: np.ndarray, *, 
     """The int8 (QDQ) version of the float32 ONNX ``graph`` (bytes or a file), calibrated on
     ``calibration`` (N, 3, S, S) float32 images; returns the quantized model's bytes."""
     _ort()
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     calibration = np.ascontiguousarray(calibration, dtype=np.float32)
@@ -77,7 +82,7 @@ def quantize_onnx(graph: bytes | str | os.PathLike, calibration: np.ndarray, *, 
             src = Path(graph)
         try:
             quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
-        except Exception:  # optimisation is optional: quantize the graph as it is
+        except Exception:  # noqa: BLE001 -- optimisation is optional: quantize the graph as it is
             pre = src
         import onnx
 

@@ -22,9 +22,9 @@ from __future__ import annotations
 import csv
 import math
 import os
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -32,7 +32,7 @@ from ..errors import DataError
 from ..files import atomic_path
 from .faces import Box
 
-__all__ = ["Tracker", "Smoother", "FrameTable", "TABLE_COLUMNS", "read_table", "Tally", "plot_tracks", "box_iou"]
+__all__ = ["TABLE_COLUMNS", "FrameTable", "Smoother", "Tally", "Tracker", "box_iou", "plot_tracks", "read_table"]
 
 #: The fixed leading columns of the per-frame table; ``p_<class>`` columns follow.
 TABLE_COLUMNS = ("video", "frame", "time_s", "face_id", "x", "y", "w", "h", "label")
@@ -143,7 +143,7 @@ class FrameTable:
         self.class_names = tuple(class_names)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self.fh = open(self.path, "w", encoding="utf-8", newline="")
+            self.fh = open(self.path, "w", encoding="utf-8", newline="")  # noqa: SIM115 -- open until close()
         except OSError as exc:
             raise DataError(f"{self.path}: cannot write ({exc.strerror})") from None
         self.rows = 0
