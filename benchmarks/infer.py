@@ -25,7 +25,10 @@ with the reference formula weights of ``tests/data/full_network.json``: those ar
 trained, and many of their predictions on the sample faces are near-ties (a few thousandths
 between the two best classes) that any rounding can flip.  ``--cpu-time`` runs everything on one thread timed by that thread's CPU
 time, which other processes on a shared machine disturb much less than wall-clock time.
-The script ends with the two ratio lines of issue 15.
+The script ends with the two ratio lines of issue 15 and those of issue 21: ``predict``'s bf16
+(with the recheck) and int8 (:mod:`fertool.deploy.quantize`, ONNX Runtime static quantization
+calibrated on prepared sample faces) against float32 as ``predict`` runs it (``fertool
+(auto)``), each with its top-1 agreement with float32 on the sample PrivateTest faces.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from fertool.checkpoint import make_checkpoint, save_checkpoint  # noqa: E402
 from fertool.data.datasets import ReferenceSplit  # noqa: E402
 from fertool.data.sample import generate_faces  # noqa: E402
 from fertool.deploy.export import export_model  # noqa: E402
+from fertool.deploy.quantize import Int8Engine  # noqa: E402
 from fertool.evaluation.engines import TorchEngine, bf16_supported, build_engine, checked_bf16  # noqa: E402
 from fertool.evaluation.inference import predict_probs  # noqa: E402
 from fertool.models import build_model  # noqa: E402
@@ -106,6 +110,70 @@ def agreement(model: torch.nn.Module, size: int, batch: int, margin: float) -> d
             "rechecked": checked.rechecked / checked.rows, "accuracy": float((fp32 == labels).mean())}
 
 
+def trained_fixture(size: int, minutes: float) -> Path:
+    """A checkpoint of LHC-Net trained at ``size`` px on the synthetic sample's Training split for
+    about ``minutes`` (Adam 1e-4, batch 16, from the reference formula weights), so that agreements
+    are measured on confident predictions; cached under fertool's cache folder
+    (``benchmarks/lhc_net_<size>_sample_<minutes>min.pt``) and reused, never committed."""
+    from fertool.artifacts import cache_dir
+
+    path = cache_dir() / "benchmarks" / f"lhc_net_{size}_sample_{minutes:g}min.pt"
+    if path.is_file():
+        print(f"trained fixture: {path} (cached)")
+        return path
+    model, _ = load_model(None, size)
+    split = sample_split(0, size)
+    n = len(split.labels)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    gen = torch.Generator().manual_seed(0)
+    model.train()
+    start, steps = time.perf_counter(), 0
+    while time.perf_counter() - start < minutes * 60:
+        idx = torch.randint(0, n, (16,), generator=gen)
+        x = split.load(idx).float()
+        if steps % 2:
+            x = x.flip(-1)
+        loss = torch.nn.functional.cross_entropy(model(x), split.labels[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        steps += 1
+        if steps % 20 == 0:
+            print(f"  fixture step {steps}: loss {loss.item():.3f} ({time.perf_counter() - start:.0f} s)", flush=True)
+    model.eval()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(path, make_checkpoint(arch="lhc_net", arch_args={"input_size": size}, state_dict=model.state_dict()))
+    print(f"trained fixture: {path} ({steps} steps of 16 faces, {time.perf_counter() - start:.0f} s)")
+    return path
+
+
+def confidence(model: torch.nn.Module, size: int, batch: int) -> tuple[float, float]:
+    """float32 accuracy on the sample PrivateTest faces and the share of near-ties there (two best
+    probabilities less than 0.05 apart)."""
+    split = sample_split(2, size)
+    probs = predict_probs(model, split, batch_size=batch)["probs"]
+    top2 = np.sort(probs, axis=1)[:, -2:]
+    return float((probs.argmax(1) == split.labels.numpy()).mean()), float(((top2[:, 1] - top2[:, 0]) < 0.05).mean())
+
+
+def int8_calibration(size: int, n: int = 32) -> np.ndarray:
+    """``predict --precision int8``'s calibration set: prepared faces (here: the first ``n`` of the
+    sample's Training split) and their mirrors, (2n, 3, S, S) float32."""
+    from fertool.deploy.predict import calibration_images
+
+    split = sample_split(0, size)
+    faces = split.load(torch.arange(min(n, len(split.labels))))[:, 0].to(torch.uint8).numpy()  # (n, S, S) grey
+    return calibration_images(faces)
+
+
+def int8_agreement(model: torch.nn.Module, engine, size: int, batch: int) -> tuple[int, float]:
+    """Top-1 agreement of the int8 engine with float32 on the sample PrivateTest split."""
+    split = sample_split(2, size)
+    fp32 = predict_probs(model, split, batch_size=batch)["probs"].argmax(1)
+    int8 = predict_probs(None, split, batch_size=batch, engine=engine)["probs"].argmax(1)
+    return len(fp32), float((int8 == fp32).mean())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, default=16)
@@ -115,7 +183,11 @@ def main() -> None:
     ap.add_argument("--cpu-time", action="store_true", help="one thread, timed by its CPU time")
     ap.add_argument("--checkpoint", default=None, help="a trained LHC-Net checkpoint (e.g. from fertool import)")
     ap.add_argument("--recheck-margin", type=float, default=RECHECK_MARGIN, help="predict's --recheck-margin")
+    ap.add_argument("--trained", type=float, default=None, metavar="MINUTES",
+                    help="train (once, cached) an LHC-Net fixture on the synthetic sample for MINUTES and use it")
     args = ap.parse_args()
+    if args.trained is not None and args.checkpoint is None:
+        args.checkpoint = str(trained_fixture(args.size, args.trained))
     global CLOCK
     if args.cpu_time:
         args.threads, CLOCK = 1, time.thread_time
@@ -141,6 +213,8 @@ def main() -> None:
         contenders["fertool (auto)"] = auto
         contenders["onnxruntime on export"] = plain_session(model, args.checkpoint, Path(tmp), threads)
         contenders["tv_resnet34"] = lambda x: tv(x)
+        calibration = int8_calibration(args.size)
+        contenders["predict int8"] = Int8Engine(model, calibration)
         fast = bf16_supported("cpu")
         if fast:
             contenders["predict bf16"] = checked_bf16(model, margin=args.recheck_margin)
@@ -170,6 +244,17 @@ def main() -> None:
     print(f"ratio inference lhc_net fertool/onnxruntime: {ort_time / best['fertool (auto)']:.2f}"
           "      (goal >= 1.00; today 0.63)")
     print(f"ratio predict lhc_net fast/eager: {fast_line}   (goal >= 2.00 with P >= 99)")
+    fp32 = best["fertool (auto)"]  # what predict runs in float32
+    n, agree8 = int8_agreement(model, contenders["predict int8"], args.size, args.batch)
+    accuracy, ties = confidence(model, args.size, args.batch)
+    print(f"predict int8: static QDQ calibrated on {len(calibration) // 2} prepared sample Training faces (+ mirrors); "
+          f"top-1 agreement with float32 on {n} sample PrivateTest faces (float32 accuracy there {100 * accuracy:.1f}%, "
+          f"near-ties {100 * ties:.1f}%)")
+    bf16_line = f"{fp32 / best['predict bf16']:.2f} agreement: {100 * a['checked']:.1f}%" if fast else \
+        "n/a (no native bf16 on this CPU) agreement: n/a"
+    print(f"ratio predict lhc_net bf16/fp32: {bf16_line}")
+    print(f"ratio predict lhc_net int8/fp32: {fp32 / best['predict int8']:.2f} agreement: {100 * agree8:.1f}%"
+          "   (goal: one of the two >= 2.00 with P >= 99)")
 
 
 if __name__ == "__main__":

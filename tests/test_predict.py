@@ -68,7 +68,7 @@ def classifier(ckpt_path) -> FaceClassifier:
 
 @pytest.fixture(scope="module")
 def detector():
-    return F.load_detector("auto")
+    return F.load_detector("blazeface")  # auto's choice without a cached YuNet model
 
 
 @pytest.fixture(scope="module")
@@ -112,8 +112,10 @@ def test_lbp_cascade_finds_the_astronaut_face(astronaut_bgr):
     _assert_astronaut_face(boxes[0])
 
 
-def test_auto_detector_is_haar_when_opencv_has_it_else_lbp(detector, astronaut_bgr):
-    assert detector.name == ("haar" if F.haar_available() else "lbp")
+def test_auto_detector_without_a_cached_yunet_is_the_bundled_blazeface(tmp_path, monkeypatch, astronaut_bgr):
+    monkeypatch.setenv("FERTOOL_HOME", str(tmp_path))
+    detector = F.load_detector("auto")
+    assert detector.name == "blazeface" and "YuNet model is not in the cache" in detector.note
     boxes = F.detect_faces(astronaut_bgr, detector)
     assert len(boxes) == 1
     _assert_astronaut_face(boxes[0])
@@ -198,6 +200,8 @@ def _expected_probs(image_bgr: np.ndarray, box: F.Box, model: nn.Module, margin:
 
 
 def test_probabilities_equal_a_direct_model_call_on_the_prepared_crop(photo, classifier, detector, astronaut_bgr):
+    """Without alignment (the aligned crop: tests/test_predict_video.py)."""
+    classifier = FaceClassifier(classifier.model, size=SIZE, batch_size=4, align=False)
     events = list(predict_paths([photo], classifier, detector=detector))
     faces = [e for e in events if isinstance(e, FaceResult)]
     assert len(faces) == 1 and isinstance(events[-1], InputDone) and events[-1].faces == 1
@@ -215,7 +219,7 @@ def test_probabilities_equal_a_direct_model_call_on_the_prepared_crop(photo, cla
 
 
 def test_flip_tta_is_the_mean_of_plain_and_mirrored_predictions(photo, classifier, detector):
-    clf = FaceClassifier(classifier.model, size=SIZE, tta=resolve_tta("flip"), tta_name="flip")
+    clf = FaceClassifier(classifier.model, size=SIZE, tta=resolve_tta("flip"), tta_name="flip", align=False)
     (r,) = [e for e in predict_paths([photo], clf, detector=detector) if isinstance(e, FaceResult)]
     image = cv2.imread(str(photo))
     plain = _expected_probs(image, r.box, clf.model)

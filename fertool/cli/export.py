@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 from enum import Enum
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -26,6 +27,11 @@ def export_cmd(
     tolerance: float = typer.Option(
         1e-4, "--tolerance", min=0.0, help="Largest accepted |probability difference| from the PyTorch model."
     ),
+    quantize: Optional[str] = typer.Option(
+        None, "--quantize", metavar="int8",
+        help="int8: ONNX Runtime static quantization (QDQ), calibrated on prepared faces of the synthetic sample; "
+        "the check then reports the difference and top-1 agreement instead of enforcing --tolerance.",
+    ),
     quiet: bool = QuietOption,
 ) -> None:
     """Export the model (eval mode, softmax output, dynamic batch) with its preprocessing contract.
@@ -40,7 +46,8 @@ def export_cmd(
     status = err.status(f"exporting to {fmt.value} and checking parity...") if not quiet else contextlib.nullcontext()
     with status:
         info = export_model(
-            checkpoint, out_path, fmt=fmt.value, opset=opset, batch=batch, samples=samples, tolerance=tolerance
+            checkpoint, out_path, fmt=fmt.value, opset=opset, batch=batch, samples=samples, tolerance=tolerance,
+            quantize=quantize,
         )
     meta = info["metadata"]
     out.print(f"wrote {info['path']} ({fmt.value}, {info['bytes'] / 2**20:.1f} MiB)")
@@ -55,6 +62,7 @@ def export_cmd(
         out.print(
             f"  parity: max |softmax difference| = {info['max_abs_diff']:.3g} on {info['samples']} random images "
             f"({info['checked_with']} vs PyTorch)"
+            + (f"; int8: top-1 agreement {info['top1_agreement']:.0%}" if info.get("quantize") else "")
         )
     if not quiet:
         err.print("the preprocessing contract is in the file's metadata (fertool.deploy.export.read_export_metadata)")

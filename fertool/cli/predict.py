@@ -39,16 +39,33 @@ def predict_cmd(
     every: int = typer.Option(5, "--every", min=1, help="Videos and webcam: search every N-th frame for faces."),
     detector: str = typer.Option(
         "auto", "--detector",
-        help="auto, haar (OpenCV's cascade), lbp (scikit-image's cascade), or a YuNet face detector .onnx "
+        help="auto (YuNet when its model is cached, else the bundled BlazeFace), yunet, blazeface (MediaPipe, "
+        "bundled, offline), haar (OpenCV's cascade), lbp (scikit-image's cascade), or a YuNet face detector .onnx "
         "(OpenCV Zoo face_detection_yunet_2023mar.onnx) or an OpenCV cascade .xml.",
+    ),
+    threshold: Optional[float] = typer.Option(
+        None, "--threshold", min=0.0, max=1.0,
+        help="Detector confidence below which a face is dropped (YuNet default 0.7, BlazeFace 0.5; cascades have none).",
+    ),
+    min_face: int = typer.Option(0, "--min-face", min=0, help="Drop faces whose box is smaller than this many pixels."),
+    align: Optional[bool] = typer.Option(
+        None, "--align/--no-align", show_default=False,
+        help="Turn faces eyes-level before the crop (detectors with landmarks: YuNet, BlazeFace). "
+        "Default: what the checkpoint records (extra.predict.align), else align.",
+    ),
+    smooth: float = typer.Option(
+        0.0, "--smooth", min=0.0, metavar="SECONDS",
+        help="Videos: average each tracked face's probabilities over about this many seconds "
+        "(exponential moving average); 0 = off.",
     ),
     margin: float = typer.Option(0.1, "--margin", min=0.0, help="Crop margin around a face, fraction of its box."),
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="Faces per classification batch."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N."),
     engine: str = EngineOption,
     precision: str = typer.Option(
-        "fp32", "--precision", metavar="fp32|bf16",
+        "fp32", "--precision", metavar="fp32|bf16|int8",
         help="fp32, or bf16: faster on a CPU with native bf16 (AVX512-BF16, AMX) or a GPU, with torch; "
+        "or int8: ONNX Runtime static quantization on the CPU, calibrated on the first batch's faces; "
         "probabilities differ slightly from fp32 (benchmarks/infer.py measures the agreement).",
     ),
     recheck: float = typer.Option(
@@ -63,10 +80,10 @@ def predict_cmd(
 ) -> None:
     """Classify the facial expression of every face in photos, folders, videos or a webcam.
 
-    Faces are found with OpenCV (or the detector given), cropped with a margin, made grey and 48x48, prepared exactly like the training images, and classified in batches.
+    Faces are found with YuNet when its model is cached, else the bundled BlazeFace (or the detector given), turned eyes-level, cropped with a margin, made grey and 48x48, prepared exactly like the training images, and classified in batches. Videos: faces are tracked across frames; with --out each video gets a per-frame CSV, a plot per face and a summary.
     """
     from ..data.provenance import is_synthetic
-    from ..deploy.faces import gui_problem, load_detector
+    from ..deploy.faces import describe_detector, gui_problem, load_detector
     from ..deploy.predict import FaceClassifier, FaceResult, InputDone, InputProblem, predict_paths, run_webcam
     from ..errors import FertoolError
     from ..utils import resolve_device
@@ -81,11 +98,17 @@ def predict_cmd(
 
     checkpoint = resolve_checkpoint(checkpoint, quiet=quiet)
     dev = resolve_device(device)
-    face_detector = load_detector(detector)
+    face_detector = load_detector(detector, score_threshold=threshold, min_face=min_face)
     classifier = FaceClassifier.from_checkpoint(
         checkpoint, device=dev, tta=tta_preset if tta else None, batch_size=batch_size, engine=engine,
-        precision=precision, recheck=recheck,
+        precision=precision, recheck=recheck, align=align,
     )
+    if not quiet:
+        if face_detector.note:
+            err.print(f"note: {face_detector.note}", highlight=False, markup=False, soft_wrap=True)
+        aligned = " (faces aligned eyes-level)" if classifier.align and face_detector.name in ("yunet", "blazeface") else ""
+        err.print(f"face detector: {describe_detector(face_detector)}{aligned}", highlight=False, markup=False,
+                  soft_wrap=True)
     if is_synthetic(classifier.trained_on):
         err.print(f"warning: {checkpoint} was trained on the synthetic sample (cartoon faces from `fertool "
                   "sample-data`): it has never seen a real face, so its labels for photos mean nothing",
@@ -107,7 +130,7 @@ def predict_cmd(
     with progress_callback("predict", quiet=quiet, unit="img") as progress:
         for event in predict_paths(
             inputs, classifier, detector=face_detector, margin=margin, every=every,
-            out_dir=out_dir, jpeg=not no_jpeg, progress=progress,
+            out_dir=out_dir, jpeg=not no_jpeg, progress=progress, smooth=smooth,
         ):
             if isinstance(event, InputProblem):
                 failed += 1
@@ -123,8 +146,15 @@ def predict_cmd(
 
     if not json_lines:
         _render(faces, videos, tta=classifier.tta_name)
+    if not quiet:
+        for v in videos:
+            if v.seconds:
+                err.print(f"{v.path}: {v.frames_read} frames in {v.seconds:.1f} s = {v.frames_read / v.seconds:.1f} "
+                          f"frames/s, {v.faces / v.seconds:.1f} faces/s ({v.frames} frames searched)",
+                          highlight=False, markup=False, soft_wrap=True)
     if out_dir is not None and not quiet:
-        err.print(f"annotated outputs and predictions.jsonl in {out_dir}")
+        err.print(f"annotated outputs, predictions.jsonl and predictions.csv in {out_dir}"
+                  + (" (per video: <name>.csv, .face<ID>.png plots, .summary.json)" if videos else ""))
     if (counts := classifier.rechecked()) is not None and counts[1] and not quiet:
         err.print(f"bf16: {counts[0]} of {counts[1]} face images were close calls, recomputed in fp32")
     if failed:
@@ -157,6 +187,16 @@ def _render(faces: list, videos: list, *, tta: str | None) -> None:
             labels = ", ".join(f"{k} {n / max(1, v.faces):.0%}" for k, n in sorted(v.labels.items(), key=lambda kv: -kv[1]))
             table.add_row(v.path, str(v.frames), str(v.faces), labels, v.output or "")
         out.print(table)
+        for v in videos:
+            if not v.summary:
+                continue
+            table = Table(title=f"Faces in {v.path}")
+            for name in ("face", "frames", "seconds", "dominant", "share of time"):
+                table.add_column(name, justify="right" if name in ("face", "frames") else "left")
+            for f in v.summary:
+                shares = ", ".join(f"{k} {p:.0%}" for k, p in sorted(f["share"].items(), key=lambda kv: -kv[1]) if p > 0)
+                table.add_row(str(f["face_id"]), str(f["frames"]), f"{f['first_s']:.2f}-{f['last_s']:.2f}", f["dominant"], shares)
+            out.print(table)
 
 
 def register(app: typer.Typer) -> None:

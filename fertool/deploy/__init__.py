@@ -1,10 +1,12 @@
 """Deployment: classify faces in users' photos and videos, export models for other runtimes.
 
-* :mod:`fertool.deploy.faces` — face detection (OpenCV Haar cascade, scikit-image LBP
-  cascade, OpenCV YuNet DNN) and the preparation of a face crop into exactly the input
+* :mod:`fertool.deploy.faces` — face detection (the bundled BlazeFace on ONNX Runtime,
+  OpenCV YuNet DNN, OpenCV Haar cascade, scikit-image LBP cascade), eyes-level alignment, and the preparation of a face crop into exactly the input
   the network was trained on (docs/protocol.md §1);
 * :mod:`fertool.deploy.predict` — ``predict_paths`` over images, folders and videos
   (streamed), annotated outputs, the live webcam loop;
+* :mod:`fertool.deploy.tracking` — face ids across video frames, smoothing, per-frame CSV
+  tables, per-face plots and summaries;
 * :mod:`fertool.deploy.export` — ONNX / TorchScript export with the preprocessing
   contract in the metadata and a parity check.
 """

@@ -14,7 +14,18 @@ Detection backends (:func:`load_detector`):
   run by ``cv2.FaceDetectorYN`` — more accurate, with a confidence per face;
 * an OpenCV cascade ``.xml`` file of the user's (Haar or LBP) for ``cv2.CascadeClassifier``.
 
-``auto`` (the default) takes ``haar`` when this OpenCV has it, else ``lbp``.
+* ``blazeface`` — MediaPipe's BlazeFace full-range detector, bundled with fertool as ONNX
+  (``fertool/deploy/models``, Apache-2.0) and run by onnxruntime: offline, with a confidence
+  and six landmarks per face;
+* ``yunet`` — the YuNet model cached as the artefact ``yunet`` (:mod:`fertool.artifacts`).
+
+``auto`` (the default) takes YuNet when its model is cached, else BlazeFace (the detector's
+``note`` says so), else ``haar``/``lbp`` when onnxruntime is missing.
+
+Alignment (:func:`align_matrix`, :func:`aligned_crop`): with a detector that gives landmarks
+(YuNet, BlazeFace), the crop can be turned about the box centre so that the eyes are level (a
+similarity transform without scaling) before it is cut out: same square crop with margin as
+:func:`expand_box`, image edges replicated instead of clamped.
 
 Preparation of a face (docs/protocol.md §1) mirrors how ``fertool prepare`` made the training images
 from FER2013's 48x48 grey faces: the box is enlarged by a margin and made square
@@ -47,12 +58,19 @@ __all__ = [
     "HaarDetector",
     "LBPDetector",
     "YuNetDetector",
+    "BlazeFaceDetector",
+    "BLAZEFACE_FILE",
+    "yunet_problem",
+    "describe_detector",
     "DETECTOR_NAMES",
     "haar_available",
     "load_detector",
     "detect_faces",
     "expand_box",
     "crop_face",
+    "eye_angle",
+    "align_matrix",
+    "aligned_crop",
     "face_to_48",
     "jpeg_roundtrip",
     "prepare_face",
@@ -66,14 +84,17 @@ __all__ = [
 FER_SIZE = 48
 HAAR_FILE = "haarcascade_frontalface_default.xml"
 #: Names ``--detector`` accepts besides a model file.
-DETECTOR_NAMES = ("auto", "haar", "lbp")
+DETECTOR_NAMES = ("auto", "yunet", "blazeface", "haar", "lbp")
 
 
 @dataclass(frozen=True)
 class Box:
     """A face box in pixel coordinates of the full image: top-left ``(x, y)``, size ``(w, h)``.
 
-    ``score`` is the detector's confidence when it gives one (YuNet), else None.
+    ``score`` is the detector's confidence when it gives one (YuNet, BlazeFace), else None.
+    ``landmarks``: the detector's facial points ``((x, y), ...)`` in image pixels when it gives
+    them; the first two are the eyes, the subject's right eye (left in the image) first
+    (YuNet: eyes, nose tip, mouth corners; BlazeFace: eyes, nose tip, mouth, ear tragions).
     """
 
     x: int
@@ -81,6 +102,7 @@ class Box:
     w: int
     h: int
     score: float | None = None
+    landmarks: tuple[tuple[float, float], ...] | None = None
 
     def as_list(self) -> list[int]:
         return [self.x, self.y, self.w, self.h]
@@ -91,7 +113,8 @@ class Box:
 
 
 class FaceDetector(Protocol):
-    """Anything with a ``name`` and ``detect(image_bgr (H, W, 3) uint8) -> list[Box]``."""
+    """Anything with a ``name`` and ``detect(image_bgr (H, W, 3) uint8) -> list[Box]``
+    (:func:`load_detector` also sets ``note``: why ``auto`` fell back, or None)."""
 
     name: str
 
@@ -117,7 +140,16 @@ def _downscale(image: np.ndarray, max_side: int | None) -> tuple[np.ndarray, flo
 def _rescale(boxes: list[Box], f: float) -> list[Box]:
     if f == 1.0:
         return boxes
-    return [Box(round(b.x / f), round(b.y / f), round(b.w / f), round(b.h / f), b.score) for b in boxes]
+    return [
+        Box(round(b.x / f), round(b.y / f), round(b.w / f), round(b.h / f), b.score,
+            tuple((px / f, py / f) for px, py in b.landmarks) if b.landmarks is not None else None)
+        for b in boxes
+    ]
+
+
+def _at_least(boxes: list[Box], min_size: int) -> list[Box]:
+    """Boxes whose shorter side is at least ``min_size`` pixels."""
+    return [b for b in boxes if min(b.w, b.h) >= min_size]
 
 
 def _sorted(boxes: list[Box]) -> list[Box]:
@@ -150,6 +182,7 @@ class HaarDetector:
         min_neighbors: int = 5,
         min_size: int = 30,
         max_side: int | None = 800,
+        min_face: int = 0,
     ) -> None:
         if not hasattr(cv2, "CascadeClassifier"):
             raise FertoolError(
@@ -168,6 +201,7 @@ class HaarDetector:
         self.min_neighbors = min_neighbors
         self.min_size = min_size
         self.max_side = max_side
+        self.min_face = min_face
 
     def detect(self, image_bgr: np.ndarray) -> list[Box]:
         small, f = _downscale(_grey(image_bgr), self.max_side)
@@ -178,7 +212,7 @@ class HaarDetector:
             minSize=(self.min_size, self.min_size),
         )
         boxes = [Box(int(x), int(y), int(w), int(h)) for x, y, w, h in np.asarray(found).reshape(-1, 4)]
-        return _sorted(_rescale(boxes, f))
+        return _sorted(_at_least(_rescale(boxes, f), self.min_face))
 
 
 class LBPDetector:
@@ -191,7 +225,10 @@ class LBPDetector:
 
     name = "lbp"
 
-    def __init__(self, cascade_path: str | os.PathLike | None = None, *, min_size: int = 24, max_side: int | None = 640) -> None:
+    def __init__(
+        self, cascade_path: str | os.PathLike | None = None, *, min_size: int = 24, max_side: int | None = 640,
+        min_face: int = 0,
+    ) -> None:
         try:
             from skimage import data as skdata
             from skimage.feature import Cascade
@@ -207,6 +244,7 @@ class LBPDetector:
             raise FertoolError(f"{self.path}: not an LBP cascade scikit-image can read ({type(exc).__name__})") from None
         self.min_size = min_size
         self.max_side = max_side
+        self.min_face = min_face
 
     def detect(self, image_bgr: np.ndarray) -> list[Box]:
         small, f = _downscale(_grey(image_bgr), self.max_side)
@@ -224,7 +262,7 @@ class LBPDetector:
             min_neighbor_number=4,
         )
         boxes = [Box(int(d["c"]), int(d["r"]), int(d["width"]), int(d["height"])) for d in found]
-        return _sorted(_rescale(boxes, f))
+        return _sorted(_at_least(_rescale(boxes, f), self.min_face))
 
 
 class YuNetDetector:
@@ -244,6 +282,7 @@ class YuNetDetector:
         nms_threshold: float = 0.3,
         top_k: int = 5000,
         max_side: int | None = 800,
+        min_face: int = 0,
     ) -> None:
         if not hasattr(cv2, "FaceDetectorYN"):
             raise FertoolError(f"OpenCV {cv2.__version__} has no FaceDetectorYN (needs OpenCV >= 4.5.4)")
@@ -253,6 +292,7 @@ class YuNetDetector:
         except cv2.error as exc:
             raise FertoolError(f"{self.path}: cannot load as a YuNet face detector ({_cv_error(exc)})") from None
         self.max_side = max_side
+        self.min_face = min_face
 
     def detect(self, image_bgr: np.ndarray) -> list[Box]:
         if image_bgr.ndim == 2:
@@ -273,8 +313,123 @@ class YuNetDetector:
             x1, y1 = min(float(w), x + bw), min(float(h), y + bh)
             if x1 - x0 < 2 or y1 - y0 < 2:
                 continue
-            boxes.append(Box(round(x0), round(y0), round(x1 - x0), round(y1 - y0), float(row[14])))
-        return _sorted(_rescale(boxes, f))
+            points = tuple((float(row[4 + 2 * k]), float(row[5 + 2 * k])) for k in range(5))
+            boxes.append(Box(round(x0), round(y0), round(x1 - x0), round(y1 - y0), float(row[14]), points))
+        return _sorted(_at_least(_rescale(boxes, f), self.min_face))
+
+
+#: The bundled BlazeFace model (MediaPipe face detection, full range; Apache-2.0, see
+#: ``fertool/deploy/models/README.md`` and ``tools/convert_blazeface.py``).
+BLAZEFACE_FILE = Path(__file__).with_name("models") / "blazeface_full_range.onnx"
+
+
+def _blazeface_anchors(size: int = 192, stride: int = 4) -> np.ndarray:
+    """(2304, 2) anchor centres of the full-range model: one per cell of a 48x48 grid, in 0..1
+    (MediaPipe ``ssd_anchors_calculator`` with one layer of stride 4, fixed anchor size)."""
+    n = size // stride
+    centres = (np.arange(n, dtype=np.float32) + 0.5) / n
+    ys, xs = np.meshgrid(centres, centres, indexing="ij")
+    return np.stack([xs.ravel(), ys.ravel()], axis=1)
+
+
+def _iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of boxes ``a`` (N, 4) against ``b`` (M, 4), both as (x0, y0, x1, y1)."""
+    x0 = np.maximum(a[:, None, 0], b[None, :, 0])
+    y0 = np.maximum(a[:, None, 1], b[None, :, 1])
+    x1 = np.minimum(a[:, None, 2], b[None, :, 2])
+    y1 = np.minimum(a[:, None, 3], b[None, :, 3])
+    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
+
+
+def _weighted_nms(boxes: np.ndarray, points: np.ndarray, scores: np.ndarray, iou: float):
+    """MediaPipe's weighted non-maximum suppression: each kept face is the score-weighted mean
+    of the candidates overlapping the best remaining one by more than ``iou``."""
+    order = np.argsort(-scores)
+    boxes, points, scores = boxes[order], points[order], scores[order]
+    left = np.ones(len(scores), dtype=bool)
+    kept = []
+    for i in range(len(scores)):
+        if not left[i]:
+            continue
+        group = left & (_iou_matrix(boxes[i : i + 1], boxes)[0] > iou)
+        group[i] = True
+        w = scores[group][:, None]
+        kept.append(((boxes[group] * w).sum(0) / w.sum(), (points[group] * w[:, :, None]).sum(0) / w.sum(), scores[i]))
+        left &= ~group
+    return kept
+
+
+class BlazeFaceDetector:
+    """MediaPipe's BlazeFace full-range face detector, bundled as ONNX, run by onnxruntime.
+
+    The image is letterboxed to 192x192 RGB in [-1, 1]; the 2304 anchors' boxes and six
+    landmarks are decoded as MediaPipe's face-detection graph does (scale 192, anchor offsets),
+    scores are sigmoids of the raw logits (clipped to +-80), candidates above
+    ``score_threshold`` merged by weighted non-maximum suppression (IoU 0.3).  Each face
+    has a confidence and landmarks (eyes first).  Works offline: the model ships with fertool.
+    """
+
+    name = "blazeface"
+    SIZE = 192
+
+    def __init__(
+        self, model_path: str | os.PathLike | None = None, *, score_threshold: float = 0.5, nms_threshold: float = 0.3,
+        min_face: int = 0,
+    ) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise FertoolError("the BlazeFace face detector needs onnxruntime (pip install onnxruntime)") from None
+        self.path = str(model_path if model_path is not None else BLAZEFACE_FILE)
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        options.intra_op_num_threads = min(4, os.cpu_count() or 1)
+        try:
+            self.session = ort.InferenceSession(self.path, options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise FertoolError(f"{self.path}: cannot load the BlazeFace model ({str(exc).splitlines()[0][:200]})") from None
+        self.input = self.session.get_inputs()[0].name
+        self.anchors = _blazeface_anchors(self.SIZE)
+        self.score_threshold = score_threshold
+        self.nms_threshold = nms_threshold
+        self.min_face = min_face
+
+    def detect(self, image_bgr: np.ndarray) -> list[Box]:
+        if image_bgr.ndim == 2:
+            image_bgr = cv2.cvtColor(image_bgr, cv2.COLOR_GRAY2BGR)
+        h, w = image_bgr.shape[:2]
+        side = max(h, w)
+        # letterbox: the image centred on a square of side max(h, w), then 192x192
+        pad_x, pad_y = (side - w) / 2.0, (side - h) / 2.0
+        square = cv2.copyMakeBorder(image_bgr, int(pad_y), side - h - int(pad_y), int(pad_x), side - w - int(pad_x),
+                                    cv2.BORDER_CONSTANT, value=(0, 0, 0))
+        interp = cv2.INTER_AREA if side > self.SIZE else cv2.INTER_LINEAR
+        small = cv2.resize(square, (self.SIZE, self.SIZE), interpolation=interp)
+        x = cv2.cvtColor(small, cv2.COLOR_BGR2RGB).astype(np.float32) / 127.5 - 1.0  # (192, 192, 3) in [-1, 1]
+        raw_boxes, raw_scores = self.session.run(None, {self.input: x.transpose(2, 0, 1)[None]})
+        scores = 1.0 / (1.0 + np.exp(-np.clip(raw_scores.reshape(-1), -80, 80)))  # (2304,)
+        keep = scores > self.score_threshold
+        if not keep.any():
+            return []
+        reg = raw_boxes.reshape(-1, 8, 2)[keep] / self.SIZE  # (k, 8, 2): centre, size, 6 landmarks
+        anchors = self.anchors[keep]
+        centre, size = reg[:, 0] + anchors, reg[:, 1]
+        boxes = np.concatenate([centre - size / 2, centre + size / 2], axis=1)  # (k, 4) x0 y0 x1 y1 in 0..1
+        points = reg[:, 2:] + anchors[:, None, :]  # (k, 6, 2)
+        valid = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        out = []
+        for box, pts, score in _weighted_nms(boxes[valid], points[valid], scores[keep][valid], self.nms_threshold):
+            x0, y0, x1, y1 = box * side - np.array([pad_x, pad_y, pad_x, pad_y])
+            x0, y0, x1, y1 = max(0.0, x0), max(0.0, y0), min(float(w), x1), min(float(h), y1)
+            if x1 - x0 < 2 or y1 - y0 < 2:
+                continue
+            landmarks = tuple((float(px * side - pad_x), float(py * side - pad_y)) for px, py in pts)
+            out.append(Box(round(x0), round(y0), round(x1 - x0), round(y1 - y0), float(score), landmarks))
+        return _sorted(_at_least(out, self.min_face))
 
 
 def _cv_error(exc: Exception) -> str:
@@ -287,32 +442,81 @@ def _cv_error(exc: Exception) -> str:
     return text[:200]
 
 
-def load_detector(spec: str | os.PathLike | None = None) -> FaceDetector:
-    """The detector named by ``--detector``: ``auto``/None, ``haar``, ``lbp``, or a model file.
+def yunet_problem() -> str | None:
+    """None when the default YuNet model is cached and OpenCV can run it, else why not."""
+    from ..artifacts import cache_dir, cached_path
 
+    if not hasattr(cv2, "FaceDetectorYN"):
+        return f"OpenCV {cv2.__version__} has no FaceDetectorYN"
+    if cached_path("yunet") is None:
+        return f"the YuNet model is not in the cache ({cache_dir() / 'yunet'})"
+    return None
+
+
+def load_detector(
+    spec: str | os.PathLike | None = None, *, score_threshold: float | None = None, min_face: int = 0
+) -> FaceDetector:
+    """The detector named by ``--detector``: ``auto``/None, ``yunet``, ``blazeface``, ``haar``,
+    ``lbp``, or a model file.
+
+    ``auto``: YuNet when its model is cached (:func:`fertool.artifacts.cached_path`) and this
+    OpenCV has ``FaceDetectorYN``; otherwise the bundled BlazeFace (offline), with a ``note``
+    on the detector saying why YuNet was not used; Haar/LBP only when onnxruntime is missing.
     A file ending in ``.onnx`` is a YuNet model, ``.xml`` an OpenCV cascade (read by OpenCV
     when it has the cascade classifier, else by scikit-image if it is an LBP cascade).
-    A missing or unreadable file is a one-line :class:`FertoolError`.
+    ``score_threshold`` (YuNet, BlazeFace: confidence below which a face is dropped; None: the
+    detector's default) and ``min_face`` (faces whose shorter side is smaller, in pixels, are
+    dropped) apply to every detector that supports them.  A missing or unreadable file is a
+    one-line :class:`FertoolError`.  The detector's ``note`` (or None) says when ``auto``
+    fell back.
     """
+    if score_threshold is not None and not 0.0 <= score_threshold <= 1.0:
+        raise FertoolError(f"score_threshold: must be in [0, 1], got {score_threshold}")
+    if min_face < 0:
+        raise FertoolError(f"min_face: must be >= 0, got {min_face}")
+    scored = {} if score_threshold is None else {"score_threshold": score_threshold}
     name = "auto" if spec is None else str(spec)
+    note = None
     if name == "auto":
-        if haar_available():
-            return HaarDetector()
+        problem = yunet_problem()
+        if problem is None:
+            from ..artifacts import cached_path
+
+            try:
+                return _noted(YuNetDetector(cached_path("yunet"), min_face=min_face, **scored), None)
+            except FertoolError as exc:  # a damaged cached file: still detect faces, and say why
+                problem = f"the cached YuNet model could not be loaded ({exc})"
         try:
-            return LBPDetector()
+            return _noted(BlazeFaceDetector(min_face=min_face, **scored), f"{problem}: using the bundled BlazeFace detector")
+        except FertoolError as exc:
+            note = f"{problem} and {exc}"
+        if haar_available():
+            return _noted(HaarDetector(min_face=min_face), f"{note}: using OpenCV's Haar cascade")
+        try:
+            return _noted(LBPDetector(min_face=min_face), f"{note}: using scikit-image's LBP cascade")
         except FertoolError:
             raise FertoolError(
-                f"no face detector available: OpenCV {cv2.__version__} has no Haar cascade and scikit-image "
-                "is not installed; install 'opencv-python-headless<5' or scikit-image, or pass --detector MODEL.onnx (YuNet)"
+                f"no face detector available: {note}; OpenCV {cv2.__version__} has no Haar cascade and scikit-image "
+                "is not installed; install onnxruntime, 'opencv-python-headless<5' or scikit-image"
             ) from None
+    if name == "yunet":
+        problem = yunet_problem()
+        if problem is not None:
+            raise FertoolError(f"YuNet face detector unavailable: {problem}")
+        from ..artifacts import cached_path
+
+        return _noted(YuNetDetector(cached_path("yunet"), min_face=min_face, **scored), None)
+    if name == "blazeface":
+        return _noted(BlazeFaceDetector(min_face=min_face, **scored), None)
     if name == "haar":
-        return HaarDetector()
+        return _noted(HaarDetector(min_face=min_face), None)
     if name == "lbp":
-        return LBPDetector()
+        return _noted(LBPDetector(min_face=min_face), None)
     path = Path(name)
     if not path.exists():
         raise FertoolError(
-            f"{path}: detector model file not found (use auto, haar, lbp, a YuNet .onnx model or an OpenCV cascade .xml)"
+            f"{path}: detector model file not found "
+            "(use auto, yunet, blazeface, haar, lbp, a YuNet .onnx model or an OpenCV cascade .xml)"
         )
     if not path.is_file():
         raise FertoolError(f"{path}: detector model must be a file")
@@ -323,12 +527,23 @@ def load_detector(spec: str | os.PathLike | None = None) -> FaceDetector:
         raise FertoolError(f"{path}: cannot read detector model ({exc.strerror})") from None
     suffix = path.suffix.lower()
     if suffix == ".onnx":
-        return YuNetDetector(path)
+        return _noted(YuNetDetector(path, min_face=min_face, **scored), None)
     if suffix == ".xml":
         if hasattr(cv2, "CascadeClassifier"):
-            return HaarDetector(path)
-        return LBPDetector(path)
+            return _noted(HaarDetector(path, min_face=min_face), None)
+        return _noted(LBPDetector(path, min_face=min_face), None)
     raise FertoolError(f"{path}: unsupported detector model (expected a YuNet .onnx model or an OpenCV cascade .xml)")
+
+
+def _noted(detector, note: str | None):
+    detector.note = note
+    return detector
+
+
+def describe_detector(detector: FaceDetector) -> str:
+    """``name (file)`` of a detector, for the output's "which detector ran" line."""
+    path = getattr(detector, "path", None)
+    return f"{detector.name} ({path})" if path else detector.name
 
 
 def detect_faces(image_bgr: np.ndarray, detector: FaceDetector | None = None) -> list[Box]:
@@ -367,8 +582,41 @@ def expand_box(box: Box, margin: float, width: int, height: int) -> tuple[int, i
     return x0, y0, x1, y1
 
 
-def crop_face(image_bgr: np.ndarray, box: Box, margin: float = 0.1) -> np.ndarray:
-    """Grey uint8 crop (h, w) of ``box`` with ``margin`` (see :func:`expand_box`)."""
+def eye_angle(box: Box) -> float | None:
+    """Tilt of the line through the eyes, degrees (positive: the image-right eye is lower), or
+    None when the box has no landmarks."""
+    if box.landmarks is None or len(box.landmarks) < 2:
+        return None
+    (rx, ry), (lx, ly) = box.landmarks[0], box.landmarks[1]
+    return float(np.degrees(np.arctan2(ly - ry, lx - rx)))
+
+
+def align_matrix(box: Box, margin: float) -> tuple[np.ndarray, int]:
+    """The 2x3 similarity transform (rotation about the box centre, no scaling) that maps the
+    image onto the square crop of ``box`` with ``margin`` and its eyes level, and the crop's side."""
+    if margin < 0:
+        raise FertoolError(f"--margin: must be >= 0, got {margin}")
+    angle = eye_angle(box) or 0.0
+    side = max(1, int(round(max(box.w, box.h) * (1.0 + 2.0 * margin))))
+    cx, cy = box.x + box.w / 2.0, box.y + box.h / 2.0
+    m = cv2.getRotationMatrix2D((cx, cy), angle, 1.0)  # turns the eye line level, about the centre
+    m[0, 2] += side / 2.0 - cx
+    m[1, 2] += side / 2.0 - cy
+    return m, side
+
+
+def aligned_crop(image: np.ndarray, box: Box, margin: float = 0.1) -> np.ndarray:
+    """Square crop (side, side[, 3]) of ``box`` with ``margin``, turned so the eyes are level
+    (unturned when the box has no landmarks); edges of the image are replicated."""
+    m, side = align_matrix(box, margin)
+    return cv2.warpAffine(image, m, (side, side), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+def crop_face(image_bgr: np.ndarray, box: Box, margin: float = 0.1, *, align: bool = False) -> np.ndarray:
+    """Grey uint8 crop (h, w) of ``box`` with ``margin`` (see :func:`expand_box`); with
+    ``align`` and landmarks on the box, the eyes-level crop of :func:`aligned_crop`."""
+    if align and box.landmarks is not None:
+        return _grey(aligned_crop(image_bgr, box, margin))
     h, w = image_bgr.shape[:2]
     x0, y0, x1, y1 = expand_box(box, margin, w, h)
     return _grey(image_bgr[y0:y1, x0:x1])

@@ -26,7 +26,8 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
@@ -44,7 +45,10 @@ from ..evaluation.engines import RECHECK_MARGIN, CheckedEngine, build_engine, ch
 from ..files import atomic_path
 from ..progress import Progress
 from . import file_mode
-from .faces import Box, FaceDetector, crop_face, expand_box, face_to_48, gui_problem, load_detector, prepare_faces
+from .faces import (
+    Box, FaceDetector, aligned_crop, crop_face, expand_box, face_to_48, gui_problem, load_detector, prepare_faces,
+)
+from .tracking import FrameTable, Smoother, Tally, Tracker, plot_tracks, read_table
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -60,6 +64,7 @@ __all__ = [
     "predict_paths",
     "run_webcam",
     "MAX_BUFFER_BYTES",
+    "face_alignment",
 ]
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".m4v", ".avi", ".mov", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp"})
@@ -84,6 +89,9 @@ class FaceResult:
     label: str
     tta_probs: dict[str, float] | None = None
     tta_label: str | None = None
+    face_id: int | None = None  # video: the face's track id (persists across frames)
+    time_s: float | None = None  # video: the frame's time in seconds
+    smoothed: bool = False  # video with --smooth: probs/label are the track's smoothed ones
 
     @property
     def probability(self) -> float:
@@ -100,13 +108,17 @@ class FaceResult:
         out: dict[str, Any] = {
             "path": self.path,
             "frame": self.frame,
+            "time_s": self.time_s,
             "face": self.face,
+            "face_id": self.face_id,
             "box": self.box.as_list(),
             "detector_score": self.box.score,
             "label": self.label,
             "probability": self.probability,
             "probs": self.probs,
         }
+        if self.smoothed:
+            out["smoothed"] = True
         if self.tta_probs is not None:
             out["tta_label"] = self.tta_label
             out["tta_probability"] = self.tta_probs[self.tta_label]
@@ -124,6 +136,11 @@ class InputDone:
     frames: int | None = None
     output: str | None = None
     labels: dict[str, int] = field(default_factory=dict)  # faces per (shown) label
+    table: str | None = None  # video with --out: the per-frame CSV
+    plots: tuple[str, ...] = ()  # video with --out: one expression-over-time PNG per face
+    summary: tuple[dict, ...] = ()  # video: per tracked face (see fertool.deploy.tracking.summarise)
+    seconds: float | None = None  # video: wall time of the whole input
+    frames_read: int | None = None  # video: frames decoded or grabbed
 
 
 @dataclass(frozen=True)
@@ -168,6 +185,25 @@ def preparation_from_recipe(recipe: Mapping[str, Any] | None) -> dict[str, Any]:
     }
 
 
+def calibration_images(faces: np.ndarray) -> np.ndarray:
+    """Prepared faces (N, S, S) grey or (N, S, S, 3) RGB uint8 -> (2N, 3, S, S) float32 model
+    inputs, each also mirrored: the calibration set of ``precision="int8"``."""
+    x = np.asarray(faces, dtype=np.float32)
+    x = np.repeat(x[:, None], 3, axis=1) if x.ndim == 3 else x.transpose(0, 3, 1, 2)
+    return np.ascontiguousarray(np.concatenate([x, x[..., ::-1]]))
+
+
+def face_alignment(ckpt: Mapping[str, Any]) -> bool:
+    """Whether faces are turned eyes-level before the crop for this checkpoint.
+
+    Recorded per checkpoint as ``extra.predict.align`` (bool); when absent, True: FER2013's
+    faces are upright, centred crops, RAF-DB's and AffectNet's are aligned, and turning a
+    tilted face upright brings it closer to either (benchmarks/align.py measures the effect).
+    """
+    value = ((ckpt.get("extra") or {}).get("predict") or {}).get("align")
+    return True if value is None else bool(value)
+
+
 class FaceClassifier:
     """A checkpoint's model ready to classify prepared faces (N, S, S) grey or (N, S, S, 3)
     RGB uint8, in batches.  ``photo``: the ``prepare`` settings of a model trained on photos
@@ -189,6 +225,7 @@ class FaceClassifier:
         precision: str = "fp32",
         recheck: float = RECHECK_MARGIN,
         trained_on: Mapping[str, Any] | None = None,
+        align: bool = True,
     ) -> None:
         if batch_size < 1:
             raise FertoolError(f"batch_size: must be >= 1, got {batch_size}")
@@ -198,7 +235,13 @@ class FaceClassifier:
         #: (``precision="bf16"``: faster on CPUs with native bf16, outputs slightly differ;
         #: faces whose two best classes are within ``recheck`` x the largest |logit| are
         #: recomputed in float32, see :class:`~fertool.evaluation.engines.CheckedEngine`)
-        self.engine_name, self.precision = choose_engine(engine, self.device, precision), precision
+        if precision == "int8":  # ONNX Runtime static int8, calibrated on the first batch's faces
+            if self.device.type != "cpu" or engine not in ("auto", "onnxruntime"):
+                raise FertoolError(f"precision int8: runs on the CPU with ONNX Runtime only (device {self.device}, "
+                                   f"engine {engine})")
+            self.engine_name, self.precision = "onnxruntime-int8", precision
+        else:
+            self.engine_name, self.precision = choose_engine(engine, self.device, precision), precision
         self.recheck = recheck_margin(recheck)  # checked now: the engine is built at the first batch
         self._engine = None
         self.size = int(size)
@@ -211,6 +254,8 @@ class FaceClassifier:
         self.photo = dict(photo) if photo is not None else None
         #: provenance of the model's training data (the checkpoint's ``data``), None if unknown
         self.trained_on = dict(trained_on) if trained_on else None
+        #: turn faces eyes-level before the crop (when the detector gives landmarks)
+        self.align = bool(align)
 
     @classmethod
     def from_checkpoint(
@@ -223,8 +268,10 @@ class FaceClassifier:
         engine: str = "auto",
         precision: str = "fp32",
         recheck: float = RECHECK_MARGIN,
+        align: bool | None = None,
     ) -> "FaceClassifier":
-        """Load a fertool checkpoint (path or loaded dict); ``tta`` names a preset."""
+        """Load a fertool checkpoint (path or loaded dict); ``tta`` names a preset; ``align``
+        None: what the checkpoint records (:func:`face_alignment`)."""
         from ..checkpoint import load_checkpoint
         from ..surgery import model_from_checkpoint
 
@@ -246,6 +293,7 @@ class FaceClassifier:
             precision=precision,
             recheck=recheck,
             trained_on=checkpoint_provenance(ckpt),
+            align=face_alignment(ckpt) if align is None else align,
         )
 
     def classify(self, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
@@ -253,6 +301,10 @@ class FaceClassifier:
         from ..data.datasets import ArraySplit
         from ..evaluation import predict_probs
 
+        if self._engine is None and self.precision == "int8":
+            from .quantize import Int8Engine
+
+            self._engine = Int8Engine(self.model, calibration_images(faces))
         if self._engine is None:  # built at the first batch (an ONNX export takes seconds)
             self._engine = build_engine(self.model, self.engine_name, device=self.device, precision=self.precision,
                                         recheck=self.recheck)
@@ -366,7 +418,7 @@ def annotate(image_bgr: np.ndarray, results: Sequence[FaceResult]) -> np.ndarray
         x, y, bw, bh = r.box.as_list()
         cv2.rectangle(out, (x, y), (x + bw, y + bh), colour, thick)
         label, p = r.best
-        text = f"{label} {p:.0%}"
+        text = f"{label} {p:.0%}" if r.face_id is None else f"#{r.face_id} {label} {p:.0%}"
         (tw, th), base = cv2.getTextSize(text, font, scale, thick)
         top = y - th - base - 4 if y - th - base - 4 >= 0 else min(h - th - base - 4, y + bh)
         cv2.rectangle(out, (x, top), (x + tw + 4, top + th + base + 4), colour, -1)
@@ -426,6 +478,8 @@ class _Work:
     image: np.ndarray | None = None  # kept only when an annotated copy is written
     out: Path | None = None
     results: list[FaceResult] = field(default_factory=list)
+    ids: list[int] | None = None  # video: track ids of the boxes
+    time_s: float | None = None  # video: the frame's time
 
 
 def _classify(classifier: FaceClassifier, works: Sequence[_Work]) -> None:
@@ -464,6 +518,8 @@ class _Predictor:
         names: _Names | None,
         progress: Progress | None,
         max_buffer_bytes: int,
+        smooth: float = 0.0,
+        max_missed: int = 10,
     ) -> None:
         self.classifier = classifier
         self.detector = detector
@@ -473,18 +529,22 @@ class _Predictor:
         self.names = names
         self.progress = progress
         self.max_buffer_bytes = max_buffer_bytes
+        self.smooth = smooth
+        self.max_missed = max_missed
 
     def faces_of(self, image: np.ndarray, path: str, frame: int | None) -> _Work:
         boxes = self.detector.detect(image)
         photo = self.classifier.photo
+        align = self.classifier.align
         if photo is not None:  # a model of photos: colour crops, fitted as its training images were
             size = self.classifier.size
-            crops = [image[y0:y1, x0:x1] for x0, y0, x1, y1 in
-                     (expand_box(b, self.margin, image.shape[1], image.shape[0]) for b in boxes)]
+            crops = [aligned_crop(image, b, self.margin) if align and b.landmarks is not None else image[y0:y1, x0:x1]
+                     for b, (x0, y0, x1, y1) in
+                     ((b, expand_box(b, self.margin, image.shape[1], image.shape[0])) for b in boxes)]
             prepared = np.stack([prepared_photo(c, **{**photo, "size": size}, jpeg=self.jpeg) for c in crops]) \
                 if crops else np.zeros((0, size, size, 3), np.uint8)
             return _Work(path, frame, boxes, prepared)
-        faces48 = [face_to_48(crop_face(image, b, self.margin)) for b in boxes]
+        faces48 = [face_to_48(crop_face(image, b, self.margin, align=align)) for b in boxes]
         prepared = prepare_faces(faces48, self.classifier.size, jpeg=self.jpeg, **self.classifier.preparation)
         return _Work(path, frame, boxes, prepared)
 
@@ -538,6 +598,7 @@ class _Predictor:
     # ------------------------------------------------------------------ videos
 
     def video(self, path: Path, root: Path | None) -> Iterator[Event]:
+        started = time.perf_counter()
         cap = cv2.VideoCapture(str(path))
         if not cap.isOpened():
             cap.release()
@@ -546,7 +607,9 @@ class _Predictor:
         out_path = self.names(path, root, ".mp4") if self.names is not None else None
         tmp: Path | None = None
         writer = None
-        state = {"faces": 0, "last": [], "labels": {}}
+        table: FrameTable | None = None
+        state = {"faces": 0, "last": [], "labels": {}, "table": None, "smoother": Smoother(self.smooth), "tally": Tally()}
+        tracker = Tracker(max_missed=self.max_missed)
         searched = 0
         index = 0
         total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
@@ -556,6 +619,8 @@ class _Predictor:
         pending: list[tuple[int, np.ndarray | None, _Work | None]] = []
         n_faces = n_bytes = 0
         try:
+            if out_path is not None:
+                table = state["table"] = FrameTable(out_path.with_suffix(".csv"), self.classifier.class_names)
             while True:
                 search = index % self.every == 0
                 if search or out_path is not None:
@@ -577,6 +642,7 @@ class _Predictor:
                 if search:
                     searched += 1
                     work = self.faces_of(frame, str(path), index)
+                    work.ids, work.time_s = tracker.update(work.boxes), index / fps
                     n_faces += len(work.boxes)
                 if out_path is not None:
                     pending.append((index, frame, work))
@@ -602,28 +668,64 @@ class _Predictor:
                 writer.release()
             if tmp is not None and (state["faces"] == 0 or writer is not None):
                 tmp.unlink(missing_ok=True)
+            if table is not None:
+                table.close()
+                if state["faces"] == 0:
+                    table.path.unlink(missing_ok=True)
         if index == 0:
             yield InputProblem(str(path), "no frame could be decoded (corrupt or not a video)")
             return
         if state["faces"] == 0:
             yield InputProblem(str(path), f"no face found in any of the {searched} searched frames (every {self.every})")
             return
-        written = None
+        written = plots = None
+        summary = state["tally"].summary(self.classifier.class_names)
         if tmp is not None and out_path is not None:
             os.chmod(tmp, file_mode())
             os.replace(tmp, out_path)
             written = str(out_path)
-        yield InputDone(str(path), "video", state["faces"], frames=searched, output=written, labels=state["labels"])
+        if table is not None:
+            classes, tracks = read_table(table.path)
+            try:
+                plots = tuple(str(p) for p in plot_tracks(classes, tracks, table.path.with_suffix(""), path.name))
+                with atomic_path(table.path.with_suffix(".summary.json")) as tmp_json:
+                    tmp_json.write_text(json.dumps({"video": str(path), "fps": fps, "frames": index,
+                                                    "searched": searched, "faces": summary}, indent=2) + "\n")
+            except OSError as exc:
+                yield InputProblem(str(path), f"cannot write the plots or summary ({exc.strerror or exc})")
+                return
+        yield InputDone(str(path), "video", state["faces"], frames=searched, output=written, labels=state["labels"],
+                        table=str(table.path) if table is not None else None, plots=plots or (),
+                        summary=tuple(summary), seconds=time.perf_counter() - started, frames_read=index)
 
     def _flush_video(self, pending, writer, state) -> Iterator[Event]:
         _classify(self.classifier, [w for _, _, w in pending if w is not None])
+        names = self.classifier.class_names
         for _, frame, work in pending:
             if work is not None:  # a searched frame: its faces replace the previous ones
-                state["last"] = work.results
-                state["faces"] += len(work.results)
-                for label, n in _label_counts(work.results).items():
+                results = []
+                for r, face_id in zip(work.results, work.ids or [None] * len(work.results)):
+                    shown = r.tta_probs if r.tta_probs is not None else r.probs
+                    if face_id is not None and state["smoother"].tau > 0:
+                        p = state["smoother"](face_id, work.time_s, np.array([shown[c] for c in names]))
+                        d, label = {c: float(v) for c, v in zip(names, p)}, names[int(np.argmax(p))]
+                        r = replace(r, tta_probs=d, tta_label=label, smoothed=True) if r.tta_probs is not None \
+                            else replace(r, probs=d, label=label, smoothed=True)
+                    results.append(replace(r, face_id=face_id, time_s=work.time_s))
+                work.results = results
+                state["last"] = results
+                state["faces"] += len(results)
+                for label, n in _label_counts(results).items():
                     state["labels"][label] = state["labels"].get(label, 0) + n
-                yield from work.results
+                for r in results:
+                    state["tally"].add(r.face_id, r.time_s, r.best[0])
+                if state["table"] is not None and results:
+                    state["table"].add(
+                        (r.path, r.frame, r.time_s, r.face_id, r.box, r.best[0],
+                         [(r.tta_probs if r.tta_probs is not None else r.probs)[c] for c in names])
+                        for r in results
+                    )
+                yield from results
             if writer is not None and frame is not None:
                 writer.write(annotate(frame, state["last"]))
 
@@ -642,6 +744,8 @@ def predict_paths(
     jpeg: bool = True,
     progress: Progress | None = None,
     max_buffer_bytes: int = MAX_BUFFER_BYTES,
+    smooth: float = 0.0,
+    max_missed: int = 10,
 ) -> Iterator[Event]:
     """Classify every face in ``paths`` (images, folders, videos); yield events in input order.
 
@@ -652,7 +756,14 @@ def predict_paths(
     preset (``paper``, ``flip``, or one of the checkpoint's recipe).  ``jpeg``: apply the
     training data's JPEG round trip to each face (default, as in training).
     ``out_dir``: write annotated copies (images under their own names, videos as
-    ``<stem>.mp4``, mp4v) and ``predictions.jsonl`` (one line per face) there.
+    ``<stem>.mp4``, mp4v), ``predictions.jsonl`` (one line per face) and ``predictions.csv``
+    (photos' faces, the columns of the video tables) there, and per video ``<stem>.csv`` (one
+    row per face per searched frame, written as it goes), ``<stem>.face<ID>.png`` (each tracked
+    face's probabilities against seconds) and ``<stem>.summary.json`` (per face: dominant
+    expression, share of searched frames per class).
+    Video faces carry a track id (:class:`~fertool.deploy.tracking.Tracker`; a track survives
+    ``max_missed`` searched frames without its face) and the frame's time; ``smooth`` > 0
+    averages each track's probabilities over that many seconds (exponential moving average).
     ``progress(done, total, description=...)`` counts photos, then each video's frames.
 
     Bad inputs are yielded as :class:`InputProblem` and do not stop the others; a bad
@@ -662,6 +773,10 @@ def predict_paths(
         raise FertoolError(f"every: must be >= 1, got {every}")
     if margin < 0:
         raise FertoolError(f"margin: must be >= 0, got {margin}")
+    if smooth < 0:
+        raise FertoolError(f"smooth: must be >= 0 seconds, got {smooth}")
+    if max_missed < 0:
+        raise FertoolError(f"max_missed: must be >= 0, got {max_missed}")
     if isinstance(checkpoint, FaceClassifier):
         classifier = checkpoint
     else:
@@ -680,18 +795,31 @@ def predict_paths(
         names=_Names(out) if out is not None else None,
         progress=progress,
         max_buffer_bytes=max_buffer_bytes,
+        smooth=smooth,
+        max_missed=max_missed,
     )
     events = _events(predictor, list(expand_inputs(paths, exclude=out)))
     if out is None:
         yield from events
         return
     out.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out / "predictions.jsonl") as tmp, open(tmp, "w", encoding="utf-8") as log:
-        for event in events:
-            if isinstance(event, FaceResult):
-                log.write(json.dumps(event.to_dict()) + "\n")
-            yield event
+    names = classifier.class_names
+    with atomic_path(out / "predictions.jsonl") as tmp, open(tmp, "w", encoding="utf-8") as log, \
+            atomic_path(out / "predictions.csv") as tmp_csv:
+        photos = FrameTable(tmp_csv, names)
+        try:
+            for event in events:
+                if isinstance(event, FaceResult):
+                    log.write(json.dumps(event.to_dict()) + "\n")
+                    if event.frame is None:
+                        shown = event.tta_probs if event.tta_probs is not None else event.probs
+                        photos.add([(event.path, None, None, event.face, event.box, event.best[0],
+                                     [shown[c] for c in names])])
+                yield event
+        finally:
+            photos.close()
         os.chmod(tmp, file_mode())
+        os.chmod(tmp_csv, file_mode())
 
 
 def _events(predictor: _Predictor, items: list[tuple[Path, Path | None] | InputProblem]) -> Iterator[Event]:
