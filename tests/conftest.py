@@ -22,6 +22,12 @@ TEST_DATA = Path(__file__).resolve().parent / "data"
 
 torch.set_num_threads(2)
 
+#: Narrow model for every test that is not about the paper's full size: ResNet34's depth and
+#: insertion points at 1/8 of its channels (``model.channels`` / ``model.stem_width``).  A
+#: full-width ResNet34 has ~25M parameters (``best.pt`` 85 MB, ``last.pt`` with Adam 256 MB);
+#: this one ~0.35M.  Keras import and the reference-equivalence tests stay full width.
+TINY_WIDTH = {"channels": [8, 16, 32, 64], "stem_width": 8}
+
 
 def reference_file(name: str) -> Path:
     """Path of a reference fixture: ../shared/reference first, then tests/data, else skip."""
@@ -50,8 +56,41 @@ def tensors() -> list[dict]:
     return load_json(reference_file("full_network.json"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _torch_inference_runtime():
+    """``auto`` inference means eager PyTorch in tests: ``auto`` picks ONNX Runtime on the CPU,
+    which exports the model to ONNX for every evaluation (seconds each).  Tests of the
+    runtimes themselves ask for ``onnxruntime`` by name or use :func:`real_auto_runtime`."""
+    import fertool.evaluation.engines as engines
+
+    patch = pytest.MonkeyPatch()
+    _REAL["onnxruntime_available"] = engines.onnxruntime_available
+    patch.setattr(engines, "onnxruntime_available", lambda: False)
+    yield
+    patch.undo()
+
+
+@pytest.fixture
+def real_auto_runtime(monkeypatch):
+    """Undo :func:`_torch_inference_runtime` for one test: ``auto`` chooses as for a user."""
+    import fertool.evaluation.engines as engines
+
+    monkeypatch.setattr(engines, "onnxruntime_available", _REAL["onnxruntime_available"])
+
+
+_REAL: dict = {}  # the functions _torch_inference_runtime replaced
+
+
 @pytest.fixture
 def cli_runner():
     from typer.testing import CliRunner
 
     return CliRunner()
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """After the run: how many ``kill -9`` points the fault tests survived (tests/test_faults.py)."""
+    survived = [r.nodeid.split("::")[-1] for r in terminalreporter.stats.get("passed", [])
+                if r.when == "call" and "test_faults.py::test_kill_" in r.nodeid]
+    if survived:
+        terminalreporter.write_line(f"fault injection: {len(survived)} kill -9 points survived ({', '.join(survived)})")

@@ -12,8 +12,9 @@ from fertool.analysis.ablation import ablate, ablated, ablation_sets, smallest_k
 from fertool.checkpoint import make_checkpoint, save_checkpoint
 from fertool.models import build_model
 from fertool.surgery import augment_lhc, model_from_checkpoint
+from tests.conftest import TINY_WIDTH
 
-SIZE = 32  # positions: stem/stage1 8x8 (C 64), stage2 4x4 (128), stage3 2x2 (256), stage4 1x1 (512)
+SIZE = 32  # positions: stem/stage1 8x8, stage2 4x4, stage3 2x2, stage4 1x1 (channels: TINY_WIDTH)
 TINY_LHC = [
     {"after": "stem", "heads": 8, "dim": 4},
     {"after": "stage1_unit3", "heads": 4, "dim": 4},
@@ -21,7 +22,7 @@ TINY_LHC = [
     {"after": "stage3_unit6", "heads": 2, "dim": 2},
     {"after": "stage4_unit3", "heads": 1, "dim": 2},
 ]
-ARGS = {"input_size": SIZE, "num_classes": 7, "hidden": [16]}
+ARGS = {"input_size": SIZE, "num_classes": 7, "hidden": [16], **TINY_WIDTH}
 SEED = 7
 
 
@@ -174,7 +175,7 @@ def test_ablate_end_to_end(ckpts, tmp_path):
     hd = report["heads"]
     assert hd["modules"]["lhc5"]["mean_abs_offdiag"] is None
     assert len(hd["modules"]["lhc1"]["correlation"]) == 8
-    assert hd["modules"]["lhc1"]["samples"] == n * 64 * 8  # images x C x r (64 positions / 8 heads)
+    assert hd["modules"]["lhc1"]["samples"] == n * TINY_WIDTH["stem_width"] * 8  # images x C (the stem's width) x r (64 positions / 8 heads)
     assert 0 <= hd["overall_mean_abs_offdiag"] <= 1
     assert hd["controller"] is None
     # files

@@ -12,8 +12,9 @@ from fertool.surgery import model_from_checkpoint
 from fertool.cli import app
 from fertool.errors import CheckpointError
 from fertool.models import build_model
+from tests.conftest import TINY_WIDTH
 
-ARGS = {"input_size": 32, "num_classes": 7, "hidden": [8, 8]}
+ARGS = {"input_size": 32, "num_classes": 7, "hidden": [8, 8], **TINY_WIDTH}
 
 
 @pytest.fixture(scope="module")

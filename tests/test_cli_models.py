@@ -11,9 +11,9 @@ import torch
 from fertool.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
 from fertool.cli import app
 from fertool.models import build_model
-from tests.conftest import reference_file
+from tests.conftest import TINY_WIDTH, reference_file
 
-SMALL = {"input_size": 112, "num_classes": 7, "hidden": [16], "dropout": 0.4, "bn_eps": 2e-5, "bn_momentum": 0.99}
+SMALL = {"input_size": 112, "num_classes": 7, "hidden": [16], "dropout": 0.4, "bn_eps": 2e-5, "bn_momentum": 0.99, **TINY_WIDTH}
 RECIPE_112 = ["--set", "model.input_size=112"]
 
 
@@ -111,7 +111,7 @@ def test_info_checkpoint_and_errors(cli_runner, run_dir):
                                env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     rows = _table_rows(result.stdout)
-    assert rows["stem"][1] == "64 x 28 x 28"  # 112 px input
+    assert rows["stem"][1] == "8 x 28 x 28"  # 112 px input, stem width 8 (TINY_WIDTH)
     assert "stage 3, epoch 2" in result.stdout
     both = cli_runner.invoke(app, ["info"])
     assert both.exit_code == 1 and "exactly one of" in both.output

@@ -8,9 +8,10 @@ import pytest
 import yaml
 
 from fertool.cli import app
+from tests.conftest import TINY_WIDTH
 
 TINY = {
-    "model": {"input_size": 32, "hidden": [8, 8], "bn_momentum": 0.9,
+    "model": {"input_size": 32, "hidden": [8, 8], "bn_momentum": 0.9, **TINY_WIDTH,
               "lhc": [{"after": "stem", "heads": 4, "dim": 8}], "controller_init": [0.0]},
     "train": {"eval_batch_size": 16,
               "stages": {"1": {"optimizer": "sgd", "max_epochs": 1, "batch_size": 7}}},

@@ -19,6 +19,7 @@ from fertool.data.folders import RAFDB_CLASSES
 from fertool.data.sample import FOLDER_CLASSES
 from fertool.deploy.export import read_export_metadata
 from fertool.deploy.predict import FaceClassifier
+from tests.conftest import TINY_WIDTH
 
 skimage_data = pytest.importorskip("skimage.data", reason="scikit-image ships the astronaut photograph")
 
@@ -26,7 +27,7 @@ SIZE = 32
 TINY = {
     "prepare": {"size": SIZE},
     "data": {"eval_source": "prepared"},
-    "model": {"input_size": SIZE, "hidden": [8], "bn_momentum": 0.9},
+    "model": {"input_size": SIZE, "hidden": [8], "bn_momentum": 0.9, **TINY_WIDTH},
     "train": {"eval_batch_size": 32, "stages": {"1": {"optimizer": "sgd", "max_epochs": 1, "batch_size": 16}}},
 }
 # case -> (sample-data format, prepare arguments given the sample folder, the classes)

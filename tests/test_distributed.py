@@ -12,9 +12,10 @@ import torch.distributed as dist
 import yaml
 
 from fertool.files import read_jsonl
+from tests.conftest import TINY_WIDTH
 
 TINY = {
-    "model": {"input_size": 32, "hidden": [8, 8], "bn_momentum": 0.9},
+    "model": {"input_size": 32, "hidden": [8, 8], "bn_momentum": 0.9, **TINY_WIDTH},
     "train": {"eval_batch_size": 16,
               "stages": {"1": {"optimizer": "sgd", "max_epochs": 2, "batch_size": 8, "patience": 5}}},
 }

@@ -34,6 +34,7 @@ from fertool.files import read_jsonl
 from fertool.recipe import StageConfig, load_recipe, to_dict
 
 from .conftest import reference_file
+from tests.conftest import TINY_WIDTH
 
 #: LHC modules valid at input 32 (positions: stem 8x8, stage1 8x8, stage2 4x4, stage3 2x2, stage4 1x1).
 TINY_LHC = [
@@ -50,7 +51,7 @@ def tiny_recipe(**stage_overrides):
     stages = {s: {"max_epochs": 2, "batch_size": 7, "optimizer": "sgd", **stage_overrides}
               for s in ("1", "2", "3", "4", "controller")}
     return load_recipe({
-        "model": {"input_size": 32, "hidden": [8, 8], "bn_momentum": 0.9, "lhc": TINY_LHC},
+        "model": {"input_size": 32, "hidden": [8, 8], "bn_momentum": 0.9, "lhc": TINY_LHC, **TINY_WIDTH},
         "train": {"deterministic": True, "eval_batch_size": 16, "stages": stages},
     })
 
@@ -456,8 +457,9 @@ def test_stage1_starts_from_keras_imagenet_style_weights(tmp_path, data):
 
     h5 = reference_file("keras_resnet34_notop.h5.gz")
     train, val = data
+    # Full width: the Keras file holds ResNet34's channels.
     recipe = load_recipe({**_raw(tiny_recipe(max_epochs=1, lr=1e-12)), "model": {
-        **_raw(tiny_recipe())["model"], "pretrained": str(h5)}})
+        **_raw(tiny_recipe())["model"], "channels": [64, 128, 256, 512], "stem_width": 64, "pretrained": str(h5)}})
     notes = []
     train_stage(recipe, "1", tmp_path, train_data=train, val_data=val, log=notes.append)
     assert any("pre-trained weights" in n and "newly initialised" in n for n in notes)

@@ -10,6 +10,7 @@ from torch import nn
 from fertool.data.datasets import ArraySplit
 from fertool.evaluation.inference import predict_probs
 from fertool.recipe import TTAPass, TTAPreset
+from tests.conftest import TINY_WIDTH
 
 
 class TinyNet(nn.Module):
@@ -120,7 +121,7 @@ def _small_checkpoint(path, num_classes=7):
     from fertool.models import build_model
 
     torch.manual_seed(0)
-    args = {"input_size": 32, "num_classes": num_classes, "hidden": [16, 16]}
+    args = {"input_size": 32, "num_classes": num_classes, "hidden": [16, 16], **TINY_WIDTH}
     model = build_model("resnet34v2", **args)
     with torch.no_grad():
         model.stem.bn_data.running_mean.fill_(128.0)

@@ -29,7 +29,7 @@ from fertool.errors import FertoolError
 from fertool.evaluation.engines import bf16_supported
 from fertool.models import build_model
 
-from .conftest import load_reference
+from .conftest import TINY_WIDTH, load_reference
 
 skimage_data = pytest.importorskip("skimage.data", reason="scikit-image ships the astronaut photograph")
 
@@ -43,7 +43,7 @@ def make_tiny_checkpoint(path: Path, *, arch: str = "resnet34v2", size: int = SI
     """A random-weight checkpoint with a small head whose BatchNorm statistics come from
     random 0..255 images, so that its probabilities are neither all 0 nor all 1."""
     torch.manual_seed(seed)
-    args = {"input_size": size, "hidden": [16], **arch_args}
+    args = {"input_size": size, "hidden": [16], **TINY_WIDTH, **arch_args}
     model = build_model(arch, **args)
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):

@@ -278,12 +278,9 @@ def ablate(
     the heads (:mod:`fertool.evaluation.engines`).  Returns the ``ablation.json`` dict
     (with ``out_dir``).
     """
-    from ..evaluation.engines import build_engine
-    from ..evaluation.inference import predict_probs
     from ..evaluation.inputs import load_eval_inputs
-    from ..files import write_json
-    from ..recipe import AblateConfig, save_recipe
-    from .heads import controller_weights, head_summary, record_heads
+    from ..recipe import AblateConfig
+    from .heads import controller_weights, head_summary
 
     inputs = load_eval_inputs(checkpoint_path, recipe=recipe, overrides=overrides, tta=tta, device=device)
     ckpt, model, rcp, dev = inputs.ckpt, inputs.model, inputs.recipe, inputs.device
@@ -307,75 +304,17 @@ def ablate(
     source = inputs.source
     if max_images is not None and max_images < len(data):
         data = SubsetSplit(data, max_images)
-    labels = data.labels.numpy()
     n = len(data)
 
     precision = rcp.train.eval_precision if precision is None else precision
     infer = dict(batch_size=batch_size, device=dev, precision=precision,
                  channels_last=rcp.train.channels_last and dev.type == "cuda")
-    set_list = ablation_sets(names, kinds)
-    passes = 1 + len(modes) * len(set_list) + (1 if preset is not None else 0)
-    done = [0]
-
-    def step_progress(offset: int):
-        if progress is None:
-            return None
-
-        def cb(k: int, total: int | None = None) -> None:
-            progress(offset + k, passes * n)
-
-        return cb
-
-    def run(tta_preset=None, *, hooks: bool = False) -> dict:
-        # An engine runs a copy (or an export) of the model as ablated now; the pass that
-        # feeds the head analysis runs the model itself, whose hooks record the heads.
-        runner = None if hooks else build_engine(model, engine, device=dev, precision=precision,
-                                                 channels_last=infer["channels_last"] or dev.type == "cpu")
-        result = predict_probs(model, data, tta=tta_preset, engine=runner, progress=step_progress(done[0]), **infer)
-        done[0] += n
-        return result
-
     start = time.perf_counter()
-    # Full model: the plain pass also feeds the head analysis (hooks, sufficient statistics).
-    with record_heads(model) if heads else contextlib.nullcontext() as stats:
-        full_plain = run(hooks=heads)
-    full = {"accuracy": _accuracy(full_plain["probs"], labels), "tta_accuracy": None}
-    if preset is not None:
-        full["tta_accuracy"] = _accuracy(run(preset)["tta_probs"], labels)
-
-    rows: list[dict] = []
-    for mode in modes:
-        for subset, how in set_list:
-            with ablated(model, mode, subset, seed=seed):
-                result = run(preset)
-            acc = _accuracy(result["probs"], labels)
-            row = {
-                "mode": mode,
-                "set": list(subset),
-                "kinds": how,
-                "kept": [m for m in names if m not in subset],
-                "heads_ablated": sum(head_counts[m] for m in subset),
-                "heads_kept": sum(head_counts[m] for m in names if m not in subset),
-                "accuracy": acc,
-                "delta": acc - full["accuracy"],
-                "tta_accuracy": None,
-                "tta_delta": None,
-            }
-            if preset is not None:
-                row["tta_accuracy"] = _accuracy(result["tta_probs"], labels)
-                row["tta_delta"] = row["tta_accuracy"] - full["tta_accuracy"]
-            rows.append(row)
+    full, rows, stats = _measure(model, data, modes=modes, set_list=ablation_sets(names, kinds), preset=preset,
+                                 seed=seed, heads=heads, engine=engine, infer=infer, progress=progress)
     seconds = time.perf_counter() - start
-
-    exhaustive = "all" in kinds
-    kept = {}
-    for mode in modes:
-        kept[mode] = {"accuracy": smallest_kept(rows, mode=mode, names=names, heads=head_counts,
-                                                full=full["accuracy"], tolerance=tolerance, exhaustive=exhaustive)}
-        if preset is not None:
-            kept[mode]["tta_accuracy"] = smallest_kept(
-                rows, mode=mode, names=names, heads=head_counts, full=full["tta_accuracy"], tolerance=tolerance,
-                key="tta_accuracy", exhaustive=exhaustive)
+    kept = _smallest_kept_table(rows, modes=modes, names=names, heads=head_counts, full=full, tolerance=tolerance,
+                                tta=preset is not None, exhaustive="all" in kinds)
 
     report: dict[str, Any] = {
         "checkpoint": str(checkpoint_path),
@@ -411,13 +350,105 @@ def ablate(
     rcp_out = dataclasses.replace(rcp, ablate=AblateConfig(modes=tuple(modes), sets=tuple(kinds),
                                                            tolerance=tolerance))
     out = Path(out_dir) if out_dir is not None else default_out_dir(checkpoint_path, split)
-    with atomic_dir(out) as tmp:
-        from .plots import plot_ablation, plot_head_correlation
+    _write_outputs(out, report, rows, rcp_out, model=model, data=data, pictures=pictures, device=dev,
+                   title=f"{ckpt.get('arch')} on {split} ({n} images): full {100 * full['accuracy']:.2f}%")
+    return {**report, "out_dir": str(out)}
 
-        plot_ablation(rows, tmp / "ablation.png",
-                      title=f"{ckpt.get('arch')} on {split} ({n} images): full {100 * full['accuracy']:.2f}%")
+
+def _measure(model: nn.Module, data: ImageSplit, *, modes: Sequence[str], set_list: list, preset: Any,
+             seed: int | None, heads: bool, engine: str, infer: dict, progress: Progress | None) -> tuple:
+    """The passes: the full model (plain, TTA), then every mode x set ablated.
+
+    Returns (full accuracies, one row per ablated pass, the head statistics or None).
+    """
+    from ..evaluation.engines import build_engine
+    from ..evaluation.inference import predict_probs
+    from .heads import record_heads
+
+    dev = infer["device"]
+    modules = model.lhc_modules()
+    names = list(modules)
+    head_counts = {nm: int(m.heads) for nm, m in modules.items()}
+    labels = data.labels.numpy()
+    n = len(data)
+    passes = 1 + len(modes) * len(set_list) + (1 if preset is not None else 0)
+    done = [0]
+
+    def step_progress(offset: int):
+        if progress is None:
+            return None
+
+        def cb(k: int, total: int | None = None) -> None:
+            progress(offset + k, passes * n)
+
+        return cb
+
+    def run(tta_preset=None, *, hooks: bool = False) -> dict:
+        # An engine runs a copy (or an export) of the model as ablated now; the pass that
+        # feeds the head analysis runs the model itself, whose hooks record the heads.
+        runner = None if hooks else build_engine(model, engine, device=dev, precision=infer["precision"],
+                                                 channels_last=infer["channels_last"] or dev.type == "cpu")
+        result = predict_probs(model, data, tta=tta_preset, engine=runner, progress=step_progress(done[0]), **infer)
+        done[0] += n
+        return result
+
+    # Full model: the plain pass also feeds the head analysis (hooks, sufficient statistics).
+    with record_heads(model) if heads else contextlib.nullcontext() as stats:
+        full_plain = run(hooks=heads)
+    full = {"accuracy": _accuracy(full_plain["probs"], labels), "tta_accuracy": None}
+    if preset is not None:
+        full["tta_accuracy"] = _accuracy(run(preset)["tta_probs"], labels)
+
+    rows: list[dict] = []
+    for mode in modes:
+        for subset, how in set_list:
+            with ablated(model, mode, subset, seed=seed):
+                result = run(preset)
+            acc = _accuracy(result["probs"], labels)
+            row = {
+                "mode": mode,
+                "set": list(subset),
+                "kinds": how,
+                "kept": [m for m in names if m not in subset],
+                "heads_ablated": sum(head_counts[m] for m in subset),
+                "heads_kept": sum(head_counts[m] for m in names if m not in subset),
+                "accuracy": acc,
+                "delta": acc - full["accuracy"],
+                "tta_accuracy": None,
+                "tta_delta": None,
+            }
+            if preset is not None:
+                row["tta_accuracy"] = _accuracy(result["tta_probs"], labels)
+                row["tta_delta"] = row["tta_accuracy"] - full["tta_accuracy"]
+            rows.append(row)
+    return full, rows, stats
+
+
+def _smallest_kept_table(rows: list[dict], *, modes: Sequence[str], names: Sequence[str], heads: dict,
+                         full: dict, tolerance: float, tta: bool, exhaustive: bool) -> dict:
+    """Per mode, the smallest set of kept modules within ``tolerance`` of the full model."""
+    kept = {}
+    for mode in modes:
+        kept[mode] = {"accuracy": smallest_kept(rows, mode=mode, names=names, heads=heads,
+                                                full=full["accuracy"], tolerance=tolerance, exhaustive=exhaustive)}
+        if tta:
+            kept[mode]["tta_accuracy"] = smallest_kept(
+                rows, mode=mode, names=names, heads=heads, full=full["tta_accuracy"], tolerance=tolerance,
+                key="tta_accuracy", exhaustive=exhaustive)
+    return kept
+
+
+def _write_outputs(out: Path, report: dict, rows: list[dict], rcp_out: Any, *, model: nn.Module, data: ImageSplit,
+                   pictures: int, device: torch.device, title: str) -> None:
+    """``out``'s files (ablation.json, plots, pictures, recipe.yaml), built in a temporary folder."""
+    from ..files import write_json
+    from ..recipe import save_recipe
+    from .plots import plot_ablation, plot_head_correlation
+
+    with atomic_dir(out) as tmp:
+        plot_ablation(rows, tmp / "ablation.png", title=title)
         files = ["ablation.json", "ablation.png"]
-        if heads:
+        if "heads" in report:
             for nm, entry in report["heads"]["modules"].items():
                 if entry["correlation"] is not None:
                     corr = np.array([[np.nan if v is None else v for v in r] for r in entry["correlation"]])
@@ -427,13 +458,12 @@ def ablate(
                                                 + ("n/a" if value is None else f"{value:.2f}"))
                     files.append(f"heads-{nm}.png")
         if pictures > 0:
-            report["pictures"] = _pictures(model, data, pictures, tmp / "pictures", dev)
+            report["pictures"] = _pictures(model, data, pictures, tmp / "pictures", device)
             files += [f"pictures/{p}" for item in report["pictures"] for p in item["files"]]
         save_recipe(rcp_out, tmp / "recipe.yaml")
         files.append("recipe.yaml")
         report["files"] = files
         write_json(tmp / "ablation.json", report)
-    return {**report, "out_dir": str(out)}
 
 
 def _pictures(model: nn.Module, data: ImageSplit, count: int, folder: Path, device: torch.device) -> list[dict]:

@@ -52,9 +52,9 @@ import select
 import shutil
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -412,6 +412,18 @@ def prepare(
     return summary
 
 
+@dataclass
+class _Tally:
+    """What streaming the CSV found: counts per split and class, bad rows, rows read."""
+
+    counts: np.ndarray  # (splits, classes) images written
+    source_counts: np.ndarray  # (splits, FER2013 classes) rows as the CSV labels them
+    mismatch: list = field(default_factory=list)  # FER+: (row, csv split, label-file split)
+    bad: list = field(default_factory=list)
+    done: int = 0
+    sha256: str = ""
+
+
 def _run(
     csv_path: Path,
     tmp: Path,
@@ -426,23 +438,29 @@ def _run(
 ) -> dict:
     """Stream the CSV through the workers into ``tmp``; write the manifest; summarise."""
     classes = CLASS_NAMES if ferplus is None else FERPLUS_CLASSES
-    counts = np.zeros((len(SPLITS), len(classes)), np.int64)
-    source_counts = np.zeros((len(SPLITS), len(CLASS_NAMES)), np.int64)
-    mismatch: list[tuple[int, int, int]] = []
-    bad: list[BadRow] = []
-    done = 0
+    tally = _stream(csv_path, tmp, layout, config, params, skip_bad, nworkers, total, progress, ferplus, classes)
+    _check_tally(csv_path, tally, skip_bad, ferplus)
+    return _summary(csv_path, tally, layout, config, nworkers, ferplus, classes)
+
+
+def _stream(csv_path: Path, tmp: Path, layout: Layout, config: PrepareConfig, params: tuple[int, ...],
+            skip_bad: bool, nworkers: int, total: int, progress: Progress | None,
+            ferplus: FerPlusLabels | None, classes: Sequence[str]) -> _Tally:
+    """The CSV's chunks through the worker pool: images into ``tmp``, one manifest line per image."""
+    tally = _Tally(counts=np.zeros((len(SPLITS), len(classes)), np.int64),
+                   source_counts=np.zeros((len(SPLITS), len(CLASS_NAMES)), np.int64))
     write = True
     hasher = hashlib.sha256()
     manifest = open(tmp / "manifest.csv", "w", encoding="utf-8", newline="\n")
 
     def handle(result: _Result) -> None:
-        nonlocal done, write
+        nonlocal write
         if result.bad:
-            bad.extend(result.bad)
+            tally.bad.extend(result.bad)
             write = write and skip_bad
-        np.add.at(counts, (result.splits.astype(np.int64), result.labels), 1)
-        np.add.at(source_counts, (result.source_splits.astype(np.int64), result.source_labels), 1)
-        mismatch.extend(result.mismatch)
+        np.add.at(tally.counts, (result.splits.astype(np.int64), result.labels), 1)
+        np.add.at(tally.source_counts, (result.source_splits.astype(np.int64), result.source_labels), 1)
+        tally.mismatch.extend(result.mismatch)
         lines = []
         for i, (row, label, split) in enumerate(zip(result.rows.tolist(), result.labels.tolist(),
                                                     result.splits.tolist())):
@@ -453,10 +471,10 @@ def _run(
                 line += "," + " ".join(map(str, ferplus.votes[row, : len(classes)].tolist()))
             lines.append(line + "\n")
         manifest.write("".join(lines))
-        done += result.read
+        tally.done += result.read
         pause_point("prepare-chunk")  # fault tests: killed with some chunks written
         if progress is not None:
-            progress(done, max(total, done))
+            progress(tally.done, max(total, tally.done))
 
     executor = None
     try:
@@ -491,18 +509,29 @@ def _run(
         manifest.close()
         if executor is not None:
             executor.shutdown(wait=True, cancel_futures=True)
+    tally.sha256 = hasher.hexdigest()
+    return tally
 
-    if done == 0:
+
+def _check_tally(csv_path: Path, tally: _Tally, skip_bad: bool, ferplus: FerPlusLabels | None) -> None:
+    """Refuse an empty CSV, bad rows (unless skipped), a misaligned FER+ label file."""
+    if tally.done == 0:
         raise DataError(f"{csv_path}: no data rows after the header (line 1)")
-    if bad and not skip_bad:
-        raise bad_rows_error(csv_path, bad, hint="; nothing was written (--skip-bad writes the good rows)")
+    if tally.bad and not skip_bad:
+        raise bad_rows_error(csv_path, tally.bad, hint="; nothing was written (--skip-bad writes the good rows)")
     if ferplus is not None:
-        _check_ferplus_alignment(csv_path, ferplus, done, mismatch)
-    if not counts.any():
-        raise DataError(f"{csv_path}: all {done:,} data rows are bad; nothing to prepare")
+        _check_ferplus_alignment(csv_path, ferplus, tally.done, tally.mismatch)
+    if not tally.counts.any():
+        raise DataError(f"{csv_path}: all {tally.done:,} data rows are bad; nothing to prepare")
 
+
+def _summary(csv_path: Path, tally: _Tally, layout: Layout, config: PrepareConfig, nworkers: int,
+             ferplus: FerPlusLabels | None, classes: Sequence[str]) -> dict:
+    """prepare.json's content (``recipe`` and ``output`` filled in by :func:`prepare`)."""
+    counts, bad = tally.counts, tally.bad
     per_split = {SPLITS[s]: counts[s].tolist() for s in range(len(SPLITS)) if counts[s].any()}
-    source_split = {SPLITS[s]: source_counts[s].tolist() for s in range(len(SPLITS)) if source_counts[s].any()}
+    source_split = {SPLITS[s]: tally.source_counts[s].tolist() for s in range(len(SPLITS))
+                    if tally.source_counts[s].any()}
     differences = canonical_differences(source_split)
     warnings = [f"{CANONICAL_PREFIX}: {d}" for d in differences]
     if bad:
@@ -522,10 +551,10 @@ def _run(
         "label_mode": config.label_mode if ferplus is not None else "majority",
         "source": {
             "csv": str(csv_path.resolve()),
-            "sha256": hasher.hexdigest(),
+            "sha256": tally.sha256,
             "format": layout.format,
             "header": list(layout.header),
-            "data_rows": done,
+            "data_rows": tally.done,
         },
         "recipe": None,  # filled by prepare()
         "output": None,
