@@ -49,7 +49,7 @@ try:
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["HOST", "Owner", "Wait", "folder_lock", "path_lock", "lock_holder", "holding_lock", "lock_path",
+__all__ = ["HOST", "Owner", "Wait", "folder_lock", "path_lock", "lock_holder", "cooperating", "holding_lock", "lock_path",
            "output_folder"]
 
 #: This machine's name, written beside the pid in every lock file.
@@ -259,6 +259,27 @@ def lock_holder(target: str | os.PathLike) -> Owner | None:
         return owner if owner is not None and not owner.here else None
     finally:
         os.close(fd)
+
+
+def cooperating(*, wait: bool = True, timeout: float | None = None,
+                log: Callable[[str], None] | None = None) -> Callable[[str | os.PathLike], Any]:
+    """``hold(target)``: the lock of one output of a run that several processes share.
+
+    The caller checks under it whether the output is done, and makes it if not; another
+    process that wants it meanwhile waits (``wait``; up to ``timeout`` seconds, saying so
+    through ``log``) or fails at once, then finds it done.  Temporaries of ``target`` left
+    beside it by dead processes are removed once the lock is held.
+    """
+    policy = Wait(timeout=timeout, log=log) if wait else None
+
+    @contextlib.contextmanager
+    def hold(target: str | os.PathLike) -> Iterator[None]:
+        with path_lock(target, wait=policy):
+            target_path = Path(os.path.abspath(target))
+            sweep_stale(target_path.parent, target_path.name)
+            yield
+
+    return hold
 
 
 def holding_lock(folder_of: Callable[[Mapping[str, Any]], str | os.PathLike | None]) -> Callable:
