@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Callable, Sequence
 
-from .errors import FertoolError
+from .errors import FertoolError, os_error_message
 from .files import read_json
 
 __all__ = ["SeedJob", "job_env", "seed_command", "seed_summary", "run_jobs", "LOG_NAME"]
@@ -186,13 +186,23 @@ def run_jobs(
                               run_dir / f"seed-{seed}" / LOG_NAME)
                 command = seed_command(run_dir, seed, csv=csv_path, device=child_device, wait=wait,
                                        wait_timeout=wait_timeout)
-                job.log.parent.mkdir(parents=True, exist_ok=True)
-                job._log_file = open(job.log, "ab")
-                job._log_file.write(f"$ {' '.join(command)}\n".encode())
-                job._log_file.flush()
                 job.started = time.monotonic()
-                job.process = subprocess.Popen(command, stdout=job._log_file, stderr=subprocess.STDOUT,
-                                               stdin=subprocess.DEVNULL, env=job_env(job.device))
+                try:
+                    job.log.parent.mkdir(parents=True, exist_ok=True)
+                    job._log_file = open(job.log, "ab")
+                    job._log_file.write(f"$ {' '.join(command)}\n".encode())
+                    job._log_file.flush()
+                    job.process = subprocess.Popen(command, stdout=job._log_file, stderr=subprocess.STDOUT,
+                                                   stdin=subprocess.DEVNULL, env=job_env(job.device))
+                except OSError as exc:  # this seed cannot start (its folder or log): the others go on
+                    if job._log_file is not None:
+                        job._log_file.close()
+                    job.returncode, job.error = -1, f"cannot start: {os_error_message(exc)}"
+                    log(f"seed {seed}: FAILED: {job.error}")
+                    done.append(job)
+                    slots.append(slot)
+                    slots.sort()
+                    continue
                 slot_of[id(job)] = slot
                 running.append(job)
                 where = f"device {job.device}" if job.device is not None else "the CPU"
