@@ -19,6 +19,11 @@ in the paper's run sets); the seeds vary the data order and augmentation.
 
 Re-running skips every step whose outputs say it finished, and resumes a stage that was
 interrupted (its ``last.pt`` exists but its summary does not say it finished).
+
+Several pipeline processes may work on one run directory at once (``--seeds 3`` and
+``--seeds 4``, one per GPU or cluster node; docs/clusters.md): each step is done under the
+lock of its output (``RUN/stage2``, ``RUN/seed-S``, ...) by whichever process gets there
+first, and the others wait for it and then find it done (:func:`fertool.locks.cooperating`).
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from typing import Any, Callable, Sequence
 
 from .errors import FertoolError
 from .files import read_json, write_json
-from .locks import holding_lock
+from .locks import cooperating
 from .protocol import FINISHED, PAPER_PARAMS, PAPER_TABLE7, stage_dir
 from .recipe import Recipe, load_recipe, save_recipe, to_dict
 
@@ -81,7 +86,6 @@ def _check_same_csv(summary: Path, csv: Path, run_dir: Path) -> None:
         )
 
 
-@holding_lock(lambda args: args["run_dir"])  # one pipeline per run directory
 def run_pipeline(
     recipe: Recipe,
     run_dir: str | os.PathLike,
@@ -92,12 +96,19 @@ def run_pipeline(
     log: Log | None = None,
     progress_factory: Callable[[str], Any] | None = None,
     callbacks: Sequence[Any] = (),
+    wait: bool = True,
+    wait_timeout: float | None = None,
+    shared_only: bool = False,
 ) -> dict:
     """Run (or finish) the whole protocol; return the final table as a dict.
 
     ``progress_factory(description)`` returns a context manager yielding a progress
     callback (the CLI passes Rich bars); ``log`` receives one-line messages; ``callbacks``
     (:class:`fertool.engine.callbacks.Callback`) receive every trained stage's events.
+    ``wait``: wait (up to ``wait_timeout`` seconds) for a step another process is doing,
+    instead of failing at once.  ``shared_only``: stop after stages 1-3 (the parent of
+    ``fertool pipeline --jobs`` does, then runs the seeds as processes of their own) and
+    return ``{"run", "csv"}``.
     """
     from contextlib import nullcontext
 
@@ -120,43 +131,52 @@ def run_pipeline(
         raise FertoolError("pipeline: needs at least one seed (--seeds or pipeline.seeds)")
     if csv is not None and not Path(csv).is_file():
         raise FertoolError(f"{csv}: no such CSV file")
-    _check_same_recipe(recipe, run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_recipe(recipe, run_dir / "recipe.yaml")
+    # Concurrent processes (docs/clusters.md): every step below runs under its output's lock.
+    hold = cooperating(wait=wait, timeout=wait_timeout, log=log)
+    with hold(run_dir / "recipe.yaml"):
+        _check_same_recipe(recipe, run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_recipe(recipe, run_dir / "recipe.yaml")
 
     # 1. data --------------------------------------------------------------------------
     data_dir = run_dir / "data"
-    if csv is None:
-        csv = data_dir / "sample.csv"
-        if not Path(csv).is_file():
-            log(f"no --csv given: generating the synthetic sample data set in {csv}")
-            generate_sample(csv, per_class=recipe.sample.per_class, seed=recipe.sample.seed)
-    csv = Path(csv)
     images = data_dir / "prepared"
-    if (images / "prepare.json").is_file():
-        _check_same_csv(images / "prepare.json", csv, run_dir)
-        log(f"prepare: {images} exists, skipped")
-    else:
-        with bar("prepare") as progress:
-            prepare(csv, images, config=recipe.prepare, recipe=recipe, overwrite=images.exists(), progress=progress)
+    with hold(images):
+        if csv is None:
+            csv = data_dir / "sample.csv"
+            if not Path(csv).is_file():
+                log(f"no --csv given: generating the synthetic sample data set in {csv}")
+                generate_sample(csv, per_class=recipe.sample.per_class, seed=recipe.sample.seed)
+        csv = Path(csv)
+        if (images / "prepare.json").is_file():
+            _check_same_csv(images / "prepare.json", csv, run_dir)
+            log(f"prepare: {images} exists, skipped")
+        else:
+            with bar("prepare") as progress:
+                prepare(csv, images, config=recipe.prepare, recipe=recipe, overwrite=images.exists(),
+                        progress=progress)
 
     def train(stage: str, where: Path, *, seed: int, init: Path | None = None, stage_recipe: Recipe = recipe) -> Path:
         folder = stage_dir(where, stage)
-        status = (read_json(folder / "summary.json") or {}).get("status")
-        if status in FINISHED:
-            log(f"{folder}: already {status}, skipped")
-        else:
-            resume = (folder / "last.pt").is_file()
-            log(f"{folder}: {'resuming' if resume else 'training'}")
-            with bar(f"{folder.relative_to(run_dir)}") as progress:
-                train_stage(stage_recipe, stage, where, csv=csv, images=images, init=init, seed=seed,
-                            resume=resume, device=device, progress=progress, log=log, callbacks=callbacks)
+        with hold(folder):
+            status = (read_json(folder / "summary.json") or {}).get("status")
+            if status in FINISHED:
+                log(f"{folder}: already {status}, skipped")
+            else:
+                resume = (folder / "last.pt").is_file()
+                log(f"{folder}: {'resuming' if resume else 'training'}")
+                with bar(f"{folder.relative_to(run_dir)}") as progress:
+                    train_stage(stage_recipe, stage, where, csv=csv, images=images, init=init, seed=seed,
+                                resume=resume, device=device, progress=progress, log=log,
+                                callbacks=callbacks)
         return folder / "best.pt"
 
     # 2. ResNet34v2 stages 1-3 (shared by every seed) -----------------------------------
     first_seed = seeds[0]
     for stage in ("1", "2", "3"):
         resnet_best = train(stage, run_dir, seed=first_seed)
+    if shared_only:  # fertool pipeline --jobs: the seeds run in processes of their own
+        return {"run": str(run_dir), "csv": str(csv)}
 
     # 3. per seed: LHC-Net (stage 4), LHC-NetC (controller), ResNet control ------------
     # The ResNet34v2 results are the control re-runs (set A), trained as long as the
@@ -164,12 +184,13 @@ def run_pipeline(
     checkpoints: dict[str, list[Path]] = {"ResNet34v2": [], "LHC-Net": [], "LHC-NetC": []}
     for seed in seeds:
         seed_dir = run_dir / f"seed-{seed}"
-        lhc_best = train("4", seed_dir, seed=seed, init=resnet_best)
-        checkpoints["LHC-Net"].append(lhc_best)
-        checkpoints["LHC-NetC"].append(train("controller", seed_dir, seed=seed, init=lhc_best))
-        control = train("4", seed_dir / "resnet", seed=seed, init=resnet_best,
-                        stage_recipe=_with_stage_model(recipe, "4", "backbone"))
-        checkpoints["ResNet34v2"].append(control)
+        with hold(seed_dir):  # one process per seed
+            lhc_best = train("4", seed_dir, seed=seed, init=resnet_best)
+            checkpoints["LHC-Net"].append(lhc_best)
+            checkpoints["LHC-NetC"].append(train("controller", seed_dir, seed=seed, init=lhc_best))
+            control = train("4", seed_dir / "resnet", seed=seed, init=resnet_best,
+                            stage_recipe=_with_stage_model(recipe, "4", "backbone"))
+            checkpoints["ResNet34v2"].append(control)
 
     # 4. evaluation, plain and TTA ------------------------------------------------------
     split = recipe.data.test_split
@@ -180,15 +201,16 @@ def run_pipeline(
         for path in paths:
             out = path.parent / f"eval-{split}"
             metrics_file = out / "metrics.json"
-            # Reused when newer than the checkpoint and with TTA figures if TTA is wanted.
-            metrics = read_json(metrics_file)
-            if (metrics is not None and metrics_file.stat().st_mtime >= path.stat().st_mtime
-                    and (tta is None or metrics.get("tta"))):
-                log(f"{out}: already evaluated, skipped")
-            else:
-                with bar(f"evaluate {path.parent.relative_to(run_dir)}") as progress:
-                    metrics = evaluate_checkpoint(path, csv=csv, split=split, tta=tta, out_dir=out,
-                                                  device=device, progress=progress)
+            with hold(out):
+                # Reused when newer than the checkpoint and with TTA figures if TTA is wanted.
+                metrics = read_json(metrics_file)
+                if (metrics is not None and metrics_file.stat().st_mtime >= path.stat().st_mtime
+                        and (tta is None or metrics.get("tta"))):
+                    log(f"{out}: already evaluated, skipped")
+                else:
+                    with bar(f"evaluate {path.parent.relative_to(run_dir)}") as progress:
+                        metrics = evaluate_checkpoint(path, csv=csv, split=split, tta=tta, out_dir=out,
+                                                      device=device, progress=progress)
             results[name].append({**metrics, "params": params})
 
     # 5. ablation of the best LHC-Net, and the Table 7 report ---------------------------
@@ -196,18 +218,20 @@ def run_pipeline(
         best_index = max(range(len(results["LHC-Net"])), key=lambda i: results["LHC-Net"][i]["accuracy"])
         lhc_best = checkpoints["LHC-Net"][best_index]
         out = lhc_best.parent / f"ablate-{split}"
-        if (out / "ablation.json").is_file():
-            log(f"{out}: already done, skipped")
-        else:
-            with bar("ablate") as progress:
-                ablate(lhc_best, csv=csv, split=split, modes=recipe.ablate.modes, sets=recipe.ablate.sets,
-                       tolerance=recipe.ablate.tolerance, out_dir=out, device=device, progress=progress)
+        with hold(out):
+            if (out / "ablation.json").is_file():
+                log(f"{out}: already done, skipped")
+            else:
+                with bar("ablate") as progress:
+                    ablate(lhc_best, csv=csv, split=split, modes=recipe.ablate.modes, sets=recipe.ablate.sets,
+                           tolerance=recipe.ablate.tolerance, out_dir=out, device=device, progress=progress)
     synthetic = is_synthetic(images_provenance(images, sample_seeds=(recipe.sample.seed, 0)))
     table = final_table(results)
     result = {"run": str(run_dir), "csv": str(csv), "synthetic": synthetic, "seeds": seeds, "table": table,
               "notes": table_notes(table, synthetic=synthetic)}
-    write_json(run_dir / "pipeline.json", result)
-    report([run_dir], out_dir=run_dir / "report", html=True)
+    with hold(run_dir / "report"):  # pipeline.json and RUN/report/: the last process to finish writes them
+        write_json(run_dir / "pipeline.json", result)
+        report([run_dir], out_dir=run_dir / "report", html=True)
     return result
 
 

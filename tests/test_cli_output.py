@@ -104,7 +104,8 @@ def test_pipeline_table_fits_80_columns(narrow, monkeypatch, tmp_path):
     table = final_table(results)
     fake = {"run": "runs/demo", "csv": "runs/demo/data/sample.csv", "table": table, "notes": ["TTA lowered it."]}
     monkeypatch.setattr("fertool.pipeline.run_pipeline", lambda *a, **k: fake)
-    pipeline_cli.pipeline_cli(recipe="demo", csv=None, run=tmp_path, seeds=None, device="cpu", sets=None, quiet=True)
+    pipeline_cli.pipeline_cli(recipe="demo", csv=None, run=tmp_path, seeds=None, device="cpu", jobs=None, devices=None,
+                              wait=True, wait_timeout=None, sets=None, quiet=True)
     text = narrow.getvalue()
     assert max(len(line) for line in text.splitlines()) <= 80
     _assert_whole(text, ["ResNet34v2", "LHC-NetC", "53.38%", "47.74%", "21.4M", "74.42%", "32.4M",

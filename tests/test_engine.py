@@ -532,7 +532,7 @@ def test_a_stage_in_use_by_another_process_is_refused(tmp_path, data):
                               env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)})
     try:
         assert holder.stdout.readline().strip() == "locked"
-        with pytest.raises(InUseError, match=rf"stage1 is in use by another fertool process \(pid {holder.pid}\)"):
+        with pytest.raises(InUseError, match=rf"stage1 is in use by another fertool process \(pid {holder.pid} on "):
             train_stage(tiny_recipe(), "1", tmp_path, seed=5, train_data=data[0], val_data=data[1])
     finally:
         holder.send_signal(signal.SIGKILL)

@@ -13,7 +13,7 @@ import textwrap
 import pytest
 
 from fertool.errors import FertoolError, InUseError
-from fertool.locks import folder_lock, lock_path
+from fertool.locks import HOST, Owner, Wait, folder_lock, lock_holder, lock_path, path_lock
 from fertool.tempfiles import pid_alive, sweep_stale, temp_dir, temp_file
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -41,14 +41,89 @@ def test_a_second_writer_is_refused_with_the_owner_pid_then_takes_over_a_dead_ow
         with pytest.raises(InUseError) as info:
             with folder_lock(folder):
                 pass
-        assert str(info.value) == f"{folder} is in use by another fertool process (pid {holder.pid})"
+        assert str(info.value) == f"{folder} is in use by another fertool process (pid {holder.pid} on {HOST})"
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
     assert lock_path(folder).exists()  # kill -9 left the file behind: a stale lock
     with folder_lock(folder):  # the kernel released it with its process: taken over
-        assert lock_path(folder).read_text() == f"{os.getpid()}\n"
+        assert lock_path(folder).read_text() == f"{os.getpid()} {HOST}\n"
     assert not lock_path(folder).exists()  # released locks leave nothing behind
+
+
+def _release_after(proc: subprocess.Popen, seconds: float) -> None:
+    import threading
+
+    def stop():
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+
+    threading.Timer(seconds, stop).start()
+
+
+def test_a_waiting_writer_says_who_holds_the_folder_and_gets_it_when_released(tmp_path):
+    folder = tmp_path / "run" / "stage2"
+    holder = _holder(folder)
+    assert lock_holder(folder) == Owner(holder.pid, HOST)
+    lines: list[str] = []
+    _release_after(holder, 0.6)
+    with folder_lock(folder, wait=Wait(log=lines.append, poll=0.05)):
+        assert holder.poll() is not None  # got it only after the holder was gone
+        assert lock_path(folder).read_text() == f"{os.getpid()} {HOST}\n"
+        assert lock_holder(folder) == Owner(os.getpid(), HOST)
+    assert lines == [f"waiting for {folder}, held by pid {holder.pid} on {HOST}"]  # said once
+    assert lock_holder(folder) is None
+
+
+def test_a_wait_gives_up_after_its_timeout(tmp_path):
+    folder = tmp_path / "stage1"
+    holder = _holder(folder)
+    try:
+        with pytest.raises(InUseError, match=re.escape(
+                f"stage1 is in use by another fertool process (pid {holder.pid} on {HOST}); "
+                "gave up waiting after 0.3 s")):
+            with folder_lock(folder, wait=Wait(timeout=0.3, poll=0.05)):
+                pass
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+
+
+def test_another_hosts_lock_is_never_taken_over_and_a_same_host_dead_one_is(tmp_path):
+    folder = tmp_path / "seed-3"
+    lock_path(folder).write_text("4242 node17\n")  # left by a process on another machine
+    message = (f"{folder} is locked by pid 4242 on node17, another machine: fertool cannot tell whether that "
+               "process still runs, so it never takes over another machine's lock; if it is gone (a failed "
+               f"node), delete {lock_path(folder)}")
+    with pytest.raises(InUseError) as info:
+        with folder_lock(folder):
+            pass
+    assert str(info.value) == message
+    assert lock_holder(folder) == Owner(4242, "node17")
+    lines: list[str] = []
+    with pytest.raises(InUseError, match="gave up waiting after 0.2 s"):
+        with folder_lock(folder, wait=Wait(timeout=0.2, poll=0.05, log=lines.append)):
+            pass
+    assert lines == [f"waiting for {folder}, held by pid 4242 on node17"]
+    assert lock_path(folder).read_text() == "4242 node17\n"  # untouched
+    lock_path(folder).unlink()  # what the message says to do once node17 is known to be gone
+    with folder_lock(folder):
+        pass
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    for left in (f"{dead.pid} {HOST}\n", f"{dead.pid}\n"):  # this host's dead pid (old files: the pid alone)
+        lock_path(folder).write_text(left)
+        assert lock_holder(folder) is None
+        with folder_lock(folder):
+            assert lock_path(folder).read_text() == f"{os.getpid()} {HOST}\n"
+
+
+def test_a_file_can_be_locked_like_a_folder(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("x: 1\n")
+    with path_lock(recipe):
+        assert lock_path(recipe) == tmp_path / ".recipe.yaml.lock" and lock_path(recipe).exists()
+    assert not lock_path(recipe).exists() and recipe.read_text() == "x: 1\n"
 
 
 def test_locks_are_reentrant_in_one_process_and_per_folder(tmp_path):

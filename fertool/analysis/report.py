@@ -35,6 +35,12 @@ Statistics (per group, on test accuracy; the same with TTA where every run has i
     best" is the mean of runs 2..m and needs m >= 2 (else n/a).  std is the sample standard
     deviation (n - 1 in the denominator; n/a for one run).
 
+Seeds
+    The ``seed-<S>`` folders directly in a given folder (the pipeline layout) are counted
+    apart: *finished*, *running* (a fertool process holds the seed's lock, e.g. another node
+    of a cluster job; its results so far are in the tables) or *failed or interrupted* (no
+    process holds it and a stage of it did not finish, or nothing of it was evaluated).
+
 Selection rule
     Runs whose ``stage4/summary.json`` says ``selection.accepted: false`` (the paper's rule,
     docs/protocol.md §4: training loss above 1.1x that of the starting ResNet) are rejected: their
@@ -67,6 +73,7 @@ __all__ = [
     "find_results",
     "report",
     "render_markdown",
+    "seed_states",
 ]
 
 GROUP_BY = ("model", "stage", "recipe")
@@ -304,6 +311,67 @@ def _same_dir(folder: Path, init: tuple[str, ...]) -> bool:
     return parts[-len(init):] == init
 
 
+# --------------------------------------------------------------------------- seeds
+
+#: The trained folders of a pipeline seed (``RUN/seed-S/...``).
+SEED_STAGES = ("stage4", "controller", "resnet/stage4")
+
+
+def seed_states(run_dirs: Sequence[str | os.PathLike], *, split: str = "PrivateTest") -> dict:
+    """The ``seed-<S>`` folders in ``run_dirs``: finished, running (with the lock's holder) or
+    failed (with why); see the module docstring."""
+    from ..locks import lock_holder
+    from ..protocol import FINISHED
+
+    states: dict[str, list] = {"finished": [], "running": [], "failed": []}
+    for root in run_dirs:
+        root = Path(root)
+        try:
+            folders = sorted((p for p in root.iterdir() if re.fullmatch(r"seed-\d+", p.name) and p.is_dir()),
+                             key=lambda p: int(p.name[5:]))
+        except OSError:
+            continue
+        for folder in folders:
+            name = os.path.relpath(folder, root.parent)
+            holder = lock_holder(folder)
+            if holder is not None:
+                states["running"].append({"seed": name, "holder": str(holder)})
+                continue
+            why = None
+            for stage in SEED_STAGES:
+                stage_path = folder / stage
+                summary = read_json(stage_path / "summary.json") if (stage_path / "summary.json").is_file() else None
+                status = (summary or {}).get("status")
+                if summary is not None and status not in FINISHED:
+                    why = f"{stage} {status}"
+                elif summary is None and (stage_path / "last.pt").is_file():
+                    why = f"{stage} interrupted"
+                if why:
+                    break
+            if why is None and not any(folder.glob(f"**/eval-{split}/metrics.json")):
+                why = "nothing evaluated"
+            if why is None:
+                states["finished"].append(name)
+            else:
+                states["failed"].append({"seed": name, "why": why})
+    return states
+
+
+def seed_line(states: dict) -> str | None:
+    """``seeds: 3 finished, 1 running (seed-4: pid N on HOST), 1 failed or interrupted (...)``,
+    or None when every seed finished (or there are none)."""
+    if not states["running"] and not states["failed"]:
+        return None
+    parts = [f"{len(states['finished'])} finished"]
+    if states["running"]:
+        parts.append(f"{len(states['running'])} running ("
+                     + ", ".join(f"{s['seed']}: {s['holder']}" for s in states["running"]) + ")")
+    if states["failed"]:
+        parts.append(f"{len(states['failed'])} failed or interrupted ("
+                     + ", ".join(f"{s['seed']}: {s['why']}" for s in states["failed"]) + ")")
+    return "seeds: " + ", ".join(parts)
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -358,6 +426,7 @@ def report(
             "rejected": "stage4/summary.json selection.accepted == false: LHC-Net / LHC-NetC results excluded",
         },
         "groups": groups,
+        "seeds": seed_states(run_dirs, split=split),
         "runs": [asdict(r) for r in results],
         "paper": PAPER_TABLE7,
         "out_dir": str(out),
@@ -424,6 +493,10 @@ def render_markdown(data: dict) -> str:
         "standard deviation. A run's latest evaluated stage represents it in each group.",
         "",
     ]
+    seeds = seed_line(data.get("seeds") or {"running": [], "failed": []})
+    if seeds:
+        lines += [f"> **Not every seed finished.** {seeds}. Only what was evaluated is in the tables; "
+                  "re-run the pipeline command of a failed seed to resume it.", ""]
     synthetic = [r for r in used if r.get("synthetic")]
     if synthetic:
         lines += [

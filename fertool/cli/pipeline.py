@@ -22,6 +22,25 @@ def pipeline_cli(
         None, "--seeds", help="Comma-separated data-order seeds; stage 4 (and the ResNet control) is repeated per seed."
     ),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    jobs: Optional[int] = typer.Option(
+        None, "--jobs", "-j", min=1, metavar="N",
+        help="Run the seeds as separate processes, this many at a time, one device each (after the shared "
+        "stages); each seed's output goes to RUN/seed-S/pipeline.log. On the CPU each process uses one thread.",
+    ),
+    devices: Optional[str] = typer.Option(
+        None, "--devices", metavar="0,1,2,3",
+        help="With --jobs: the GPUs to spread the seeds over (CUDA_VISIBLE_DEVICES of each process). "
+        "Default: every visible GPU.",
+    ),
+    wait: bool = typer.Option(
+        True, "--wait/--no-wait",
+        help="When another fertool process is doing a step of this run (stages 1-3, a seed), wait for it "
+        "and go on (default), or stop at once.",
+    ),
+    wait_timeout: Optional[float] = typer.Option(
+        None, "--wait-timeout", metavar="SECONDS", min=0,
+        help="Give up waiting for another process after this many seconds (default: no limit).",
+    ),
     sets: Optional[List[str]] = SetOption,
     quiet: bool = QuietOption,
 ) -> None:
@@ -29,11 +48,12 @@ def pipeline_cli(
 
     Runs prepare -> stages 1-3 -> augment-lhc -> stage 4 -> controller -> evaluate (plain and TTA) -> ablate -> report, and print the final table beside the paper's numbers.
 
-    Re-running skips finished steps and resumes an interrupted stage.
+    Re-running skips finished steps and resumes an interrupted stage. Several processes may share one --run (one seed each: --seeds 3 on one GPU, --seeds 4 on another, or --jobs N): stages 1-3 are trained by the first and waited for by the others (docs/clusters.md).
     """
     from rich.markup import escape
 
     from ..errors import FertoolError
+    from ..jobs import run_jobs
     from ..pipeline import run_pipeline
 
     from ._artifacts import resolve_csv
@@ -48,16 +68,16 @@ def pipeline_cli(
         except ValueError:
             raise FertoolError(f"--seeds {seeds}: expected comma-separated integers, e.g. 1,2,3") from None
     run_dir = run or Path("runs") / Path(name).stem
+    if devices is not None and jobs is None:
+        raise FertoolError("--devices: goes with --jobs N (one seed process per device)")
+    device_list = None if devices is None else [d.strip() for d in devices.split(",") if d.strip()]
 
-    result = run_pipeline(
-        resolved,
-        run_dir,
-        csv=csv,
-        seeds=seed_list,
-        device=device,
-        log=log_line,
-        progress_factory=lambda description: progress_callback(description, quiet=quiet),
-    )
+    common = dict(csv=csv, seeds=seed_list, device=device, log=log_line, wait=wait, wait_timeout=wait_timeout,
+                  progress_factory=lambda description: progress_callback(description, quiet=quiet))
+    if jobs is None:
+        result = run_pipeline(resolved, run_dir, **common)
+    else:
+        result = run_jobs(resolved, run_dir, jobs=jobs, devices=device_list, **common)
 
     rows = [[row["model"], row["runs"], f"{row['accuracy']:.2f}%",
              "-" if row["tta_accuracy"] is None else f"{row['tta_accuracy']:.2f}%",
@@ -73,6 +93,10 @@ def pipeline_cli(
               highlight=False, soft_wrap=True)
     for note in result["notes"]:
         out.print(f"[yellow]note:[/yellow] {escape(note)}", highlight=False)
+    failed = [job for job in result.get("jobs", []) if job["returncode"] != 0]
+    if failed:  # the others' results are above; the command still fails
+        raise FertoolError(f"{len(failed)} seed(s) failed: "
+                           + "; ".join(f"seed {j['seed']}: {j['error']} (log: {j['log']})" for j in failed))
 
 
 def register(app: typer.Typer) -> None:

@@ -37,6 +37,11 @@ def report_cli(
         if rows:
             header = [data["group_by"], "runs", "top 40%", "w/o best", "top 25%", "w/o best", "best", "mean", "std"]
             out.print(number_table(f"{split} accuracy (%) across runs, {title}", header, rows))
+    from ..analysis.report import seed_line
+
+    seeds = seed_line(data["seeds"])
+    if seeds:  # results of seeds still running or failed are not the run's final numbers
+        out.print(seeds, highlight=False, soft_wrap=True)
     rejected = [r for r in data["runs"] if r["status"] == "rejected"]
     if rejected:
         out.print(f"rejected by the selection rule ({len(rejected)}): "
