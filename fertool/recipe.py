@@ -91,9 +91,10 @@ class PrepareConfig:
     truncate: bool = True  # floor to uint8 (the reference); False rounds
     jpeg_quality: int = field(default=100, metadata=in_range(1, 100))
     subsampling: str = field(default="4:4:4", metadata=one_of("4:4:4", "4:2:2", "4:2:0"))
-    # FER+ labels (``prepare --ferplus``): "majority" = one label per image, "probability" =
-    # also train against the annotators' vote distribution (fertool.data.ferplus).
-    label_mode: str = field(default="majority", metadata=one_of("majority", "probability"))
+    # FER+ labels (``prepare --ferplus``, rules in fertool.data.ferplus): "majority" = FER+'s
+    # majority rule, "crossentropy" = train against FER+'s vote distribution, "plurality" =
+    # the most-voted column (fertool's earlier rule, not FER+'s).
+    label_mode: str = field(default="majority", metadata=one_of("majority", "crossentropy", "plurality"))
     # Image folders and RAF-DB (``prepare --folder/--rafdb``), photos of any size and colour:
     # "crop" = centre square crop then resize, "stretch" = resize to a square as they are;
     # "keep" colour or convert to "grey" (then replicated to RGB when ``rgb``).
