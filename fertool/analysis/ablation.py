@@ -427,7 +427,7 @@ def ablate(
                                                 + ("n/a" if value is None else f"{value:.2f}"))
                     files.append(f"heads-{nm}.png")
         if pictures > 0:
-            report["pictures"] = _pictures(model, data, pictures, tmp / "pictures", dev)
+            report["pictures"] = _pictures(model, data, pictures, tmp / "pictures", dev, precision)
             files += [f"pictures/{p}" for item in report["pictures"] for p in item["files"]]
         save_recipe(rcp_out, tmp / "recipe.yaml")
         files.append("recipe.yaml")
@@ -436,9 +436,12 @@ def ablate(
     return {**report, "out_dir": str(out)}
 
 
-def _pictures(model: nn.Module, data: ImageSplit, count: int, folder: Path, device: torch.device) -> list[dict]:
-    """Attention pictures of ``count`` images evenly spaced in ``data`` (see plot_attention)."""
+def _pictures(model: nn.Module, data: ImageSplit, count: int, folder: Path, device: torch.device,
+              mode: str = "fp32") -> list[dict]:
+    """Attention pictures of ``count`` images evenly spaced in ``data`` (see plot_attention),
+    computed in precision ``mode`` as the accuracies are (TF32 switched explicitly)."""
     from ..evaluation.metrics import predictions
+    from ..utils import precision
     from .plots import plot_attention
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -451,7 +454,7 @@ def _pictures(model: nn.Module, data: ImageSplit, count: int, folder: Path, devi
     try:
         for m in modules.values():
             m.record = True
-        with torch.inference_mode():
+        with torch.inference_mode(), precision(device, mode):
             x = data.load(index, device)  # (P, 3, S, S)
             probs = torch.softmax(model(x).float(), dim=-1).cpu().numpy()
         recorded = {k: (m.last_attention, m.last_weights) for k, m in modules.items()}
