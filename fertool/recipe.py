@@ -282,6 +282,11 @@ class PipelineConfig:
     seeds: tuple[int, ...] = (1,)
     tta: bool = True
     ablate: bool = True
+    # The initialisation of each seed's new weights (LHC modules, dropout) in stage 4, the
+    # controller and the ResNet control: "per_seed" = init seed S for seed S, as the authors'
+    # seeded script derives both from one seed (the paper's set C); "fixed" = train.init_seed
+    # for every seed, so that only the data seed varies.
+    lhc_init: str = field(default="per_seed", metadata=one_of("per_seed", "fixed"))
 
 
 @dataclass(frozen=True)
