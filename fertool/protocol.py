@@ -123,11 +123,11 @@ PAPER_TABLE7 = {
     "LHC-Net": {"top40": 72.89, "top25": 73.02, "best": 73.39, "best_tta": 74.42},
     "LHC-NetC": {"top40": 73.04, "top25": 73.21, "best": 73.53, "best_tta": 74.28},
 }
-#: The paper's run sets (Section 4.1, Table 7); the runs of a set differ only in the data
-#: seed.  Table 7 compares set A with the LHC-Nets (B and C).
+#: The paper's run sets (Section 4.1, Table 7): A and C vary the seed, B varies the module
+#: settings with the data seed fixed.  Table 7 compares set A with the LHC-Nets (B and C).
 RUN_SETS = {
     "A": "ResNet34v2: stage 4 without LHC modules, from the best ResNet",
-    "B": "LHC-Net with other module settings",
+    "B": "LHC-Net with other module settings, data seed fixed",
     "C": "LHC-Net with the Table 2 modules",
 }
 #: Parameter counts the paper reports (Keras ``count_params()``).

@@ -96,9 +96,10 @@ class PrepareConfig:
     truncate: bool = True  # floor to uint8 (the reference); False rounds
     jpeg_quality: int = field(default=100, metadata=in_range(1, 100))
     subsampling: str = field(default="4:4:4", metadata=one_of("4:4:4", "4:2:2", "4:2:0"))
-    # FER+ labels (``prepare --ferplus``): "majority" = one label per image, "probability" =
-    # also train against the annotators' vote distribution (fertool.data.ferplus).
-    label_mode: str = field(default="majority", metadata=one_of("majority", "probability"))
+    # FER+ labels (``prepare --ferplus``, rules in fertool.data.ferplus): "majority" = FER+'s
+    # majority rule, "crossentropy" = train against FER+'s vote distribution, "plurality" =
+    # the most-voted column (fertool's earlier rule, not FER+'s).
+    label_mode: str = field(default="majority", metadata=one_of("majority", "crossentropy", "plurality"))
     # Image folders and RAF-DB (``prepare --folder/--rafdb``), photos of any size and colour:
     # "crop" = centre square crop then resize, "stretch" = resize to a square as they are;
     # "keep" colour or convert to "grey" (then replicated to RGB when ``rgb``).
@@ -313,6 +314,11 @@ class PipelineConfig:
     seeds: tuple[int, ...] = (1,)
     tta: bool = True
     ablate: bool = True
+    # The initialisation of each seed's new weights (LHC modules, dropout) in stage 4, the
+    # controller and the ResNet control: "per_seed" = init seed S for seed S, as the authors'
+    # seeded script derives both from one seed (the paper's set C); "fixed" = train.init_seed
+    # for every seed, so that only the data seed varies.
+    lhc_init: str = field(default="per_seed", metadata=one_of("per_seed", "fixed"))
 
 
 @dataclass(frozen=True)

@@ -315,3 +315,34 @@ def test_attention_pictures_state_their_scale_and_what_a_row_means(tmp_path, mon
     assert "log2(W x C): 0 = uniform" in labels
     assert any(t.get_text().startswith("Row i of W: the weights with which query channel i") for t in fig.texts)
     plt.close(fig)
+
+
+def test_attention_pictures_run_in_the_requested_precision(ckpts, tmp_path):
+    """The pictures' forward pass runs under the precision context (TF32 switched off for
+    fp32 even when it was on), as the accuracies' passes do."""
+    from fertool import CLASS_NAMES
+    from fertool.analysis.ablation import _pictures
+
+    class Faces:  # two random images: all _pictures reads of a split
+        class_names, labels = CLASS_NAMES, torch.tensor([0, 1])
+
+        def __len__(self):
+            return 2
+
+        def load(self, index, device):
+            return torch.rand(len(index), 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0)) * 255
+
+    model = model_from_checkpoint(ckpts["trained"])
+    data = Faces()
+    seen = []
+    hook = model.register_forward_pre_hook(lambda m, a: seen.append(torch.backends.cuda.matmul.allow_tf32))
+    saved = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        _pictures(model, data, 1, tmp_path / "fp32", torch.device("cpu"), "fp32")
+        _pictures(model, data, 1, tmp_path / "tf32", torch.device("cpu"), "tf32")
+        after = torch.backends.cuda.matmul.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = saved
+        hook.remove()
+    assert seen == [False, True] and after is True

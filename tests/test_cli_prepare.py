@@ -108,7 +108,7 @@ def test_prepare_usage_errors_exit_2(cli_runner, tmp_path):
 
 def test_prepare_source_options_must_make_sense(cli_runner, tmp_path):
     for args in ([], ["--csv", "a.csv", "--folder", "d"], ["--folder", "d", "--ferplus", "l.csv"],
-                 ["--csv", "a.csv", "--label-mode", "probability"]):
+                 ["--csv", "a.csv", "--label-mode", "crossentropy"]):
         result = cli_runner.invoke(app, ["prepare", "--out", str(tmp_path / "o"), *args])
         assert result.exit_code == 2, (args, result.output)
     assert not (tmp_path / "o").exists()
@@ -119,11 +119,11 @@ def test_prepare_ferplus_and_folder_from_the_cli(cli_runner, tmp_path):
 
     fp = generate_ferplus_sample(tmp_path / "fp", per_class=2)
     result = cli_runner.invoke(app, ["prepare", "--csv", str(fp / "fer2013.csv"), "--ferplus", str(fp / "fer2013new.csv"),
-                                     "--label-mode", "probability", "--out", str(tmp_path / "p1"), "-q",
+                                     "--label-mode", "crossentropy", "--out", str(tmp_path / "p1"), "-q",
                                      "--set", "prepare.size=16"])
     assert result.exit_code == 0, result.output
     assert "Contempt" in result.stdout and "of 8 classes" in result.stdout and "FER+: dropped" in result.stderr
-    assert json.loads((tmp_path / "p1" / "prepare.json").read_text())["label_mode"] == "probability"
+    assert json.loads((tmp_path / "p1" / "prepare.json").read_text())["label_mode"] == "crossentropy"
     folder = generate_folder_sample(tmp_path / "f", per_class=4)
     result = cli_runner.invoke(app, ["prepare", "--folder", str(folder), "--out", str(tmp_path / "p2"), "-q",
                                      "--set", "prepare.size=16", "--set", "data.classes=[surprise, sad, neutral, happy, anger]"])

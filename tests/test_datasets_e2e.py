@@ -34,8 +34,8 @@ TINY = {
 CASES = {
     "ferplus-majority": ("ferplus", lambda d: ["--csv", d / "fer2013.csv", "--ferplus", d / "fer2013new.csv",
                                                "--label-mode", "majority"], FERPLUS_CLASSES),
-    "ferplus-probability": ("ferplus", lambda d: ["--csv", d / "fer2013.csv", "--ferplus", d / "fer2013new.csv",
-                                                  "--label-mode", "probability"], FERPLUS_CLASSES),
+    "ferplus-crossentropy": ("ferplus", lambda d: ["--csv", d / "fer2013.csv", "--ferplus", d / "fer2013new.csv",
+                                                  "--label-mode", "crossentropy"], FERPLUS_CLASSES),
     "folder": ("folder", lambda d: ["--folder", d], FOLDER_CLASSES),
     "rafdb": ("rafdb", lambda d: ["--rafdb", d], RAFDB_CLASSES),
 }
@@ -86,7 +86,7 @@ def test_prepare_train_evaluate_predict_export(workspace, prepared, case):
     ckpt = torch.load(best, weights_only=True)
     assert ckpt["class_names"] == classes and ckpt["arch_args"]["num_classes"] == len(classes)
     assert ckpt["extra"]["data"]["dataset"] == case.split("-")[0]
-    assert ckpt["extra"]["data"]["label_mode"] == ("probability" if case.endswith("probability") else "majority")
+    assert ckpt["extra"]["data"]["label_mode"] == ("crossentropy" if case.endswith("crossentropy") else "majority")
     if len(classes) != 7:
         assert f"model.num_classes: {len(classes)} (was 7)" in result.output
 
@@ -118,11 +118,11 @@ def test_prepare_train_evaluate_predict_export(workspace, prepared, case):
         assert meta["input"]["channels"] == "RGB" and "colour" in meta["preparation"]
 
 
-def test_probability_mode_trains_against_the_vote_distribution(workspace, prepared):
+def test_crossentropy_mode_trains_against_the_vote_distribution(workspace, prepared):
     """Same images, labels, seed and start: only the targets differ, and so do the weights after one epoch."""
     root = workspace[0]
     a = torch.load(root / "run-ferplus-majority" / "stage1" / "best.pt", weights_only=True)
-    b = torch.load(root / "run-ferplus-probability" / "stage1" / "best.pt", weights_only=True)
+    b = torch.load(root / "run-ferplus-crossentropy" / "stage1" / "best.pt", weights_only=True)
     assert a["class_names"] == b["class_names"] and a["state_dict"].keys() == b["state_dict"].keys()
     assert any(not torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
 

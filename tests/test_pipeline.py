@@ -92,17 +92,42 @@ def test_every_step_leaves_its_outputs(finished):
     assert json.loads((run / "pipeline.json").read_text())["table"] == result["table"]
 
 
-def test_the_seeds_vary_the_data_and_not_the_lhc_initialisation(finished):
-    """Sets A (ResNet re-runs) and C (LHC-Nets): data seed S in seed-S/, one init seed."""
-    run, _, _ = finished
+def test_each_seed_draws_its_own_lhc_initialisation(finished):
+    """Sets A (ResNet re-runs) and C (LHC-Nets): data seed S and init seed S in seed-S/, as the
+    authors' seeded script derives both from one seed (pipeline.lhc_init: per_seed)."""
+    run, result, _ = finished
     inits = [load_checkpoint(run / f"seed-{s}/stage4/init.pt")["state_dict"] for s in (1, 2)]
     lhc_keys = [k for k in inits[0] if k.startswith("lhc.")]
-    assert lhc_keys and all(torch.equal(inits[0][k], inits[1][k]) for k in lhc_keys)
+    assert lhc_keys and any(not torch.equal(inits[0][k], inits[1][k]) for k in lhc_keys)
+    backbone = [k for k in inits[0] if not k.startswith("lhc.")]
+    assert all(torch.equal(inits[0][k], inits[1][k]) for k in backbone)  # the same stage-3 ResNet
     for s in (1, 2):
         lhc = json.loads((run / f"seed-{s}/stage4/summary.json").read_text())
         control = json.loads((run / f"seed-{s}/resnet/stage4/summary.json").read_text())
-        assert lhc["seed"] == control["seed"] == s and lhc["init_seed"] == control["init_seed"] == 0
+        assert lhc["seed"] == control["seed"] == s and lhc["init_seed"] == control["init_seed"] == s
         assert lhc["arch"] == "lhc_net" and control["arch"] == "resnet34v2"
+    assert [(r["seed"], r["init_seed"]) for r in result["seed_runs"]] == [(1, 1), (2, 2)]
+
+
+@pytest.mark.parametrize("lhc_init, expected", [("per_seed", [7, 7, 7]), ("fixed", [5, 5, 5])])
+def test_lhc_init_fixed_keeps_train_init_seed_for_every_seed(tmp_path, lhc_init, expected):
+    from fertool.pipeline import _Run, _train_seed
+
+    recipe = load_recipe({**TINY, "train": {**TINY["train"], "init_seed": 5}, "pipeline": {"lhc_init": lhc_init}})
+    calls = []
+
+    class Recorder(_Run):
+        def train(self, stage, where, *, seed, init=None, init_seed=None, stage_recipe=None):
+            calls.append((stage, seed, init_seed))
+            return where / stage / "best.pt"
+
+        def train_stage4(self, where, **kwargs):
+            self.train("4", where, **kwargs)
+            return where / "stage4" / "best.pt", {"status": "accepted", "reason": None}
+
+    outcome = _train_seed(Recorder(recipe, tmp_path, "cpu", print, None), 7, tmp_path / "stage3/best.pt")
+    assert [c[2] for c in calls] == expected and [c[1] for c in calls] == [7, 7, 7]
+    assert outcome.record()["init_seed"] == expected[0]
 
 
 def test_the_final_table_reports_the_best_run_of_each_model_beside_the_paper(finished):
@@ -112,7 +137,7 @@ def test_the_final_table_reports_the_best_run_of_each_model_beside_the_paper(fin
         runs = [json.loads((run / d / "eval-PrivateTest/metrics.json").read_text())
                 for d in MODEL_DIRS[row["model"]]]
         best = max(runs, key=lambda m: m["accuracy"])
-        assert row["runs"] == len(runs)
+        assert row["runs"] == len(runs) and row["rejected"] == 0 and row["excluded"] == []
         assert row["accuracy"] == pytest.approx(100 * best["accuracy"])
         assert row["tta_accuracy"] == pytest.approx(100 * best["tta"]["accuracy"])
         assert (row["paper_accuracy"], row["paper_tta_accuracy"], row["paper_params"]) == PAPER[row["model"]]
@@ -265,6 +290,20 @@ def test_final_table_picks_the_best_run_and_converts_to_percent():
     assert [r["model"] for r in rows] == ["ResNet34v2", "LHC-Net"]
     assert rows[0]["accuracy"] == 50 and rows[0]["tta_accuracy"] == pytest.approx(60)
     assert rows[1]["accuracy"] == 75 and rows[1]["runs"] == 2 and rows[1]["tta_accuracy"] is None
+
+
+def test_final_table_chooses_among_the_runs_that_count_only():
+    results = {"LHC-Net": [
+        {"accuracy": 0.9, "tta": None, "seed": 1, "counts": False, "verdict": "rejected", "reason": "selection rule"},
+        {"accuracy": None, "tta": None, "seed": 2, "counts": False, "verdict": "diverged", "reason": "diverged: nan"},
+        {"accuracy": 0.5, "tta": None, "seed": 3, "counts": True, "verdict": "accepted", "reason": None}]}
+    (row,) = final_table(results)
+    assert row["accuracy"] == 50 and row["seed"] == 3 and row["runs"] == 1 and row["rejected"] == 2
+    assert [e["status"] for e in row["excluded"]] == ["rejected", "diverged"]
+    (none,) = final_table({"LHC-Net": results["LHC-Net"][:2]})
+    assert none["accuracy"] is None and none["runs"] == 0
+    notes = table_notes([row, none], synthetic=False)
+    assert notes[0] == "LHC-Net: best of 1 run; 2 left out (seed 1: selection rule; seed 2: diverged: nan)."
 
 
 # --------------------------------------------------------------------------- the command

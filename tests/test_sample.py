@@ -77,7 +77,10 @@ def test_ferplus_sample_has_eight_classes_and_rows_ferplus_drops(tmp_path):
     assert len(rows) == len(labels) and [r.usage for r in rows] == [SPLITS[c] for c in labels.splits]
     kept = labels.labels[labels.labels >= 0]
     assert np.bincount(kept[labels.splits[labels.labels >= 0] == 0], minlength=8).tolist() == [8] * len(FERPLUS_CLASSES)
-    assert labels.dropped()["count"] > 0 and all(labels.dropped()["by_reason"][r] > 0 for r in ("tied", "unknown", "not a face"))
+    assert labels.dropped()["count"] > 0 and all(labels.dropped()["by_reason"][r] > 0
+                                                 for r in ("no majority", "unknown", "no FER+ image"))
+    for mode in ("crossentropy", "plurality"):  # the same rows in every label mode
+        assert read_ferplus(root / "fer2013new.csv", mode).labels.tolist() == labels.labels.tolist()
     soft = labels.votes[labels.labels >= 0]
     assert (soft.max(axis=1) < 10).any()  # not one-hot: the probability mode has something to learn from
 

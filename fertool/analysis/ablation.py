@@ -351,6 +351,7 @@ def ablate(
                                                            tolerance=tolerance))
     out = Path(out_dir) if out_dir is not None else default_out_dir(checkpoint_path, split)
     _write_outputs(out, report, rows, rcp_out, model=model, data=data, pictures=pictures, device=dev,
+                   precision=precision,
                    title=f"{ckpt.get('arch')} on {split} ({n} images): full {100 * full['accuracy']:.2f}%")
     return {**report, "out_dir": str(out)}
 
@@ -439,7 +440,7 @@ def _smallest_kept_table(rows: list[dict], *, modes: Sequence[str], names: Seque
 
 
 def _write_outputs(out: Path, report: dict, rows: list[dict], rcp_out: Any, *, model: nn.Module, data: ImageSplit,
-                   pictures: int, device: torch.device, title: str) -> None:
+                   pictures: int, device: torch.device, precision: str, title: str) -> None:
     """``out``'s files (ablation.json, plots, pictures, recipe.yaml), built in a temporary folder."""
     from ..files import write_json
     from ..recipe import save_recipe
@@ -458,7 +459,7 @@ def _write_outputs(out: Path, report: dict, rows: list[dict], rcp_out: Any, *, m
                                                 + ("n/a" if value is None else f"{value:.2f}"))
                     files.append(f"heads-{nm}.png")
         if pictures > 0:
-            report["pictures"] = _pictures(model, data, pictures, tmp / "pictures", device)
+            report["pictures"] = _pictures(model, data, pictures, tmp / "pictures", device, precision)
             files += [f"pictures/{p}" for item in report["pictures"] for p in item["files"]]
         save_recipe(rcp_out, tmp / "recipe.yaml")
         files.append("recipe.yaml")
@@ -466,9 +467,12 @@ def _write_outputs(out: Path, report: dict, rows: list[dict], rcp_out: Any, *, m
         write_json(tmp / "ablation.json", report)
 
 
-def _pictures(model: nn.Module, data: ImageSplit, count: int, folder: Path, device: torch.device) -> list[dict]:
-    """Attention pictures of ``count`` images evenly spaced in ``data`` (see plot_attention)."""
+def _pictures(model: nn.Module, data: ImageSplit, count: int, folder: Path, device: torch.device,
+              mode: str = "fp32") -> list[dict]:
+    """Attention pictures of ``count`` images evenly spaced in ``data`` (see plot_attention),
+    computed in precision ``mode`` as the accuracies are (TF32 switched explicitly)."""
     from ..evaluation.metrics import predictions
+    from ..utils import precision
     from .plots import plot_attention
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -481,7 +485,7 @@ def _pictures(model: nn.Module, data: ImageSplit, count: int, folder: Path, devi
     try:
         for m in modules.values():
             m.record = True
-        with torch.inference_mode():
+        with torch.inference_mode(), precision(device, mode):
             x = data.load(index, device)  # (P, 3, S, S)
             probs = torch.softmax(model(x).float(), dim=-1).cpu().numpy()
         recorded = {k: (m.last_attention, m.last_weights) for k, m in modules.items()}

@@ -97,13 +97,14 @@ def _final_table(run: Path) -> str:
     pipeline = read_json(run / "pipeline.json")
     if not pipeline or not pipeline.get("table"):
         return ""
-    rows = [[r["model"], r["runs"], _pct(r["accuracy"], 1), _pct(r.get("tta_accuracy"), 1),
+    rows = [[r["model"], r["runs"], r.get("rejected", 0), _pct(r["accuracy"], 1), _pct(r.get("tta_accuracy"), 1),
              "-" if r.get("params") is None else f"{r['params'] / 1e6:.1f}M",
              _pct(r["paper_accuracy"], 1), _pct(r["paper_tta_accuracy"], 1), r["paper_params"]]
             for r in pipeline["table"]]
     html = [f"<p>Test split of <code>{escape(str(pipeline.get('csv', '')))}</code>, best run per model "
             f"(seeds {escape(', '.join(str(s) for s in pipeline.get('seeds', [])))}).</p>",
-            _table(["model", "runs", "accuracy", "TTA", "params", "paper", "paper TTA", "paper params"], rows)]
+            _table(["model", "runs", "left out", "accuracy", "TTA", "params", "paper", "paper TTA", "paper params"],
+                   rows)]
     for note in pipeline.get("notes") or []:
         html.append(f'<p class="note">{escape(note)}</p>')
     return "\n".join(html)

@@ -31,7 +31,8 @@ Groups
 Statistics (per group, on test accuracy; the same with TTA where every run has it)
     n, top 40%, top 40% without the best, top 25%, top 25% without the best, best, mean,
     std.  "Top k%" is the mean of the best ``m`` runs with ``m = round_half_up(k/100 * n)``
-    and at least 1 (20 runs -> 8 and 5, as in the paper; 5 runs -> 2 and 1); "without the
+    and at least 1 (e.g. 20 runs -> 8 and 5, 5 runs -> 2 and 1; the paper gives no run
+    count); "without the
     best" is the mean of runs 2..m and needs m >= 2 (else n/a).  std is the sample standard
     deviation (n - 1 in the denominator; n/a for one run).
 
@@ -43,9 +44,11 @@ Seeds
 
 Selection rule
     Runs whose ``stage4/summary.json`` says ``selection.accepted: false`` (the paper's rule,
-    docs/protocol.md §4: training loss above 1.1x that of the starting ResNet) are rejected: their
-    stage-4 (LHC-Net) and controller (LHC-NetC) results are listed separately and left out
-    of the statistics.  The backbone results of such a run are unaffected.
+    docs/protocol.md §4: training loss not below 1.1x that of the starting ResNet) or
+    ``status: diverged`` are rejected (:func:`fertool.analysis.verdict.stage4_verdict`, the
+    verdict the pipeline's final table reads too): their stage-4 (LHC-Net) and controller
+    (LHC-NetC) results are listed separately, with the reason, and left out of the
+    statistics.  The backbone results of such a run are unaffected.
 """
 
 from __future__ import annotations
@@ -65,6 +68,7 @@ from ..errors import DataError, FertoolError
 from ..files import atomic_dir, read_json, write_json
 from ..protocol import MODEL_NAMES, PAPER_TABLE7, RUN_SETS, STAGE_ARCH, STAGE_FOLDERS, paper_set
 from .stats import STAT_COLUMNS, pct, run_statistics, stat_text, top_count
+from .verdict import EXCLUDED, stage4_verdict
 
 __all__ = [
     "RunResult",
@@ -170,15 +174,6 @@ def _recipe_id(run_dir: Path, stage_dir: Path | None) -> str | None:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:8]
 
 
-def _selection(run_dir: Path) -> dict | None:
-    """The stage-4 selection record of a run, or None when there is none."""
-    path = run_dir / "stage4" / "summary.json"
-    if not path.is_file():
-        return None
-    selection = _read_json(path).get("selection")
-    return selection if isinstance(selection, dict) else None
-
-
 def _class_set(metrics: dict) -> str:
     """`` [names...]`` for a class set other than FER2013's (results of different class sets
     are never pooled), else ``""``."""
@@ -248,11 +243,10 @@ def find_results(
         )
         where_from[id(result)] = (ckpt_dir, _init_dir(stage_dir))
         if arch in ("lhc_net", "lhc_netc"):
-            selection = _selection(run_dir)
-            if selection is not None and selection.get("accepted") is False:
+            verdict = stage4_verdict(run_dir / "stage4")  # the pipeline's final table reads the same verdict
+            if verdict["status"] in EXCLUDED:
                 result.status = "rejected"
-                ratio = selection.get("ratio")
-                result.note = "selection rule" + (f": train loss ratio {ratio:.3f}" if isinstance(ratio, (int, float)) else "")
+                result.note = verdict["reason"]
         results.append(result)
     # A result whose checkpoint another result of its group continued from is superseded
     # (the pipeline's shared stage-3 ResNet when per-seed stage-4 ResNet re-runs exist).
@@ -423,7 +417,8 @@ def report(
             "without_best": "the same runs without the best one; needs at least 2",
             "std": "sample standard deviation (n - 1)",
             "per_run": "the latest evaluated stage of a run represents it in each group",
-            "rejected": "stage4/summary.json selection.accepted == false: LHC-Net / LHC-NetC results excluded",
+            "rejected": ("stage4/summary.json selection.accepted == false or status == diverged: "
+                         "LHC-Net / LHC-NetC results excluded"),
         },
         "groups": groups,
         "seeds": seed_states(run_dirs, split=split),
@@ -520,7 +515,7 @@ def render_markdown(data: dict) -> str:
                          for g, e in tta_groups.items()], header)
     sets = sorted({e["paper_set"] for e in groups.values() if e.get("paper_set")})
     if sets:
-        lines += ["", "Run sets of the paper (Table 7; the runs of a set differ only in the data seed): "
+        lines += ["", "Run sets of the paper (Table 7): "
                   + "; ".join(f"{s} = {RUN_SETS[s]}" for s in sets) + "."]
     lines += ["", "## The paper (FER2013 PrivateTest; Table 7 without TTA, best single model with TTA)", ""]
     paper_rows = []
@@ -539,7 +534,7 @@ def render_markdown(data: dict) -> str:
     lines += _table(paper_rows, ["model", "paper top 40%", ours, "paper top 25%", ours, "paper best", ours,
                                  "paper best TTA", ours])
     rejected = [r for r in runs if r["status"] == "rejected"]
-    lines += ["", "## Rejected by the selection rule (excluded from the statistics)", ""]
+    lines += ["", "## Rejected by the selection rule or diverged (excluded from the statistics)", ""]
     if rejected:
         lines += _table([[r["run"], str(r["seed"]), str(r["stage"]), pct(r["accuracy"]), r["note"] or ""]
                          for r in rejected], ["run", "seed", "stage", "accuracy", "why"])

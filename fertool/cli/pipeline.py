@@ -79,13 +79,14 @@ def pipeline_cli(
     else:
         result = run_jobs(resolved, run_dir, jobs=jobs, devices=device_list, **common)
 
-    rows = [[row["model"], row["runs"], f"{row['accuracy']:.2f}%",
+    rows = [[row["model"], row["runs"], row.get("rejected", 0), "-" if row["accuracy"] is None else f"{row['accuracy']:.2f}%",
              "-" if row["tta_accuracy"] is None else f"{row['tta_accuracy']:.2f}%",
              "-" if row["params"] is None else f"{row['params'] / 1e6:.1f}M",
              f"{row['paper_accuracy']:.2f}%", f"{row['paper_tta_accuracy']:.2f}%", row["paper_params"]]
             for row in result["table"]]
     table = number_table(f"{result['csv']}: test split",
-                         ["model", "runs", "acc", "TTA", "params", "paper", "paper TTA", "paper params"], rows)
+                         ["model", "runs", "left out", "acc", "TTA", "params", "paper", "paper TTA",
+                          "paper params"], rows)
     out.print(table)
     report_dir = Path(result["run"]) / "report"
     out.print(f"run directory: {result['run']}", highlight=False, soft_wrap=True)

@@ -14,8 +14,9 @@ def prepare_cli(
     csv: Optional[Path] = typer.Option(None, "--csv", help="FER2013 CSV: fer2013.csv, icml_face_data.csv or train.csv."),
     ferplus: Optional[Path] = typer.Option(None, "--ferplus", help="FER+ label file (fer2013new.csv) for --csv: "
                                            "FER+'s 8 classes instead of FER2013's labels."),
-    label_mode: Optional[str] = typer.Option(None, "--label-mode", help="FER+ labels: majority or probability "
-                                             "(soft targets); sets prepare.label_mode."),
+    label_mode: Optional[str] = typer.Option(None, "--label-mode", help="FER+ labels: majority (FER+'s rule), "
+                                             "crossentropy (FER+'s vote distributions) or plurality; "
+                                             "sets prepare.label_mode."),
     folder: Optional[Path] = typer.Option(None, "--folder", help="Class folders ROOT/<split>/<class>/<image> "
                                           "(AffectNet style), images of any size and colour."),
     rafdb: Optional[Path] = typer.Option(None, "--rafdb", help="RAF-DB basic folder (with "

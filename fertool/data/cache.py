@@ -11,7 +11,7 @@ Two kinds of folder are accepted:
 * a prepared folder (``fertool prepare``): ``manifest.csv`` (``row,split,label,class,
   path,...``, paths relative to the folder) and ``prepare.json``, whose ``classes`` list
   names the labels (FER2013's seven when absent); the cache key hashes both files, so
-  re-preparing invalidates the cache.  FER+ prepared in the ``probability`` label mode
+  re-preparing invalidates the cache.  FER+ prepared in the ``crossentropy`` label mode
   also gives each image's vote distribution (``ArraySplit.targets``);
 * a plain folder of class subfolders, the users' own data: ``DIR/<split>/<Class>/*.jpg``
   or, for the training split, ``DIR/<Class>/*.jpg``.  Read directly, class folders must be
@@ -46,7 +46,7 @@ from ..errors import DataError, printable
 from ..progress import Progress
 from ..tempfiles import temp_file
 from .datasets import ArraySplit
-from .ferplus import vote_distribution
+from .ferplus import SOFT_MODES, vote_distribution
 from .folders import IMAGE_EXTENSIONS, SPLIT_ALIASES, emotion_key
 
 #: Bump when the cache layout changes: old caches are then rebuilt.
@@ -66,7 +66,7 @@ class _Source:
     key: str  # hex digest of everything the decoded images depend on
     where: str  # for error messages
     classes: tuple[str, ...] = CLASS_NAMES
-    targets: np.ndarray | None = None  # (N, C) float32 soft targets (FER+ probability mode)
+    targets: np.ndarray | None = None  # (N, C) float32 soft targets (FER+ crossentropy mode)
 
 
 def open_image_split(
@@ -217,7 +217,7 @@ def folder_data(images_dir: str | os.PathLike) -> dict:
     classes, soft = _prepared_classes(path, raw)
     summary = json.loads(raw)
     return {"dataset": str(summary.get("dataset", "fer2013")), "classes": list(classes),
-            "label_mode": "probability" if soft else "majority", "prepare": summary.get("recipe")}
+            "label_mode": str(summary.get("label_mode", "majority")), "prepare": summary.get("recipe")}
 
 
 def _prepared_classes(path: Path, raw: bytes) -> tuple[tuple[str, ...], bool]:
@@ -233,7 +233,7 @@ def _prepared_classes(path: Path, raw: bytes) -> tuple[tuple[str, ...], bool]:
         return CLASS_NAMES, False
     if not (isinstance(classes, list) and len(classes) >= 2 and all(isinstance(c, str) and c for c in classes)):
         raise DataError(f"{path}: classes must be a list of at least two names, got {classes!r}")
-    return tuple(classes), summary.get("label_mode") == "probability"
+    return tuple(classes), summary.get("label_mode") in SOFT_MODES
 
 
 _FER2013_KEYS = [emotion_key(name) for name in CLASS_NAMES]

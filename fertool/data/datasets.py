@@ -67,7 +67,7 @@ class ArraySplit(ImageSplit):
     name: str = "split"
     class_names: tuple[str, ...] = CLASS_NAMES
     rows: np.ndarray | None = None  # source CSV rows, for traceability
-    targets: torch.Tensor | None = None  # (N, C) float32 soft targets (FER+ probability mode), else None
+    targets: torch.Tensor | None = None  # (N, C) float32 soft targets (FER+ crossentropy mode), else None
 
     def __post_init__(self) -> None:
         if self.images.ndim not in (3, 4) or self.images.shape[1] != self.images.shape[2]:

@@ -16,8 +16,9 @@ image can be traced back to its CSV row.
 
 With a FER+ label file (:mod:`fertool.data.ferplus`) the pixels are made exactly the
 same way; labels and class names are FER+'s, the rows FER+ drops are not written
-(``prepare.json`` lists them), and ``votes`` holds each image's eight emotion vote
-counts (the soft target of the ``probability`` label mode).  Image folders and RAF-DB
+(``prepare.json`` lists them, with each split's rule and counts per reason), and
+``votes`` holds each image's eight emotion vote counts: in the ``crossentropy`` label
+mode those FER+ trains against (after its outlier and top-3 rules), else the raw votes.  Image folders and RAF-DB
 are prepared into the same layout by :mod:`fertool.data.prepare_images`.
 
 Pixels: 48x48 grey -> ``size`` float32 bilinear with half-pixel centres (TF
@@ -66,7 +67,7 @@ from ..locks import holding_lock
 from ..progress import Progress
 from ..tempfiles import pid_alive, temp_dir
 from .csv import SPLITS, BadRow, Layout, Span, bad_rows_error, count_lines, iter_spans, open_csv, parse_chunk, read_span
-from .ferplus import FERPLUS_CLASSES, FerPlusLabels, read_ferplus
+from .ferplus import FERPLUS_CLASSES, SOFT_MODES, FerPlusLabels, read_ferplus
 from .resize import TFBilinear
 
 if TYPE_CHECKING:
@@ -396,7 +397,7 @@ def prepare(
     recipe = dataclasses.replace(recipe or Recipe(), prepare=config)
     layout, fh = open_csv(csv_path)  # header problems are reported before anything else
     fh.close()
-    labels = read_ferplus(ferplus) if ferplus is not None else None
+    labels = read_ferplus(ferplus, config.label_mode) if ferplus is not None else None
     check_destination(out_dir, csv_path, overwrite)
     total = max(count_lines(csv_path, layout.newline) - 1, 0)  # upper bound on data rows (blank lines)
     nworkers = _auto_workers(workers, total)
@@ -452,6 +453,8 @@ def _stream(csv_path: Path, tmp: Path, layout: Layout, config: PrepareConfig, pa
     write = True
     hasher = hashlib.sha256()
     manifest = open(tmp / "manifest.csv", "w", encoding="utf-8", newline="\n")
+    if ferplus is not None:  # the votes column: what training targets are made of in a soft mode, else the raw votes
+        votes = ferplus.targets if ferplus.mode in SOFT_MODES else ferplus.votes[:, : len(classes)]
 
     def handle(result: _Result) -> None:
         nonlocal write
@@ -468,7 +471,7 @@ def _stream(csv_path: Path, tmp: Path, layout: Layout, config: PrepareConfig, pa
             name = SPLITS[split]
             line = f"{row},{name},{label},{classes[label]},{image_relpath(name, label, row, classes)},{digest}"
             if ferplus is not None:
-                line += "," + " ".join(map(str, ferplus.votes[row, : len(classes)].tolist()))
+                line += "," + " ".join(map(str, votes[row].tolist()))
             lines.append(line + "\n")
         manifest.write("".join(lines))
         tally.done += result.read
@@ -541,8 +544,10 @@ def _summary(csv_path: Path, tally: _Tally, layout: Layout, config: PrepareConfi
         dropped = ferplus.dropped()
         extra["ferplus"] = {"labels": str(ferplus.path.resolve()), "sha256": ferplus.sha256,
                             "label_mode": config.label_mode, "dropped": dropped}
-        warnings.append(f"FER+: dropped {dropped['count']:,} rows without a majority emotion "
-                        f"({', '.join(f'{n:,} {why}' for why, n in dropped['by_reason'].items() if n)})")
+        rules = sorted({s["rule"] for s in dropped["per_split"].values()})
+        warnings.append(f"FER+: dropped {dropped['count']:,} rows by the {' / '.join(rules)} rule "
+                        f"({', '.join(f'{n:,} {why}' for why, n in dropped['by_reason'].items() if n)}; "
+                        "per split in prepare.json)")
     return {
         "fertool_version": __version__,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -26,7 +26,7 @@ fertool reads, so that every path runs end to end without the real sets:
 
 * ``ferplus``: a FER2013 CSV plus a FER+ label file of ten synthetic annotators' votes
   over the eight FER+ classes (a ``Contempt`` face: a one-sided smirk), with a few rows
-  whose majority is ``unknown``, ``NF`` or tied (FER+ drops those);
+  whose majority is ``unknown``, ``NF`` (no image name) or spread (FER+ drops those);
 * ``folder``: ``train/`` and ``test/`` class folders of five classes, colour photos of
   assorted non-square sizes, JPEG and PNG, no validation split;
 * ``rafdb``: RAF-DB basic's ``EmoLabel/list_patition_label.txt`` (1-based labels in
@@ -297,7 +297,8 @@ def _ferplus_votes(rng: np.random.Generator, label: int) -> list[int]:
 
 
 def _dropped_votes(rng: np.random.Generator, kind: int) -> list[int]:
-    """Votes FER+ drops: kind 0 = unknown majority, 1 = not a face, 2 = a tie."""
+    """Votes FER+ drops in every label mode: kind 0 = unknown majority, 1 = not a face (no
+    image name, as in the real file), 2 = five columns tied at 2 votes."""
     votes = [0] * len(VOTE_COLUMNS)
     if kind == 0:
         votes[VOTE_COLUMNS.index("unknown")] = 6
@@ -305,8 +306,9 @@ def _dropped_votes(rng: np.random.Generator, kind: int) -> list[int]:
     elif kind == 1:
         votes[VOTE_COLUMNS.index("nf")] = 10
     else:
-        a, b = rng.choice(len(FERPLUS_CLASSES), size=2, replace=False)
-        votes[int(a)], votes[int(b)] = 5, 5
+        for i in rng.choice(len(FERPLUS_CLASSES), size=4, replace=False):
+            votes[int(i)] = 2
+        votes[VOTE_COLUMNS.index("unknown")] = 2
     return votes
 
 
@@ -315,7 +317,7 @@ def generate_ferplus_sample(out_dir: str | os.PathLike, *, per_class: int = 60, 
     """``out_dir/fer2013.csv`` and ``out_dir/fer2013new.csv``: synthetic FER2013 + FER+ labels.
 
     Each split has the split size of :func:`split_sizes` per FER+ class, plus a few rows
-    FER+ drops (unknown or NF majority, ties: about a quarter of a class per split).  The
+    FER+ drops (unknown or NF majority, five-way ties: about a quarter of a class per split).  The
     CSV's ``emotion`` is the drawn face's FER2013 class (Disgust for Contempt faces).
     """
     rng = np.random.default_rng(seed)
@@ -335,8 +337,12 @@ def generate_ferplus_sample(out_dir: str | os.PathLike, *, per_class: int = 60, 
             labels.append(face if face != _CONTEMPT else CLASS_NAMES.index("Disgust"))
             usages.append(code)
     header = "Usage,Image name," + ",".join(c if c != "nf" else "NF" for c in VOTE_COLUMNS) + "\n"
-    label_lines = [header] + [f"{SPLITS[u]},fer{row:07d}.png,{','.join(map(str, v))}\n"
-                              for row, (u, v) in enumerate(zip(usages, votes))]
+    # as in the real file: rows FER+ found no face in have no image name, and the names'
+    # numbers skip them (rows pair with the CSV by position)
+    named = [v[-1] < 10 for v in votes]
+    numbers = np.cumsum(named) - 1
+    label_lines = [header] + [f"{SPLITS[u]},{f'fer{n:07d}.png' if ok else ''},{','.join(map(str, v))}\n"
+                              for u, v, ok, n in zip(usages, votes, named, numbers)]
 
     def fill(tmp: Path) -> None:
         _write_lines(tmp / "fer2013.csv", _csv_lines(np.stack(images), labels, usages))

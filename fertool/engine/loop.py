@@ -132,7 +132,7 @@ def _loaded_batches(split: ImageSplit, batches: list[torch.Tensor],
                     device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
     """(images, labels, soft targets or None) of each batch on ``device``; on a GPU the next
     batch is read from the cache by a thread while the current one computes."""
-    soft = getattr(split, "targets", None)  # (N, C) vote distributions (FER+ probability mode) or None
+    soft = getattr(split, "targets", None)  # (N, C) vote distributions (FER+ crossentropy mode) or None
 
     def load(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         targets = soft[idx].to(device, non_blocking=True) if soft is not None else None
@@ -180,7 +180,7 @@ def train_one_epoch(
 
     ``augment`` (a :class:`fertool.data.augment.KerasAugment`) transforms each whole batch
     on the device, its parameters drawn from ``aug_generator`` (default ``generator``).
-    A split with soft ``targets`` (FER+ ``probability``) is trained with the cross-entropy
+    A split with soft ``targets`` (FER+ ``crossentropy``) is trained with the cross-entropy
     against them; accuracy is always against the hard labels.
     The loss is checked every ``sync_every`` batches (every batch on the CPU) *before*
     the backward pass, so a non-finite loss raises :class:`NonFiniteLossError` without

@@ -1,9 +1,10 @@
 """The paper's stage-4 selection rule (docs/protocol.md §4): an LHC-Net is kept only when its
 training loss is below ``train.selection_factor`` (1.1) times the starting ResNet's.
 
-Both losses are measured as the authors' evaluation scripts measure them (``model.evaluate``
-on the training split, e.g. their LHC_Eval.py): the mean categorical cross-entropy over the
-whole training split, in inference mode (dropout off, BatchNorm moving statistics), without
+Both losses are measured as the authors' evaluation scripts measure them (e.g. their
+LHC_Eval.py: ``model.predict`` on the training split, then Keras' ``CategoricalCrossentropy``
+of the predictions, the same quantity ``model.evaluate`` would give): the mean categorical
+cross-entropy over the whole training split, in inference mode (dropout off, BatchNorm moving statistics), without
 augmentation, in ``train.eval_precision`` (float32 by default).  The loss averaged during
 training (dropout and augmentation on) is recorded beside them as extra information.
 """
@@ -30,7 +31,8 @@ METHOD = "inference mode, whole training split, no augmentation"
 
 
 def training_loss(run: Stage, model: torch.nn.Module) -> float:
-    """Mean loss of ``model`` over the whole training split, measured like ``model.evaluate``."""
+    """Mean loss of ``model`` over the whole training split, measured like the authors'
+    ``model.predict`` + ``CategoricalCrossentropy``."""
     return evaluate(model, run.train_split, batch_size=run.recipe.train.eval_batch_size, device=run.device,
                     precision=run.eval_precision, channels_last=run.channels_last, ctx=run.ctx)["loss"]
 
