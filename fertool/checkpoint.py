@@ -34,6 +34,7 @@ import torch
 from . import CLASS_NAMES, __version__
 from .errors import CheckpointError, DataError, ModelError, printable
 from .files import atomic_path
+from .precheck import checkpoint_file
 
 FORMAT = "fertool-checkpoint"
 FORMAT_VERSION = 1
@@ -97,10 +98,7 @@ def load_checkpoint(
     :class:`CheckpointError` naming the file.
     """
     path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such checkpoint file")
-    if path.is_dir():
-        raise CheckpointError(f"{path}: is a directory, expected a checkpoint file")
+    checkpoint_file(path)
     try:
         with warnings.catch_warnings():  # torch warns about foreign pickle protocols
             warnings.simplefilter("ignore")

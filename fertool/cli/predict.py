@@ -65,6 +65,9 @@ def predict_cmd(
 
     Faces are found with OpenCV (or the detector given), cropped with a margin, made grey and 48x48, prepared exactly like the training images, and classified in batches.
     """
+    from ..precheck import checkpoint_file
+
+    checkpoint_file(checkpoint)  # before the imports of torch and OpenCV (seconds)
     from ..data.provenance import is_synthetic
     from ..deploy.faces import gui_problem, load_detector
     from ..deploy.predict import FaceClassifier, FaceResult, InputDone, InputProblem, predict_paths, run_webcam

@@ -55,6 +55,12 @@ def train_cli(
     """
     from rich.table import Table
 
+    from ..precheck import checkpoint_file, existing_file, existing_folder
+
+    existing_file(csv, "CSV file")  # before the import of torch (seconds)
+    existing_folder(images, "image folder")
+    if init is not None:
+        checkpoint_file(init)
     from ..engine.train import format_epoch, normalise_stage, train_stage
     from ..protocol import stage_dir
 
