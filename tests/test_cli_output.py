@@ -29,6 +29,17 @@ def narrow(monkeypatch):
     return buffer
 
 
+@pytest.fixture
+def narrow_err(monkeypatch):
+    """Route every command module's stderr console into an 80-column buffer."""
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=80, color_system=None, stderr=True)
+    for module in COMMAND_MODULES:
+        if hasattr(module, "err"):
+            monkeypatch.setattr(module, "err", console)
+    return buffer
+
+
 def _assert_whole(text: str, values) -> None:
     """No cell was cut, and every value is printed whole (on one line)."""
     assert "…" not in text, text
@@ -95,7 +106,7 @@ def test_evaluate_tables_fit_80_columns_without_cutting_a_number(narrow):
     _assert_whole(text, CLASSES + ["491", "879", "74.42%", "72.97% - 75.84%", "73.5", "66.7"])
 
 
-def test_pipeline_table_fits_80_columns(narrow, monkeypatch, tmp_path):
+def test_pipeline_table_fits_80_columns(narrow, narrow_err, monkeypatch, tmp_path):
     from fertool.cli import pipeline as pipeline_cli
     from fertool.pipeline import final_table
 
@@ -107,11 +118,13 @@ def test_pipeline_table_fits_80_columns(narrow, monkeypatch, tmp_path):
     pipeline_cli.pipeline_cli(recipe="demo", csv=None, run=tmp_path, seeds=None, device="cpu", sets=None, quiet=True)
     text = narrow.getvalue()
     assert max(len(line) for line in text.splitlines()) <= 80
-    _assert_whole(text, ["ResNet34v2", "LHC-NetC", "53.38%", "47.74%", "21.4M", "74.42%", "32.4M",
-                         "runs/demo/report/index.html"])
+    _assert_whole(text, ["ResNet34v2", "LHC-NetC", "53.38%", "47.74%", "21.4M", "74.42%", "32.4M"])
+    notes = narrow_err.getvalue()  # where the results are and notes: stderr, stdout keeps the table only
+    assert "runs/demo/report/index.html" in notes and "note: TTA lowered it." in notes
+    assert "index.html" not in text and "note" not in text
 
 
-def test_ablation_tables_fit_80_columns(narrow):
+def test_ablation_tables_fit_80_columns(narrow, narrow_err):
     from fertool.cli.ablate import render
 
     modules = [f"lhc{i}" for i in range(1, 6)]
@@ -130,7 +143,8 @@ def test_ablation_tables_fit_80_columns(narrow):
     text = narrow.getvalue()
     assert max(len(line) for line in text.splitlines()) <= 80
     _assert_whole(text, ["73.01", "-1.41", "73.99", "-0.43", "12.3%", "-0.245", "0.755"])
-    assert "no heads-<module>.png for lhc5 (n/a: one head)" in " ".join(text.split())
+    assert "no heads-<module>.png for lhc5 (n/a: one head)" in " ".join(narrow_err.getvalue().split())
+    assert "heads-<module>.png" not in text
 
 
 # --------------------------------------------------------------------------- progress and pipes
@@ -171,3 +185,57 @@ def test_a_closed_stdout_ends_the_command_quietly(tmp_path):
     proc.stdout.close()  # like `| head -0`: the reader is gone before the first line
     stderr = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 0 and "error" not in stderr and "Traceback" not in stderr
+
+
+# --------------------------------------------------------------------------- stdout for results only
+
+NOTE_WORDS = ("wrote", "note", "warning", "[yellow]note", "[yellow]warning", "annotated outputs")
+
+
+def _stdout_notes(module) -> list[str]:
+    """Text of every call that writes to stdout (``out.print``, ``typer.echo`` without ``err=True``)
+    and starts with the words of a note."""
+    import ast
+    import inspect
+
+    found = []
+    for node in ast.walk(ast.parse(inspect.getsource(module))):
+        if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute) or not node.args:
+            continue
+        owner = node.func.value.id if isinstance(node.func.value, ast.Name) else None
+        to_stdout = (owner == "out" and node.func.attr == "print") or (
+            owner == "typer" and node.func.attr == "echo"
+            and not any(k.arg == "err" and getattr(k.value, "value", False) for k in node.keywords))
+        if not to_stdout:
+            continue
+        first = node.args[0]
+        if isinstance(first, ast.BinOp):  # "..." + "..."
+            first = first.left
+        if isinstance(first, ast.JoinedStr):
+            first = first.values[0] if first.values else None
+        text = first.value if isinstance(first, ast.Constant) and isinstance(first.value, str) else ""
+        if text.lower().startswith(NOTE_WORDS):
+            found.append(f"line {node.lineno}: {text!r}")
+    return found
+
+
+@pytest.mark.parametrize("module", COMMAND_MODULES, ids=lambda m: m.__name__.rsplit(".", 1)[-1])
+def test_no_command_writes_notes_on_stdout(module):
+    """stdout carries results only (tables, JSON, result lines); "wrote ...", notes and warnings
+    go to stderr, so that ``fertool ... > results.txt`` and ``| jq`` get results alone."""
+    assert _stdout_notes(module) == []
+
+
+def test_the_stdout_note_finder_finds_one():
+    import types
+
+    source = 'out.print(f"wrote {path}")\ntyper.echo("note: x")\ntyper.echo("note: y", err=True)\nout.print(table)\n'
+    module = types.ModuleType("fake")
+    import inspect
+
+    original = inspect.getsource
+    try:
+        inspect.getsource = lambda m: source
+        assert len(_stdout_notes(module)) == 2
+    finally:
+        inspect.getsource = original

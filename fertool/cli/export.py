@@ -32,6 +32,9 @@ def export_cmd(
 
     The input contract (size, raw 0..255 float values, NCHW grey replicated to RGB, class names, architecture, preparation of docs/protocol.md §1) is stored in the file's metadata. The export is then run on random images and compared with the PyTorch model (ONNX with onnxruntime when installed).
     """
+    from ..precheck import checkpoint_file
+
+    checkpoint_file(checkpoint)  # before the import of torch (seconds)
     from ..deploy.export import export_model
 
     status = err.status(f"exporting to {fmt.value} and checking parity...") if not quiet else contextlib.nullcontext()
@@ -40,7 +43,7 @@ def export_cmd(
             checkpoint, out_path, fmt=fmt.value, opset=opset, batch=batch, samples=samples, tolerance=tolerance
         )
     meta = info["metadata"]
-    out.print(f"wrote {info['path']} ({fmt.value}, {info['bytes'] / 2**20:.1f} MiB)")
+    out.print(f"{info['path']}: {fmt.value}, {info['bytes'] / 2**20:.1f} MiB", highlight=False, soft_wrap=True)
     out.print(
         f"  {meta['arch']}: input float32 (batch, 3, {meta['input']['size']}, {meta['input']['size']}) "
         f"raw 0..255, {meta['input']['channels']} -> softmax over {len(meta['class_names'])} classes "
@@ -54,6 +57,7 @@ def export_cmd(
             f"({info['checked_with']} vs PyTorch)"
         )
     if not quiet:
+        err.print(f"wrote {info['path']}", highlight=False, markup=False, soft_wrap=True)
         err.print("the preprocessing contract is in the file's metadata (fertool.deploy.export.read_export_metadata)")
 
 

@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from ._common import (QuietOption, SetOption, load_recipe_from_options, log_line, number_table, out,
+from ._common import (QuietOption, SetOption, err, load_recipe_from_options, log_line, number_table, out,
                       progress_callback)
 
 
@@ -34,10 +34,12 @@ def pipeline_cli(
     from rich.markup import escape
 
     from ..errors import FertoolError
-    from ..pipeline import run_pipeline
+    from ..precheck import existing_file
 
+    existing_file(csv, "CSV file")  # before the import of torch (seconds)
     name = recipe or ("paper" if csv is not None else "demo")
     resolved = load_recipe_from_options(name, sets)
+    from ..pipeline import run_pipeline
     seed_list = None
     if seeds:
         try:
@@ -65,11 +67,11 @@ def pipeline_cli(
                          ["model", "runs", "acc", "TTA", "params", "paper", "paper TTA", "paper params"], rows)
     out.print(table)
     report_dir = Path(result["run"]) / "report"
-    out.print(f"run directory: {result['run']}", highlight=False, soft_wrap=True)
-    out.print(f"report: {report_dir / 'index.html'} (one page), {report_dir / 'report.md'}",
-              highlight=False, soft_wrap=True)
+    err.print(f"run directory: {result['run']}", highlight=False, markup=False, soft_wrap=True)
+    err.print(f"report: {report_dir / 'index.html'} (one page), {report_dir / 'report.md'}",
+              highlight=False, markup=False, soft_wrap=True)
     for note in result["notes"]:
-        out.print(f"[yellow]note:[/yellow] {escape(note)}", highlight=False)
+        err.print(f"[yellow]note:[/yellow] {escape(note)}", highlight=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:
