@@ -171,6 +171,51 @@ def test_progress_in_a_log_file_is_lines_with_each_phase_rate(monkeypatch):
     ]
 
 
+def test_a_sub_second_phase_has_no_rate_and_an_interrupted_one_says_so(monkeypatch):
+    buffer = io.StringIO()
+    monkeypatch.setattr(_common, "err", Console(file=buffer, width=80, color_system=None))
+    clock = [100.0]
+    monkeypatch.setattr(_common.time, "monotonic", lambda: clock[0])
+    with pytest.raises(KeyboardInterrupt):
+        with _common.progress_callback("stage 1", interval=30) as progress:
+            progress(0, 56, phase="val", epoch=1, epochs=2)
+            clock[0] += 0.4
+            progress(56, 56, phase="val", epoch=1, epochs=2)  # 0.4 s: a rate would be noise
+            progress(0, 864, phase="train", epoch=2, epochs=2)
+            clock[0] += 12
+            progress(96, 864, phase="train", epoch=2, epochs=2)
+            raise KeyboardInterrupt  # Ctrl-C in the middle of epoch 2
+    assert buffer.getvalue().splitlines() == [
+        "stage 1 epoch 1/2 validation: 56/56 img, <1s (done)",
+        "stage 1 epoch 2/2: 96/864 img, 8.0 img/s, 12s (interrupted)",
+    ]
+
+
+def _bar_line(width: int, description: str, info: str) -> str:
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=width, color_system=None, force_terminal=True)
+    bar = _common.FittingProgress(
+        _common.TextColumn("{task.description}"), _common.BarColumn(bar_width=24), _common.MofNCompleteColumn(),
+        _common.TextColumn("{task.fields[info]}"), _common.RateColumn("img"), _common.TimeElapsedColumn(),
+        _common.TimeRemainingColumn(), console=console)
+    task = bar.add_task(description, total=864, info=info)
+    bar.update(task, completed=432)
+    console.print(bar.make_tasks_table(bar.tasks))
+    return buffer.getvalue()
+
+
+def test_the_progress_bar_drops_fields_rather_than_wrap_at_80_columns():
+    description, info = "seed-1/resnet/stage4 epoch 12/12 validation", "loss 1.2345 acc 0.4321"
+    wide = _bar_line(200, description, info)
+    assert wide.count("\n") == 1 and info in wide and "432/864" in wide
+    narrow = _bar_line(80, description, info)
+    assert narrow.count("\n") == 1, narrow  # one line, not wrapped
+    assert len(narrow.rstrip("\n")) <= 80
+    assert description in narrow and "432/864" in narrow and "…" not in narrow  # fields dropped, nothing cut
+    tiny = _bar_line(40, description, info)
+    assert tiny.count("\n") == 1 and len(tiny.rstrip("\n")) <= 40  # the description is cut last
+
+
 def test_quiet_progress_prints_nothing(monkeypatch):
     buffer = io.StringIO()
     monkeypatch.setattr(_common, "err", Console(file=buffer, width=80))
@@ -239,3 +284,31 @@ def test_the_stdout_note_finder_finds_one():
         assert len(_stdout_notes(module)) == 2
     finally:
         inspect.getsource = original
+
+
+# --------------------------------------------------------------------------- resume hints
+
+
+def test_an_interrupted_train_says_how_to_resume_it(cli_runner, monkeypatch, tmp_path):
+    def interrupted(recipe, stage, run, **kwargs):
+        (run / "stage1").mkdir(parents=True)
+        (run / "stage1" / "last.pt").write_bytes(b"")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("fertool.engine.train.train_stage", interrupted)
+    result = cli_runner.invoke(app, ["train", "-r", "demo", "-s", "1", "--run", str(tmp_path / "run")])
+    assert result.exit_code == 130
+    text = " ".join(result.stderr.split())
+    assert f"to continue: fertool train --stage 1 --run {tmp_path / 'run'} --resume" in text
+    assert text.endswith("error: interrupted")
+
+
+def test_an_interrupted_pipeline_says_to_run_it_again_not_resume(cli_runner, monkeypatch, tmp_path):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("fertool.pipeline.run_pipeline", interrupted)
+    result = cli_runner.invoke(app, ["pipeline", "--run", str(tmp_path / "run")])
+    assert result.exit_code == 130
+    text = " ".join(result.stderr.split())
+    assert "run the same command again" in text and "--resume" not in text  # pipeline has no --resume

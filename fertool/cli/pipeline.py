@@ -48,15 +48,20 @@ def pipeline_cli(
             raise FertoolError(f"--seeds {seeds}: expected comma-separated integers, e.g. 1,2,3") from None
     run_dir = run or Path("runs") / Path(name).stem
 
-    result = run_pipeline(
-        resolved,
-        run_dir,
-        csv=csv,
-        seeds=seed_list,
-        device=device,
-        log=log_line,
-        progress_factory=lambda description: progress_callback(description, quiet=quiet),
-    )
+    try:
+        result = run_pipeline(
+            resolved,
+            run_dir,
+            csv=csv,
+            seeds=seed_list,
+            device=device,
+            log=log_line,
+            progress_factory=lambda description: progress_callback(description, quiet=quiet),
+        )
+    except KeyboardInterrupt:
+        log_line("to continue: run the same command again; finished steps are skipped and the interrupted "
+                 "stage resumes from its last.pt")
+        raise
 
     rows = [[row["model"], row["runs"], f"{row['accuracy']:.2f}%",
              "-" if row["tta_accuracy"] is None else f"{row['tta_accuracy']:.2f}%",

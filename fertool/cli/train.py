@@ -82,12 +82,17 @@ def train_cli(
             header_done = True
         err.print(_epoch_line(row), highlight=False)
 
-    with progress_callback(f"stage {stage}", quiet=quiet, transient=True) as progress:
-        summary = train_stage(
-            resolved, stage, run, csv=csv, images=images, init=init, seed=seed, init_seed=init_seed, resume=resume,
-            overwrite=overwrite, device=device, allow_test_selection=allow_test_selection,
-            progress=None if quiet else progress, log=log_line, on_epoch=on_epoch,
-        )
+    try:
+        with progress_callback(f"stage {stage}", quiet=quiet, transient=True) as progress:
+            summary = train_stage(
+                resolved, stage, run, csv=csv, images=images, init=init, seed=seed, init_seed=init_seed,
+                resume=resume, overwrite=overwrite, device=device, allow_test_selection=allow_test_selection,
+                progress=None if quiet else progress, log=log_line, on_epoch=on_epoch,
+            )
+    except KeyboardInterrupt:
+        if main_rank and (stage_dir(run, stage) / "last.pt").is_file():
+            log_line(f"to continue: fertool train --stage {stage} --run {run} --resume (same recipe and options)")
+        raise
     if not main_rank:
         return
 
