@@ -106,6 +106,17 @@ def test_evaluate_tables_fit_80_columns_without_cutting_a_number(narrow):
     _assert_whole(text, CLASSES + ["491", "879", "74.42%", "72.97% - 75.84%", "73.5", "66.7"])
 
 
+def test_evaluate_titles_are_not_wrapped_by_a_narrow_table(narrow):
+    from fertool.cli.evaluate import render_report
+
+    render_report({**_metrics(tta=False), "n": 56})  # a small split: the summary table is narrow
+    lines = narrow.getvalue().splitlines()
+    assert "lhc_net stage 4 on PrivateTest (56 images)" in lines[0]
+    assert any(line.startswith("per class, % (P precision, R recall, n images)") for line in lines)
+    assert any(line.startswith("confusion, plain: rows true class, columns predicted; count and % of the row")
+               for line in lines)
+
+
 def test_pipeline_table_fits_80_columns(narrow, narrow_err, monkeypatch, tmp_path):
     from fertool.cli import pipeline as pipeline_cli
     from fertool.pipeline import final_table
@@ -312,3 +323,23 @@ def test_an_interrupted_pipeline_says_to_run_it_again_not_resume(cli_runner, mon
     assert result.exit_code == 130
     text = " ".join(result.stderr.split())
     assert "run the same command again" in text and "--resume" not in text  # pipeline has no --resume
+
+
+def test_predict_tables_with_tta_fit_80_columns_and_keep_whole_paths(narrow):
+    from fertool.cli.predict import _render
+    from fertool.deploy.faces import Box
+    from fertool.deploy.predict import FaceResult
+
+    path = "/home/someone/Pictures/holidays-2024/family/IMG_20240817_153012_HDR.jpg"
+    probs = dict(zip(CLASSES, (0.05, 0.01, 0.04, 0.7, 0.1, 0.05, 0.05)))
+    faces = [FaceResult(path, None, i, Box(1024, 768, 412, 412), probs, "Happiness", probs, "Happiness")
+             for i in range(2)]
+    _render(faces, [], tta="paper")
+    text = narrow.getvalue()
+    assert max(len(line) for line in text.splitlines()) <= 80, text
+    assert "…" not in text
+    assert path in "".join(line.split("│")[0].strip() for line in text.splitlines()), text  # folded, not cut
+    rows = [line for line in text.splitlines() if "1024 768 412 412" in line]
+    assert len(rows) == 2 and all(line.count("Happiness 0.700") == 2 for line in rows), text  # plain and TTA
+    header = [line for line in text.splitlines() if "label" in line]
+    assert len(header) == 1 and header[0].rstrip().endswith("TTA"), text  # one header line, nothing cut at the right

@@ -76,6 +76,8 @@ def number_table(title: str | None, header: Sequence[str], rows: Iterable[Sequen
     """
     rows = [[str(cell) for cell in row] for row in rows]
     kwargs.setdefault("show_edge", False)  # four more columns for the values
+    if title:  # a table narrower than its title would wrap it ("PrivateTest (56 / images)")
+        kwargs.setdefault("min_width", min(len(title), 80))
     table = Table(title=title, title_justify="left", **kwargs)
     for i, name in enumerate(header):
         widest = max((len(line) for row in rows for line in row[i].splitlines()), default=0)
