@@ -97,7 +97,9 @@ def run_pipeline(
     ``progress_factory(description)`` returns a context manager yielding a progress
     callback (the CLI passes Rich bars); ``log`` receives one-line messages.
     """
-    from contextlib import nullcontext
+    from contextlib import contextmanager, nullcontext
+
+    from .steps import StepTracker, pipeline_plan
 
     from .analysis.ablation import ablate
     from .analysis.report import report
@@ -109,11 +111,14 @@ def run_pipeline(
 
     log = log or (lambda message: None)
 
+    @contextmanager
     def bar(description: str):
-        return progress_factory(description) if progress_factory else nullcontext(None)
+        with progress_factory(description) if progress_factory else nullcontext(None) as progress:
+            yield steps.watch(progress)  # the step line counts the epochs
 
     run_dir = Path(run_dir)
     seeds = list(seeds or recipe.pipeline.seeds)
+    steps = StepTracker(pipeline_plan(recipe, seeds, ablate=recipe.pipeline.ablate), log)
     if not seeds:
         raise FertoolError("pipeline: needs at least one seed (--seeds or pipeline.seeds)")
     if csv is not None and not Path(csv).is_file():
@@ -133,22 +138,27 @@ def run_pipeline(
     images = data_dir / "prepared"
     if (images / "prepare.json").is_file():
         _check_same_csv(images / "prepare.json", csv, run_dir)
-        log(f"prepare: {images} exists, skipped")
+        steps.end("prepare", skipped=True)
     else:
+        steps.start("prepare")
         with bar("prepare") as progress:
             prepare(csv, images, config=recipe.prepare, recipe=recipe, overwrite=images.exists(), progress=progress)
+        steps.end("prepare")
 
     def train(stage: str, where: Path, *, seed: int, init: Path | None = None, stage_recipe: Recipe = recipe) -> Path:
         folder = stage_dir(where, stage)
         status = (read_json(folder / "summary.json") or {}).get("status")
+        key = f"train {folder.relative_to(run_dir).as_posix()}"
         if status in FINISHED:
-            log(f"{folder}: already {status}, skipped")
+            steps.end(key, skipped=True)
         else:
             resume = (folder / "last.pt").is_file()
+            steps.start(key)
             log(f"{folder}: {'resuming' if resume else 'training'}")
             with bar(f"{folder.relative_to(run_dir)}") as progress:
                 train_stage(stage_recipe, stage, where, csv=csv, images=images, init=init, seed=seed,
                             resume=resume, device=device, progress=progress, log=log)
+            steps.end(key)
         return folder / "best.pt"
 
     # 2. ResNet34v2 stages 1-3 (shared by every seed) -----------------------------------
@@ -180,13 +190,16 @@ def run_pipeline(
             metrics_file = out / "metrics.json"
             # Reused when newer than the checkpoint and with TTA figures if TTA is wanted.
             metrics = read_json(metrics_file)
+            key = f"evaluate {path.parent.relative_to(run_dir).as_posix()}"
             if (metrics is not None and metrics_file.stat().st_mtime >= path.stat().st_mtime
                     and (tta is None or metrics.get("tta"))):
-                log(f"{out}: already evaluated, skipped")
+                steps.end(key, skipped=True)
             else:
+                steps.start(key)
                 with bar(f"evaluate {path.parent.relative_to(run_dir)}") as progress:
                     metrics = evaluate_checkpoint(path, csv=csv, split=split, tta=tta, out_dir=out,
                                                   device=device, progress=progress)
+                steps.end(key)
             results[name].append({**metrics, "params": params})
 
     # 5. ablation of the best LHC-Net, and the Table 7 report ---------------------------
@@ -195,17 +208,21 @@ def run_pipeline(
         lhc_best = checkpoints["LHC-Net"][best_index]
         out = lhc_best.parent / f"ablate-{split}"
         if (out / "ablation.json").is_file():
-            log(f"{out}: already done, skipped")
+            steps.end("ablate", skipped=True)
         else:
+            steps.start("ablate")
             with bar("ablate") as progress:
                 ablate(lhc_best, csv=csv, split=split, modes=recipe.ablate.modes, sets=recipe.ablate.sets,
                        tolerance=recipe.ablate.tolerance, out_dir=out, device=device, progress=progress)
+            steps.end("ablate")
     synthetic = is_synthetic(images_provenance(images, sample_seeds=(recipe.sample.seed, 0)))
     table = final_table(results)
     result = {"run": str(run_dir), "csv": str(csv), "synthetic": synthetic, "seeds": seeds, "table": table,
               "notes": table_notes(table, synthetic=synthetic)}
     write_json(run_dir / "pipeline.json", result)
+    steps.start("report")
     report([run_dir], out_dir=run_dir / "report", html=True)
+    steps.end("report")
     return result
 
 
