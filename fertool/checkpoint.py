@@ -27,13 +27,14 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 
 from . import CLASS_NAMES, __version__
 from .errors import CheckpointError, DataError, ModelError, printable
 from .files import atomic_path
+from .precheck import checkpoint_file
 
 FORMAT = "fertool-checkpoint"
 FORMAT_VERSION = 1
@@ -97,10 +98,7 @@ def load_checkpoint(
     :class:`CheckpointError` naming the file.
     """
     path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such checkpoint file")
-    if path.is_dir():
-        raise CheckpointError(f"{path}: is a directory, expected a checkpoint file")
+    checkpoint_file(path)
     try:
         with warnings.catch_warnings():  # torch warns about foreign pickle protocols
             warnings.simplefilter("ignore")
@@ -255,12 +253,24 @@ def checkpoint_classes(ckpt: Mapping[str, Any]) -> tuple[str, ...]:
 def check_same_classes(model_classes: Iterable[str], data_classes: Iterable[str], *, model: str, data: str) -> None:
     """Refuse to use a model of one class set on data of another; the message shows both lists."""
     model_classes, data_classes = tuple(model_classes), tuple(data_classes)
+    if model_classes != data_classes and sorted(model_classes) == sorted(data_classes):
+        raise DataError(reordered_classes_message(data, data_classes, model, model_classes))
     if model_classes != data_classes:
         raise DataError(
             f"{data}: the data's {len(data_classes)} classes ({', '.join(data_classes)}) are not the "
             f"{len(model_classes)} classes of {model} ({', '.join(model_classes)}): a model of one class set "
             "cannot be trained or evaluated on data of another"
         )
+
+
+def reordered_classes_message(data: str, data_classes: Sequence[str], model: str,
+                               model_classes: Sequence[str]) -> str:
+    """The message for data whose classes are the model's names in another order: label
+    ``i`` would mean another class, and the recipe key ``data.classes`` fixes the order."""
+    return (f"{data}: the data's {len(data_classes)} classes are the same names as {model}'s, in another order "
+            f"(data: {', '.join(data_classes)}; model: {', '.join(model_classes)}), so a label number would mean "
+            f"another class; prepare the data again with the recipe key data.classes listing the model's order: "
+            f"data.classes=[{', '.join(model_classes)}]")
 
 
 #: Data sets of photos: their models see colour face crops fitted the way ``prepare --folder`` does.

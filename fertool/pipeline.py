@@ -39,15 +39,18 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from .analysis.verdict import EXCLUDED, stage4_verdict
 from .errors import FertoolError, TrainingError
 from .files import read_json, write_json
 from .locks import cooperating
+from .progress import Progress
 from .protocol import FINISHED, PAPER_PARAMS, PAPER_TABLE7, stage_dir
 from .recipe import Recipe, load_recipe, save_recipe, to_dict
+from .steps import StepTracker, pipeline_plan
 
 Log = Callable[[str], None]
 
@@ -108,13 +111,29 @@ class _Run:
     callbacks: Sequence[Any] = ()
     #: ``hold(target)``: the lock of one output, shared with cooperating processes
     hold: Callable[[str | os.PathLike], Any] = dataclasses.field(default_factory=lambda: cooperating())
+    #: the step line (``step 4/15 stage 2 (ResNet34v2) ...``) and its estimate
+    steps: StepTracker | None = None
     csv: Path | None = None
     images: Path | None = None
 
-    def bar(self, description: str):
-        from contextlib import nullcontext
+    @contextmanager
+    def bar(self, description: str) -> Iterator[Progress]:
+        with self.progress_factory(description) if self.progress_factory else nullcontext(None) as progress:
+            yield self.steps.watch(progress) if self.steps else progress  # the step line counts the epochs
 
-        return self.progress_factory(description) if self.progress_factory else nullcontext(None)
+    @contextmanager
+    def step(self, key: str) -> Iterator[None]:
+        """One step of the plan (:func:`fertool.steps.pipeline_plan`) doing its work."""
+        if self.steps:
+            self.steps.start(key)
+        yield
+        if self.steps:
+            self.steps.end(key)
+
+    def skip(self, key: str, why: str | None = None) -> None:
+        """A step of the plan with nothing to do: its outputs are there, or ``why``."""
+        if self.steps:
+            self.steps.end(key, skipped=True, why=why)
 
     def train(self, stage: str, where: Path, *, seed: int, init: Path | None = None,
               init_seed: int | None = None, stage_recipe: Recipe | None = None) -> Path:
@@ -122,14 +141,15 @@ class _Run:
         from .engine.train import train_stage
 
         folder = stage_dir(where, stage)
+        key = f"train {folder.relative_to(self.run_dir).as_posix()}"
         with self.hold(folder):
             status = (read_json(folder / "summary.json") or {}).get("status")
             if status in FINISHED:
-                self.log(f"{folder}: already {status}, skipped")
+                self.skip(key)
             else:
                 resume = (folder / "last.pt").is_file()
                 self.log(f"{folder}: {'resuming' if resume else 'training'}")
-                with self.bar(f"{folder.relative_to(self.run_dir)}") as progress:
+                with self.step(key), self.bar(f"{folder.relative_to(self.run_dir)}") as progress:
                     train_stage(stage_recipe or self.recipe, stage, where, csv=self.csv, images=self.images,
                                 init=init, seed=seed, init_seed=init_seed, resume=resume, device=self.device,
                                 progress=progress, log=self.log, callbacks=self.callbacks)
@@ -204,9 +224,12 @@ def run_pipeline(
     return ``{"run", "csv"}``.
     """
     log = log or (lambda message: None)
-    run = _Run(recipe, Path(run_dir), device, log, progress_factory, callbacks=callbacks,
-               hold=cooperating(wait=wait, timeout=wait_timeout, log=log))
     seeds = list(seeds or recipe.pipeline.seeds)
+    plan = pipeline_plan(recipe, seeds, ablate=recipe.pipeline.ablate)
+    if shared_only:
+        plan = [step for step in plan if step.key in ("prepare", "train stage1", "train stage2", "train stage3")]
+    run = _Run(recipe, Path(run_dir), device, log, progress_factory, callbacks=callbacks,
+               hold=cooperating(wait=wait, timeout=wait_timeout, log=log), steps=StepTracker(plan, log))
     if not seeds:
         raise FertoolError("pipeline: needs at least one seed (--seeds or pipeline.seeds)")
     if csv is not None and not Path(csv).is_file():
@@ -242,9 +265,9 @@ def _prepare_data(run: _Run, csv: str | os.PathLike | None) -> None:
         run.csv = Path(csv)
         if (run.images / "prepare.json").is_file():
             _check_same_csv(run.images / "prepare.json", run.csv, run.run_dir)
-            run.log(f"prepare: {run.images} exists, skipped")
+            run.skip("prepare")
         else:
-            with run.bar("prepare") as progress:
+            with run.step("prepare"), run.bar("prepare") as progress:
                 prepare(run.csv, run.images, config=run.recipe.prepare, recipe=run.recipe,
                         overwrite=run.images.exists(), progress=progress)
 
@@ -271,6 +294,9 @@ def _train_seed_models(run: _Run, seed: int, seed_dir: Path, resnet_best: Path) 
     controller = None
     if lhc_verdict["status"] in EXCLUDED:
         run.log(f"seed {seed}: LHC-Net {lhc_verdict['status']} ({lhc_verdict['reason']}): no LHC-NetC from it")
+        controller_folder = stage_dir(seed_dir, "controller").relative_to(run.run_dir).as_posix()
+        for step in ("train", "evaluate"):
+            run.skip(f"{step} {controller_folder}", why=f"its LHC-Net {lhc_verdict['status']}")
     else:
         controller = run.train("controller", seed_dir, seed=seed, init=lhc, init_seed=init_seed)
     control, control_verdict = run.train_stage4(seed_dir / "resnet", seed=seed, init=resnet_best, init_seed=init_seed,
@@ -307,14 +333,15 @@ def _evaluate(run: _Run, outcomes: list[_Seed]) -> dict[str, list[dict]]:
             params = params or keras_param_count(path)
             out = path.parent / f"eval-{split}"
             metrics_file = out / "metrics.json"
+            key = f"evaluate {path.parent.relative_to(run.run_dir).as_posix()}"
             with run.hold(out):
                 # Reused when newer than the checkpoint and with TTA figures if TTA is wanted.
                 metrics = read_json(metrics_file)
                 if (metrics is not None and metrics_file.stat().st_mtime >= path.stat().st_mtime
                         and (tta is None or metrics.get("tta"))):
-                    run.log(f"{out}: already evaluated, skipped")
+                    run.skip(key)
                 else:
-                    with run.bar(f"evaluate {path.parent.relative_to(run.run_dir)}") as progress:
+                    with run.step(key), run.bar(f"evaluate {path.parent.relative_to(run.run_dir)}") as progress:
                         metrics = evaluate_checkpoint(path, csv=run.csv, split=split, tta=tta, out_dir=out,
                                                       device=run.device, progress=progress)
             results[name].append({**metrics, **base, "params": params, "checkpoint": str(path)})
@@ -330,16 +357,17 @@ def _ablate_best(run: _Run, results: dict[str, list[dict]]) -> None:
         return
     if not counted:
         run.log("ablate: no LHC-Net passed the selection rule; nothing to ablate")
+        run.skip("ablate", why="no LHC-Net passed the selection rule")
         return
     best = Path(max(counted, key=lambda r: r["accuracy"])["checkpoint"])
     split = run.recipe.data.test_split
     out = best.parent / f"ablate-{split}"
     with run.hold(out):
         if (out / "ablation.json").is_file():
-            run.log(f"{out}: already done, skipped")
+            run.skip("ablate")
             return
         cfg = run.recipe.ablate
-        with run.bar("ablate") as progress:
+        with run.step("ablate"), run.bar("ablate") as progress:
             ablate(best, csv=run.csv, split=split, modes=cfg.modes, sets=cfg.sets, tolerance=cfg.tolerance,
                    out_dir=out, device=run.device, progress=progress)
 
@@ -356,7 +384,8 @@ def _write_results(run: _Run, seeds: list[int], outcomes: list[_Seed], results: 
               "table": table, "notes": table_notes(table, synthetic=synthetic)}
     with run.hold(run.run_dir / "report"):  # pipeline.json and RUN/report/: the last process to finish writes them
         write_json(run.run_dir / "pipeline.json", result)
-        report([run.run_dir], out_dir=run.run_dir / "report", html=True)
+        with run.step("report"):
+            report([run.run_dir], out_dir=run.run_dir / "report", html=True)
     return result
 
 

@@ -20,7 +20,8 @@ def test_sample_data_writes_and_refuses_to_overwrite(cli_runner, tmp_path):
     path = tmp_path / "s.csv"
     result = cli_runner.invoke(app, ["sample-data", "--out", str(path), "--per-class", "4", "--seed", "3"])
     assert result.exit_code == 0, result.output
-    assert f"wrote {path}: 42 synthetic faces" in result.stdout and "synthetic" in result.stderr
+    assert f"{path}: 42 synthetic faces" in result.stdout and "wrote" not in result.stdout
+    assert f"wrote {path}" in result.stderr and "synthetic" in result.stderr
     first = path.read_bytes()
     result = cli_runner.invoke(app, ["sample-data", "--out", str(path), "--per-class", "4"])
     assert result.exit_code == 1 and result.stderr.strip() == f"error: {path}: file exists (use --overwrite to replace it)"

@@ -142,3 +142,8 @@ def test_cli_prints_the_parity_difference(ckpt_path, tmp_path, cli_runner):
     result = cli_runner.invoke(app, ["export", "-c", str(ckpt_path), "-f", "torchscript", "-o", str(out), "-q"])
     assert result.exit_code == 0, result.output
     assert "max |softmax difference|" in result.stdout and out.is_file()
+    assert result.stderr == ""  # -q: no notes
+    result = cli_runner.invoke(app, ["export", "-c", str(ckpt_path), "-f", "torchscript", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert f"wrote {out}" in result.stderr and "wrote" not in result.stdout  # notes on stderr, results on stdout
+    assert result.stdout.startswith(f"{out}: torchscript, ")

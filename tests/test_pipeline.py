@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import os
 import shutil
 from html.parser import HTMLParser
@@ -252,6 +253,21 @@ def test_the_html_report_renders_in_a_headless_browser(finished, tmp_path):
     # Drawn pictures put dark and mid-grey pixels on the white page; a page of broken-image
     # icons and text alone has far fewer non-white pixels.
     assert (pixels < 250).mean() > 0.05
+
+
+def test_every_step_has_a_numbered_start_and_end_line_with_an_estimate(finished):
+    _, _, messages = finished
+    steps = [m for m in messages if m.startswith("step ")]
+    # prepare, stages 1-3, 3 trainings and 3 evaluations per seed (2 seeds), ablate, report: 18
+    numbers = [re.match(r"step (\d+)/(\d+) ", m).groups() for m in steps]
+    assert {total for _, total in numbers} == {"18"}, steps  # the plan knew every step the pipeline ran
+    started = [int(k) for (k, _), m in zip(numbers, steps) if ": started;" in m]
+    finished_ = [int(k) for (k, _), m in zip(numbers, steps) if ": finished in " in m]
+    assert started == finished_ == list(range(1, 19)), steps
+    # from the first finished training on there is an estimate (a one-epoch cap: "at most")
+    first_trained = next(m for m in steps if "stage 1 (ResNet34v2): finished in" in m)
+    assert "(1 epoch)" in first_trained and " more" in first_trained, first_trained
+    assert steps[-1].startswith("step 18/18 report") and "more" not in steps[-1]
 
 
 def test_a_rerun_skips_every_finished_step(run_copy):

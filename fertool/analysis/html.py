@@ -22,7 +22,7 @@ from typing import Any, Iterable, Sequence
 
 from ..files import read_json
 from ..protocol import PAPER_TABLE7, STAGE_FOLDERS
-from .stats import STAT_COLUMNS, stat_text
+from .stats import STAT_COLUMNS, stat_text, table_rows
 
 __all__ = ["render_html"]
 
@@ -32,14 +32,18 @@ body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 1.5em auto
 h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: .2em; margin-top: 2em; }
 h3 { margin-bottom: .3em; }
 table { border-collapse: collapse; margin: .6em 0; font-variant-numeric: tabular-nums; }
+.scroll { overflow-x: auto; max-width: 100%; }
 th, td { border: 1px solid #ccc; padding: .25em .6em; text-align: right; }
 th:first-child, td:first-child { text-align: left; }
 th { background: #f3f3f3; }
 img { max-width: 100%; height: auto; border: 1px solid #eee; margin: .3em 0; }
-figure { margin: .8em 0; } figcaption { font-size: .9em; color: #555; }
+figure { margin: .8em 0; } figcaption { font-size: .95em; color: #444; }
 .note { background: #fff6d5; border-left: 4px solid #e0b000; padding: .5em .8em; }
 .muted { color: #666; font-size: .9em; }
-.grid { display: flex; flex-wrap: wrap; gap: 1em; } .grid figure { flex: 1 1 300px; }
+.grid { display: flex; flex-wrap: wrap; gap: 1em; }
+.grid figure { flex: 1 1 480px; max-width: 600px; }  /* two a row at 1280 px: numbers near their size */
+@media (max-width: 600px) { body { padding: 0 .5em; } h1 { font-size: 1.25em; word-break: break-all; }
+  th, td { padding: .2em .35em; } }
 nav a { margin-right: 1em; }
 """
 
@@ -51,7 +55,8 @@ def _pct(value: float | None, scale: float = 100.0) -> str:
 def _table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     head = "".join(f"<th>{escape(str(h))}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    # In a scrolling box: on a phone a wide table scrolls sideways instead of widening the page.
+    return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
 
 
 def _image(path: Path, alt: str, caption: str = "") -> str:
@@ -114,7 +119,7 @@ def _statistics(data: dict) -> str:
     html = []
     header = [data["group_by"]] + [title for _, title in STAT_COLUMNS]
     for kind, title in (("plain", "without TTA"), ("tta", "with TTA")):
-        rows = [[g] + [stat_text(k, e[kind]) for k, _ in STAT_COLUMNS] for g, e in data["groups"].items() if e[kind]]
+        rows = [[g] + [stat_text(k, s) for k, _ in STAT_COLUMNS] for g, _, s in table_rows(data["groups"], kind)]
         if rows:
             html += [f"<h3>{escape(data['split'])} accuracy (%), {title}</h3>", _table(header, rows)]
     paper_rows = [[m, f"{p['top40']:.2f}", f"{p['top25']:.2f}", f"{p['best']:.2f}", f"{p['best_tta']:.2f}"]

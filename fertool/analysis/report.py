@@ -67,7 +67,7 @@ from ..data.provenance import SYNTHETIC
 from ..errors import DataError, FertoolError
 from ..files import atomic_dir, read_json, write_json
 from ..protocol import MODEL_NAMES, PAPER_TABLE7, RUN_SETS, STAGE_ARCH, STAGE_FOLDERS, paper_set
-from .stats import STAT_COLUMNS, pct, run_statistics, stat_text, top_count
+from .stats import STAT_COLUMNS, pct, run_statistics, stat_text, table_rows, top_count
 from .verdict import EXCLUDED, stage4_verdict
 
 __all__ = [
@@ -506,13 +506,13 @@ def render_markdown(data: dict) -> str:
         "",
     ]
     header = ["group"] + [title for _, title in STAT_COLUMNS]
-    lines += _table([[_group_label(g, e)] + [_stat_cell(k, e["plain"]) for k, _ in STAT_COLUMNS]
-                     for g, e in groups.items()], header)
-    tta_groups = {g: e for g, e in groups.items() if e["tta"] is not None}
-    if tta_groups:
+    lines += _table([[_group_label(g, e)] + [_stat_cell(k, s) for k, _ in STAT_COLUMNS]
+                     for g, e, s in table_rows(groups, "plain")], header)
+    tta_rows = table_rows(groups, "tta")  # the same groups as without TTA
+    if tta_rows:
         lines += ["", "## With TTA", ""]
-        lines += _table([[_group_label(g, e)] + [_stat_cell(k, e["tta"]) for k, _ in STAT_COLUMNS]
-                         for g, e in tta_groups.items()], header)
+        lines += _table([[_group_label(g, e)] + [_stat_cell(k, s) for k, _ in STAT_COLUMNS]
+                         for g, e, s in tta_rows], header)
     sets = sorted({e["paper_set"] for e in groups.values() if e.get("paper_set")})
     if sets:
         lines += ["", "Run sets of the paper (Table 7): "

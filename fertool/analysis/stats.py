@@ -62,3 +62,17 @@ def pct(value: float | None, digits: int = 2) -> str:
 def stat_text(key: str, stats: dict) -> str:
     """One statistic for a table: the run count, or a percentage with 2 decimals (n/a)."""
     return str(stats.get(key)) if key == "n" else pct(stats.get(key))
+
+
+def table_rows(groups: dict, kind: str) -> list[tuple[str, dict, dict]]:
+    """(group, entry, statistics) of the rows of a Table 7 of ``kind`` ("plain" or "tta").
+
+    The tables without and with TTA list the same groups: those with at least one accepted
+    run (a group whose runs were all rejected is listed with the rejected runs instead).  A
+    group without TTA figures gets an all-n/a row in the TTA table.  No TTA figures at all:
+    no TTA table (an empty list).
+    """
+    listed = [(name, entry) for name, entry in groups.items() if (entry.get("plain") or {}).get("n")]
+    if kind == "tta" and not any(entry.get("tta") for _, entry in listed):
+        return []
+    return [(name, entry, entry.get(kind) or run_statistics([])) for name, entry in listed]

@@ -76,6 +76,8 @@ def number_table(title: str | None, header: Sequence[str], rows: Iterable[Sequen
     """
     rows = [[str(cell) for cell in row] for row in rows]
     kwargs.setdefault("show_edge", False)  # four more columns for the values
+    if title:  # a table narrower than its title would wrap it ("PrivateTest (56 / images)")
+        kwargs.setdefault("min_width", min(len(title), 80))
     table = Table(title=title, title_justify="left", **kwargs)
     for i, name in enumerate(header):
         widest = max((len(line) for row in rows for line in row[i].splitlines()), default=0)
@@ -96,6 +98,8 @@ class RateColumn(ProgressColumn):
 
     def render(self, task: Task) -> Text:
         speed = task.finished_speed or task.speed
+        if (task.elapsed or 0.0) < 1.0:  # no rate for a sub-second phase: too few samples to mean anything
+            return Text("")
         if speed is None:
             return Text(f"-- {self.unit}/s", style="progress.data.speed")
         return Text(f"{speed:,.1f} {self.unit}/s" if speed < 10 else f"{speed:,.0f} {self.unit}/s",
@@ -133,13 +137,15 @@ class _LogProgress:
         self.key = None
         self.last = (0, None, "", "")  # done, total, description, info
 
-    def _line(self, final: bool) -> None:
+    def _line(self, final: bool, ending: str = "done") -> None:
         done, total, description, info = self.last
         seconds = max(time.monotonic() - self.start, 1e-9)
         count = f"{done:,}/{total:,}" if total else f"{done:,}"
-        rate = (done - self.first) / seconds
-        text = f"{description}: {count} {self.unit}, {rate:,.1f} {self.unit}/s, {seconds:,.0f}s"
-        err.print(text + (f", {info}" if info else "") + (" (done)" if final else ""), highlight=False,
+        text = f"{description}: {count} {self.unit}"
+        if seconds >= 1.0 and done > self.first:  # no rate for a sub-second phase (0.0 img/s said nothing)
+            text += f", {(done - self.first) / seconds:,.1f} {self.unit}/s"
+        text += f", {seconds:,.0f}s" if seconds >= 1.0 else ", <1s"
+        err.print(text + (f", {info}" if info else "") + (f" ({ending})" if final else ""), highlight=False,
                   markup=False, soft_wrap=True)
         self.printed = time.monotonic()
 
@@ -155,10 +161,59 @@ class _LogProgress:
         elif time.monotonic() - self.printed >= self.interval:
             self._line(final=False)
 
-    def close(self) -> None:
+    def close(self, ending: str = "done") -> None:
+        """End the open phase's line with ``(done)``, or ``(interrupted)`` when it was cut short."""
         if getattr(self, "open", False):
-            self._line(final=True)
+            self._line(final=True, ending=ending)
             self.open = False
+
+
+class FittingProgress(Progress):
+    """A Rich progress display whose line never wraps: when the row is wider than the
+    console it drops fields, least useful first (loss/accuracy, elapsed time, a narrower
+    bar, the rate, the bar, the remaining time), and at last cuts the description."""
+
+    #: Column indexes (into the constructor's columns) in the order they are dropped.
+    DROP_ORDER = (3, 5, "narrow-bar", 4, 1, 6)
+
+    def __init__(self, *columns, console: Console, **kwargs) -> None:
+        self.all_columns, self.fit_console = tuple(columns), console
+        self.narrow_bar = BarColumn(bar_width=10)
+        super().__init__(*columns, console=console, **kwargs)
+
+    def _layouts(self) -> Iterator[list]:
+        kept, narrow = list(range(len(self.all_columns))), False
+        for step in (None, *self.DROP_ORDER):
+            if step == "narrow-bar":
+                narrow = True
+            elif step in kept:
+                kept = [i for i in kept if i != step]
+            yield [self.narrow_bar if narrow and isinstance(self.all_columns[i], BarColumn) else self.all_columns[i]
+                   for i in kept]
+
+    @staticmethod
+    def _width(column, task: Task) -> int:
+        if isinstance(column, BarColumn):
+            return column.bar_width or 40
+        rendered = column.render(task)
+        return rendered.cell_len if isinstance(rendered, Text) else len(str(rendered))
+
+    def make_tasks_table(self, tasks: Iterable[Task]) -> Table:
+        # Local columns only: Rich's refresh thread renders too, so nothing shared is changed here.
+        tasks = [task for task in tasks if task.visible]
+        width = self.fit_console.width
+        for columns in self._layouts():
+            row = max((sum(self._width(c, task) for c in columns) + len(columns) - 1 for task in tasks), default=0)
+            if row <= width:
+                break
+        table_columns = [column.get_table_column().copy() for column in columns]
+        for column in table_columns:
+            column.no_wrap = True
+        table_columns[0].overflow = "ellipsis"  # the description: cut only when nothing else is left to drop
+        table = Table.grid(*table_columns, padding=(0, 1), expand=self.expand)
+        for task in tasks:
+            table.add_row(*(column.render(task) for column in columns))
+        return table
 
 
 @contextmanager
@@ -178,12 +233,17 @@ def progress_callback(description: str, *, quiet: bool = False, unit: str = "img
         log = _LogProgress(description, unit, interval)
         try:
             yield log
-        finally:
-            log.close()
+        except KeyboardInterrupt:
+            log.close("interrupted")
+            raise
+        except BaseException:
+            log.close("stopped")
+            raise
+        log.close()
         return
-    bar = Progress(
+    bar = FittingProgress(
         TextColumn("[bold]{task.description}"),
-        BarColumn(),
+        BarColumn(bar_width=24),
         MofNCompleteColumn(),
         TextColumn("{task.fields[info]}"),
         RateColumn(unit),

@@ -57,6 +57,11 @@ def ablate_cli(
 
     Writes ablation.json, ablation.png, heads-<module>.png, pictures/ and recipe.yaml.
     """
+    from ..precheck import checkpoint_file, existing_file, existing_folder
+
+    checkpoint_file(checkpoint)  # before the imports of torch and matplotlib (seconds)
+    existing_file(csv, "CSV file")
+    existing_folder(images, "image folder")
     from ..analysis.ablation import ablate
     from ._artifacts import resolve_checkpoint, resolve_csv
 
@@ -148,7 +153,7 @@ def render(report: dict) -> None:
         header = ["module", "heads", "mean |rho|"] + (["w", "tanh(w)", "1+tanh(w)"] if ctrl else [])
         out.print(number_table("head redundancy: mean |correlation| between heads", header, rows))
         if unplotted:
-            out.print(f"no heads-<module>.png for {', '.join(unplotted)}: a correlation needs two heads",
+            err.print(f"note: no heads-<module>.png for {', '.join(unplotted)}: a correlation needs two heads",
                       highlight=False)
 
 

@@ -34,7 +34,7 @@ def augment_lhc_cli(
     The LHC modules come from model.lhc (Table 2 by default). Every backbone tensor is copied bit for bit; the new modules are initialised from --seed. Without --recipe the checkpoint's own recipe is used.
     """
     from ..errors import CheckpointError
-    from ..surgery import augment_lhc_file
+    from ..precheck import checkpoint_file
 
     if run is not None:
         if checkpoint is not None or out_path is not None:
@@ -46,6 +46,9 @@ def augment_lhc_cli(
             raise CheckpointError(f"{checkpoint}: not found (train {src_stage} of {run} first)")
     if checkpoint is None or out_path is None:
         raise CheckpointError("give --checkpoint CKPT and --out CKPT, or --run DIR")
+    checkpoint_file(checkpoint)  # before the import of torch (seconds)
+    from ..surgery import augment_lhc_file
+
     result = augment_lhc_file(checkpoint, out_path, recipe=recipe, overrides=sets or (), controller=controller,
                               seed=seed, overwrite=overwrite or force)
     ckpt = result["checkpoint"]

@@ -42,6 +42,11 @@ def evaluate_cli(
 
     Reports accuracy, loss, balanced accuracy, macro-F1, per-class scores, confusion matrix, bootstrap 95% interval and tied predictions; with --tta, plain and TTA side by side. Writes metrics.json, probs.npz, confusion.png and recipe.yaml.
     """
+    from ..precheck import checkpoint_file, existing_file, existing_folder
+
+    checkpoint_file(checkpoint)  # before the imports of torch and OpenCV (seconds)
+    existing_file(csv, "CSV file")
+    existing_folder(images, "image folder")
     from ..evaluation.evaluate import evaluate_checkpoint
     from ._artifacts import resolve_checkpoint, resolve_csv
 
@@ -136,8 +141,8 @@ def render_report(report: dict) -> None:
     for name, m in variants:
         rows = [[cls] + [f"{c}\n{100 * r:.0f}%" for c, r in zip(counts, rates)]
                 for cls, counts, rates in zip(report["class_names"], m["confusion"], m["confusion_normalised"])]
-        out.print(number_table(f"confusion, {name}: rows true class, columns predicted ({', '.join(short)}); "
-                               "count and % of the row", ["true"] + short, rows, show_lines=True))
+        out.print(number_table(f"confusion, {name}: rows true class, columns predicted; count and % of the row",
+                               ["true"] + short, rows, show_lines=True))
 
 
 def register(app: typer.Typer) -> None:

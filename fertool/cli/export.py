@@ -38,6 +38,9 @@ def export_cmd(
 
     The input contract (size, raw 0..255 float values, NCHW grey replicated to RGB, class names, architecture, preparation of docs/protocol.md §1) is stored in the file's metadata. The export is then run on random images and compared with the PyTorch model (ONNX with onnxruntime when installed).
     """
+    from ..precheck import checkpoint_file
+
+    checkpoint_file(checkpoint)  # before the import of torch (seconds)
     from ..deploy.export import export_model
     from ._artifacts import resolve_checkpoint
 
@@ -50,7 +53,7 @@ def export_cmd(
             quantize=quantize,
         )
     meta = info["metadata"]
-    out.print(f"wrote {info['path']} ({fmt.value}, {info['bytes'] / 2**20:.1f} MiB)")
+    out.print(f"{info['path']}: {fmt.value}, {info['bytes'] / 2**20:.1f} MiB", highlight=False, soft_wrap=True)
     out.print(
         f"  {meta['arch']}: input float32 (batch, 3, {meta['input']['size']}, {meta['input']['size']}) "
         f"raw 0..255, {meta['input']['channels']} -> softmax over {len(meta['class_names'])} classes "
@@ -65,6 +68,7 @@ def export_cmd(
             + (f"; int8: top-1 agreement {info['top1_agreement']:.0%}" if info.get("quantize") else "")
         )
     if not quiet:
+        err.print(f"wrote {info['path']}", highlight=False, markup=False, soft_wrap=True)
         err.print("the preprocessing contract is in the file's metadata (fertool.deploy.export.read_export_metadata)")
 
 

@@ -40,12 +40,15 @@ def import_cli(
 
     The ResNet34 ImageNet weights the paper started from (Keras .h5, for stage 1 via model.pretrained), or the authors' trained LHC-Net / LHC-NetC (TensorFlow checkpoints), ready for evaluate, ablate, predict and export.
     """
-    from ..checkpoint import save_checkpoint
     from ..errors import CheckpointError
-    from ..models.importer import import_weights
+    from ..precheck import weights_source
 
     if out_path.exists() and not (overwrite or force):
         raise CheckpointError(f"{out_path}: already exists (pass --overwrite to replace it)")
+    weights_source(source)  # before the import of torch (seconds)
+    from ..checkpoint import save_checkpoint
+    from ..models.importer import import_weights
+
     with progress_callback("importing weights", quiet=quiet, unit="tensor") as progress:
         ckpt = import_weights(source, input_size=input_size, num_classes=num_classes, seed=seed, progress=progress)
     save_checkpoint(out_path, ckpt)

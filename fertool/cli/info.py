@@ -21,14 +21,18 @@ def info_cli(
 
     Lists parameters, output shape and FLOPs per image, with totals in PyTorch and Keras counting and the LHC share.
     """
-    from ..checkpoint import load_checkpoint
     from ..errors import ModelError
+    from ..precheck import checkpoint_file
+
+    if (checkpoint is None) == (recipe is None):
+        raise ModelError("give exactly one of --checkpoint CKPT or --recipe RECIPE")
+    if checkpoint is not None:
+        checkpoint_file(checkpoint)  # before the import of torch (seconds)
+    from ..checkpoint import load_checkpoint
     from ..models import arch_from_recipe, build_model
     from ..recipe import load_recipe
     from ..models.summary import summarize
 
-    if (checkpoint is None) == (recipe is None):
-        raise ModelError("give exactly one of --checkpoint CKPT or --recipe RECIPE")
     if checkpoint is not None:
         from ._artifacts import resolve_checkpoint
 

@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from ._common import (QuietOption, SetOption, load_recipe_from_options, log_line, number_table, out,
+from ._common import (QuietOption, SetOption, err, load_recipe_from_options, log_line, number_table, out,
                       progress_callback)
 
 
@@ -53,14 +53,17 @@ def pipeline_cli(
     from rich.markup import escape
 
     from ..errors import FertoolError
-    from ..jobs import run_jobs
-    from ..pipeline import run_pipeline
+    from ..precheck import existing_file
 
     from ._artifacts import resolve_csv
 
+    existing_file(csv, "CSV file")  # before the import of torch (seconds)
     name = recipe or ("paper" if csv is not None else "demo")
-    csv = resolve_csv(csv, quiet=quiet)
     resolved = load_recipe_from_options(name, sets)
+    csv = resolve_csv(csv, quiet=quiet)
+    from ..jobs import run_jobs
+    from ..pipeline import run_pipeline
+
     seed_list = None
     if seeds:
         try:
@@ -74,10 +77,15 @@ def pipeline_cli(
 
     common = dict(csv=csv, seeds=seed_list, device=device, log=log_line, wait=wait, wait_timeout=wait_timeout,
                   progress_factory=lambda description: progress_callback(description, quiet=quiet))
-    if jobs is None:
-        result = run_pipeline(resolved, run_dir, **common)
-    else:
-        result = run_jobs(resolved, run_dir, jobs=jobs, devices=device_list, **common)
+    try:
+        if jobs is None:
+            result = run_pipeline(resolved, run_dir, **common)
+        else:
+            result = run_jobs(resolved, run_dir, jobs=jobs, devices=device_list, **common)
+    except KeyboardInterrupt:
+        log_line("to continue: run the same command again; finished steps are skipped and the interrupted "
+                 "stage resumes from its last.pt")
+        raise
 
     rows = [[row["model"], row["runs"], row.get("rejected", 0), "-" if row["accuracy"] is None else f"{row['accuracy']:.2f}%",
              "-" if row["tta_accuracy"] is None else f"{row['tta_accuracy']:.2f}%",
@@ -89,11 +97,11 @@ def pipeline_cli(
                           "paper params"], rows)
     out.print(table)
     report_dir = Path(result["run"]) / "report"
-    out.print(f"run directory: {result['run']}", highlight=False, soft_wrap=True)
-    out.print(f"report: {report_dir / 'index.html'} (one page), {report_dir / 'report.md'}",
-              highlight=False, soft_wrap=True)
+    err.print(f"run directory: {result['run']}", highlight=False, markup=False, soft_wrap=True)
+    err.print(f"report: {report_dir / 'index.html'} (one page), {report_dir / 'report.md'}",
+              highlight=False, markup=False, soft_wrap=True)
     for note in result["notes"]:
-        out.print(f"[yellow]note:[/yellow] {escape(note)}", highlight=False)
+        err.print(f"[yellow]note:[/yellow] {escape(note)}", highlight=False, soft_wrap=True)
     failed = [job for job in result.get("jobs", []) if job["returncode"] != 0]
     if failed:  # the others' results are above; the command still fails
         raise FertoolError(f"{len(failed)} seed(s) failed: "

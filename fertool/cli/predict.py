@@ -82,6 +82,9 @@ def predict_cmd(
 
     Faces are found with YuNet when its model is cached, else the bundled BlazeFace (or the detector given), turned eyes-level, cropped with a margin, made grey and 48x48, prepared exactly like the training images, and classified in batches. Videos: faces are tracked across frames; with --out each video gets a per-frame CSV, a plot per face and a summary.
     """
+    from ..precheck import checkpoint_file
+
+    checkpoint_file(checkpoint)  # before the imports of torch and OpenCV (seconds)
     from ..data.provenance import is_synthetic
     from ..deploy.faces import describe_detector, gui_problem, load_detector
     from ..deploy.predict import FaceClassifier, FaceResult, InputDone, InputProblem, predict_paths, run_webcam
@@ -164,39 +167,42 @@ def predict_cmd(
 
 
 def _render(faces: list, videos: list, *, tta: str | None) -> None:
-    from rich.table import Table
+    """Tables of the faces and videos, sized for 80 columns: a path too long for its column
+    folds onto a second line instead of being cut, and headers are as short as the values."""
+    from ._common import number_table
 
     if faces:
-        table = Table(title="Faces")
-        for name in ("input", "face", "box (x, y, w, h)", "label", "p"):
-            table.add_column(name, justify="right" if name in ("face", "p") else "left")
-        if tta:
-            table.add_column(f"TTA ({tta})")
-            table.add_column("p TTA", justify="right")
+        header = ["input", "#", "box", "label"] + (["TTA"] if tta else [])
+        rows = []
         for r in faces:
-            row = [r.path, str(r.face), " ".join(map(str, r.box.as_list())), r.label, f"{r.probability:.3f}"]
+            row = [r.path, str(r.face), " ".join(map(str, r.box.as_list())), f"{r.label} {r.probability:.3f}"]
             if tta:
-                row += [r.tta_label or "", f"{r.tta_probs[r.tta_label]:.3f}" if r.tta_probs else ""]
-            table.add_row(*row)
-        out.print(table)
+                row.append(f"{r.tta_label} {r.tta_probs[r.tta_label]:.3f}" if r.tta_probs else "")
+            rows.append(row)
+        title = "Faces (#: face in its image; box: x y w h, pixels" + (f"; TTA preset {tta})" if tta else ")")
+        out.print(_fold_paths(number_table(title, header, rows, left=1)))
     if videos:
-        table = Table(title="Videos")
-        for name in ("input", "frames searched", "faces", "labels" + (f" (TTA {tta})" if tta else ""), "output"):
-            table.add_column(name)
+        header = ["input", "frames searched", "faces", "labels" + (f" (TTA {tta})" if tta else ""), "output"]
+        rows = []
         for v in videos:
             labels = ", ".join(f"{k} {n / max(1, v.faces):.0%}" for k, n in sorted(v.labels.items(), key=lambda kv: -kv[1]))
-            table.add_row(v.path, str(v.frames), str(v.faces), labels, v.output or "")
-        out.print(table)
+            rows.append([v.path, str(v.frames), str(v.faces), labels, v.output or ""])
+        out.print(_fold_paths(number_table("Videos", header, rows, left=1)))
         for v in videos:
             if not v.summary:
                 continue
-            table = Table(title=f"Faces in {v.path}")
-            for name in ("face", "frames", "seconds", "dominant", "share of time"):
-                table.add_column(name, justify="right" if name in ("face", "frames") else "left")
-            for f in v.summary:
-                shares = ", ".join(f"{k} {p:.0%}" for k, p in sorted(f["share"].items(), key=lambda kv: -kv[1]) if p > 0)
-                table.add_row(str(f["face_id"]), str(f["frames"]), f"{f['first_s']:.2f}-{f['last_s']:.2f}", f["dominant"], shares)
-            out.print(table)
+            rows = [[str(f["face_id"]), str(f["frames"]), f"{f['first_s']:.2f}-{f['last_s']:.2f}", f["dominant"],
+                     ", ".join(f"{k} {p:.0%}" for k, p in sorted(f["share"].items(), key=lambda kv: -kv[1]) if p > 0)]
+                    for f in v.summary]
+            out.print(number_table(f"Faces in {v.path}", ["face", "frames", "seconds", "dominant", "share of time"],
+                                   rows, left=3))
+
+
+def _fold_paths(table):
+    """Let the path column shrink (and fold) when the table is wider than the terminal:
+    number_table makes every column as wide as its widest value."""
+    table.columns[0].min_width = min(table.columns[0].min_width or 0, 16)
+    return table
 
 
 def register(app: typer.Typer) -> None:

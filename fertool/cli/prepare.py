@@ -33,7 +33,6 @@ def prepare_cli(
 ) -> None:
     """Prepare FER2013 exactly as the reference (224x224 float bilinear, floor, RGB, JPEG q100 4:4:4), with
     FER+ labels, or class folders / RAF-DB resized as the recipe's prepare section says."""
-    from ..data.prepare import CANONICAL_PREFIX, prepare
     sources = [name for name, value in (("--csv", csv), ("--folder", folder), ("--rafdb", rafdb)) if value is not None]
     if len(sources) != 1:
         raise typer.BadParameter("give exactly one of --csv (FER2013, with --ferplus for FER+), --folder or --rafdb"
@@ -44,11 +43,17 @@ def prepare_cli(
         if ferplus is None:
             raise typer.BadParameter("only FER+ labels have modes; pass --ferplus", param_hint="--label-mode")
         sets = [*(sets or []), f"prepare.label_mode={label_mode}"]
+    from ..precheck import existing_file
+
+    existing_file(csv, "CSV file")  # before the imports of OpenCV and torch (seconds)
+    existing_file(ferplus, "FER+ label file")
     resolved = load_recipe_from_options(recipe, sets)
     if csv is not None:
         from ._artifacts import resolve_csv
 
         csv = resolve_csv(csv, quiet=quiet)
+    from ..data.prepare import CANONICAL_PREFIX, prepare
+
     if csv is None:
         _prepare_images(resolved, folder, rafdb, out_dir, overwrite=overwrite, skip_bad=skip_bad, workers=workers,
                         quiet=quiet)

@@ -28,12 +28,12 @@ def report_cli(
     Writes report.md, report.json and runs.png (a strip plot). Runs rejected by the stage-4 selection rule are listed apart and left out of the statistics.
     """
     from ..analysis.report import report
-    from ..analysis.stats import STAT_COLUMNS, stat_text
+    from ..analysis.stats import STAT_COLUMNS, stat_text, table_rows
 
     data = report(run_dirs, group_by=group_by, split=split, tta=tta, out_dir=out_dir, html=html)
 
     for kind, title in (("plain", "without TTA"), ("tta", "with TTA")):
-        rows = [[g] + [stat_text(k, e[kind]) for k, _ in STAT_COLUMNS] for g, e in data["groups"].items() if e[kind]]
+        rows = [[g] + [stat_text(k, s) for k, _ in STAT_COLUMNS] for g, _, s in table_rows(data["groups"], kind)]
         if rows:
             header = [data["group_by"], "runs", "top 40%", "w/o best", "top 25%", "w/o best", "best", "mean", "std"]
             out.print(number_table(f"{split} accuracy (%) across runs, {title}", header, rows))

@@ -55,6 +55,12 @@ def train_cli(
     """
     from rich.table import Table
 
+    from ..precheck import checkpoint_file, existing_file, existing_folder
+
+    existing_file(csv, "CSV file")  # before the import of torch (seconds)
+    existing_folder(images, "image folder")
+    if init is not None:
+        checkpoint_file(init)
     from ..engine.train import format_epoch, normalise_stage, train_stage
     from ..protocol import stage_dir
 
@@ -79,12 +85,17 @@ def train_cli(
             header_done = True
         err.print(_epoch_line(row), highlight=False)
 
-    with progress_callback(f"stage {stage}", quiet=quiet, transient=True) as progress:
-        summary = train_stage(
-            resolved, stage, run, csv=csv, images=images, init=init, seed=seed, init_seed=init_seed, resume=resume,
-            overwrite=overwrite, device=device, allow_test_selection=allow_test_selection,
-            progress=None if quiet else progress, log=log_line, on_epoch=on_epoch,
-        )
+    try:
+        with progress_callback(f"stage {stage}", quiet=quiet, transient=True) as progress:
+            summary = train_stage(
+                resolved, stage, run, csv=csv, images=images, init=init, seed=seed, init_seed=init_seed,
+                resume=resume, overwrite=overwrite, device=device, allow_test_selection=allow_test_selection,
+                progress=None if quiet else progress, log=log_line, on_epoch=on_epoch,
+            )
+    except KeyboardInterrupt:
+        if main_rank and (stage_dir(run, stage) / "last.pt").is_file():
+            log_line(f"to continue: fertool train --stage {stage} --run {run} --resume (same recipe and options)")
+        raise
     if not main_rank:
         return
 

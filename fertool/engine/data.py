@@ -128,6 +128,10 @@ def training_provenance(recipe: Recipe, *, csv: str | None, images: str | None) 
 def with_data_classes(recipe: Recipe, classes: tuple[str, ...], where: str, log: Log) -> Recipe:
     """``recipe`` with ``model.num_classes`` = the number of ``classes``; ``data.classes``,
     when the recipe lists any, must be exactly these."""
+    if recipe.data.classes and sorted(recipe.data.classes) == sorted(classes) != list(recipe.data.classes):
+        raise DataError(f"data.classes: the recipe lists the same {len(classes)} names as {where} in another order "
+                        f"(recipe: {', '.join(recipe.data.classes)}; data: {', '.join(classes)}); the labels of "
+                        f"{where} follow the data's order: prepare it again with this recipe's data.classes")
     if recipe.data.classes and tuple(recipe.data.classes) != tuple(classes):
         raise DataError(f"data.classes: the recipe lists {len(recipe.data.classes)} classes "
                         f"({', '.join(recipe.data.classes)}) but {where} holds {len(classes)} ({', '.join(classes)})")

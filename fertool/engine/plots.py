@@ -62,8 +62,8 @@ def plot_curves(
         ax_acc.axvline(best_epoch, color="grey", linestyle="--", linewidth=1, label=best_label)
         ax_acc.plot([best_epoch], [best_acc], marker="*", markersize=12, color="C1", linestyle="none")
     # The best epoch is named in the legend, below the axes, where it cannot cover a curve.
-    ax_loss.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2, fontsize=8, frameon=False)
-    ax_acc.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=3 if best_label else 2, fontsize=8,
+    ax_loss.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2, fontsize=9, frameon=False)
+    ax_acc.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2, fontsize=9,
                   frameon=False)
     if title:
         fig.suptitle(title)

@@ -352,8 +352,8 @@ def run_epochs(run: Stage) -> dict:
             _record_epoch(run, epoch, row)
     except KeyboardInterrupt:
         run.callbacks.on_stage_end(write_summary(run, "interrupted", run.saved_epoch), run)
-        run.log(f"stage {run.stage}: interrupted; {run.out.last} holds epoch {run.saved_epoch} "
-                "(continue with --resume)")
+        run.log(f"stage {run.stage}: interrupted; {run.out.last} holds epoch {run.saved_epoch}, "
+                "training can continue from it")
         raise
     return _finish(run, status, epoch, rates)
 
@@ -430,7 +430,7 @@ def _finish(run: Stage, status: str, epoch: int, rates: list[tuple[float, float]
         run.log(f"stage {run.stage}: early stop after epoch {epoch}: no val accuracy gain for {run.cfg.patience} "
                 f"epochs; best {es.best:.4f} at epoch {es.best_epoch} ({run.out.best})")
     else:
-        run.log(f"stage {run.stage}: finished {epoch} epochs; best val accuracy {es.best:.4f} at epoch "
+        run.log(f"stage {run.stage}: finished {epoch} epoch{'s' if epoch != 1 else ''}; best val accuracy {es.best:.4f} at epoch "
                 f"{es.best_epoch} ({run.out.best})")
     extra: dict[str, Any] = {
         "seconds": sum(seconds for seconds, _ in rates),
