@@ -24,6 +24,7 @@ The model itself is rebuilt from ``arch`` and ``arch_args`` by
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from pathlib import Path
@@ -77,8 +78,10 @@ def save_checkpoint(path: str | os.PathLike, ckpt: Mapping[str, Any]) -> Path:
     if ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path}: refusing to write a dict that is not a fertool checkpoint")
     path = Path(path)
+    buffer = io.BytesIO()  # in memory first: torch's own file writer fails on a full disk with
+    torch.save(dict(ckpt), buffer)  # "unexpected pos" or worse; Python's says ENOSPC and the file
     with atomic_path(path) as tmp:
-        torch.save(dict(ckpt), tmp)
+        tmp.write_bytes(buffer.getbuffer())
     return path
 
 

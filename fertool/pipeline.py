@@ -29,10 +29,10 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .errors import FertoolError
-from .files import read_json, write_json
+from .files import check_output_dir, read_json, write_json
 from .locks import holding_lock
 from .protocol import FINISHED, PAPER_PARAMS, PAPER_TABLE7, stage_dir
-from .recipe import Recipe, load_recipe, save_recipe, to_dict
+from .recipe import Recipe, load_recipe, save_run_recipe, to_dict
 
 Log = Callable[[str], None]
 
@@ -119,8 +119,10 @@ def run_pipeline(
     if csv is not None and not Path(csv).is_file():
         raise FertoolError(f"{csv}: no such CSV file")
     _check_same_recipe(recipe, run_dir)
+    check_output_dir(run_dir / "report", "report", legacy="report.json")  # before hours of training
     run_dir.mkdir(parents=True, exist_ok=True)
-    save_recipe(recipe, run_dir / "recipe.yaml")
+    if not save_run_recipe(recipe, run_dir / "recipe.yaml"):
+        log(f"{run_dir / 'recipe.yaml'}: not written by fertool, left as it is")
 
     # 1. data --------------------------------------------------------------------------
     data_dir = run_dir / "data"

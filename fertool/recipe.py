@@ -30,7 +30,7 @@ from typing import Any, Callable, Mapping, Sequence
 import yaml
 
 from . import protocol
-from .errors import RecipeError
+from .errors import FertoolError, RecipeError
 
 #: Folder of the recipes shipped with fertool: ``recipes/`` at the top of the repo (a clone
 #: or an editable install), else where a regular install puts them (setup.cfg data_files).
@@ -594,6 +594,35 @@ def save_recipe(recipe: Recipe, path: str | os.PathLike) -> None:
 
     with atomic_path(path) as tmp:
         tmp.write_text(dump_recipe(recipe), encoding="utf-8")
+
+
+#: First line of the recipe.yaml fertool keeps at the top of a run folder.
+RUN_RECIPE_HEADER = "# fertool: the resolved recipe of this run folder (rewritten by train and pipeline)\n"
+
+
+def save_run_recipe(recipe: Recipe, path: str | os.PathLike) -> bool:
+    """Write ``recipe`` to a run folder's ``recipe.yaml`` unless that file is a user's own.
+
+    The file is fertool's when it starts with :data:`RUN_RECIPE_HEADER`, or (written by an
+    older fertool) holds a complete resolved recipe; any other file (a user's recipe, the
+    ``-r`` file itself) is left as it is and False returned.
+    """
+    path = Path(path)
+    if path.exists() or path.is_symlink():
+        try:
+            text = path.read_text(encoding="utf-8")
+            ours = text.startswith(RUN_RECIPE_HEADER) or (
+                path.is_file() and not path.is_symlink()
+                and yaml.safe_load(text) == to_dict(load_recipe(path, stored=True)))
+        except (OSError, ValueError, yaml.YAMLError, FertoolError, RecursionError):
+            ours = False
+        if not ours:
+            return False
+    from .files import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(RUN_RECIPE_HEADER + dump_recipe(recipe), encoding="utf-8")
+    return True
 
 
 def dump_recipe(recipe: Recipe) -> str:

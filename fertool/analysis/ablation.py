@@ -49,7 +49,7 @@ from torch import nn
 
 from ..data.datasets import ImageSplit
 from ..errors import CheckpointError, FertoolError
-from ..files import atomic_dir
+from ..files import atomic_dir, check_output_dir
 from ..locks import holding_lock, output_folder
 from ..progress import Progress
 
@@ -260,6 +260,7 @@ def ablate(
     precision: str | None = None,
     engine: str = "auto",
     progress: Progress | None = None,
+    overwrite: bool = False,
 ) -> dict:
     """Ablate the LHC modules of a checkpoint on ``split`` and write the report (module docstring).
 
@@ -285,6 +286,9 @@ def ablate(
     from ..recipe import AblateConfig, save_recipe
     from .heads import controller_weights, head_summary, record_heads
 
+    if Path(checkpoint_path).is_file():  # refused before the work, not after it
+        check_output_dir(out_dir if out_dir is not None else default_out_dir(checkpoint_path, split),
+                         "ablation", overwrite, legacy="ablation.json")
     inputs = load_eval_inputs(checkpoint_path, recipe=recipe, overrides=overrides, tta=tta, device=device)
     ckpt, model, rcp, dev = inputs.ckpt, inputs.model, inputs.recipe, inputs.device
     checkpoint_path, tta_name, preset = inputs.checkpoint, inputs.tta_name, inputs.tta
@@ -411,7 +415,7 @@ def ablate(
     rcp_out = dataclasses.replace(rcp, ablate=AblateConfig(modes=tuple(modes), sets=tuple(kinds),
                                                            tolerance=tolerance))
     out = Path(out_dir) if out_dir is not None else default_out_dir(checkpoint_path, split)
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, "ablation", overwrite=overwrite, legacy="ablation.json") as tmp:
         from .plots import plot_ablation, plot_head_correlation
 
         plot_ablation(rows, tmp / "ablation.png",
