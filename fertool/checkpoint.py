@@ -130,7 +130,23 @@ def load_checkpoint(
                 f"{path}: is a '{printable(ckpt.get('arch'))}' checkpoint, this command needs one of: {', '.join(archs)}"
             )
     check_model_fits(ckpt, str(path))
+    check_values(ckpt, str(path))
     return ckpt
+
+
+def check_values(ckpt: Mapping[str, Any], where: str) -> None:
+    """Refuse weights holding NaN or infinity, and class names that do not fit the head.
+
+    A model with a NaN weight outputs NaN for every image: its evaluation would be written
+    as a result (accuracy of argmax over NaN) and its predictions say ``p nan``.
+    """
+    for key, value in (ckpt.get("state_dict") or {}).items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise CheckpointError(f"{where}: weight {printable(key)} holds NaN or infinite values")
+    names = ckpt.get("class_names")
+    num_classes = (ckpt.get("arch_args") or {}).get("num_classes", len(CLASS_NAMES))  # the models' default
+    if names and isinstance(num_classes, int) and len(names) != num_classes:
+        raise CheckpointError(f"{where}: records {len(names)} class names for a model of {num_classes} classes")
 
 
 #: Entries of a checkpoint: the type each must have (None allowed where listed).

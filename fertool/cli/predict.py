@@ -9,7 +9,8 @@ from typing import List, Optional
 import typer
 
 from ..recipe import RECHECK_MARGIN
-from ._common import EngineOption, QuietOption, err, out, progress_callback
+from ..errors import printable
+from ._common import EngineOption, QuietOption, err, out, progress_callback, safe
 
 EPILOG = (
     "Exit codes: 0 = every input had a face and was classified; "
@@ -84,7 +85,7 @@ def predict_cmd(
         precision=precision, recheck=recheck,
     )
     if is_synthetic(classifier.trained_on):
-        err.print(f"warning: {checkpoint} was trained on the synthetic sample (cartoon faces from `fertool "
+        err.print(f"warning: {printable(checkpoint)} was trained on the synthetic sample (cartoon faces from `fertool "
                   "sample-data`): it has never seen a real face, so its labels for photos mean nothing",
                   highlight=False, markup=False, soft_wrap=True)
 
@@ -109,7 +110,7 @@ def predict_cmd(
             if isinstance(event, InputProblem):
                 failed += 1
                 # through the Rich console so that the live progress bar stays intact; one line
-                err.print(f"error: {event}", soft_wrap=True, markup=False, highlight=False)
+                err.print(f"error: {printable(str(event))}", soft_wrap=True, markup=False, highlight=False)
             elif isinstance(event, FaceResult):
                 if json_lines:
                     typer.echo(json.dumps(event.to_dict()))
@@ -121,7 +122,7 @@ def predict_cmd(
     if not json_lines:
         _render(faces, videos, tta=classifier.tta_name)
     if out_dir is not None and not quiet:
-        err.print(f"annotated outputs and predictions.jsonl in {out_dir}")
+        err.print(f"annotated outputs and predictions.jsonl in {printable(out_dir)}", markup=False, highlight=False)
     if (counts := classifier.rechecked()) is not None and counts[1] and not quiet:
         err.print(f"bf16: {counts[0]} of {counts[1]} face images were close calls, recomputed in fp32")
     if failed:
@@ -141,9 +142,9 @@ def _render(faces: list, videos: list, *, tta: str | None) -> None:
             table.add_column(f"TTA ({tta})")
             table.add_column("p TTA", justify="right")
         for r in faces:
-            row = [r.path, str(r.face), " ".join(map(str, r.box.as_list())), r.label, f"{r.probability:.3f}"]
+            row = [safe(r.path), str(r.face), " ".join(map(str, r.box.as_list())), safe(r.label), f"{r.probability:.3f}"]
             if tta:
-                row += [r.tta_label or "", f"{r.tta_probs[r.tta_label]:.3f}" if r.tta_probs else ""]
+                row += [safe(r.tta_label or ""), f"{r.tta_probs[r.tta_label]:.3f}" if r.tta_probs else ""]
             table.add_row(*row)
         out.print(table)
     if videos:
@@ -152,7 +153,7 @@ def _render(faces: list, videos: list, *, tta: str | None) -> None:
             table.add_column(name)
         for v in videos:
             labels = ", ".join(f"{k} {n / max(1, v.faces):.0%}" for k, n in sorted(v.labels.items(), key=lambda kv: -kv[1]))
-            table.add_row(v.path, str(v.frames), str(v.faces), labels, v.output or "")
+            table.add_row(safe(v.path), str(v.frames), str(v.faces), safe(labels), safe(v.output or ""))
         out.print(table)
 
 

@@ -25,6 +25,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from ..errors import ModelError
 from ..data.provenance import checkpoint_provenance, csv_provenance, images_provenance
 from ..files import atomic_dir, check_output_dir, write_json
 from ..locks import holding_lock, output_folder
@@ -99,6 +100,10 @@ def evaluate_checkpoint(
     start = time.perf_counter()
     result = predict_probs(None, data, batch_size=batch_size, tta=preset, engine=runner, progress=progress)
     seconds = time.perf_counter() - start
+    for key in ("probs", "tta_probs"):  # never a NaN evaluation written as a result
+        if result.get(key) is not None and not np.isfinite(result[key]).all():
+            raise ModelError(f"{checkpoint_path}: the model outputs NaN or infinite probabilities on {split}; "
+                             "nothing written")
     labels = data.labels.numpy()
     rows = getattr(data, "rows", None)
     rows = np.asarray(rows, dtype=np.int64) if rows is not None else np.arange(len(data), dtype=np.int64)

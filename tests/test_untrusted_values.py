@@ -1,0 +1,73 @@
+"""Untrusted text escaped at every output; non-finite weights and class lists that do not fit
+refused where they enter (issue 26)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fertool.checkpoint import load_checkpoint, save_checkpoint
+from fertool.cli import app
+from fertool.errors import CheckpointError
+from tests.test_predict import make_tiny_checkpoint
+
+HOSTILE = "x\x1b[2J\x1b]0;owned\x07\nfake: line[bold]"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("untrusted") / "tiny.pt")
+
+
+def _variant(tiny, tmp_path, name, change):
+    ckpt = torch.load(tiny, weights_only=True)
+    change(ckpt)
+    path = tmp_path / name
+    save_checkpoint(path, ckpt)
+    return path
+
+
+def _assert_clean(text):
+    assert "\x1b" not in text and "\x07" not in text
+    assert "\\x1b" in text  # shown, escaped
+    assert not any(line.startswith("fake: line") for line in text.splitlines())
+
+
+def test_predict_error_lines_escape_file_names(tiny, tmp_path, cli_runner):
+    bad = tmp_path / (HOSTILE + ".png")
+    bad.write_bytes(b"not an image")
+    res = cli_runner.invoke(app, ["predict", str(bad), "-c", str(tiny), "-q"])
+    assert res.exit_code == 1
+    _assert_clean(res.output)
+
+
+def test_info_escapes_class_names_from_a_checkpoint(tiny, tmp_path, cli_runner):
+    path = _variant(tiny, tmp_path, "named.pt",
+                    lambda c: c.update(class_names=[HOSTILE] + [f"c{i}" for i in range(6)]))
+    res = cli_runner.invoke(app, ["info", "-c", str(path)])
+    assert res.exit_code == 0, res.output
+    _assert_clean(res.output)
+    assert "line[bold]" in res.output  # not eaten as markup
+
+
+def test_nan_weights_are_refused_by_evaluate_and_predict(tiny, tmp_path, cli_runner):
+    def poison(c):
+        key = next(k for k, v in c["state_dict"].items() if v.is_floating_point() and "weight" in k)
+        c["state_dict"][key] = torch.full_like(c["state_dict"][key], float("nan"))
+
+    path = _variant(tiny, tmp_path, "nan.pt", poison)
+    with pytest.raises(CheckpointError, match="holds NaN or infinite values"):
+        load_checkpoint(path)
+    photo = tmp_path / "p.png"
+    import cv2
+    import numpy as np
+
+    cv2.imwrite(str(photo), np.full((64, 64, 3), 128, np.uint8))
+    res = cli_runner.invoke(app, ["predict", str(photo), "-c", str(path), "-q"])
+    assert res.exit_code == 1 and "p nan" not in res.output and "NaN or infinite" in res.output
+
+
+def test_class_names_of_the_wrong_length_are_refused(tiny, tmp_path):
+    path = _variant(tiny, tmp_path, "five.pt", lambda c: c.update(class_names=list("abcde")))
+    with pytest.raises(CheckpointError, match="records 5 class names for a model of 7 classes"):
+        load_checkpoint(path)
