@@ -3,6 +3,8 @@ refused where they enter (issue 26)."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -71,3 +73,28 @@ def test_class_names_of_the_wrong_length_are_refused(tiny, tmp_path):
     path = _variant(tiny, tmp_path, "five.pt", lambda c: c.update(class_names=list("abcde")))
     with pytest.raises(CheckpointError, match="records 5 class names for a model of 7 classes"):
         load_checkpoint(path)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.stages.9.lr=1", "must name only the stages 1, 2, 3, 4, controller"),
+    ("model.lhc.-1.heads=2", "no list item -1"),
+    ("model.input_size=100000", "model.input_size: must be between 1 and 2,048"),
+    ("model.input_size=99999999999999999999", "must be between 1 and 2,048"),
+    ("model.hidden=[4096, 100000000]", "each 1 to 65,536"),
+    ("model.lhc.0.heads=100000", "must be between 1 and 1,024"),
+    ("x=" + "[" * 5000 + "]" * 5000, "nested deeper than a recipe may be (32 levels)"),
+])
+def test_recipe_sizes_and_counts_are_bounded(override, message):
+    from fertool.errors import RecipeError
+    from fertool.recipe import load_recipe
+
+    with pytest.raises(RecipeError, match=re.escape(message)):
+        load_recipe(None, overrides=[override])
+
+
+def test_a_deeply_nested_recipe_file_is_one_error_line(tmp_path, cli_runner):
+    path = tmp_path / "deep.yaml"
+    path.write_text("model: " + "[" * 5000 + "]" * 5000 + "\n")
+    res = cli_runner.invoke(app, ["info", "-r", str(path)])
+    assert res.exit_code == 1 and res.output.count("\n") == 1
+    assert "nested deeper than a recipe may be (32 levels)" in res.output
