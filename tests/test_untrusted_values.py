@@ -98,3 +98,28 @@ def test_a_deeply_nested_recipe_file_is_one_error_line(tmp_path, cli_runner):
     res = cli_runner.invoke(app, ["info", "-r", str(path)])
     assert res.exit_code == 1 and res.output.count("\n") == 1
     assert "nested deeper than a recipe may be (32 levels)" in res.output
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG that claims ``width`` x ``height`` and holds no pixels (a few dozen bytes)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("side", [20000, 32000])
+def test_images_over_the_pixel_cap_are_refused_before_decoding(tmp_path, side):
+    from fertool.data.cache import _decode
+    from fertool.deploy.predict import read_image
+    from fertool.errors import DataError
+
+    path = tmp_path / "huge.png"
+    path.write_bytes(_png_header(side, side))
+    for read in (read_image, _decode):
+        with pytest.raises(DataError, match=f"{side}x{side} pixels, more than the 100,000,000"):
+            read(path)

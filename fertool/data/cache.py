@@ -43,6 +43,7 @@ import torch
 
 from .. import CLASS_NAMES
 from ..errors import DataError, printable
+from ..imagecap import decode_image
 from ..progress import Progress
 from ..tempfiles import temp_file
 from .datasets import ArraySplit
@@ -316,7 +317,7 @@ def _decode(path: Path) -> np.ndarray:
         data = np.fromfile(path, dtype=np.uint8)
     except OSError as exc:
         raise DataError(f"{path}: cannot read image ({exc.strerror or exc})") from None
-    img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    img = decode_image(data, path) if data.size else None
     if img is None:
         raise DataError(f"{path}: not a readable image")
     if np.array_equal(img[..., 0], img[..., 1]) and np.array_equal(img[..., 0], img[..., 2]):
