@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .errors import FertoolError
-from .files import check_output_dir, read_json, write_json
+from .files import check_output_dir, read_json, sha256_file, write_json
 from .locks import holding_lock
 from .protocol import FINISHED, PAPER_PARAMS, PAPER_TABLE7, stage_dir
 from .recipe import Recipe, load_recipe, save_run_recipe, to_dict
@@ -72,13 +72,19 @@ def _check_same_csv(summary: Path, csv: Path, run_dir: Path) -> None:
     """Refuse to continue a run directory whose images were prepared from another CSV."""
     try:
         source = read_json(summary)["source"]["csv"]
-    except (KeyError, TypeError):
+        digest = read_json(summary)["source"].get("sha256")
+    except (KeyError, TypeError, AttributeError):
         raise FertoolError(f"{summary}: unreadable; use a new --run directory") from None
-    if Path(source).resolve() != csv.resolve():
-        raise FertoolError(
-            f"{run_dir}: was started with the CSV {source}, not {csv}; "
-            "use a new --run directory, or delete this one to start over"
-        )
+    if Path(source).resolve() == csv.resolve():
+        return
+    # a run folder moved or copied elsewhere records its own data/ CSV at the old place:
+    # the same bytes are the same CSV
+    if isinstance(digest, str) and csv.is_file() and sha256_file(csv) == digest:
+        return
+    raise FertoolError(
+        f"{run_dir}: was started with the CSV {source}, not {csv}; "
+        "use a new --run directory, or delete this one to start over"
+    )
 
 
 @holding_lock(lambda args: args["run_dir"])  # one pipeline per run directory

@@ -136,3 +136,21 @@ def test_train_keeps_the_users_recipe_in_the_run_folder(tmp_path, cli_runner):
     assert recipe.read_text() == text
     assert "left as it is" in res.output
     assert (run / "stage1" / "recipe.yaml").is_file()
+
+
+def test_a_moved_run_folder_still_matches_its_own_csv(tmp_path):
+    """prepare.json records the CSV's absolute path; a moved run compares the bytes."""
+    from fertool.files import sha256_file, write_json
+    from fertool.pipeline import _check_same_csv
+
+    run = tmp_path / "moved"
+    csv = run / "data" / "sample.csv"
+    csv.parent.mkdir(parents=True)
+    csv.write_text("emotion,pixels,Usage\n")
+    summary = run / "data" / "prepared" / "prepare.json"
+    summary.parent.mkdir()
+    write_json(summary, {"source": {"csv": str(tmp_path / "old" / "data" / "sample.csv"), "sha256": sha256_file(csv)}})
+    _check_same_csv(summary, csv, run)  # accepted
+    csv.write_text("emotion,pixels,Usage\n0,1 2,Training\n")
+    with pytest.raises(FertoolError, match="was started with the CSV"):
+        _check_same_csv(summary, csv, run)

@@ -76,12 +76,24 @@ def train_cli(
             header_done = True
         err.print(_epoch_line(row), highlight=False)
 
-    with progress_callback(f"stage {stage}", quiet=quiet, transient=True) as progress:
-        summary = train_stage(
-            resolved, stage, run, csv=csv, images=images, init=init, seed=seed, init_seed=init_seed, resume=resume,
-            overwrite=overwrite, device=device, allow_test_selection=allow_test_selection,
-            progress=None if quiet else progress, log=log_line, on_epoch=on_epoch,
-        )
+    made = [p for p in (stage_dir(run, stage), Path(run), *Path(run).parents)  # folders this call creates
+            if not os.path.lexists(p)]
+    try:
+        with progress_callback(f"stage {stage}", quiet=quiet, transient=True) as progress:
+            summary = train_stage(
+                resolved, stage, run, csv=csv, images=images, init=init, seed=seed, init_seed=init_seed,
+                resume=resume, overwrite=overwrite, device=device, allow_test_selection=allow_test_selection,
+                progress=None if quiet else progress, log=log_line, on_epoch=on_epoch,
+            )
+    except BaseException:
+        for folder in made:  # a run that failed before writing anything leaves no empty run folder
+            try:
+                folder.rmdir()
+            except FileNotFoundError:
+                continue
+            except OSError:  # not empty: the run holds something
+                break
+        raise
     if not main_rank:
         return
 
