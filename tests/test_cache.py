@@ -372,3 +372,23 @@ def test_a_damaged_cache_of_the_wrong_shape_is_rebuilt(tmp_path):
     np.save(cached, np.zeros((len(expected), S, S + 4), np.uint8))
     again = open_image_split(tmp_path, "Training")
     assert again.images.shape == expected.shape and np.array_equal(again.images, expected)
+
+
+def test_prepare_verify(tmp_path, cli_runner):
+    import fertool.data.prepare as prepare_mod
+    import fertool.data.sample as sample_mod
+    from fertool.cli import app
+    from fertool.recipe import PrepareConfig
+
+    csv_path = sample_mod.generate_sample(tmp_path / "s.csv", per_class=1, seed=0)
+    prep = tmp_path / "prep"
+    prepare_mod.prepare(csv_path, prep, config=PrepareConfig(size=32), workers=1)
+    res = cli_runner.invoke(app, ["prepare", "--verify", str(prep), "-q"])
+    assert res.exit_code == 0, res.output
+    assert "OK, 21 images" in res.output and "1 source sha256 checked" in res.output
+    victim = next(prep.glob("Training/*/*.jpg"))
+    victim.write_bytes(victim.read_bytes()[:200])
+    csv_path.write_text(csv_path.read_text() + "\n")
+    res = cli_runner.invoke(app, ["prepare", "--verify", str(prep), "-q"])
+    assert res.exit_code == 1
+    assert f"{victim}: not a readable image" in res.output and "the source CSV changed" in res.output
