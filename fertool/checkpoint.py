@@ -24,6 +24,7 @@ The model itself is rebuilt from ``arch`` and ``arch_args`` by
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from pathlib import Path
@@ -78,8 +79,10 @@ def save_checkpoint(path: str | os.PathLike, ckpt: Mapping[str, Any]) -> Path:
     if ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path}: refusing to write a dict that is not a fertool checkpoint")
     path = Path(path)
+    buffer = io.BytesIO()  # in memory first: torch's own file writer fails on a full disk with
+    torch.save(dict(ckpt), buffer)  # "unexpected pos" or worse; Python's says ENOSPC and the file
     with atomic_path(path) as tmp:
-        torch.save(dict(ckpt), tmp)
+        tmp.write_bytes(buffer.getbuffer())
     return path
 
 
@@ -125,7 +128,23 @@ def load_checkpoint(
                 f"{path}: is a '{printable(ckpt.get('arch'))}' checkpoint, this command needs one of: {', '.join(archs)}"
             )
     check_model_fits(ckpt, str(path))
+    check_values(ckpt, str(path))
     return ckpt
+
+
+def check_values(ckpt: Mapping[str, Any], where: str) -> None:
+    """Refuse weights holding NaN or infinity, and class names that do not fit the head.
+
+    A model with a NaN weight outputs NaN for every image: its evaluation would be written
+    as a result (accuracy of argmax over NaN) and its predictions say ``p nan``.
+    """
+    for key, value in (ckpt.get("state_dict") or {}).items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise CheckpointError(f"{where}: weight {printable(key)} holds NaN or infinite values")
+    names = ckpt.get("class_names")
+    num_classes = (ckpt.get("arch_args") or {}).get("num_classes", len(CLASS_NAMES))  # the models' default
+    if names and isinstance(num_classes, int) and len(names) != num_classes:
+        raise CheckpointError(f"{where}: records {len(names)} class names for a model of {num_classes} classes")
 
 
 #: Entries of a checkpoint: the type each must have (None allowed where listed).

@@ -45,11 +45,11 @@ from typing import Any, Callable, Iterator, Sequence
 
 from .analysis.verdict import EXCLUDED, stage4_verdict
 from .errors import FertoolError, TrainingError
-from .files import read_json, write_json
+from .files import check_output_dir, read_json, sha256_file, write_json
 from .locks import cooperating
 from .progress import Progress
 from .protocol import FINISHED, PAPER_PARAMS, PAPER_TABLE7, stage_dir
-from .recipe import Recipe, load_recipe, save_recipe, to_dict
+from .recipe import Recipe, load_recipe, save_run_recipe, to_dict
 from .steps import StepTracker, pipeline_plan
 
 Log = Callable[[str], None]
@@ -90,13 +90,19 @@ def _check_same_csv(summary: Path, csv: Path, run_dir: Path) -> None:
     """Refuse to continue a run directory whose images were prepared from another CSV."""
     try:
         source = read_json(summary)["source"]["csv"]
-    except (KeyError, TypeError):
+        digest = read_json(summary)["source"].get("sha256")
+    except (KeyError, TypeError, AttributeError):
         raise FertoolError(f"{summary}: unreadable; use a new --run directory") from None
-    if Path(source).resolve() != csv.resolve():
-        raise FertoolError(
-            f"{run_dir}: was started with the CSV {source}, not {csv}; "
-            "use a new --run directory, or delete this one to start over"
-        )
+    if Path(source).resolve() == csv.resolve():
+        return
+    # a run folder moved or copied elsewhere records its own data/ CSV at the old place:
+    # the same bytes are the same CSV
+    if isinstance(digest, str) and csv.is_file() and sha256_file(csv) == digest:
+        return
+    raise FertoolError(
+        f"{run_dir}: was started with the CSV {source}, not {csv}; "
+        "use a new --run directory, or delete this one to start over"
+    )
 
 
 @dataclasses.dataclass
@@ -236,8 +242,10 @@ def run_pipeline(
         raise FertoolError(f"{csv}: no such CSV file")
     with run.hold(run.run_dir / "recipe.yaml"):
         _check_same_recipe(recipe, run.run_dir)
+        check_output_dir(run.run_dir / "report", "report", legacy="report.json")  # before hours of training
         run.run_dir.mkdir(parents=True, exist_ok=True)
-        save_recipe(recipe, run.run_dir / "recipe.yaml")
+        if not save_run_recipe(recipe, run.run_dir / "recipe.yaml"):
+            log(f"{run.run_dir / 'recipe.yaml'}: not written by fertool, left as it is")
 
     _prepare_data(run, csv)
     resnet_best = _train_resnet(run, first_seed=seeds[0])

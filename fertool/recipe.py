@@ -30,7 +30,7 @@ from typing import Any, Callable, Mapping, Sequence
 import yaml
 
 from . import protocol
-from .errors import RecipeError
+from .errors import FertoolError, RecipeError
 
 #: Folder of the recipes shipped with fertool: ``recipes/`` at the top of the repo (a clone
 #: or an editable install), else where a regular install puts them (setup.cfg data_files).
@@ -57,6 +57,11 @@ def non_negative() -> dict:
 
 def in_range(lo: float, hi: float) -> dict:
     return _check(lambda v: lo <= v <= hi, f"must be between {lo} and {hi}")
+
+
+def up_to(hi: int) -> dict:
+    """A size or count: 1 to ``hi`` (caps stop a typo allocating terabytes)."""
+    return _check(lambda v: 1 <= v <= hi, f"must be between 1 and {hi:,}")
 
 
 def one_of(*choices: Any) -> dict:
@@ -134,10 +139,10 @@ class LHCModuleConfig:
     """One LHC module: where it goes and its hyper-parameters (Table 2 row)."""
 
     after: str  # "stem" or "stage{S}_unit{U}"
-    heads: int = field(metadata=positive())
-    dim: int = field(metadata=positive())
-    pool: int = field(default=3, metadata=positive())
-    kernel: int = field(default=3, metadata=positive())
+    heads: int = field(metadata=up_to(1024))
+    dim: int = field(metadata=up_to(65536))
+    pool: int = field(default=3, metadata=up_to(255))
+    kernel: int = field(default=3, metadata=up_to(255))
     scale: float = 1.0  # the constant g of the dynamic scaling
 
 
@@ -152,14 +157,15 @@ class ModelConfig:
     # A registered backbone (fertool.models.registry: resnet34v2, resnet34_tv); the name is
     # checked when the model is built, where the registry is.
     backbone: str = field(default="resnet34v2", metadata=_check(lambda v: bool(v), "must name a backbone"))
-    input_size: int = field(default=224, metadata=positive())
-    num_classes: int = field(default=7, metadata=_check(lambda v: v >= 2, "must be >= 2"))
-    hidden: tuple[int, ...] = field(default=(4096, 1024), metadata=each(lambda v: v > 0, "must all be > 0"))
+    input_size: int = field(default=224, metadata=up_to(2048))
+    num_classes: int = field(default=7, metadata=_check(lambda v: 2 <= v <= 10_000, "must be between 2 and 10,000"))
+    hidden: tuple[int, ...] = field(default=(4096, 1024), metadata=_check(
+        lambda v: len(v) <= 16 and all(0 < x <= 65536 for x in v), "must be at most 16 sizes, each 1 to 65,536"))
     # Channels of the four stages and of the stem (ResNet34's, the paper's); smaller values
     # make a narrow model of the same depth (quick experiments, tests).
     channels: tuple[int, ...] = field(default=(64, 128, 256, 512), metadata=_check(
-        lambda v: len(v) == 4 and all(c > 0 for c in v), "must be 4 integers > 0 (one per stage)"))
-    stem_width: int = field(default=64, metadata=positive())
+        lambda v: len(v) == 4 and all(0 < c <= 8192 for c in v), "must be 4 integers, each 1 to 8,192 (one per stage)"))
+    stem_width: int = field(default=64, metadata=up_to(8192))
     dropout: float = field(default=0.4, metadata=_check(lambda v: 0 <= v < 1, "must be in [0, 1)"))
     bn_eps: float = field(default=2e-5, metadata=positive())
     bn_momentum: float = field(default=0.99, metadata=_check(lambda v: 0 < v < 1, "must be in (0, 1)"))  # Keras convention
@@ -188,9 +194,9 @@ class StageConfig:
     model: str = field(default="backbone", metadata=one_of(*protocol.MODEL_KINDS))
     optimizer: str = field(default="sgd", metadata=one_of("sgd", "adam"))
     lr: float = field(default=0.01, metadata=positive())
-    batch_size: int = field(default=64, metadata=positive())
+    batch_size: int = field(default=64, metadata=up_to(1 << 20))
     patience: int = field(default=10, metadata=non_negative())
-    max_epochs: int = field(default=300, metadata=positive())
+    max_epochs: int = field(default=300, metadata=up_to(1_000_000))
     eps: float = field(default=1e-7, metadata=positive())  # Adam epsilon (Keras default)
     momentum: float = field(default=0.0, metadata=in_range(0, 1))
     weight_decay: float = field(default=0.0, metadata=non_negative())
@@ -236,7 +242,7 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model
     deterministic: bool = False  # bit-reproducible CPU runs
     sync_bn: bool = False  # SyncBatchNorm under torchrun
-    eval_batch_size: int = field(default=256, metadata=positive())
+    eval_batch_size: int = field(default=256, metadata=up_to(1 << 20))
     selection_factor: float = field(default=1.1, metadata=positive())  # stage-4 selection rule
     # Checkpoints a finished stage keeps: "best", or "best+last" (last.pt: weights +
     # optimiser state of the last epoch, only needed to resume; about 2x best.pt).
@@ -250,7 +256,8 @@ class TrainConfig:
     log_every: int = field(default=50, metadata=positive())
     mlflow_uri: str | None = None
     mlflow_experiment: str = "fertool"
-    stages: dict[str, StageConfig] = field(default_factory=_paper_stages)
+    stages: dict[str, StageConfig] = field(default_factory=_paper_stages, metadata=_check(
+        lambda v: set(v) <= set(protocol.STAGES), f"must name only the stages {', '.join(protocol.STAGES)}"))
 
 
 @dataclass(frozen=True)
@@ -452,6 +459,8 @@ def _join(loc: str, key: Any) -> str:
 
 
 def _show(value: Any) -> str:
+    if isinstance(value, dict):
+        return ", ".join(map(str, value))
     if isinstance(value, tuple):
         return str(list(value))
     return repr(value) if isinstance(value, str) else str(value)
@@ -494,7 +503,35 @@ def parse_override(text: str) -> tuple[str, Any]:
         parsed = yaml.safe_load(value) if value.strip() else ""
     except yaml.YAMLError:
         parsed = value
+    except RecursionError:
+        parsed = None
+        depth = MAX_RECIPE_DEPTH + 1  # too deep for PyYAML's recursive reader
+    else:
+        depth = _depth(parsed)
+    if depth > MAX_RECIPE_DEPTH:
+        raise RecipeError(f"--set {key}: value nested deeper than a recipe may be ({MAX_RECIPE_DEPTH} levels)")
     return key, parsed
+
+
+#: Caps of a recipe file: its size and how deeply its YAML may nest (the deepest key of a
+#: real recipe, train.stages.N.augment.rotation, is 5 levels down).
+MAX_RECIPE_BYTES = 1 << 20
+MAX_RECIPE_DEPTH = 32
+
+
+def _depth(tree: Any) -> int:
+    """How deeply ``tree`` nests mappings and lists (iterative: no recursion limit)."""
+    deepest, todo = 0, [(tree, 0)]
+    while todo:
+        node, level = todo.pop()
+        deepest = max(deepest, level)
+        if level > MAX_RECIPE_DEPTH:
+            break
+        if isinstance(node, Mapping):
+            todo.extend((v, level + 1) for v in node.values())
+        elif isinstance(node, (list, tuple)):
+            todo.extend((v, level + 1) for v in node)
+    return deepest
 
 
 def _apply_override(raw: dict, key: str, value: Any) -> str | None:
@@ -505,7 +542,7 @@ def _apply_override(raw: dict, key: str, value: Any) -> str | None:
         last = i == len(parts) - 1
         where = ".".join(parts[: i + 1])
         if isinstance(node, list):
-            if not part.lstrip("-").isdigit() or not -len(node) <= int(part) < len(node):
+            if not part.isdigit() or not int(part) < len(node):
                 return f"--set {key}: {where}: no list item {part} (the list has {len(node)})"
             idx = int(part)
             if last:
@@ -577,7 +614,13 @@ def load_recipe(source: str | os.PathLike | Mapping | None = None, overrides: Se
         path = resolve_recipe_path(source)
         label = str(source) if Path(source).is_file() else str(path)
         try:
-            raw_file = yaml.safe_load(path.read_text(encoding="utf-8"))
+            text = path.read_text(encoding="utf-8")
+            if len(text) > MAX_RECIPE_BYTES:
+                raise RecipeError(f"{label}: {len(text):,} characters, more than the {MAX_RECIPE_BYTES:,} "
+                                  "a recipe may have")
+            raw_file = yaml.safe_load(text)
+        except RecursionError:
+            raise RecipeError(f"{label}: nested deeper than a recipe may be ({MAX_RECIPE_DEPTH} levels)") from None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             line = f"line {mark.line + 1}: " if mark is not None else ""
@@ -589,6 +632,8 @@ def load_recipe(source: str | os.PathLike | Mapping | None = None, overrides: Se
                               "save the recipe as UTF-8") from None
         if raw_file is None:
             raw_file = {}
+        if _depth(raw_file) > MAX_RECIPE_DEPTH:
+            raise RecipeError(f"{label}: nested deeper than a recipe may be ({MAX_RECIPE_DEPTH} levels)")
         if not isinstance(raw_file, Mapping):
             raise RecipeError(f"{label}: the top level must be a mapping of sections, got {type(raw_file).__name__}")
     raw_file = {k: dict(v) if isinstance(v, Mapping) else v for k, v in raw_file.items()}
@@ -632,6 +677,35 @@ def save_recipe(recipe: Recipe, path: str | os.PathLike) -> None:
 
     with atomic_path(path) as tmp:
         tmp.write_text(dump_recipe(recipe), encoding="utf-8")
+
+
+#: First line of the recipe.yaml fertool keeps at the top of a run folder.
+RUN_RECIPE_HEADER = "# fertool: the resolved recipe of this run folder (rewritten by train and pipeline)\n"
+
+
+def save_run_recipe(recipe: Recipe, path: str | os.PathLike) -> bool:
+    """Write ``recipe`` to a run folder's ``recipe.yaml`` unless that file is a user's own.
+
+    The file is fertool's when it starts with :data:`RUN_RECIPE_HEADER`, or (written by an
+    older fertool) holds a complete resolved recipe; any other file (a user's recipe, the
+    ``-r`` file itself) is left as it is and False returned.
+    """
+    path = Path(path)
+    if path.exists() or path.is_symlink():
+        try:
+            text = path.read_text(encoding="utf-8")
+            ours = text.startswith(RUN_RECIPE_HEADER) or (
+                path.is_file() and not path.is_symlink()
+                and yaml.safe_load(text) == to_dict(load_recipe(path, stored=True)))
+        except (OSError, ValueError, yaml.YAMLError, FertoolError, RecursionError):
+            ours = False
+        if not ours:
+            return False
+    from .files import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(RUN_RECIPE_HEADER + dump_recipe(recipe), encoding="utf-8")
+    return True
 
 
 def dump_recipe(recipe: Recipe) -> str:

@@ -285,13 +285,15 @@ def test_cli_runs_and_prints_tables(ckpts, tmp_path, cli_runner):
     csv = _write_csv(tmp_path / "fer.csv", counts=(("PrivateTest", 3),))
     out = tmp_path / "o"
     (out).mkdir()
-    (out / "old.txt").write_text("old")
-    res = cli_runner.invoke(app, ["ablate", "-c", str(ckpts["paths"]["trained"]), "--csv", str(csv), "--out",
-                                  str(out), "--modes", "off", "--subsets", "single", "--pictures", "0", "--quiet",
-                                  "--device", "cpu"])
+    (out / "old.txt").write_text("old")  # a user's file: refused without --overwrite, kept with it (issue 26)
+    args = ["ablate", "-c", str(ckpts["paths"]["trained"]), "--csv", str(csv), "--out", str(out), "--modes", "off",
+            "--subsets", "single", "--pictures", "0", "--quiet", "--device", "cpu"]
+    res = cli_runner.invoke(app, args)
+    assert res.exit_code == 1 and "did not write" in res.output
+    res = cli_runner.invoke(app, args + ["--overwrite"])
     assert res.exit_code == 0, res.output
     assert "smallest kept set" in res.output and "head redundancy" in res.output
-    assert (out / "ablation.json").is_file() and not (out / "old.txt").exists()
+    assert (out / "ablation.json").is_file() and (out / "old.txt").read_text() == "old"
 
 
 def test_attention_pictures_state_their_scale_and_what_a_row_means(tmp_path, monkeypatch):

@@ -199,7 +199,7 @@ def test_errors_prepared(tmp_path):
     with pytest.raises(DataError, match=rf"{bad.name}: not a readable image"):
         open_image_split(tmp_path, "Training")
     bad.unlink()
-    with pytest.raises(DataError, match=rf"{bad.name}: cannot read image"):
+    with pytest.raises(DataError, match=rf"{bad.name}: listed in .*manifest.csv line 4 but cannot be read"):
         open_image_split(tmp_path, "Training")
 
 
@@ -326,3 +326,69 @@ def test_an_unwritable_cache_folder_names_no_option_the_cli_lacks(tmp_path):
     message = str(info.value)
     assert "cache_dir" not in message and "cannot create the image cache folder" in message
     assert "make the image folder writable or copy it to a writable place" in message
+
+
+# --------------------------------------------------------------------------- tampering (issue 26)
+
+
+def test_a_replaced_or_truncated_image_is_noticed_before_training(tmp_path):
+    records = make_prepared(tmp_path)
+    first = open_image_split(tmp_path, "Training")
+    victim = tmp_path / records[1]["path"]
+    _write_jpeg(victim, 255 - _grey(1))  # replaced while .cache exists
+    os.utime(victim, ns=(1, 1))  # even with an old modification time: the size differs
+    again = open_image_split(tmp_path, "Training")
+    assert not np.array_equal(again.images[1], first.images[1])
+    assert np.abs(again.images[1].astype(int) - (255 - _grey(1)).astype(int)).max() <= 2
+    victim.write_bytes(victim.read_bytes()[:100])  # truncated: rebuilt, and the rebuild says which file
+    with pytest.raises(DataError, match=f"{victim}: not a readable image"):
+        open_image_split(tmp_path, "Training")
+    victim.unlink()
+    with pytest.raises(DataError, match=rf"{victim}: listed in .*manifest.csv line 3 but cannot be read"):
+        open_image_split(tmp_path, "Training")
+
+
+def test_manifest_rows_must_match_prepare_json_counts(tmp_path):
+    records = make_prepared(tmp_path)
+    counts = {}
+    for r in records:
+        counts.setdefault(r["split"], {}).setdefault(r["class"], 0)
+        counts[r["split"]][r["class"]] += 1
+    (tmp_path / "prepare.json").write_text(json.dumps({"size": S, "counts": counts}))
+    assert len(open_image_split(tmp_path, "Training")) == 5
+    lines = (tmp_path / "manifest.csv").read_text().splitlines()
+    (tmp_path / "manifest.csv").write_text("\n".join(lines[:2] + lines[3:]) + "\n")  # a row removed
+    with pytest.raises(DataError, match="split 'Training' has 4 rows, .*prepare.json counts 5"):
+        open_image_split(tmp_path, "Training")
+    (tmp_path / "manifest.csv").write_text("\n".join(lines + [lines[1]]) + "\n")  # a row duplicated
+    with pytest.raises(DataError, match="is listed twice"):
+        open_image_split(tmp_path, "Training")
+
+
+def test_a_damaged_cache_of_the_wrong_shape_is_rebuilt(tmp_path):
+    make_prepared(tmp_path)
+    expected = np.array(open_image_split(tmp_path, "Training").images)
+    cached = next(p for p in (tmp_path / ".cache").iterdir() if p.suffix == ".npy")
+    np.save(cached, np.zeros((len(expected), S, S + 4), np.uint8))
+    again = open_image_split(tmp_path, "Training")
+    assert again.images.shape == expected.shape and np.array_equal(again.images, expected)
+
+
+def test_prepare_verify(tmp_path, cli_runner):
+    import fertool.data.prepare as prepare_mod
+    import fertool.data.sample as sample_mod
+    from fertool.cli import app
+    from fertool.recipe import PrepareConfig
+
+    csv_path = sample_mod.generate_sample(tmp_path / "s.csv", per_class=1, seed=0)
+    prep = tmp_path / "prep"
+    prepare_mod.prepare(csv_path, prep, config=PrepareConfig(size=32), workers=1)
+    res = cli_runner.invoke(app, ["prepare", "--verify", str(prep), "-q"])
+    assert res.exit_code == 0, res.output
+    assert "OK, 21 images" in res.output and "1 source sha256 checked" in res.output
+    victim = next(prep.glob("Training/*/*.jpg"))
+    victim.write_bytes(victim.read_bytes()[:200])
+    csv_path.write_text(csv_path.read_text() + "\n")
+    res = cli_runner.invoke(app, ["prepare", "--verify", str(prep), "-q"])
+    assert res.exit_code == 1
+    assert f"{victim}: not a readable image" in res.output and "the source CSV changed" in res.output

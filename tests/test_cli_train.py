@@ -80,3 +80,4 @@ def test_one_line_errors(cli_runner, tiny, extra, message):
     assert result.exit_code == 1, result.output
     errors = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and message in errors[0], result.output
+    assert not (folder / "bad-run").exists()  # a failed run leaves no empty run folder (issue 26)

@@ -163,7 +163,8 @@ def test_cli_evaluate_with_tta(workdir, cli_runner):
                                      "--batch-size", "5"])
     assert result.exit_code == 0, result.output
     out = workdir["root"] / "run" / "eval-PrivateTest"
-    assert {p.name for p in out.iterdir()} == {"metrics.json", "probs.npz", "confusion.png", "recipe.yaml"}
+    assert {p.name for p in out.iterdir()} == {"metrics.json", "probs.npz", "confusion.png", "recipe.yaml",
+                                             ".fertool-output.json"}  # the marker: fertool wrote this folder
     assert "accuracy" in result.stdout and "TTA (flip)" in result.stdout
     metrics = json.loads((out / "metrics.json").read_text())
     npz = np.load(out / "probs.npz")

@@ -158,3 +158,75 @@ def test_foreign_files_are_refused(tmp_path):
         import_keras(junk)
     with pytest.raises(ModelError, match="no such file"):
         import_keras(tmp_path / "absent.h5")
+
+
+def _tiny_keras(path, **extra):
+    """A one-layer Keras-layout file; ``extra`` adds hostile parts (issue 26)."""
+    with h5py.File(path, "w") as f:
+        g = f.create_group("bn_data")
+        g.create_dataset("bn_data/gamma:0", data=np.ones(3, np.float32))
+        g.attrs["weight_names"] = ["bn_data/gamma:0"]
+        f.attrs["layer_names"] = ["bn_data"]
+        for kind, value in extra.items():
+            if kind == "soft":
+                f["bn_data/bn_data/beta:0"] = h5py.SoftLink(value)
+            elif kind == "external_link":
+                f["stolen"] = h5py.ExternalLink(value, "/data")
+            elif kind == "external_storage":
+                f.create_dataset("raw", shape=(4,), dtype="u1", external=[(value, 0, 4)])
+            elif kind == "virtual":
+                layout = h5py.VirtualLayout(shape=(4,), dtype="f4")
+                layout[:] = h5py.VirtualSource(value, "data", shape=(4,))
+                f.create_virtual_dataset("virt", layout)
+    return path
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("soft", "is a soft link"), ("external_link", "is an external link"),
+    ("external_storage", "is stored in external file"), ("virtual", "is a virtual dataset")])
+def test_hdf5_that_reads_other_files_is_refused(tmp_path, kind, message):
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(b"SECRET!!")
+    value = "/bn_data/bn_data/gamma:0" if kind == "soft" else str(secret)
+    path = _tiny_keras(tmp_path / "hostile.h5", **{kind: value})
+    with pytest.raises(ModelError, match=message) as info:
+        import_keras(path)
+    assert str(info.value).startswith(str(path))
+
+
+def test_soft_link_loop_is_refused(tmp_path):
+    path = _tiny_keras(tmp_path / "loop.h5")
+    with h5py.File(path, "a") as f:
+        f["a"] = h5py.SoftLink("/b")
+        f["b"] = h5py.SoftLink("/a")
+        f.attrs["layer_names"] = ["a"]
+    with pytest.raises(ModelError, match="soft link"):
+        import_keras(path)
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("names", "layer_names is not a list of names"), ("strings", "is not a numeric array"),
+    ("nan", "NaN or infinite")])
+def test_malformed_hdf5_is_one_error_naming_the_file(tmp_path, damage, message):
+    path = _tiny_keras(tmp_path / "bad.h5")
+    with h5py.File(path, "a") as f:
+        if damage == "names":
+            f.attrs["layer_names"] = 7
+        elif damage == "strings":
+            del f["bn_data/bn_data/gamma:0"]
+            f["bn_data"].create_dataset("bn_data/gamma:0", data=np.array([b"a", b"b"]))
+        else:
+            f["bn_data/bn_data/gamma:0"][0] = np.nan
+    with pytest.raises(ModelError, match=message) as info:
+        import_keras(path)
+    assert str(info.value).startswith(str(path))
+
+
+def test_gzip_is_decompressed_up_to_a_cap(tmp_path, monkeypatch):
+    from fertool.models import keras
+
+    path = tmp_path / "w.h5.gz"
+    path.write_bytes(gzip.compress(_tiny_keras(tmp_path / "w.h5").read_bytes()))
+    monkeypatch.setattr(keras, "MAX_GZIP_BYTES", 1024)
+    with pytest.raises(ModelError, match="decompresses to more than 1,024 bytes"):
+        import_keras(path)

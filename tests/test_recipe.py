@@ -29,7 +29,7 @@ def test_every_problem_reported_together_with_location(tmp_path):
     problems = info.value.problems
     assert f"{path}: train.stages.2.lr: must be > 0, got -0.01" in problems
     assert f"{path}: train.stages.2.optimiser: unknown key (did you mean 'optimizer'?)" in problems
-    assert f"{path}: model.lhc.0.heads: must be > 0, got 0" in problems
+    assert f"{path}: model.lhc.0.heads: must be between 1 and 1,024, got 0" in problems
     assert f"{path}: prepare.jpeg_quality: must be an integer, got 'high'" in problems
     # controller_init no longer matches the module count is only checked once fields are valid
     assert len(problems) == 4

@@ -178,6 +178,7 @@ def test_existing_report_kept_on_error(tmp_path, cli_runner):
     out = tmp_path / "out"
     out.mkdir()
     (out / "report.md").write_text("old")
+    (out / "report.json").write_text("{}")  # a report written before output markers existed
     empty = tmp_path / "empty"
     empty.mkdir()
     res = cli_runner.invoke(app, ["report", str(empty), "--out", str(out)])

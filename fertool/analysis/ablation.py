@@ -49,7 +49,7 @@ from torch import nn
 
 from ..data.datasets import ImageSplit
 from ..errors import CheckpointError, FertoolError
-from ..files import atomic_dir
+from ..files import atomic_dir, check_output_dir
 from ..locks import holding_lock, output_folder
 from ..progress import Progress
 
@@ -260,6 +260,7 @@ def ablate(
     precision: str | None = None,
     engine: str = "auto",
     progress: Progress | None = None,
+    overwrite: bool = False,
 ) -> dict:
     """Ablate the LHC modules of a checkpoint on ``split`` and write the report (module docstring).
 
@@ -282,6 +283,9 @@ def ablate(
     from ..recipe import AblateConfig
     from .heads import controller_weights, head_summary
 
+    if Path(checkpoint_path).is_file():  # refused before the work, not after it
+        check_output_dir(out_dir if out_dir is not None else default_out_dir(checkpoint_path, split),
+                         "ablation", overwrite, legacy="ablation.json")
     inputs = load_eval_inputs(checkpoint_path, recipe=recipe, overrides=overrides, tta=tta, device=device)
     ckpt, model, rcp, dev = inputs.ckpt, inputs.model, inputs.recipe, inputs.device
     checkpoint_path, tta_name, preset = inputs.checkpoint, inputs.tta_name, inputs.tta
@@ -351,7 +355,7 @@ def ablate(
                                                            tolerance=tolerance))
     out = Path(out_dir) if out_dir is not None else default_out_dir(checkpoint_path, split)
     _write_outputs(out, report, rows, rcp_out, model=model, data=data, pictures=pictures, device=dev,
-                   precision=precision,
+                   precision=precision, overwrite=overwrite,
                    title=f"{ckpt.get('arch')} on {split} ({n} images): full {100 * full['accuracy']:.2f}%")
     return {**report, "out_dir": str(out)}
 
@@ -440,13 +444,13 @@ def _smallest_kept_table(rows: list[dict], *, modes: Sequence[str], names: Seque
 
 
 def _write_outputs(out: Path, report: dict, rows: list[dict], rcp_out: Any, *, model: nn.Module, data: ImageSplit,
-                   pictures: int, device: torch.device, precision: str, title: str) -> None:
+                   pictures: int, device: torch.device, precision: str, overwrite: bool, title: str) -> None:
     """``out``'s files (ablation.json, plots, pictures, recipe.yaml), built in a temporary folder."""
     from ..files import write_json
     from ..recipe import save_recipe
     from .plots import plot_ablation, plot_head_correlation
 
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, "ablation", overwrite=overwrite, legacy="ablation.json") as tmp:
         plot_ablation(rows, tmp / "ablation.png", title=title)
         files = ["ablation.json", "ablation.png"]
         if "heads" in report:

@@ -65,7 +65,7 @@ import yaml
 
 from ..data.provenance import SYNTHETIC
 from ..errors import DataError, FertoolError
-from ..files import atomic_dir, read_json, write_json
+from ..files import atomic_dir, check_output_dir, read_json, write_json
 from ..protocol import MODEL_NAMES, PAPER_TABLE7, RUN_SETS, STAGE_ARCH, STAGE_FOLDERS, paper_set
 from .stats import STAT_COLUMNS, pct, run_statistics, stat_text, table_rows, top_count
 from .verdict import EXCLUDED, stage4_verdict
@@ -382,6 +382,7 @@ def report(
     tta: bool | None = None,
     out_dir: str | os.PathLike | None = None,
     html: bool = False,
+    overwrite: bool = False,
 ) -> dict:
     """Table 7 from the evaluated runs under ``run_dirs`` (module docstring has the rules).
 
@@ -392,6 +393,8 @@ def report(
     ``html`` adds ``index.html``: every result of the run folders on one self-contained page
     (:mod:`fertool.analysis.html`).
     """
+    out = Path(out_dir) if out_dir is not None else _default_out(run_dirs)
+    check_output_dir(out, "report", overwrite, legacy="report.json")
     results = find_results(run_dirs, split=split, group_by=group_by)
     groups: dict[str, dict] = {}
     for name in sorted({r.group for r in results}, key=_group_order):
@@ -408,7 +411,6 @@ def report(
         sets = {r.paper_set for r in used}
         entry["paper_set"] = sets.pop() if len(sets) == 1 else None  # one of the paper's run sets, or a mix
         groups[name] = entry
-    out = Path(out_dir) if out_dir is not None else _default_out(run_dirs)
     data = {
         "split": split,
         "group_by": group_by,
@@ -428,7 +430,7 @@ def report(
     }
     from .plots import plot_runs
 
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, "report", overwrite=overwrite, legacy="report.json") as tmp:
         write_json(tmp / "report.json", data)
         (tmp / "report.md").write_text(render_markdown(data), encoding="utf-8")
         plot_runs(results, tmp / "runs.png", groups=sorted({r.group for r in results}, key=_group_order),

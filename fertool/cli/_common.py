@@ -24,6 +24,8 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from ..errors import printable
+
 class _Console(Console):
     def on_broken_pipe(self) -> None:
         """The reader of stdout went away (``fertool ... | head -1``): stop quietly with exit
@@ -51,6 +53,12 @@ EngineOption = typer.Option(
     help="What runs the network: torch, onnxruntime (CPU, float32; needs the onnxruntime package), "
     "or auto (onnxruntime on the CPU when installed, else torch).",
 )
+
+
+def safe(text: object) -> Text:
+    """Untrusted text (a file name, a name stored in a checkpoint) for a Rich console or table:
+    control characters escaped (:func:`fertool.errors.printable`) and never read as markup."""
+    return Text(printable(text))
 
 
 def log_line(message: str) -> None:

@@ -47,6 +47,8 @@ def ablate_cli(
         None, "--precision", help="fp32, tf32 or bf16 for the forward passes [default: recipe train.eval_precision, fp32]."
     ),
     max_images: Optional[int] = typer.Option(None, "--max-images", min=1, help="Use only the first N images."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Write into an existing folder that is not this "
+                                   "command's own output (fertool's files are replaced; nothing else is removed)."),
     recipe: Optional[str] = RecipeOption,
     set_: Optional[List[str]] = SetOption,
     quiet: bool = QuietOption,
@@ -80,6 +82,7 @@ def ablate_cli(
             tta=preset,
             tolerance=tolerance,
             out_dir=out_dir,
+            overwrite=overwrite,
             batch_size=batch_size,
             device=device,
             engine=engine,

@@ -27,6 +27,8 @@ def evaluate_cli(
     out_dir: Optional[Path] = typer.Option(
         None, "--out", "-o", help="Output folder (default: <checkpoint dir>/eval-<split>/)."
     ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Write into an existing folder that is not this "
+                                   "command's own output (fertool's files are replaced; nothing else is removed)."),
     as_json: bool = typer.Option(False, "--json", help="Print metrics.json to stdout and nothing else."),
     batch_size: int = typer.Option(256, "--batch-size", min=1, help="Images per forward pass."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
@@ -70,6 +72,7 @@ def evaluate_cli(
             split=split,
             tta=tta_preset if tta_preset is not None else (True if tta else None),
             out_dir=out_dir,
+            overwrite=overwrite,
             recipe=recipe,
             overrides=sets or (),
             batch_size=batch_size,

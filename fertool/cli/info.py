@@ -7,6 +7,7 @@ from typing import List, Optional
 
 import typer
 
+from ..errors import printable
 from ._common import QuietOption, RecipeOption, SetOption, out
 
 
@@ -95,16 +96,18 @@ def render(summary, *, title: str, ckpt: dict | None = None) -> None:
         out.print("LHC modules: none")
     out.print("FLOPs: convolutions and matrix products, 2 per multiply-add")
     if ckpt is not None:
-        metrics = ", ".join(f"{k} {v:.4f}" for k, v in (ckpt.get("metrics") or {}).items() if isinstance(v, float))
-        out.print(f"checkpoint: stage {ckpt.get('stage')}, epoch {ckpt.get('epoch')}"
+        metrics = ", ".join(f"{printable(k)} {v:.4f}" for k, v in (ckpt.get("metrics") or {}).items() if isinstance(v, float))
+        out.print(f"checkpoint: stage {printable(ckpt.get('stage'))}, epoch {ckpt.get('epoch')}"
                   + (f", {metrics}" if metrics else "")
-                  + (f", LHC seed {ckpt['extra']['lhc_seed']}" if (ckpt.get("extra") or {}).get("lhc_seed") is not None else ""))
+                  + (f", LHC seed {ckpt['extra']['lhc_seed']}" if (ckpt.get("extra") or {}).get("lhc_seed") is not None else ""),
+                  markup=False, highlight=False)
         from ..checkpoint import checkpoint_classes
 
         classes = checkpoint_classes(ckpt)
         data = (ckpt.get("extra") or {}).get("data") or {}
         source = f" ({data['dataset']}, {data.get('label_mode', 'majority')} labels)" if data.get("dataset") else ""
-        out.print(f"classes{source}: {len(classes)}: {', '.join(classes)}", highlight=False, soft_wrap=True)
+        out.print(printable(f"classes{source}: {len(classes)}: {', '.join(classes)}"), highlight=False,
+                  markup=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

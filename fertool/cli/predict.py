@@ -9,7 +9,8 @@ from typing import List, Optional
 import typer
 
 from ..recipe import RECHECK_MARGIN
-from ._common import EngineOption, QuietOption, err, out, progress_callback
+from ..errors import printable
+from ._common import EngineOption, QuietOption, err, out, progress_callback, safe
 
 EPILOG = (
     "Exit codes: 0 = every input had a face and was classified; "
@@ -113,7 +114,7 @@ def predict_cmd(
         err.print(f"face detector: {describe_detector(face_detector)}{aligned}", highlight=False, markup=False,
                   soft_wrap=True)
     if is_synthetic(classifier.trained_on):
-        err.print(f"warning: {checkpoint} was trained on the synthetic sample (cartoon faces from `fertool "
+        err.print(f"warning: {printable(checkpoint)} was trained on the synthetic sample (cartoon faces from `fertool "
                   "sample-data`): it has never seen a real face, so its labels for photos mean nothing",
                   highlight=False, markup=False, soft_wrap=True)
 
@@ -138,7 +139,7 @@ def predict_cmd(
             if isinstance(event, InputProblem):
                 failed += 1
                 # through the Rich console so that the live progress bar stays intact; one line
-                err.print(f"error: {event}", soft_wrap=True, markup=False, highlight=False)
+                err.print(f"error: {printable(str(event))}", soft_wrap=True, markup=False, highlight=False)
             elif isinstance(event, FaceResult):
                 if json_lines:
                     typer.echo(json.dumps(event.to_dict()))
@@ -156,8 +157,9 @@ def predict_cmd(
                           f"frames/s, {v.faces / v.seconds:.1f} faces/s ({v.frames} frames searched)",
                           highlight=False, markup=False, soft_wrap=True)
     if out_dir is not None and not quiet:
-        err.print(f"annotated outputs, predictions.jsonl and predictions.csv in {out_dir}"
-                  + (" (per video: <name>.csv, .face<ID>.png plots, .summary.json)" if videos else ""))
+        err.print(f"annotated outputs, predictions.jsonl and predictions.csv in {printable(out_dir)}"
+                  + (" (per video: <name>.csv, .face<ID>.png plots, .summary.json)" if videos else ""),
+                  markup=False, highlight=False)
     if (counts := classifier.rechecked()) is not None and counts[1] and not quiet:
         err.print(f"bf16: {counts[0]} of {counts[1]} face images were close calls, recomputed in fp32")
     if failed:
@@ -175,9 +177,9 @@ def _render(faces: list, videos: list, *, tta: str | None) -> None:
         header = ["input", "#", "box", "label"] + (["TTA"] if tta else [])
         rows = []
         for r in faces:
-            row = [r.path, str(r.face), " ".join(map(str, r.box.as_list())), f"{r.label} {r.probability:.3f}"]
+            row = [safe(r.path), str(r.face), " ".join(map(str, r.box.as_list())), safe(f"{r.label} {r.probability:.3f}")]
             if tta:
-                row.append(f"{r.tta_label} {r.tta_probs[r.tta_label]:.3f}" if r.tta_probs else "")
+                row.append(safe(f"{r.tta_label} {r.tta_probs[r.tta_label]:.3f}") if r.tta_probs else "")
             rows.append(row)
         title = "Faces (#: face in its image; box: x y w h, pixels" + (f"; TTA preset {tta})" if tta else ")")
         out.print(_fold_paths(number_table(title, header, rows, left=1)))
@@ -186,15 +188,15 @@ def _render(faces: list, videos: list, *, tta: str | None) -> None:
         rows = []
         for v in videos:
             labels = ", ".join(f"{k} {n / max(1, v.faces):.0%}" for k, n in sorted(v.labels.items(), key=lambda kv: -kv[1]))
-            rows.append([v.path, str(v.frames), str(v.faces), labels, v.output or ""])
+            rows.append([safe(v.path), str(v.frames), str(v.faces), safe(labels), safe(v.output or "")])
         out.print(_fold_paths(number_table("Videos", header, rows, left=1)))
         for v in videos:
             if not v.summary:
                 continue
-            rows = [[str(f["face_id"]), str(f["frames"]), f"{f['first_s']:.2f}-{f['last_s']:.2f}", f["dominant"],
+            rows = [[str(f["face_id"]), str(f["frames"]), f"{f['first_s']:.2f}-{f['last_s']:.2f}", safe(f["dominant"]),
                      ", ".join(f"{k} {p:.0%}" for k, p in sorted(f["share"].items(), key=lambda kv: -kv[1]) if p > 0)]
                     for f in v.summary]
-            out.print(number_table(f"Faces in {v.path}", ["face", "frames", "seconds", "dominant", "share of time"],
+            out.print(number_table(f"Faces in {safe(v.path)}", ["face", "frames", "seconds", "dominant", "share of time"],
                                    rows, left=3))
 
 

@@ -7,6 +7,7 @@ from typing import List, Optional
 
 import typer
 
+from ..errors import printable
 from ._common import QuietOption, RecipeOption, SetOption, err, load_recipe_from_options, out, progress_callback
 
 
@@ -21,7 +22,10 @@ def prepare_cli(
                                           "(AffectNet style), images of any size and colour."),
     rafdb: Optional[Path] = typer.Option(None, "--rafdb", help="RAF-DB basic folder (with "
                                          "EmoLabel/list_patition_label.txt and Image/aligned/)."),
-    out_dir: Path = typer.Option(..., "--out", help="Folder to create: DIR/<split>/<Class>/<row>.jpg + manifest."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Folder to create: DIR/<split>/<Class>/<row>.jpg "
+                                           "+ manifest."),
+    verify: Optional[Path] = typer.Option(None, "--verify", help="Check the prepared folder DIR instead: rows vs "
+                                          "prepare.json, every image, the sha256 of sources still present."),
     recipe: Optional[str] = RecipeOption,
     sets: Optional[List[str]] = SetOption,
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing prepared folder (kept until "
@@ -33,6 +37,11 @@ def prepare_cli(
 ) -> None:
     """Prepare FER2013 exactly as the reference (224x224 float bilinear, floor, RGB, JPEG q100 4:4:4), with
     FER+ labels, or class folders / RAF-DB resized as the recipe's prepare section says."""
+    if verify is not None:
+        _verify(verify, quiet=quiet)
+        return
+    if out_dir is None:
+        raise typer.BadParameter("give --out DIR (the folder to create), or --verify DIR", param_hint="--out")
     sources = [name for name, value in (("--csv", csv), ("--folder", folder), ("--rafdb", rafdb)) if value is not None]
     if len(sources) != 1:
         raise typer.BadParameter("give exactly one of --csv (FER2013, with --ferplus for FER+), --folder or --rafdb"
@@ -106,6 +115,17 @@ def _print_counts(summary: dict) -> None:
     totals = [summary["split_totals"][split] for split in counts]
     table.add_row("[bold]total", *(f"[bold]{n:,}" for n in totals), f"[bold]{sum(totals):,}")
     out.print(table)
+
+
+def _verify(folder: Path, *, quiet: bool) -> None:
+    from ..data.verify import verify_prepared
+
+    with progress_callback("verify", quiet=quiet) as callback:
+        result = verify_prepared(folder, progress=callback)
+    for note in result["notes"]:
+        err.print(f"note: {printable(note)}", highlight=False, markup=False, soft_wrap=True)
+    out.print(printable(f"{folder}: OK, {result['images']:,} images in {', '.join(result['splits'])}; "
+                        f"{result['sources_checked']:,} source sha256 checked"), highlight=False, markup=False)
 
 
 def register(app: typer.Typer) -> None:

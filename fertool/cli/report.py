@@ -21,6 +21,8 @@ def report_cli(
                                        help="Include TTA statistics (default: when every run has them)."),
     html: bool = typer.Option(False, "--html", help="Also write index.html: every result of the runs on one "
                               "self-contained page (pictures embedded; no JavaScript)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Write into an existing folder that is not this "
+                                   "command's own output (fertool's files are replaced; nothing else is removed)."),
     quiet: bool = QuietOption,
 ) -> None:
     """Run statistics (Table 7): top 40% / 25% (with and without the best), best, mean, std per group.
@@ -30,7 +32,7 @@ def report_cli(
     from ..analysis.report import report
     from ..analysis.stats import STAT_COLUMNS, stat_text, table_rows
 
-    data = report(run_dirs, group_by=group_by, split=split, tta=tta, out_dir=out_dir, html=html)
+    data = report(run_dirs, group_by=group_by, split=split, tta=tta, out_dir=out_dir, html=html, overwrite=overwrite)
 
     for kind, title in (("plain", "without TTA"), ("tta", "with TTA")):
         rows = [[g] + [stat_text(k, s) for k, _ in STAT_COLUMNS] for g, _, s in table_rows(data["groups"], kind)]

@@ -85,6 +85,8 @@ def train_cli(
             header_done = True
         err.print(_epoch_line(row), highlight=False)
 
+    made = [p for p in (stage_dir(run, stage), Path(run), *Path(run).parents)  # folders this call creates
+            if not os.path.lexists(p)]
     try:
         with progress_callback(f"stage {stage}", quiet=quiet, transient=True) as progress:
             summary = train_stage(
@@ -92,8 +94,15 @@ def train_cli(
                 resume=resume, overwrite=overwrite, device=device, allow_test_selection=allow_test_selection,
                 progress=None if quiet else progress, log=log_line, on_epoch=on_epoch,
             )
-    except KeyboardInterrupt:
-        if main_rank and (stage_dir(run, stage) / "last.pt").is_file():
+    except BaseException as exc:
+        for folder in made:  # a run that failed before writing anything leaves no empty run folder
+            try:
+                folder.rmdir()
+            except FileNotFoundError:
+                continue
+            except OSError:  # not empty: the run holds something
+                break
+        if isinstance(exc, KeyboardInterrupt) and main_rank and (stage_dir(run, stage) / "last.pt").is_file():
             log_line(f"to continue: fertool train --stage {stage} --run {run} --resume (same recipe and options)")
         raise
     if not main_rank:

@@ -43,6 +43,7 @@ import torch
 
 from .. import CLASS_NAMES
 from ..errors import DataError, printable
+from ..imagecap import decode_image
 from ..progress import Progress
 from ..tempfiles import temp_file
 from .datasets import ArraySplit
@@ -156,6 +157,7 @@ def _prepared_source(root: Path, split: str) -> _Source:
     rows: list[int] = []
     votes: list[list[float]] = []
     present: list[str] = []
+    lines: list[int] = []
     try:
         text = manifest_bytes.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -193,16 +195,58 @@ def _prepared_source(root: Path, split: str) -> _Source:
         files.append(root / _inside(rec["path"], f"{manifest} line {line}"))
         labels.append(label)
         rows.append(row)
+        lines.append(line)
     if not files:
         raise DataError(f"{manifest}: no rows of split {split!r} (present: {printable(', '.join(present)) or 'none'})")
+    _check_counts(manifest, prepare_json, prepare_bytes, split, classes, files, labels, lines)
 
     digest = hashlib.sha256()
     for part in (f"fertool-cache-v{CACHE_VERSION}", split, "prepared"):
         digest.update(part.encode() + b"\0")
     digest.update(manifest_bytes + b"\0" + prepare_bytes)
+    digest.update(_file_stamps(files, lines, manifest))  # an image changed, replaced or truncated
     targets = vote_distribution(np.asarray(votes, np.float64)) if soft else None
     return _Source(split, files, np.asarray(labels, np.int64), np.asarray(rows, np.int64), digest.hexdigest()[:16],
                    str(manifest), tuple(classes), targets)
+
+
+def _file_stamps(files: Sequence[Path], lines: Sequence[int], manifest: Path) -> bytes:
+    """Size and modification time of every image, for the cache key; a missing one is an error."""
+    parts = []
+    for path, line in zip(files, lines):
+        try:
+            st = os.stat(path)
+        except OSError as exc:
+            raise DataError(f"{printable(path)}: listed in {manifest} line {line} but cannot be read "
+                            f"({exc.strerror or exc}); the prepared folder changed: prepare it again") from None
+        parts.append(f"{st.st_size}:{st.st_mtime_ns}")
+    return "\0".join(parts).encode()
+
+
+def _check_counts(manifest: Path, prepare_json: Path, prepare_bytes: bytes, split: str,
+                  classes: Sequence[str], files: Sequence[Path], labels: Sequence[int], lines: Sequence[int]) -> None:
+    """The manifest's rows of ``split`` against prepare.json's counts; no image listed twice."""
+    seen: dict[Path, int] = {}
+    for path, line in zip(files, lines):
+        if path in seen:
+            raise DataError(f"{manifest} line {line}: {printable(path.name)} is listed twice "
+                            f"(also line {seen[path]}); the manifest was edited: prepare the folder again")
+        seen[path] = line
+    try:
+        counts = json.loads(prepare_bytes or b"{}").get("counts", {}).get(split)
+    except (ValueError, AttributeError):
+        return  # an unreadable prepare.json is reported where it is read
+    if not isinstance(counts, dict):
+        return
+    want = {str(k): v for k, v in counts.items()}
+    got = dict.fromkeys(want, 0)
+    for label in labels:
+        got[classes[label]] = got.get(classes[label], 0) + 1
+    if got != want:
+        expected, found = sum(v for v in want.values() if isinstance(v, int)), len(labels)
+        raise DataError(f"{manifest}: split {split!r} has {found:,} rows, {prepare_json} counts {expected:,}"
+                        + ("" if expected != found else " (per class they differ)")
+                        + "; the manifest was edited: prepare the folder again")
 
 
 def folder_data(images_dir: str | os.PathLike) -> dict:
@@ -316,7 +360,7 @@ def _decode(path: Path) -> np.ndarray:
         data = np.fromfile(path, dtype=np.uint8)
     except OSError as exc:
         raise DataError(f"{path}: cannot read image ({exc.strerror or exc})") from None
-    img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    img = decode_image(data, path) if data.size else None
     if img is None:
         raise DataError(f"{path}: not a readable image")
     if np.array_equal(img[..., 0], img[..., 1]) and np.array_equal(img[..., 0], img[..., 2]):
@@ -407,6 +451,8 @@ def _load_cache(images_path: Path, meta_path: Path, source: _Source) -> ArraySpl
         return None
     if images.dtype != np.uint8 or len(images) != len(labels) or not np.array_equal(labels, source.labels):
         return None
+    if images.ndim not in (3, 4) or images.shape[1] != images.shape[2] or images.ndim == 4 and images.shape[3] != 3:
+        return None  # damaged: rebuilt, not blamed on the recipe's size
     targets = torch.from_numpy(source.targets) if source.targets is not None else None
     return ArraySplit(images=images, labels=torch.from_numpy(labels), name=source.tag, class_names=source.classes,
                       rows=rows, targets=targets)

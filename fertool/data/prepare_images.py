@@ -35,6 +35,7 @@ import numpy as np
 
 from .. import __version__
 from ..errors import DataError
+from ..imagecap import decode_image
 from ..locks import holding_lock
 from ..progress import Progress
 from .csv import SPLITS
@@ -86,7 +87,10 @@ def _convert(path: Path, out: Path, config: PrepareConfig, params: list[int]) ->
         data = path.read_bytes()
     except OSError as exc:
         return None, f"cannot read ({exc.strerror or exc})"
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
+    try:
+        image = decode_image(data, path) if data else None
+    except DataError as exc:  # too many pixels: a bad row like any other
+        return None, str(exc).removeprefix(f"{path}: ")
     if image is None:
         return None, "not a readable image"
     image = fit_image(image, size=config.size, fit=config.fit, colour=config.colour, rgb=config.rgb)

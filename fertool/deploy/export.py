@@ -38,7 +38,8 @@ from torch import nn
 
 from .. import __version__
 from ..errors import FertoolError, ModelError
-from ..tempfiles import temp_file
+from ..files import write_failure
+from ..tempfiles import sweep_stale, temp_file
 from . import file_mode
 
 __all__ = ["FORMATS", "export_model", "export_metadata", "read_export_metadata", "onnx_graph", "PREPARATION"]
@@ -127,7 +128,10 @@ def _quiet_export():
 def _export_torchscript(wrapped: nn.Module, sample: torch.Tensor, path: Path, metadata: dict) -> None:
     with _quiet_export(), torch.no_grad():
         traced = torch.jit.trace(wrapped, (sample,), check_trace=False)
-        torch.jit.save(traced, str(path), _extra_files={METADATA_NAME: json.dumps(metadata)})
+        buffer = io.BytesIO()  # in memory first: a full disk is an OSError here, not a C++ abort
+        torch.jit.save(traced, buffer, _extra_files={METADATA_NAME: json.dumps(metadata)})
+    with open(path, "wb") as fh:
+        fh.write(buffer.getbuffer())
 
 
 def _require_onnx():
@@ -260,8 +264,12 @@ def export_model(
             progress(step, 3, description=description)
         step += 1
 
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_file(out_path)
+    try:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        sweep_stale(out_path.parent, out_path.name)  # temporaries of killed exports
+        tmp = temp_file(out_path)
+    except OSError as exc:
+        raise write_failure(exc, out_path) from None
     try:
         tick(f"export {fmt}")
         if fmt == "onnx":
@@ -285,8 +293,11 @@ def export_model(
         tick("done")
         os.chmod(tmp, file_mode())
         os.replace(tmp, out_path)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        failure = write_failure(exc, out_path, tmp)
+        if failure is not None:
+            raise failure from None
         raise
     return {
         "path": str(out_path),

@@ -41,6 +41,7 @@ from ..data.folders import IMAGE_EXTENSIONS
 from ..data.prepare_images import prepared_photo
 from ..data.provenance import checkpoint_provenance
 from ..errors import DataError, FertoolError
+from ..imagecap import decode_image
 from ..evaluation.engines import RECHECK_MARGIN, CheckedEngine, build_engine, choose_engine, recheck_margin
 from ..files import atomic_path
 from ..progress import Progress
@@ -394,10 +395,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         raise DataError(f"{path}: cannot read ({exc.strerror})") from None
     if buf.size == 0:
         raise DataError(f"{path}: empty file")
-    try:
-        image = cv2.imdecode(buf, cv2.IMREAD_COLOR)
-    except cv2.error:
-        image = None
+    image = decode_image(buf, path)  # DataError above the pixel cap
     if image is None:
         raise DataError(f"{path}: not an image OpenCV can decode (corrupt or another kind of file)")
     return image

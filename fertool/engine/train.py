@@ -40,7 +40,7 @@ from ..models import build_model, freeze_except_controllers
 from ..progress import Progress
 from ..protocol import normalise_stage as _normalise_stage
 from ..protocol import stage_dir
-from ..recipe import Recipe, save_recipe
+from ..recipe import Recipe, save_recipe, save_run_recipe
 from ..utils import seed_everything
 from .callbacks import Callback, CallbackList, EpochFunction, MetricsFile, ProgressBar
 from .data import data_info, load_stage_data, training_provenance, with_data_classes
@@ -299,7 +299,9 @@ def prepare_outputs(request: StageRequest, run: Stage) -> None:
             (out.dir / name).unlink(missing_ok=True)
     if ctx.is_main:
         out.dir.mkdir(parents=True, exist_ok=True)
-        save_recipe(run.recipe, request.run_dir / "recipe.yaml")
+        if not save_run_recipe(run.recipe, request.run_dir / "recipe.yaml"):
+            run.log(f"{request.run_dir / 'recipe.yaml'}: not written by fertool, left as it is "
+                    f"(the resolved recipe is {out.recipe})")
         save_recipe(run.recipe, out.recipe)
     resumed = run.start.resumed
     if run.stage == "4" and run.reference is None and resumed is None:

@@ -19,19 +19,18 @@ temporary sibling folder that then replaces ``eval-<split>/`` as a whole.
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from ..errors import ModelError
 from ..data.provenance import checkpoint_provenance, csv_provenance, images_provenance
-from ..files import write_json
+from ..files import atomic_dir, check_output_dir, write_json
 from ..locks import holding_lock, output_folder
 from ..progress import Progress
 from ..recipe import Recipe, TTAPreset, save_recipe
-from ..tempfiles import temp_dir
 from .engines import build_engine
 from .inference import predict_probs
 from .inputs import load_eval_inputs
@@ -75,6 +74,7 @@ def evaluate_checkpoint(
     engine: str = "auto",
     resamples: int = 1000,
     progress: Progress | None = None,
+    overwrite: bool = False,
 ) -> dict:
     """Evaluate a checkpoint on ``split`` and write the report files; return metrics.json's dict.
 
@@ -85,8 +85,11 @@ def evaluate_checkpoint(
     ``data.csv`` (then ``data.images``) is used.  ``precision`` (fp32, tf32, bf16) defaults
     to the recipe's ``train.eval_precision`` (fp32).  ``engine`` (``auto``, ``torch``,
     ``onnxruntime``) runs the forward passes (:mod:`fertool.evaluation.engines`).  The
-    returned dict also carries ``"out_dir"`` and ``"files"``.
+    returned dict also carries ``"out_dir"`` and ``"files"``.  An existing ``out_dir`` that is
+    not a fertool evaluation is refused unless ``overwrite`` (:func:`fertool.files.check_output_dir`).
     """
+    out = Path(out_dir) if out_dir is not None else default_out_dir(checkpoint_path, split)
+    check_output_dir(out, "evaluation", overwrite, legacy="metrics.json")
     inputs = load_eval_inputs(checkpoint_path, recipe=recipe, overrides=overrides, tta=tta, device=device)
     inputs.open_split(csv=csv, images=images, split=split)
     ckpt, rcp, data, dev, size = inputs.ckpt, inputs.recipe, inputs.data, inputs.device, inputs.size
@@ -97,6 +100,10 @@ def evaluate_checkpoint(
     start = time.perf_counter()
     result = predict_probs(None, data, batch_size=batch_size, tta=preset, engine=runner, progress=progress)
     seconds = time.perf_counter() - start
+    for key in ("probs", "tta_probs"):  # never a NaN evaluation written as a result
+        if result.get(key) is not None and not np.isfinite(result[key]).all():
+            raise ModelError(f"{checkpoint_path}: the model outputs NaN or infinite probabilities on {split}; "
+                             "nothing written")
     labels = data.labels.numpy()
     rows = getattr(data, "rows", None)
     rows = np.asarray(rows, dtype=np.int64) if rows is not None else np.arange(len(data), dtype=np.int64)
@@ -133,19 +140,16 @@ def evaluate_checkpoint(
     else:
         report["tta"] = None
 
-    out = Path(out_dir) if out_dir is not None else default_out_dir(checkpoint_path, split)
-    files = _write_outputs(out, report, rcp, rows, labels, result, class_names)
+    files = _write_outputs(out, report, rcp, rows, labels, result, class_names, overwrite)
     return {**report, "out_dir": str(out), "files": files}
 
 
 def _write_outputs(out: Path, report: dict, rcp: Recipe, rows: np.ndarray, labels: np.ndarray,
-                   result: dict, class_names: Sequence[str]) -> list[str]:
+                   result: dict, class_names: Sequence[str], overwrite: bool) -> list[str]:
     """Build every file in a temporary sibling folder, then move each into ``out``."""
     from .plots import plot_confusion
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_dir(out)
-    try:
+    with atomic_dir(out, "evaluation", overwrite=overwrite, legacy="metrics.json") as tmp:
         write_json(tmp / "metrics.json", report)
         arrays = {"rows": rows, "labels": labels.astype(np.int64), "probs": result["probs"],
                   "class_names": np.asarray(class_names)}
@@ -158,10 +162,5 @@ def _write_outputs(out: Path, report: dict, rcp: Recipe, rows: np.ndarray, label
                            np.asarray(report["tta"]["confusion"])))
         plot_confusion(panels, class_names, tmp / "confusion.png")
         save_recipe(rcp, tmp / "recipe.yaml")
-        out.mkdir(parents=True, exist_ok=True)
         names = sorted(p.name for p in tmp.iterdir())
-        for name in names:
-            os.replace(tmp / name, out / name)
-        return [str(out / name) for name in names]
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    return [str(out / name) for name in names]

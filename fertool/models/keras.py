@@ -21,6 +21,7 @@ import gzip
 import io
 import os
 import re
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ import numpy as np
 import torch
 
 from ..checkpoint import make_checkpoint
-from ..errors import ModelError
+from ..errors import ModelError, printable
 from ..files import sha256_file
 from . import build_model
 
@@ -88,6 +89,12 @@ def keras_to_torch_key(layer: str, param: str) -> str | None:
     return None
 
 
+#: Caps checked before anything is allocated: the decompressed size of a ``.h5.gz`` and the
+#: numbers in one weight array (ResNet34's largest has 2.4 million; all of them 21 million).
+MAX_GZIP_BYTES = 1 << 30
+MAX_WEIGHT_VALUES = 1 << 26
+
+
 def _open_h5(path: Path):
     import h5py
 
@@ -96,23 +103,78 @@ def _open_h5(path: Path):
             magic = fh.read(2)
         if magic == b"\x1f\x8b":
             with gzip.open(path, "rb") as fh:
-                return h5py.File(io.BytesIO(fh.read()), "r")
+                data = fh.read(MAX_GZIP_BYTES + 1)
+            if len(data) > MAX_GZIP_BYTES:
+                raise ModelError(f"{printable(path)}: decompresses to more than {MAX_GZIP_BYTES:,} bytes, "
+                                 "the most a Keras weight file is read into memory")
+            return h5py.File(io.BytesIO(data), "r")
         return h5py.File(path, "r")
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
-        raise ModelError(f"{path}: not a readable Keras HDF5 weight file ({str(exc).splitlines()[0][:120]})") from None
+    except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        raise ModelError(f"{printable(path)}: not a readable Keras HDF5 weight file "
+                         f"({printable(str(exc).splitlines()[0][:120])})") from None
+
+
+def check_self_contained(f, path: Path) -> None:
+    """Refuse an HDF5 file that would make h5py read anything but ``path`` itself.
+
+    Soft links (loops included) and external links anywhere, datasets with external
+    storage and virtual datasets are refused by name: an import reads the file given,
+    never one it points at (``/etc/hostname`` would end up in a shared checkpoint).
+    """
+    import h5py
+
+    problems: list[str] = []
+
+    def visit(name: str, link) -> None:
+        if len(problems) >= 5:
+            return
+        where = "/" + name
+        if isinstance(link, h5py.SoftLink):
+            problems.append(f"{where} is a soft link (to {link.path})")
+        elif isinstance(link, h5py.ExternalLink):
+            problems.append(f"{where} is an external link (to {link.filename}:{link.path})")
+        else:
+            obj = f.get(name, getlink=False)
+            if isinstance(obj, h5py.Dataset):
+                if obj.external:
+                    problems.append(f"{where} is stored in external file(s) "
+                                    f"({', '.join(str(e[0]) for e in obj.external)})")
+                elif obj.is_virtual:
+                    problems.append(f"{where} is a virtual dataset (its data lives in other files)")
+
+    f.visititems_links(visit)
+    if problems:
+        raise ModelError(printable(f"{path}: refusing an HDF5 file that reads other files: " + "; ".join(problems)))
+
+
+def _names(value: Any, what: str) -> list[str]:
+    """An attribute that must be a list of names (``layer_names``, ``weight_names``)."""
+    if isinstance(value, (str, bytes)) or np.ndim(value) != 1:
+        raise ModelError(f"{what} is not a list of names")
+    return [_text(v) for v in value]
 
 
 def _layer_weights(group) -> list[tuple[str, str, np.ndarray]]:
     """(layer, param, array) of every weight a Keras group lists in ``weight_names``."""
+    import h5py
+
     out = []
-    for wname in group.attrs.get("weight_names", []):
-        wname = _text(wname)
+    for wname in _names(group.attrs.get("weight_names", []), f"weight_names of group {group.name!r}"):
         if wname not in group:
             raise ModelError(f"weight {wname!r} listed in group {group.name!r} is missing from the file")
+        ds = group[wname]
+        if not isinstance(ds, h5py.Dataset) or ds.dtype.kind not in "fiub":
+            raise ModelError(f"weight {ds.name!r} is not a numeric array")
+        if ds.size > MAX_WEIGHT_VALUES:
+            raise ModelError(f"weight {ds.name!r} has {ds.size:,} values, more than the {MAX_WEIGHT_VALUES:,} "
+                             "one array may hold")
         layer, _, param = wname.rpartition("/")
         layer = layer.rsplit("/", 1)[-1]
         param = param.split(":")[0]
-        out.append((layer, param, np.asarray(group[wname], dtype=np.float32)))
+        arr = np.asarray(ds, dtype=np.float32)
+        if not np.isfinite(arr).all():
+            raise ModelError(f"weight {ds.name!r} holds NaN or infinite values")
+        out.append((layer, param, arr))
     return out
 
 
@@ -125,33 +187,46 @@ def read_keras_weights(path: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise ModelError(f"{path}: no such file")
     with _open_h5(path) as f:
-        names = f.attrs.get("layer_names")
-        if names is None:
-            raise ModelError(f"{path}: not a Keras weight file (no 'layer_names' attribute)")
-        names = [_text(n) for n in names]
-        backbone: dict[tuple[str, str], np.ndarray] = {}
-        head: list[tuple[str, np.ndarray, np.ndarray]] = []
-        nested = None
-        for name in names:
-            if name not in f:
-                raise ModelError(f"{path}: layer {name!r} is listed in layer_names but has no group")
-            weights = _layer_weights(f[name])
-            if not weights:
-                continue
-            inner = {w[0] for w in weights}
-            params = {w[1]: w[2] for w in weights}
-            if "bn_data" in inner and name != "bn_data":  # the nested backbone model
-                if nested is not None:
-                    raise ModelError(f"{path}: two nested backbone models ({nested}, {name})")
-                nested = name
-                for layer, param, arr in weights:
-                    backbone[(layer, param)] = arr
-            elif set(params) == {"kernel", "bias"} and params["kernel"].ndim == 2:
-                head.append((name, params["kernel"], params["bias"]))
-            else:
-                for layer, param, arr in weights:
-                    backbone[(layer, param)] = arr
-        meta = {"keras_version": _text(f.attrs.get("keras_version", "?")), "nested": nested, "layers": names}
+        try:
+            return _read_open(f, path)
+        except ModelError as exc:
+            text = str(exc)
+            raise ModelError(text if text.startswith(printable(path)) else f"{printable(path)}: {text}") from None
+        except (OSError, KeyError, ValueError, TypeError, RuntimeError) as exc:  # h5py on a malformed file
+            raise ModelError(f"{printable(path)}: malformed Keras HDF5 file "
+                             f"({printable(str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__)})"
+                             ) from None
+
+
+def _read_open(f, path: Path) -> dict[str, Any]:
+    check_self_contained(f, path)
+    names = f.attrs.get("layer_names")
+    if names is None:
+        raise ModelError(f"{path}: not a Keras weight file (no 'layer_names' attribute)")
+    names = _names(names, "layer_names")
+    backbone: dict[tuple[str, str], np.ndarray] = {}
+    head: list[tuple[str, np.ndarray, np.ndarray]] = []
+    nested = None
+    for name in names:
+        if name not in f:
+            raise ModelError(f"{path}: layer {name!r} is listed in layer_names but has no group")
+        weights = _layer_weights(f[name])
+        if not weights:
+            continue
+        inner = {w[0] for w in weights}
+        params = {w[1]: w[2] for w in weights}
+        if "bn_data" in inner and name != "bn_data":  # the nested backbone model
+            if nested is not None:
+                raise ModelError(f"{path}: two nested backbone models ({nested}, {name})")
+            nested = name
+            for layer, param, arr in weights:
+                backbone[(layer, param)] = arr
+        elif set(params) == {"kernel", "bias"} and params["kernel"].ndim == 2:
+            head.append((name, params["kernel"], params["bias"]))
+        else:
+            for layer, param, arr in weights:
+                backbone[(layer, param)] = arr
+    meta = {"keras_version": _text(f.attrs.get("keras_version", "?")), "nested": nested, "layers": names}
     return {"backbone": backbone, "head": head, "meta": meta}
 
 

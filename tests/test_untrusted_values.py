@@ -1,0 +1,125 @@
+"""Untrusted text escaped at every output; non-finite weights and class lists that do not fit
+refused where they enter (issue 26)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+from fertool.checkpoint import load_checkpoint, save_checkpoint
+from fertool.cli import app
+from fertool.errors import CheckpointError
+from tests.test_predict import make_tiny_checkpoint
+
+HOSTILE = "x\x1b[2J\x1b]0;owned\x07\nfake: line[bold]"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("untrusted") / "tiny.pt")
+
+
+def _variant(tiny, tmp_path, name, change):
+    ckpt = torch.load(tiny, weights_only=True)
+    change(ckpt)
+    path = tmp_path / name
+    save_checkpoint(path, ckpt)
+    return path
+
+
+def _assert_clean(text):
+    assert "\x1b" not in text and "\x07" not in text
+    assert "\\x1b" in text  # shown, escaped
+    assert not any(line.startswith("fake: line") for line in text.splitlines())
+
+
+def test_predict_error_lines_escape_file_names(tiny, tmp_path, cli_runner):
+    bad = tmp_path / (HOSTILE + ".png")
+    bad.write_bytes(b"not an image")
+    res = cli_runner.invoke(app, ["predict", str(bad), "-c", str(tiny), "-q"])
+    assert res.exit_code == 1
+    _assert_clean(res.output)
+
+
+def test_info_escapes_class_names_from_a_checkpoint(tiny, tmp_path, cli_runner):
+    path = _variant(tiny, tmp_path, "named.pt",
+                    lambda c: c.update(class_names=[HOSTILE] + [f"c{i}" for i in range(6)]))
+    res = cli_runner.invoke(app, ["info", "-c", str(path)])
+    assert res.exit_code == 0, res.output
+    _assert_clean(res.output)
+    assert "line[bold]" in res.output  # not eaten as markup
+
+
+def test_nan_weights_are_refused_by_evaluate_and_predict(tiny, tmp_path, cli_runner):
+    def poison(c):
+        key = next(k for k, v in c["state_dict"].items() if v.is_floating_point() and "weight" in k)
+        c["state_dict"][key] = torch.full_like(c["state_dict"][key], float("nan"))
+
+    path = _variant(tiny, tmp_path, "nan.pt", poison)
+    with pytest.raises(CheckpointError, match="holds NaN or infinite values"):
+        load_checkpoint(path)
+    photo = tmp_path / "p.png"
+    import cv2
+    import numpy as np
+
+    cv2.imwrite(str(photo), np.full((64, 64, 3), 128, np.uint8))
+    res = cli_runner.invoke(app, ["predict", str(photo), "-c", str(path), "-q"])
+    assert res.exit_code == 1 and "p nan" not in res.output and "NaN or infinite" in res.output
+
+
+def test_class_names_of_the_wrong_length_are_refused(tiny, tmp_path):
+    path = _variant(tiny, tmp_path, "five.pt", lambda c: c.update(class_names=list("abcde")))
+    with pytest.raises(CheckpointError, match="records 5 class names for a model of 7 classes"):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.stages.9.lr=1", "must name only the stages 1, 2, 3, 4, controller"),
+    ("model.lhc.-1.heads=2", "no list item -1"),
+    ("model.input_size=100000", "model.input_size: must be between 1 and 2,048"),
+    ("model.input_size=99999999999999999999", "must be between 1 and 2,048"),
+    ("model.hidden=[4096, 100000000]", "each 1 to 65,536"),
+    ("model.lhc.0.heads=100000", "must be between 1 and 1,024"),
+    ("x=" + "[" * 5000 + "]" * 5000, "nested deeper than a recipe may be (32 levels)"),
+])
+def test_recipe_sizes_and_counts_are_bounded(override, message):
+    from fertool.errors import RecipeError
+    from fertool.recipe import load_recipe
+
+    with pytest.raises(RecipeError, match=re.escape(message)):
+        load_recipe(None, overrides=[override])
+
+
+def test_a_deeply_nested_recipe_file_is_one_error_line(tmp_path, cli_runner):
+    path = tmp_path / "deep.yaml"
+    path.write_text("model: " + "[" * 5000 + "]" * 5000 + "\n")
+    res = cli_runner.invoke(app, ["info", "-r", str(path)])
+    assert res.exit_code == 1 and res.output.count("\n") == 1
+    assert "nested deeper than a recipe may be (32 levels)" in res.output
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG that claims ``width`` x ``height`` and holds no pixels (a few dozen bytes)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("side", [20000, 32000])
+def test_images_over_the_pixel_cap_are_refused_before_decoding(tmp_path, side):
+    from fertool.data.cache import _decode
+    from fertool.deploy.predict import read_image
+    from fertool.errors import DataError
+
+    path = tmp_path / "huge.png"
+    path.write_bytes(_png_header(side, side))
+    for read in (read_image, _decode):
+        with pytest.raises(DataError, match=f"{side}x{side} pixels, more than the 100,000,000"):
+            read(path)
