@@ -16,19 +16,8 @@ from .errors import CheckpointError, DataError
 __all__ = ["checkpoint_file", "existing_file", "existing_folder", "weights_source"]
 
 
-def _named(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is the name of a downloadable artefact (``lhc-net``, ``fer2013``):
-    resolved, and fetched if needed, by the command itself."""
-    from .artifacts import is_name
-
-    return is_name(path)
-
-
 def checkpoint_file(path: str | os.PathLike) -> None:
-    """Raise :class:`CheckpointError` unless ``path`` is an existing file (not a folder) or
-    an artefact's name."""
-    if _named(path):
-        return
+    """Raise :class:`CheckpointError` unless ``path`` is an existing file (not a folder)."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such checkpoint file")
@@ -37,9 +26,8 @@ def checkpoint_file(path: str | os.PathLike) -> None:
 
 
 def existing_file(path: str | os.PathLike | None, what: str = "file") -> None:
-    """Raise :class:`DataError` when ``path`` is given and does not exist (``what`` names it);
-    an artefact's name passes."""
-    if path is not None and not _named(path) and not Path(path).exists():
+    """Raise :class:`DataError` when ``path`` is given and does not exist (``what`` names it)."""
+    if path is not None and not Path(path).exists():
         raise DataError(f"{path}: {what} not found")
 
 

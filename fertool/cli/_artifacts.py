@@ -4,6 +4,7 @@ the authors' FER2013 split files become a CSV every command reads."""
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Optional
@@ -100,3 +101,20 @@ def resolve_csv(value: Optional[Path], *, quiet: bool = False) -> Optional[Path]
     if not quiet:
         log_line(f"{value}: the authors' split files, read as {converted}")
     return converted
+
+
+def checkpoint_file(value: str | os.PathLike) -> None:
+    """:func:`fertool.precheck.checkpoint_file` (before the heavy imports), letting an
+    artefact's name through: :func:`resolve_checkpoint` fetches it later."""
+    from .. import artifacts, precheck
+
+    if not artifacts.is_name(value):
+        precheck.checkpoint_file(value)
+
+
+def existing_file(value: str | os.PathLike | None, what: str = "file") -> None:
+    """:func:`fertool.precheck.existing_file`, letting an artefact's name (``fer2013``) through."""
+    from .. import artifacts, precheck
+
+    if value is None or not artifacts.is_name(value):
+        precheck.existing_file(value, what)

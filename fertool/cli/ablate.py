@@ -59,7 +59,8 @@ def ablate_cli(
 
     Writes ablation.json, ablation.png, heads-<module>.png, pictures/ and recipe.yaml.
     """
-    from ..precheck import checkpoint_file, existing_file, existing_folder
+    from ..precheck import existing_folder
+    from ._artifacts import checkpoint_file, existing_file
 
     checkpoint_file(checkpoint)  # before the imports of torch and matplotlib (seconds)
     existing_file(csv, "CSV file")

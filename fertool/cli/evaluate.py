@@ -44,7 +44,8 @@ def evaluate_cli(
 
     Reports accuracy, loss, balanced accuracy, macro-F1, per-class scores, confusion matrix, bootstrap 95% interval and tied predictions; with --tta, plain and TTA side by side. Writes metrics.json, probs.npz, confusion.png and recipe.yaml.
     """
-    from ..precheck import checkpoint_file, existing_file, existing_folder
+    from ..precheck import existing_folder
+    from ._artifacts import checkpoint_file, existing_file
 
     checkpoint_file(checkpoint)  # before the imports of torch and OpenCV (seconds)
     existing_file(csv, "CSV file")

@@ -38,7 +38,7 @@ def export_cmd(
 
     The input contract (size, raw 0..255 float values, NCHW grey replicated to RGB, class names, architecture, preparation of docs/protocol.md §1) is stored in the file's metadata. The export is then run on random images and compared with the PyTorch model (ONNX with onnxruntime when installed).
     """
-    from ..precheck import checkpoint_file
+    from ._artifacts import checkpoint_file
 
     checkpoint_file(checkpoint)  # before the import of torch (seconds)
     from ..deploy.export import export_model

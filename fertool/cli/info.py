@@ -23,7 +23,7 @@ def info_cli(
     Lists parameters, output shape and FLOPs per image, with totals in PyTorch and Keras counting and the LHC share.
     """
     from ..errors import ModelError
-    from ..precheck import checkpoint_file
+    from ._artifacts import checkpoint_file
 
     if (checkpoint is None) == (recipe is None):
         raise ModelError("give exactly one of --checkpoint CKPT or --recipe RECIPE")

@@ -53,7 +53,7 @@ def pipeline_cli(
     from rich.markup import escape
 
     from ..errors import FertoolError
-    from ..precheck import existing_file
+    from ._artifacts import existing_file
 
     from ._artifacts import resolve_csv
 

@@ -83,7 +83,7 @@ def predict_cmd(
 
     Faces are found with YuNet when its model is cached, else the bundled BlazeFace (or the detector given), turned eyes-level, cropped with a margin, made grey and 48x48, prepared exactly like the training images, and classified in batches. Videos: faces are tracked across frames; with --out each video gets a per-frame CSV, a plot per face and a summary.
     """
-    from ..precheck import checkpoint_file
+    from ._artifacts import checkpoint_file
 
     checkpoint_file(checkpoint)  # before the imports of torch and OpenCV (seconds)
     from ..data.provenance import is_synthetic

@@ -52,7 +52,7 @@ def prepare_cli(
         if ferplus is None:
             raise typer.BadParameter("only FER+ labels have modes; pass --ferplus", param_hint="--label-mode")
         sets = [*(sets or []), f"prepare.label_mode={label_mode}"]
-    from ..precheck import existing_file
+    from ._artifacts import existing_file
 
     existing_file(csv, "CSV file")  # before the imports of OpenCV and torch (seconds)
     existing_file(ferplus, "FER+ label file")

@@ -55,7 +55,8 @@ def train_cli(
     """
     from rich.table import Table
 
-    from ..precheck import checkpoint_file, existing_file, existing_folder
+    from ..precheck import existing_folder
+    from ._artifacts import checkpoint_file, existing_file
 
     existing_file(csv, "CSV file")  # before the import of torch (seconds)
     existing_folder(images, "image folder")

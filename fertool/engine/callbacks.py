@@ -28,13 +28,14 @@ fertool's own outputs are callbacks too: :class:`MetricsFile` (``metrics.jsonl``
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from ..files import append_jsonl
 from ..progress import Progress
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .stage import Stage
+#: The record of a running stage (:class:`fertool.engine.stage.Stage`, which holds its
+#: callbacks: naming the class here would make the two modules import each other).
+Stage = Any
 
 __all__ = ["Callback", "CallbackList", "MetricsFile", "ProgressBar", "EpochFunction"]
 
@@ -42,7 +43,7 @@ __all__ = ["Callback", "CallbackList", "MetricsFile", "ProgressBar", "EpochFunct
 class Callback:
     """Base class: every hook does nothing; override the ones you need."""
 
-    def on_stage_start(self, run: "Stage") -> None:
+    def on_stage_start(self, run: Stage) -> None:
         pass
 
     def on_step(self, step: Mapping[str, Any]) -> None:
@@ -51,7 +52,7 @@ class Callback:
     def on_epoch_end(self, row: Mapping[str, Any]) -> None:
         pass
 
-    def on_stage_end(self, summary: Mapping[str, Any], run: "Stage") -> None:
+    def on_stage_end(self, summary: Mapping[str, Any], run: Stage) -> None:
         pass
 
 
@@ -61,7 +62,7 @@ class CallbackList(Callback):
     def __init__(self, callbacks: Iterable[Callback] = ()):
         self.callbacks = list(callbacks)
 
-    def on_stage_start(self, run: "Stage") -> None:
+    def on_stage_start(self, run: Stage) -> None:
         for c in self.callbacks:
             c.on_stage_start(run)
 
@@ -73,7 +74,7 @@ class CallbackList(Callback):
         for c in self.callbacks:
             c.on_epoch_end(row)
 
-    def on_stage_end(self, summary: Mapping[str, Any], run: "Stage") -> None:
+    def on_stage_end(self, summary: Mapping[str, Any], run: Stage) -> None:
         for c in self.callbacks:
             c.on_stage_end(summary, run)
 
@@ -85,14 +86,15 @@ ROW_CONTEXT = ("stage", "max_epochs", "best_epoch", "wait", "patience")
 class MetricsFile(Callback):
     """``metrics.jsonl`` (one line per epoch) and ``curves.png`` (redrawn per epoch)."""
 
-    def __init__(self, run: "Stage"):
+    def __init__(self, run: Stage):
         self.run = run
 
     def on_epoch_end(self, row: Mapping[str, Any]) -> None:
-        from .stage import plot
+        from .plots import plot_curves
 
-        append_jsonl(self.run.out.metrics, {k: v for k, v in row.items() if k not in ROW_CONTEXT})
-        plot(self.run)
+        run = self.run
+        append_jsonl(run.out.metrics, {k: v for k, v in row.items() if k not in ROW_CONTEXT})
+        plot_curves(run.out.metrics, run.out.curves, title=f"stage {run.stage} ({run.arch}, seed {run.start.seed})")
 
 
 class ProgressBar(Callback):

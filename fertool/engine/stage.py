@@ -34,7 +34,6 @@ from ..recipe import Recipe, StageConfig, to_dict
 from .distributed import DistContext
 from .callbacks import CallbackList
 from .loop import EarlyStopping
-from .plots import plot_curves
 from .rng import rng_state
 from .schedule import active_options
 from .start import Start
@@ -221,9 +220,3 @@ def write_summary(run: Stage, status: str, epoch: int, **more: Any) -> dict:
     if run.ctx.is_main:
         write_json(run.out.summary, summary)
     return summary
-
-
-def plot(run: Stage) -> None:
-    """Redraw curves.png from metrics.jsonl."""
-    title = f"stage {run.stage} ({run.arch}, seed {run.start.seed})"
-    plot_curves(run.out.metrics, run.out.curves, title=title)
