@@ -40,7 +40,7 @@ from ..data.folders import IMAGE_EXTENSIONS
 from ..data.prepare_images import prepared_photo
 from ..data.provenance import checkpoint_provenance
 from ..errors import DataError, FertoolError
-from ..evaluation.engines import RECHECK_MARGIN, CheckedEngine, build_engine, choose_engine, recheck_margin
+from ..evaluation.runtimes import RECHECK_MARGIN, CheckedEngine, build_engine, choose_engine, recheck_margin
 from ..files import atomic_path
 from ..progress import Progress
 from . import file_mode
@@ -194,10 +194,10 @@ class FaceClassifier:
             raise FertoolError(f"batch_size: must be >= 1, got {batch_size}")
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
-        #: ``engine`` / ``precision`` of :func:`fertool.evaluation.engines.build_engine`
+        #: ``engine`` / ``precision`` of :func:`fertool.evaluation.runtimes.build_engine`
         #: (``precision="bf16"``: faster on CPUs with native bf16, outputs slightly differ;
         #: faces whose two best classes are within ``recheck`` x the largest |logit| are
-        #: recomputed in float32, see :class:`~fertool.evaluation.engines.CheckedEngine`)
+        #: recomputed in float32, see :class:`~fertool.evaluation.runtimes.CheckedEngine`)
         self.engine_name, self.precision = choose_engine(engine, self.device, precision), precision
         self.recheck = recheck_margin(recheck)  # checked now: the engine is built at the first batch
         self._engine = None
