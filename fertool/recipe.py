@@ -80,7 +80,7 @@ def each(pred: Callable[[Any], bool], message: str) -> dict:
 #: the forward pass (TF32 off for what stays in float32).  See :func:`fertool.utils.precision`.
 PRECISIONS = ("fp32", "tf32", "bf16")
 #: Default margin of ``predict --precision bf16``'s float32 recheck
-#: (:class:`fertool.evaluation.engines.CheckedEngine`), relative to an image's largest
+#: (:class:`fertool.evaluation.runtimes.CheckedEngine`), relative to an image's largest
 #: |logit|.  bf16 autocast moved the logits of the demo's trained LHC-Net by a median 0.7%
 #: (largest 16%) of that, and every top-1 change there had its two best logits closer than
 #: 2% (``benchmarks/infer.py`` prints the agreement and the share rechecked).

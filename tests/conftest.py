@@ -61,7 +61,7 @@ def _torch_inference_runtime():
     """``auto`` inference means eager PyTorch in tests: ``auto`` picks ONNX Runtime on the CPU,
     which exports the model to ONNX for every evaluation (seconds each).  Tests of the
     runtimes themselves ask for ``onnxruntime`` by name or use :func:`real_auto_runtime`."""
-    import fertool.evaluation.engines as engines
+    import fertool.evaluation.runtimes as engines
 
     patch = pytest.MonkeyPatch()
     _REAL["onnxruntime_available"] = engines.onnxruntime_available
@@ -73,7 +73,7 @@ def _torch_inference_runtime():
 @pytest.fixture
 def real_auto_runtime(monkeypatch):
     """Undo :func:`_torch_inference_runtime` for one test: ``auto`` chooses as for a user."""
-    import fertool.evaluation.engines as engines
+    import fertool.evaluation.runtimes as engines
 
     monkeypatch.setattr(engines, "onnxruntime_available", _REAL["onnxruntime_available"])
 

@@ -160,7 +160,7 @@ def test_printable_escapes_controls_and_bidi_overrides_only():
 
 
 def test_library_errors_name_parameters_and_the_command_line_says_the_flag():
-    from fertool.evaluation.engines import choose_engine
+    from fertool.evaluation.runtimes import choose_engine
     from fertool.errors import FertoolError
 
     with pytest.raises(FertoolError) as caught:

@@ -26,7 +26,7 @@ from fertool.deploy.predict import (
     resolve_tta,
 )
 from fertool.errors import FertoolError
-from fertool.evaluation.engines import bf16_supported
+from fertool.evaluation.runtimes import bf16_supported
 from fertool.models import build_model
 
 from .conftest import TINY_WIDTH, load_reference

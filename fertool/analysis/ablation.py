@@ -276,7 +276,7 @@ def ablate(
     (default ``<checkpoint dir>/ablate-<split>/``), built in a temporary folder and moved
     into place at the end: ``ablation.json``, ``ablation.png``, ``heads-<module>.png``,
     ``pictures/``, ``recipe.yaml``.  ``engine`` runs every pass but the one that records
-    the heads (:mod:`fertool.evaluation.engines`).  Returns the ``ablation.json`` dict
+    the heads (:mod:`fertool.evaluation.runtimes`).  Returns the ``ablation.json`` dict
     (with ``out_dir``).
     """
     from ..evaluation.inputs import load_eval_inputs
@@ -366,7 +366,7 @@ def _measure(model: nn.Module, data: ImageSplit, *, modes: Sequence[str], set_li
 
     Returns (full accuracies, one row per ablated pass, the head statistics or None).
     """
-    from ..evaluation.engines import build_engine
+    from ..evaluation.runtimes import build_engine
     from ..evaluation.inference import predict_probs
     from .heads import record_heads
 

@@ -42,7 +42,7 @@ from ..data.prepare_images import prepared_photo
 from ..data.provenance import checkpoint_provenance
 from ..errors import DataError, FertoolError
 from ..imagecap import decode_image
-from ..evaluation.engines import RECHECK_MARGIN, CheckedEngine, build_engine, choose_engine, recheck_margin
+from ..evaluation.runtimes import RECHECK_MARGIN, CheckedEngine, build_engine, choose_engine, recheck_margin
 from ..files import atomic_path
 from ..progress import Progress
 from . import file_mode
@@ -232,10 +232,10 @@ class FaceClassifier:
             raise FertoolError(f"batch_size: must be >= 1, got {batch_size}")
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
-        #: ``engine`` / ``precision`` of :func:`fertool.evaluation.engines.build_engine`
+        #: ``engine`` / ``precision`` of :func:`fertool.evaluation.runtimes.build_engine`
         #: (``precision="bf16"``: faster on CPUs with native bf16, outputs slightly differ;
         #: faces whose two best classes are within ``recheck`` x the largest |logit| are
-        #: recomputed in float32, see :class:`~fertool.evaluation.engines.CheckedEngine`)
+        #: recomputed in float32, see :class:`~fertool.evaluation.runtimes.CheckedEngine`)
         if precision == "int8":  # ONNX Runtime static int8, calibrated on the first batch's faces
             if self.device.type != "cpu" or engine not in ("auto", "onnxruntime"):
                 raise FertoolError(f"precision int8: runs on the CPU with ONNX Runtime only (device {self.device}, "

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ..errors import FertoolError
-from ..evaluation.engines import InferenceEngine
+from ..evaluation.runtimes import InferenceEngine
 
 __all__ = ["Int8Engine", "model_onnx_bytes", "quantize_onnx"]
 

@@ -31,7 +31,7 @@ from ..files import atomic_dir, check_output_dir, write_json
 from ..locks import holding_lock, output_folder
 from ..progress import Progress
 from ..recipe import Recipe, TTAPreset, save_recipe
-from .engines import build_engine
+from .runtimes import build_engine
 from .inference import predict_probs
 from .inputs import load_eval_inputs
 from .tta import tta_divisor, tta_plan
@@ -84,7 +84,7 @@ def evaluate_checkpoint(
     defaults, with ``overrides`` applied.  Without ``csv`` / ``images`` the recipe's
     ``data.csv`` (then ``data.images``) is used.  ``precision`` (fp32, tf32, bf16) defaults
     to the recipe's ``train.eval_precision`` (fp32).  ``engine`` (``auto``, ``torch``,
-    ``onnxruntime``) runs the forward passes (:mod:`fertool.evaluation.engines`).  The
+    ``onnxruntime``) runs the forward passes (:mod:`fertool.evaluation.runtimes`).  The
     returned dict also carries ``"out_dir"`` and ``"files"``.  An existing ``out_dir`` that is
     not a fertool evaluation is refused unless ``overwrite`` (:func:`fertool.files.check_output_dir`).
     """

@@ -2,7 +2,7 @@
 
 Every inference in fertool (validation during training, evaluation, ablation, analysis,
 prediction) goes through :func:`predict_probs`.  It runs the forward passes through an
-inference engine (:mod:`fertool.evaluation.engines`: eager PyTorch or ONNX Runtime),
+inference engine (:mod:`fertool.evaluation.runtimes`: eager PyTorch or ONNX Runtime),
 loads batches with :func:`fertool.data.datasets.iter_split` straight onto the engine's
 device, and computes the TTA views there from the batch already loaded.
 """
@@ -16,7 +16,7 @@ from torch import nn
 from ..data.datasets import ImageSplit, iter_split
 from ..progress import Progress
 from ..recipe import TTAPreset
-from .engines import InferenceEngine, TorchEngine, build_engine
+from .runtimes import InferenceEngine, TorchEngine, build_engine
 from .tta import apply_view, tta_divisor, tta_plan
 
 __all__ = ["predict_probs"]
@@ -44,7 +44,7 @@ def predict_probs(
     ``tf32``, ``bf16``: :func:`fertool.utils.precision`; ``channels_last`` memory when
     asked), as validation during training does; its train/eval mode is restored
     afterwards.  An engine name (``auto``, ``torch``, ``onnxruntime``, see
-    :mod:`fertool.evaluation.engines`) builds that engine for ``model`` on ``device`` in
+    :mod:`fertool.evaluation.runtimes`) builds that engine for ``model`` on ``device`` in
     ``precision``; a built :class:`InferenceEngine` is used as it is (``model``,
     ``precision`` and ``channels_last`` are then ignored).  The softmax is always taken in
     float32.  ``progress(done, total)`` counts images.

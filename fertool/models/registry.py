@@ -19,9 +19,10 @@ here once, for every backbone.  The class is built as ``cls(**arch_args)`` and m
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from torch import nn
 
@@ -62,7 +63,7 @@ def register_backbone(
     load_pretrained: Callable[[nn.Module, Path], str | None] | None = None,
 ) -> Callable:
     """Class decorator: register a backbone (``archs`` default: ``name`` for all three variants)."""
-    variants = dict(archs or {kind: name for kind in MODEL_KINDS})
+    variants = dict(archs or dict.fromkeys(MODEL_KINDS, name))
     if set(variants) != set(MODEL_KINDS):
         raise ModelError(f"register_backbone({name!r}): archs must name the variants {', '.join(MODEL_KINDS)}")
 
@@ -70,9 +71,13 @@ def register_backbone(
         taken = [a for a in {name, *variants.values()} if a in ARCHS or (a == name and name in BACKBONES)]
         if taken:
             raise ModelError(f"register_backbone({name!r}): {', '.join(taken)} already registered")
-        entry = Backbone(name=name, build=cls, archs=variants,
-                         titles={a: (titles or {}).get(a, a) for a in variants.values()},
-                         load_pretrained=load_pretrained)
+        entry = Backbone(
+            name=name,
+            build=cls,
+            archs=variants,
+            titles={a: (titles or {}).get(a, a) for a in variants.values()},
+            load_pretrained=load_pretrained,
+        )
         BACKBONES[name] = entry
         for arch in variants.values():
             ARCHS[arch] = entry
@@ -92,15 +97,19 @@ def _variant_args(entry: Backbone, arch: str, kind: str, args: dict[str, Any]) -
     lhc, controller_init = args.pop("lhc", None), args.pop("controller_init", None)
     if kind == "backbone":
         if lhc or controller_init:
-            raise ModelError(f"arch {arch!r} is the plain backbone: use {entry.archs['lhc']!r} or "
-                             f"{entry.archs['controller']!r} for LHC modules")
+            raise ModelError(
+                f"arch {arch!r} is the plain backbone: use {entry.archs['lhc']!r} or "
+                f"{entry.archs['controller']!r} for LHC modules"
+            )
         return args
     specs = [dict(m) for m in (TABLE2 if lhc is None else lhc)]
     if not specs:
         raise ModelError("model.lhc: an LHC model needs at least one module")
     if kind == "lhc":
         if controller_init is not None:
-            raise ModelError(f"arch {arch!r} has no controllers: use {entry.archs['controller']!r} with controller_init")
+            raise ModelError(
+                f"arch {arch!r} has no controllers: use {entry.archs['controller']!r} with controller_init"
+            )
         return {**args, "lhc": specs}
     if controller_init is None:
         if len(specs) != len(CONTROLLER_INIT):

@@ -1,4 +1,4 @@
-"""Inference engines (fertool.evaluation.engines): reference outputs through each, BatchNorm folding."""
+"""Inference engines (fertool.evaluation.runtimes): reference outputs through each, BatchNorm folding."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from fertool.errors import FertoolError
-from fertool.evaluation.engines import (
+from fertool.evaluation.runtimes import (
     CheckedEngine,
     OnnxRuntimeEngine,
     TorchEngine,
@@ -93,7 +93,7 @@ def test_engine_choice_and_refusals(real_auto_runtime, monkeypatch):
         build_engine(model, "onnxruntime", device="meta")
     with pytest.raises(FertoolError, match="float32 only"):
         build_engine(model, "onnxruntime", precision="bf16")
-    monkeypatch.setattr("fertool.evaluation.engines.onnxruntime_available", lambda: False)
+    monkeypatch.setattr("fertool.evaluation.runtimes.onnxruntime_available", lambda: False)
     assert isinstance(build_engine(model, "auto"), TorchEngine)
 
 
