@@ -329,3 +329,49 @@ def _raw(recipe):
     from fertool.recipe import to_dict
 
     return to_dict(recipe)
+
+
+# --------------------------------------------------------------------------- resume and the pipeline
+
+
+def test_a_resumed_stage_with_ema_schedule_and_accumulation_ends_bit_identical(tmp_path, data):
+    train, val = data
+    recipe = tiny_recipe(max_epochs=3, patience=5, optimizer="adam", schedule="cosine", warmup_epochs=1,
+                         ema=0.5, accumulate=2)
+    train_stage(recipe, "1", tmp_path / "a", seed=5, train_data=train, val_data=val)
+
+    def interrupt(done, total, **fields):
+        if fields.get("phase") == "train" and fields.get("epoch") == 2 and fields.get("batch") == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_stage(recipe, "1", tmp_path / "b", seed=5, train_data=train, val_data=val, progress=interrupt)
+    train_stage(recipe, "1", tmp_path / "b", seed=5, train_data=train, val_data=val, resume=True)
+    for name in ("best.pt", "last.pt"):
+        a, b = load_checkpoint(tmp_path / "a/stage1" / name), load_checkpoint(tmp_path / "b/stage1" / name)
+        assert _same(a["state_dict"], b["state_dict"])
+    a, b = load_checkpoint(tmp_path / "a/stage1/last.pt"), load_checkpoint(tmp_path / "b/stage1/last.pt")
+    assert _same(a["extra"]["ema_state_dict"], b["extra"]["ema_state_dict"])
+    assert [r["lr"] for r in read_jsonl(tmp_path / "a/stage1/metrics.jsonl")] == \
+        [r["lr"] for r in read_jsonl(tmp_path / "b/stage1/metrics.jsonl")]
+
+
+def test_run_pipeline_hands_its_callbacks_to_every_stage(tmp_path, monkeypatch):
+    from fertool.pipeline import run_pipeline
+
+    from .test_pipeline import TINY
+
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_train_stage(recipe, stage, where, **kwargs):
+        seen.append((stage, kwargs.get("callbacks")))
+        raise Stop
+
+    monkeypatch.setattr(train_module, "train_stage", fake_train_stage)
+    mine = [Recorder()]
+    with pytest.raises(Stop):
+        run_pipeline(load_recipe(TINY), tmp_path / "run", device="cpu", callbacks=mine)
+    assert seen == [("1", mine)]
