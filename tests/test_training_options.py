@@ -375,3 +375,19 @@ def test_run_pipeline_hands_its_callbacks_to_every_stage(tmp_path, monkeypatch):
     with pytest.raises(Stop):
         run_pipeline(load_recipe(TINY), tmp_path / "run", device="cpu", callbacks=mine)
     assert seen == [("1", mine)]
+
+
+def test_an_fp16_stage_on_the_cpu_records_its_skipped_steps_and_scaler(tmp_path, data):
+    train, val = data
+    raw = _raw(tiny_recipe(max_epochs=1, patience=5))
+    raw["train"]["precision"] = "fp16"
+    notes = []
+    summary = train_stage(load_recipe(raw), "1", tmp_path, seed=1, train_data=train, val_data=val, log=notes.append)
+    assert any("fp16 on the CPU" in n for n in notes)
+    assert summary["options"] == {"precision": "fp16"}
+    (row,) = read_jsonl(tmp_path / "stage1/metrics.jsonl")
+    resume = load_checkpoint(tmp_path / "stage1/last.pt")["extra"]["resume"]
+    skipped = summary["skipped_steps"]
+    assert row["skipped_steps"] == resume["skipped_steps"] == skipped
+    # every skipped step halved the scale from 65536 (no growth within 2000 steps)
+    assert resume["scaler"]["scale"] == 65536.0 / 2 ** skipped
