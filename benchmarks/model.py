@@ -161,15 +161,22 @@ def profile_modules(model, batch: int, device: torch.device, steps: int) -> None
     print("arithmetic rate: " + ", ".join(f"{what} {gmacs:.1f} GMAC/s" for what, gmacs in rates.items()))
 
 
-def compile_vs_eager(size: int, batch: int, device: torch.device, rounds: int, steps: int) -> None:
+def compile_vs_eager(size: int, batch: int, device: torch.device, rounds: int, steps: int,
+                     archs: tuple[str, ...] = ("resnet34v2", "lhc_net")) -> None:
     """train.compile: whole training steps (forward, backward, SGD step) of torch.compile'd
-    ResNet34v2 and LHC-Net against eager, interleaved; the first compiled call's time too."""
+    ResNet34v2 and LHC-Net against eager, interleaved; the first compiled call's time too.
+    At 224 px the paper's models; at other sizes the demo recipe's (Table 2 scaled to 48 px)."""
+    from fertool.recipe import load_recipe
+    from fertool.models import arch_from_recipe
+
+    recipe = load_recipe(None if size == 224 else "demo", [f"model.input_size={size}"])
     torch.manual_seed(0)
     x = torch.rand(batch, 3, size, size, device=device) * 255
     y = torch.randint(0, 7, (batch,), device=device)
-    for arch in ("resnet34v2", "lhc_net"):
-        eager = build_model(arch, input_size=size).to(device)
-        compiled_model = build_model(arch, input_size=size).to(device)
+    for arch in archs:
+        name, arch_args = arch_from_recipe(recipe.model, "lhc" if arch == "lhc_net" else "backbone")
+        eager = build_model(name, **arch_args).to(device)
+        compiled_model = build_model(name, **arch_args).to(device)
         compiled_model.load_state_dict(eager.state_dict())
         nets = {"eager": eager, "compiled": torch.compile(compiled_model)}
         opts = {k: torch.optim.SGD(n.parameters(), lr=1e-3) for k, n in nets.items()}
@@ -214,6 +221,8 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true", help="where each LHC module's time goes (CPU)")
     ap.add_argument("--compile", action="store_true",
                     help="only train.compile: compiled against eager training steps of ResNet34v2 and LHC-Net")
+    ap.add_argument("--arch", nargs="+", default=["resnet34v2", "lhc_net"], choices=["resnet34v2", "lhc_net"],
+                    help="the models of --compile")
     args = ap.parse_args()
     device = torch.device(args.device)
     if args.profile and device.type != "cpu":
@@ -231,7 +240,7 @@ def main() -> None:
     if args.compile:
         print(f"device: {device}, {torch.get_num_threads()} threads, float32, "
               f"{'thread CPU time' if args.cpu_time else 'wall clock'}")
-        compile_vs_eager(args.size, batch, device, args.rounds, args.steps)
+        compile_vs_eager(args.size, batch, device, args.rounds, args.steps, tuple(args.arch))
         return
     amp = cuda
     fmt = torch.channels_last if cuda else torch.contiguous_format

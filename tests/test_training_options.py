@@ -329,3 +329,65 @@ def _raw(recipe):
     from fertool.recipe import to_dict
 
     return to_dict(recipe)
+
+
+# --------------------------------------------------------------------------- resume and the pipeline
+
+
+def test_a_resumed_stage_with_ema_schedule_and_accumulation_ends_bit_identical(tmp_path, data):
+    train, val = data
+    recipe = tiny_recipe(max_epochs=3, patience=5, optimizer="adam", schedule="cosine", warmup_epochs=1,
+                         ema=0.5, accumulate=2)
+    train_stage(recipe, "1", tmp_path / "a", seed=5, train_data=train, val_data=val)
+
+    def interrupt(done, total, **fields):
+        if fields.get("phase") == "train" and fields.get("epoch") == 2 and fields.get("batch") == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_stage(recipe, "1", tmp_path / "b", seed=5, train_data=train, val_data=val, progress=interrupt)
+    train_stage(recipe, "1", tmp_path / "b", seed=5, train_data=train, val_data=val, resume=True)
+    for name in ("best.pt", "last.pt"):
+        a, b = load_checkpoint(tmp_path / "a/stage1" / name), load_checkpoint(tmp_path / "b/stage1" / name)
+        assert _same(a["state_dict"], b["state_dict"])
+    a, b = load_checkpoint(tmp_path / "a/stage1/last.pt"), load_checkpoint(tmp_path / "b/stage1/last.pt")
+    assert _same(a["extra"]["ema_state_dict"], b["extra"]["ema_state_dict"])
+    assert [r["lr"] for r in read_jsonl(tmp_path / "a/stage1/metrics.jsonl")] == \
+        [r["lr"] for r in read_jsonl(tmp_path / "b/stage1/metrics.jsonl")]
+
+
+def test_run_pipeline_hands_its_callbacks_to_every_stage(tmp_path, monkeypatch):
+    from fertool.pipeline import run_pipeline
+
+    from .test_pipeline import TINY
+
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_train_stage(recipe, stage, where, **kwargs):
+        seen.append((stage, kwargs.get("callbacks")))
+        raise Stop
+
+    monkeypatch.setattr(train_module, "train_stage", fake_train_stage)
+    mine = [Recorder()]
+    with pytest.raises(Stop):
+        run_pipeline(load_recipe(TINY), tmp_path / "run", device="cpu", callbacks=mine)
+    assert seen == [("1", mine)]
+
+
+def test_an_fp16_stage_on_the_cpu_records_its_skipped_steps_and_scaler(tmp_path, data):
+    train, val = data
+    raw = _raw(tiny_recipe(max_epochs=1, patience=5))
+    raw["train"]["precision"] = "fp16"
+    notes = []
+    summary = train_stage(load_recipe(raw), "1", tmp_path, seed=1, train_data=train, val_data=val, log=notes.append)
+    assert any("fp16 on the CPU" in n for n in notes)
+    assert summary["options"] == {"precision": "fp16"}
+    (row,) = read_jsonl(tmp_path / "stage1/metrics.jsonl")
+    resume = load_checkpoint(tmp_path / "stage1/last.pt")["extra"]["resume"]
+    skipped = summary["skipped_steps"]
+    assert row["skipped_steps"] == resume["skipped_steps"] == skipped
+    # every skipped step halved the scale from 65536 (no growth within 2000 steps)
+    assert resume["scaler"]["scale"] == 65536.0 / 2 ** skipped

@@ -10,8 +10,13 @@
     recipe.yaml    the resolved recipe;  curves.png  loss/accuracy curves (redrawn per epoch)
     summary.json   stage, status (finished | early_stopped | interrupted | diverged), seed (data
                    seed), init_seed,
-                   epochs, best_epoch, best_val_accuracy, best_train_loss, init, and for
-                   stage 4 the paper's selection rule
+                   epochs, best_epoch, best_val_accuracy, best_train_loss, init, options (the
+                   training options beyond the paper that are on; {} for the paper), skipped_steps
+                   (fp16), and for stage 4 the paper's selection rule
+    tensorboard/   TensorBoard events (``train.log: [tensorboard]``)
+
+With ``ema`` on, best.pt holds the averaged weights (extra ``train_state_dict``: the trained
+ones) and last.pt the trained weights (extra ``ema_state_dict`` and the EMA's state).
 """
 
 from __future__ import annotations
