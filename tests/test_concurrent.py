@@ -45,7 +45,10 @@ TINY = {
 }
 SHARED = ("stage1", "stage2", "stage3")
 
-slow = pytest.mark.slow
+def slow(test):
+    """Minutes of CPU in subprocesses (4-5 min each on a busy 2-core machine): beyond the suite's
+    300 s per test."""
+    return pytest.mark.slow(pytest.mark.timeout(1800)(test))
 
 
 def _env(**extra: str) -> dict:
