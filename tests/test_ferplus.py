@@ -11,7 +11,12 @@ import pytest
 from fertool import CLASS_NAMES
 from fertool.data.cache import open_image_split
 from fertool.data.ferplus import (
-    FERPLUS_CLASSES, ferplus_crossentropy, ferplus_majority, majority_labels, read_ferplus, vote_distribution,
+    FERPLUS_CLASSES,
+    ferplus_crossentropy,
+    ferplus_majority,
+    majority_labels,
+    read_ferplus,
+    vote_distribution,
 )
 from fertool.data.prepare import prepare
 from fertool.errors import DataError
