@@ -307,7 +307,7 @@ class FaceClassifier:
 
         built = time.perf_counter()
         if self._engine is None and self.precision == "int8":
-            from .quantize import Int8Engine
+            from ..evaluation.engines import Int8Engine
 
             self._engine = Int8Engine(self.model, calibration_images(faces))
             self.build_seconds += time.perf_counter() - built
