@@ -49,8 +49,7 @@ from fertool.checkpoint import make_checkpoint, save_checkpoint  # noqa: E402
 from fertool.data.datasets import ReferenceSplit  # noqa: E402
 from fertool.data.sample import generate_faces  # noqa: E402
 from fertool.deploy.export import export_model  # noqa: E402
-from fertool.deploy.quantize import Int8Engine  # noqa: E402
-from fertool.evaluation.runtimes import TorchEngine, bf16_supported, build_engine, checked_bf16  # noqa: E402
+from fertool.evaluation.runtimes import Int8Engine, TorchEngine, bf16_supported, build_engine, checked_bf16  # noqa: E402
 from fertool.evaluation.inference import predict_probs  # noqa: E402
 from fertool.models import build_model  # noqa: E402
 from fertool.recipe import RECHECK_MARGIN  # noqa: E402

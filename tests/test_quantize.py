@@ -13,8 +13,8 @@ from fertool import CLASS_NAMES
 from fertool.cli import app
 from fertool.deploy.export import read_export_metadata
 from fertool.deploy.predict import FaceClassifier, calibration_images
-from fertool.deploy.quantize import Int8Engine
 from fertool.errors import FertoolError
+from fertool.evaluation.runtimes import Int8Engine
 
 from .test_predict import SIZE, make_tiny_checkpoint
 

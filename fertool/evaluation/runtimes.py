@@ -42,7 +42,7 @@ from ..models.resnet import fold_batchnorm
 from ..recipe import PRECISIONS, RECHECK_MARGIN
 from ..utils import precision as precision_mode
 
-__all__ = ["ENGINES", "PRECISIONS", "RECHECK_MARGIN", "InferenceEngine", "TorchEngine", "OnnxRuntimeEngine",
+__all__ = ["ENGINES", "PRECISIONS", "RECHECK_MARGIN", "InferenceEngine", "TorchEngine", "OnnxRuntimeEngine", "Int8Engine",
            "CheckedEngine", "build_engine", "checked_bf16", "recheck_margin", "choose_engine", "bf16_supported",
            "onnxruntime_available"]
 
@@ -191,6 +191,48 @@ class OnnxRuntimeEngine(InferenceEngine):
 
     def describe(self) -> str:
         return f"onnxruntime {self.version} (CPU)"
+
+
+class Int8Engine(InferenceEngine):
+    """ONNX Runtime (CPU) on an int8 graph (:func:`fertool.deploy.quantize.quantize_onnx`): the
+    model's graph quantized statically with ranges from ``calibration`` (N, 3, S, S) float32
+    prepared faces, or a given quantized ``graph`` that outputs logits (``predict --precision int8``)."""
+
+    name = "onnxruntime-int8"
+
+    def __init__(self, model: nn.Module | None = None, calibration: np.ndarray | None = None, *,
+                 graph: bytes | None = None, threads: int | None = None, opset: int = 17) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise FertoolError("precision int8: the onnxruntime package is not installed (pip install onnx onnxruntime)") from None
+        if graph is None:
+            from ..deploy.quantize import quantize_onnx
+
+            if model is None or calibration is None:
+                raise FertoolError("precision int8: give a model and calibration faces, or a quantized graph")
+            model = copy.deepcopy(model).cpu().eval()
+            size = int(getattr(model, "input_size", 224))
+            buf = io.BytesIO()
+            onnx_graph(model, torch.zeros(1, 3, size, size), buf, opset=opset)
+            graph = quantize_onnx(buf.getvalue(), calibration)
+        self.device = torch.device("cpu")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3  # errors only
+        self.session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+        self.version = ort.__version__
+        self.graph = graph
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        images = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
+        (logits,) = self.session.run(None, {self.input_name: images})
+        return torch.from_numpy(logits)
+
+    def describe(self) -> str:
+        return f"onnxruntime {self.version} int8 (static, QDQ, CPU)"
 
 
 def choose_engine(engine: str, device: torch.device | str = "cpu", precision: str = "fp32") -> str:
