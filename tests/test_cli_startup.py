@@ -59,6 +59,7 @@ def test_version_loads_no_heavy_library(tmp_path):
     (["prepare", "--csv", "no.csv", "--out", "prep"], "no.csv: CSV file not found"),
     (["pipeline", "--csv", "no.csv", "--run", "run"], "no.csv: CSV file not found"),
     (["import", "no.h5", "-o", "out.pt"], "no.h5: no such file or folder"),
+    (["report", "no-run"], "no-run: no such run folder"),
 ], ids=lambda v: v[0] if isinstance(v, list) else None)
 def test_a_missing_file_is_reported_before_heavy_imports(tmp_path, args, message):
     (tmp_path / "face.jpg").write_bytes(b"")
