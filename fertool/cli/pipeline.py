@@ -36,9 +36,9 @@ def pipeline_cli(
     from ..errors import FertoolError
     from ..precheck import existing_file
 
-    existing_file(csv, "CSV file")  # before the import of torch (seconds)
     name = recipe or ("paper" if csv is not None else "demo")
-    resolved = load_recipe_from_options(name, sets)
+    resolved = load_recipe_from_options(name, sets)  # light (YAML): recipe errors come first
+    existing_file(csv, "CSV file")  # before the import of torch (seconds)
     from ..pipeline import run_pipeline
     seed_list = None
     if seeds:

@@ -44,9 +44,9 @@ def prepare_cli(
         sets = [*(sets or []), f"prepare.label_mode={label_mode}"]
     from ..precheck import existing_file
 
+    resolved = load_recipe_from_options(recipe, sets)  # light (YAML): recipe errors come first
     existing_file(csv, "CSV file")  # before the imports of OpenCV and torch (seconds)
     existing_file(ferplus, "FER+ label file")
-    resolved = load_recipe_from_options(recipe, sets)
     from ..data.prepare import CANONICAL_PREFIX, prepare
 
     if csv is None:

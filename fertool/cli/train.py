@@ -57,6 +57,7 @@ def train_cli(
 
     from ..precheck import checkpoint_file, existing_file, existing_folder
 
+    resolved = load_recipe_from_options(recipe, sets)  # light (YAML): recipe errors come first
     existing_file(csv, "CSV file")  # before the import of torch (seconds)
     existing_folder(images, "image folder")
     if init is not None:
@@ -64,7 +65,6 @@ def train_cli(
     from ..engine.train import format_epoch, normalise_stage, train_stage
     from ..protocol import stage_dir
 
-    resolved = load_recipe_from_options(recipe, sets)
     stage = normalise_stage(stage)
     main_rank = os.environ.get("RANK", "0") == "0"
     quiet = quiet or not main_rank
