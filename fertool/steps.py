@@ -14,8 +14,8 @@ Library code only; it never prints itself.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Sequence
 
 from .progress import Progress
 

@@ -113,7 +113,7 @@ def test_evaluate_titles_are_not_wrapped_by_a_narrow_table(narrow):
     lines = narrow.getvalue().splitlines()
     assert "lhc_net stage 4 on PrivateTest (56 images)" in lines[0]
     assert any(line.startswith("per class, % (P precision, R recall, n images)") for line in lines)
-    assert any(line.startswith("confusion, plain: rows true class, columns predicted; count and % of the row")
+    assert any(line.startswith("confusion, plain: rows true class, columns predicted, count and % of row")
                for line in lines)
 
 

@@ -23,13 +23,13 @@ except SystemExit as exc:
     code = exc.code
 else:
     code = 0
-print(json.dumps({"code": code, "loaded": [m for m in %r if m in sys.modules]}), file=sys.stderr)
-""" % (HEAVY,)
+print(json.dumps({"code": code, "loaded": [m for m in HEAVY if m in sys.modules]}), file=sys.stderr)
+""".replace("HEAVY", repr(HEAVY))
 
 
 def run_probe(args: list[str], cwd) -> tuple[int, list[str], str]:
     done = subprocess.run([sys.executable, "-c", PROBE, json.dumps(args)], capture_output=True, text=True,
-                          timeout=120, cwd=cwd)
+                          timeout=120, cwd=cwd, check=False)
     *lines, last = done.stderr.strip().splitlines()
     report = json.loads(last)
     return report["code"], report["loaded"], done.stdout + "\n".join(lines)
@@ -59,6 +59,7 @@ def test_version_loads_no_heavy_library(tmp_path):
     (["prepare", "--csv", "no.csv", "--out", "prep"], "no.csv: CSV file not found"),
     (["pipeline", "--csv", "no.csv", "--run", "run"], "no.csv: CSV file not found"),
     (["import", "no.h5", "-o", "out.pt"], "no.h5: no such file or folder"),
+    (["report", "no-run"], "no-run: no such run folder"),
 ], ids=lambda v: v[0] if isinstance(v, list) else None)
 def test_a_missing_file_is_reported_before_heavy_imports(tmp_path, args, message):
     (tmp_path / "face.jpg").write_bytes(b"")

@@ -14,9 +14,9 @@ import pytest
 matplotlib = pytest.importorskip("matplotlib")
 matplotlib.use("Agg")
 
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.text import Text  # noqa: E402
-from PIL import Image  # noqa: E402
+from matplotlib.figure import Figure
+from matplotlib.text import Text
+from PIL import Image
 
 PAGE_WIDTH_PX = 1068
 MIN_TEXT_PX = 12.0  # 9 pt at 96 px/in

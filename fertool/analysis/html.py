@@ -43,7 +43,9 @@ figure { margin: .8em 0; } figcaption { font-size: .95em; color: #444; }
 .grid { display: flex; flex-wrap: wrap; gap: 1em; }
 .grid figure { flex: 1 1 480px; max-width: 600px; }  /* two a row at 1280 px: numbers near their size */
 @media (max-width: 600px) { body { padding: 0 .5em; } h1 { font-size: 1.25em; word-break: break-all; }
-  th, td { padding: .2em .35em; } }
+  th, td { padding: .2em .35em; }
+  /* pictures at their own size, scrolled sideways: scaled to a phone's width their numbers are ~5 px */
+  figure { overflow-x: auto; } figure img { max-width: none; } .grid figure { max-width: 100%; } }
 nav a { margin-right: 1em; }
 """
 

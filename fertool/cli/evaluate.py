@@ -145,7 +145,7 @@ def render_report(report: dict) -> None:
     for name, m in variants:
         rows = [[cls] + [f"{c}\n{100 * r:.0f}%" for c, r in zip(counts, rates)]
                 for cls, counts, rates in zip(report["class_names"], m["confusion"], m["confusion_normalised"])]
-        out.print(number_table(f"confusion, {name}: rows true class, columns predicted; count and % of the row",
+        out.print(number_table(f"confusion, {name}: rows true class, columns predicted, count and % of row",
                                ["true"] + short, rows, show_lines=True))
 
 

@@ -53,13 +53,11 @@ def pipeline_cli(
     from rich.markup import escape
 
     from ..errors import FertoolError
-    from ._artifacts import existing_file
+    from ._artifacts import existing_file, resolve_csv
 
-    from ._artifacts import resolve_csv
-
-    existing_file(csv, "CSV file")  # before the import of torch (seconds)
     name = recipe or ("paper" if csv is not None else "demo")
-    resolved = load_recipe_from_options(name, sets)
+    resolved = load_recipe_from_options(name, sets)  # light (YAML): recipe errors come first
+    existing_file(csv, "CSV file")  # before the import of torch (seconds)
     csv = resolve_csv(csv, quiet=quiet)
     from ..jobs import run_jobs
     from ..pipeline import run_pipeline

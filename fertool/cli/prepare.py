@@ -54,9 +54,9 @@ def prepare_cli(
         sets = [*(sets or []), f"prepare.label_mode={label_mode}"]
     from ._artifacts import existing_file
 
+    resolved = load_recipe_from_options(recipe, sets)  # light (YAML): recipe errors come first
     existing_file(csv, "CSV file")  # before the imports of OpenCV and torch (seconds)
     existing_file(ferplus, "FER+ label file")
-    resolved = load_recipe_from_options(recipe, sets)
     if csv is not None:
         from ._artifacts import resolve_csv
 

@@ -58,6 +58,7 @@ def train_cli(
     from ..precheck import existing_folder
     from ._artifacts import checkpoint_file, existing_file
 
+    resolved = load_recipe_from_options(recipe, sets)  # light (YAML): recipe errors come first
     existing_file(csv, "CSV file")  # before the import of torch (seconds)
     existing_folder(images, "image folder")
     if init is not None:
@@ -67,7 +68,6 @@ def train_cli(
 
     from ._artifacts import resolve_csv
 
-    resolved = load_recipe_from_options(recipe, sets)
     stage = normalise_stage(stage)
     csv = resolve_csv(csv, quiet=quiet)
     main_rank = os.environ.get("RANK", "0") == "0"
