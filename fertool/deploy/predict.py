@@ -41,7 +41,7 @@ from ..data.provenance import checkpoint_provenance
 from ..errors import DataError, FertoolError
 from ..imagecap import decode_image
 from ..evaluation.engines import RECHECK_MARGIN, CheckedEngine, build_engine, choose_engine, recheck_margin
-from ..files import atomic_path
+from ..files import atomic_path, check_output_dir, mark_output
 from ..progress import Progress
 from . import file_mode
 from .faces import Box, FaceDetector, crop_face, expand_box, face_to_48, gui_problem, load_detector, prepare_faces
@@ -384,7 +384,7 @@ def _write_image(path: Path, image: np.ndarray) -> Path:
         path = path.with_suffix(".png")
         ok, buf = cv2.imencode(".png", image)
     with atomic_path(path) as tmp:
-        buf.tofile(tmp)
+        tmp.write_bytes(buf.tobytes())  # a short write is an OSError naming the file (not numpy's count)
         os.chmod(tmp, file_mode())
     return path
 
@@ -642,6 +642,7 @@ def predict_paths(
     jpeg: bool = True,
     progress: Progress | None = None,
     max_buffer_bytes: int = MAX_BUFFER_BYTES,
+    overwrite: bool = False,
 ) -> Iterator[Event]:
     """Classify every face in ``paths`` (images, folders, videos); yield events in input order.
 
@@ -671,6 +672,8 @@ def predict_paths(
     out = Path(out_dir) if out_dir is not None else None
     if out is not None and out.exists() and not out.is_dir():
         raise FertoolError(f"--out {out}: exists and is not a folder")
+    if out is not None:  # a folder of someone else's files is refused unless overwrite
+        check_output_dir(out, "predictions", overwrite, legacy="predictions.jsonl")
     predictor = _Predictor(
         classifier,
         detector,
@@ -692,6 +695,9 @@ def predict_paths(
                 log.write(json.dumps(event.to_dict()) + "\n")
             yield event
         os.chmod(tmp, file_mode())
+    names = predictor.names
+    mark_output(out, "predictions", ["predictions.jsonl"] + sorted(
+        p.relative_to(out).as_posix() for p in (names.used if names is not None else ()) if p.is_relative_to(out)))
 
 
 def _events(predictor: _Predictor, items: list[tuple[Path, Path | None] | InputProblem]) -> Iterator[Event]:
