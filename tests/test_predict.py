@@ -352,7 +352,7 @@ def test_video_is_streamed_frame_by_frame(tmp_path, astronaut_bgr, classifier, d
     assert all(frames_read <= frame + 3 for frame, frames_read in seen)
 
 
-def test_unreadable_video_and_video_without_faces(tmp_path, classifier, detector):
+def test_unreadable_video_and_video_without_faces(tmp_path, classifier, detector, capfd):
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 64)
     blank = tmp_path / "blank.avi"
@@ -366,6 +366,7 @@ def test_unreadable_video_and_video_without_faces(tmp_path, classifier, detector
     assert [Path(p.path).name for p in problems] == ["broken.mp4", "blank.avi"]
     assert "no face found in any of the 4 searched frames" in problems[1].message
     assert not (out / "blank.mp4").exists() and not [p for p in out.glob(".*") if p.name != ".fertool-output.json"]  # no temp files left
+    assert "moov atom" not in capfd.readouterr().err  # FFmpeg's own log lines silenced (issue 26)
 
 
 # --------------------------------------------------------------------------- CLI

@@ -31,6 +31,11 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import cv2
+
+# FFmpeg's own log lines ("moov atom not found") are noise: a bad video is reported as an
+# InputProblem naming the file. OpenCV reads this when its FFmpeg backend first starts (so
+# here, before any capture or writer); a value the user set wins.
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 import numpy as np
 import torch
 
