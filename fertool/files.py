@@ -23,7 +23,7 @@ from .errors import DataError, FertoolError, os_error_message, printable
 from .faults import pause_point
 from .tempfiles import sweep_stale, temp_dir, temp_file
 
-__all__ = ["write_failure", "atomic_path", "atomic_dir", "check_output_dir", "output_kind", "OUTPUT_MARKER", "write_json", "read_json", "append_jsonl", "read_jsonl", "sha256_file"]
+__all__ = ["write_failure", "atomic_path", "atomic_dir", "check_output_dir", "mark_output", "output_kind", "OUTPUT_MARKER", "write_json", "read_json", "append_jsonl", "read_jsonl", "sha256_file"]
 
 
 #: Words of a writer's own exception (torch, ONNX, OpenCV) that mean the bytes did not get out.
@@ -194,6 +194,15 @@ def atomic_dir(path: str | os.PathLike, kind: str, *, overwrite: bool = False,
         raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def mark_output(path: str | os.PathLike, kind: str, files: list[str]) -> None:
+    """Record in ``path``'s marker that fertool wrote ``files`` there as a ``kind`` output
+    (for commands that write straight into their folder); earlier files of the same kind stay listed."""
+    path = Path(path)
+    marker = _read_marker(path)
+    before = marker[1] if marker and marker[0] == kind else []
+    write_json(path / OUTPUT_MARKER, {"kind": kind, "files": sorted(set(before) | set(files))})
 
 
 def _merge_into(tmp: Path, path: Path, kind: str, files: list[str]) -> None:

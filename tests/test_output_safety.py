@@ -154,3 +154,25 @@ def test_a_moved_run_folder_still_matches_its_own_csv(tmp_path):
     csv.write_text("emotion,pixels,Usage\n0,1 2,Training\n")
     with pytest.raises(FertoolError, match="was started with the CSV"):
         _check_same_csv(summary, csv, run)
+
+
+def test_predict_refuses_a_user_folder_and_keeps_user_files(tmp_path, cli_runner):
+    import cv2
+    import numpy as np
+
+    from tests.test_predict import make_tiny_checkpoint
+
+    ckpt = make_tiny_checkpoint(tmp_path / "tiny.pt")
+    photo = tmp_path / "in" / "photo.png"
+    photo.parent.mkdir()
+    cv2.imwrite(str(photo), np.full((64, 64, 3), 120, np.uint8))
+    out = tmp_path / "out"
+    precious = _plant(out)
+    args = ["predict", str(photo), "-c", str(ckpt), "-o", str(out), "-q"]
+    res = cli_runner.invoke(app, args)
+    assert res.exit_code == 1 and "did not write" in res.output
+    assert sorted(p.name for p in out.iterdir()) == ["important.txt"]
+    for extra in (["--overwrite"], []):  # then it is fertool's own folder
+        res = cli_runner.invoke(app, args + extra)
+        assert "did not write" not in res.output, res.output
+        assert (out / "predictions.jsonl").is_file() and precious.read_text() == "precious"

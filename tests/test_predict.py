@@ -284,8 +284,11 @@ def test_out_inside_or_equal_to_the_input_folder(tmp_path, astronaut_bgr, classi
     # A second run does not read the first run's outputs back as inputs.
     events = list(predict_paths([folder], classifier, detector=detector, out_dir=folder / "annotated"))
     assert [Path(e.path).name for e in events if isinstance(e, InputDone)] == ["a.png"]
-    # --out the input folder itself: the photo is never overwritten.
-    list(predict_paths([folder / "a.png"], classifier, detector=detector, out_dir=folder))
+    # --out the input folder itself: a user's folder, refused unless overwrite (issue 26); even then
+    # the photo is never overwritten.
+    with pytest.raises(FertoolError, match="a folder fertool did not write"):
+        list(predict_paths([folder / "a.png"], classifier, detector=detector, out_dir=folder))
+    list(predict_paths([folder / "a.png"], classifier, detector=detector, out_dir=folder, overwrite=True))
     np.testing.assert_array_equal(cv2.imread(str(folder / "a.png")), astronaut_bgr)
     assert (folder / "a.annotated.png").is_file()
 
@@ -353,7 +356,7 @@ def test_video_is_streamed_frame_by_frame(tmp_path, astronaut_bgr, classifier, d
     assert all(frames_read <= frame + 3 for frame, frames_read in seen)
 
 
-def test_unreadable_video_and_video_without_faces(tmp_path, classifier, detector):
+def test_unreadable_video_and_video_without_faces(tmp_path, classifier, detector, capfd):
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 64)
     blank = tmp_path / "blank.avi"
@@ -366,7 +369,8 @@ def test_unreadable_video_and_video_without_faces(tmp_path, classifier, detector
     problems = [e for e in events if isinstance(e, InputProblem)]
     assert [Path(p.path).name for p in problems] == ["broken.mp4", "blank.avi"]
     assert "no face found in any of the 4 searched frames" in problems[1].message
-    assert not (out / "blank.mp4").exists() and not list(out.glob(".*"))  # no temp files left
+    assert not (out / "blank.mp4").exists() and not [p for p in out.glob(".*") if p.name != ".fertool-output.json"]  # no temp files left
+    assert "moov atom" not in capfd.readouterr().err  # FFmpeg's own log lines silenced (issue 26)
 
 
 # --------------------------------------------------------------------------- CLI

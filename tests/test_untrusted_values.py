@@ -123,3 +123,13 @@ def test_images_over_the_pixel_cap_are_refused_before_decoding(tmp_path, side):
     for read in (read_image, _decode):
         with pytest.raises(DataError, match=f"{side}x{side} pixels, more than the 100,000,000"):
             read(path)
+
+
+def test_a_garbage_cascade_is_one_error_naming_the_file(tmp_path):
+    from fertool.deploy.faces import load_detector
+    from fertool.errors import FertoolError
+
+    path = tmp_path / "garbage.xml"
+    path.write_text('<?xml version="1.0"?><opencv_storage><cascade>garbage</cascade></opencv_storage>')
+    with pytest.raises(FertoolError, match=f"^{re.escape(str(path))}: not a readable OpenCV cascade file$"):
+        load_detector(str(path))

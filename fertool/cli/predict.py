@@ -30,6 +30,9 @@ def predict_cmd(
         None, "--out", "-o",
         help="Folder for annotated copies (box + label + probability; videos as <name>.mp4) and predictions.jsonl.",
     ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Write into an existing --out folder that is not "
+                                   "fertool's predictions (files of the same names are replaced; nothing else is "
+                                   "removed)."),
     tta: bool = typer.Option(False, "--tta", help="Also report test-time-augmented probabilities (docs/protocol.md §5)."),
     tta_preset: str = typer.Option(
         "paper", "--tta-preset",
@@ -134,7 +137,7 @@ def predict_cmd(
     with progress_callback("predict", quiet=quiet, unit="img") as progress:
         for event in predict_paths(
             inputs, classifier, detector=face_detector, margin=margin, every=every,
-            out_dir=out_dir, jpeg=not no_jpeg, progress=progress, smooth=smooth,
+            out_dir=out_dir, jpeg=not no_jpeg, progress=progress, smooth=smooth, overwrite=overwrite,
         ):
             if isinstance(event, InputProblem):
                 failed += 1

@@ -50,7 +50,7 @@ import cv2
 import numpy as np
 import torch
 
-from ..errors import FertoolError
+from ..errors import FertoolError, printable
 
 __all__ = [
     "Box",
@@ -194,7 +194,10 @@ class HaarDetector:
                 raise FertoolError(f"OpenCV {cv2.__version__} does not ship {HAAR_FILE}: use --detector lbp or a YuNet .onnx model")
             cascade_path = os.path.join(cv2.data.haarcascades, HAAR_FILE)
         self.path = str(cascade_path)
-        self.classifier = cv2.CascadeClassifier(self.path)
+        try:
+            self.classifier = cv2.CascadeClassifier(self.path)
+        except (cv2.error, SystemError):  # a malformed file: OpenCV's parser raises, saying nothing useful
+            raise FertoolError(printable(f"{self.path}: not a readable OpenCV cascade file")) from None
         if self.classifier.empty():
             raise FertoolError(f"{self.path}: not a readable OpenCV cascade file")
         self.scale_factor = scale_factor

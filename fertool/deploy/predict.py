@@ -32,6 +32,11 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import cv2
+
+# FFmpeg's own log lines ("moov atom not found") are noise: a bad video is reported as an
+# InputProblem naming the file. OpenCV reads this when its FFmpeg backend first starts (so
+# here, before any capture or writer); a value the user set wins.
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 import numpy as np
 import torch
 
@@ -43,7 +48,7 @@ from ..data.provenance import checkpoint_provenance
 from ..errors import DataError, FertoolError
 from ..imagecap import decode_image
 from ..evaluation.runtimes import RECHECK_MARGIN, CheckedEngine, build_engine, choose_engine, recheck_margin
-from ..files import atomic_path
+from ..files import atomic_path, check_output_dir, mark_output
 from ..progress import Progress
 from . import file_mode
 from .faces import (
@@ -439,7 +444,7 @@ def _write_image(path: Path, image: np.ndarray) -> Path:
         path = path.with_suffix(".png")
         ok, buf = cv2.imencode(".png", image)
     with atomic_path(path) as tmp:
-        buf.tofile(tmp)
+        tmp.write_bytes(buf.tobytes())  # a short write is an OSError naming the file (not numpy's count)
         os.chmod(tmp, file_mode())
     return path
 
@@ -750,6 +755,7 @@ def predict_paths(
     max_buffer_bytes: int = MAX_BUFFER_BYTES,
     smooth: float = 0.0,
     max_missed: int = 10,
+    overwrite: bool = False,
 ) -> Iterator[Event]:
     """Classify every face in ``paths`` (images, folders, videos); yield events in input order.
 
@@ -790,6 +796,8 @@ def predict_paths(
     out = Path(out_dir) if out_dir is not None else None
     if out is not None and out.exists() and not out.is_dir():
         raise FertoolError(f"out_dir {out}: exists and is not a folder")
+    if out is not None:  # a folder of someone else's files is refused unless overwrite
+        check_output_dir(out, "predictions", overwrite, legacy="predictions.jsonl")
     predictor = _Predictor(
         classifier,
         detector,
@@ -824,6 +832,9 @@ def predict_paths(
             photos.close()
         os.chmod(tmp, file_mode())
         os.chmod(tmp_csv, file_mode())
+    outputs = predictor.names
+    mark_output(out, "predictions", ["predictions.jsonl", "predictions.csv"] + sorted(
+        p.relative_to(out).as_posix() for p in (outputs.used if outputs is not None else ()) if p.is_relative_to(out)))
 
 
 def _events(predictor: _Predictor, items: list[tuple[Path, Path | None] | InputProblem]) -> Iterator[Event]:
