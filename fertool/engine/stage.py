@@ -44,7 +44,7 @@ from .schedule import active_options
 from .start import Start
 
 __all__ = ["StageOutputs", "Stage", "STAGE_OUTPUTS", "check_stage_folder", "save_best", "save_last",
-           "write_summary", "plot"]
+           "write_summary"]
 
 Log = Callable[[str], None]
 
