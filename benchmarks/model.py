@@ -181,7 +181,7 @@ def compile_vs_eager(size: int, batch: int, device: torch.device, rounds: int, s
         nets = {"eager": eager, "compiled": torch.compile(compiled_model)}
         opts = {k: torch.optim.SGD(n.parameters(), lr=1e-3) for k, n in nets.items()}
 
-        def train_step(kind):
+        def train_step(kind, nets=nets, opts=opts):
             nets[kind].train()
             loss = F.cross_entropy(nets[kind](x), y)
             loss.backward()

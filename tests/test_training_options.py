@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import copy
 import math
+from typing import ClassVar
 
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from fertool.checkpoint import load_checkpoint
-from fertool.data.datasets import ArraySplit
 from fertool.engine import train as train_module
 from fertool.engine.callbacks import Callback
 from fertool.engine.loop import evaluate, train_one_epoch
@@ -198,12 +197,12 @@ def test_accumulation_gives_the_gradients_of_a_k_times_larger_batch(n, micro, k)
         opt = torch.optim.SGD(model.parameters(), lr=0.5)
         trace = []
         out = _epoch(model, split, opt, batch_size=batch_size, accumulate=accumulate,
-                     on_step=lambda step: trace.append(model.fc.weight.detach().clone()))
+                     on_step=lambda step, trace=trace, model=model: trace.append(model.fc.weight.detach().clone()))
         results.append((out, [trace[i] for i in range(len(trace)) if i in _step_ends(n, batch_size, accumulate)]))
     (acc, acc_trace), (big, big_trace) = results
     assert acc["steps"] == big["steps"] == math.ceil(n / (micro * k))
     assert len(acc_trace) == len(big_trace) == acc["steps"]
-    for a, b in zip(acc_trace, big_trace):
+    for a, b in zip(acc_trace, big_trace, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     assert acc["train_loss"] == pytest.approx(big["train_loss"], rel=1e-5)
     torch.manual_seed(0)
@@ -224,7 +223,7 @@ def _step_ends(n: int, batch_size: int, accumulate: int) -> set[int]:
 class _Spike(torch.autograd.Function):
     """Identity whose backward returns inf on the armed steps (an fp16 overflow, on demand)."""
 
-    armed: set[int] = set()
+    armed: ClassVar[set[int]] = set()
     calls = 0
 
     @staticmethod

@@ -159,7 +159,7 @@ def _mlflow_client(uri: str) -> Any:
     os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"
     try:
         client = MlflowClient(tracking_uri=uri)
-        client._tracking_client.store  # the store is built lazily: build it while allowed
+        _ = client._tracking_client.store  # the store is built lazily: build it while allowed
         return client
     finally:
         if saved is None:
@@ -201,9 +201,9 @@ class MLflowLogger(Callback):
             self.client.log_batch(self.run_id, params=params[i:i + 100])
 
     def _metrics(self, values: Mapping[str, float], step: int) -> None:
-        from mlflow.entities import Metric
-
         import time
+
+        from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
         self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, int(step)) for k, v in values.items()])
