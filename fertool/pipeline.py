@@ -76,7 +76,9 @@ def _check_same_recipe(recipe: Recipe, run_dir: Path) -> None:
         raise FertoolError(f"{saved_file}: unreadable; use a new --run directory") from None
     current = to_dict(recipe)
     for section in (saved, current):
-        section["train"].pop("keep", None)  # which checkpoints are kept changes no result
+        # which checkpoints are kept, and where the live logs go, change no result
+        for key in ("keep", "log", "log_every", "mlflow_uri", "mlflow_experiment"):
+            section["train"].pop(key, None)
     changed = sorted(key for key in set(saved) | set(current)
                      if key != "pipeline" and saved.get(key) != current.get(key))
     if changed:
