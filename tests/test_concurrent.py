@@ -24,13 +24,14 @@ import yaml
 
 from fertool.analysis.report import seed_states
 from fertool.locks import HOST, lock_path
+from tests.conftest import TINY_WIDTH
 
 REPO = Path(__file__).resolve().parent.parent
 SBATCH = REPO / "docs" / "slurm" / "pipeline.sbatch"
 ONE_EPOCH = {"max_epochs": 1, "patience": 1}
 TINY = {
     "prepare": {"size": 32},
-    "model": {"input_size": 32, "hidden": [8, 8], "bn_momentum": 0.9,
+    "model": {"input_size": 32, "hidden": [8, 8], "bn_momentum": 0.9, **TINY_WIDTH,
               "lhc": [{"after": "stem", "heads": 4, "dim": 8}],
               "controller_init": [0.0]},
     "train": {"eval_batch_size": 16, "stages": {
