@@ -74,18 +74,20 @@ def _disk_full(path: Path) -> bool:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, *, sweep: bool = True) -> Iterator[Path]:
     """Yield a temporary sibling path; on success move it over ``path`` atomically.
 
     On any exception (Ctrl-C included) the temporary file is removed and ``path``
     keeps whatever it held before; a failed write (:func:`write_failure`) becomes one
     ``PATH: cause`` error.  Temporaries of ``path`` left by killed processes are removed
-    first (:func:`fertool.tempfiles.sweep_stale`).  The file gets the umask's permissions.
+    first (:func:`fertool.tempfiles.sweep_stale`; ``sweep=False`` for callers writing many
+    files into one folder, which sweep it once themselves).  The file gets the umask's permissions.
     """
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        sweep_stale(path.parent, path.name)
+        if sweep:
+            sweep_stale(path.parent, path.name)
         tmp_path = temp_file(path)
     except OSError as exc:
         raise write_failure(exc, path) from None

@@ -8,7 +8,6 @@ did not write is removed.
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 import yaml

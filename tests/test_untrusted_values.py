@@ -133,3 +133,20 @@ def test_a_garbage_cascade_is_one_error_naming_the_file(tmp_path):
     path.write_text('<?xml version="1.0"?><opencv_storage><cascade>garbage</cascade></opencv_storage>')
     with pytest.raises(FertoolError, match=f"^{re.escape(str(path))}: not a readable OpenCV cascade file$"):
         load_detector(str(path))
+
+
+def test_a_tf_checkpoint_file_names_only_files_inside_its_folder(tmp_path):
+    from fertool.models.tf_bundle import latest_prefix
+
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    outside = tmp_path / "other"
+    outside.mkdir()
+    (outside / "model.index").write_bytes(b"")
+    (folder / "checkpoint").write_text(f'model_checkpoint_path: "{outside / "model"}"\n')
+    assert latest_prefix(folder) == folder / "model"  # an absolute path: its name, here
+    (folder / "checkpoint").write_text('model_checkpoint_path: "../other/model"\n')
+    with pytest.raises(CheckpointError, match="leads out of"):
+        latest_prefix(folder)
+    (folder / "checkpoint").write_text('model_checkpoint_path: "sub/model"\n')
+    assert latest_prefix(folder) == folder / "sub" / "model"

@@ -37,7 +37,6 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Iterator, Sequence
 
-import cv2
 import numpy as np
 import torch
 

@@ -49,6 +49,7 @@ from ..errors import DataError, FertoolError
 from ..imagecap import decode_image
 from ..evaluation.runtimes import RECHECK_MARGIN, CheckedEngine, build_engine, choose_engine, recheck_margin
 from ..files import atomic_path, check_output_dir, mark_output
+from ..tempfiles import sweep_stale
 from ..progress import Progress
 from . import file_mode
 from .faces import (
@@ -443,7 +444,7 @@ def _write_image(path: Path, image: np.ndarray) -> Path:
     if not ok:
         path = path.with_suffix(".png")
         ok, buf = cv2.imencode(".png", image)
-    with atomic_path(path) as tmp:
+    with atomic_path(path, sweep=False) as tmp:  # predict_paths swept the folder once
         tmp.write_bytes(buf.tobytes())  # a short write is an OSError naming the file (not numpy's count)
         os.chmod(tmp, file_mode())
     return path
@@ -815,6 +816,8 @@ def predict_paths(
         yield from events
         return
     out.mkdir(parents=True, exist_ok=True)
+    for folder in (out, *(p for p in out.rglob("*") if p.is_dir())):  # dead temporaries of earlier runs
+        sweep_stale(folder)
     names = classifier.class_names
     with atomic_path(out / "predictions.jsonl") as tmp, open(tmp, "w", encoding="utf-8") as log, \
             atomic_path(out / "predictions.csv") as tmp_csv:

@@ -33,7 +33,7 @@ from typing import Iterator
 import google_crc32c
 import numpy as np
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, printable
 
 __all__ = ["BundleEntry", "TensorBundle", "bundle_files", "latest_prefix", "masked_crc32c"]
 
@@ -300,7 +300,9 @@ _CHECKPOINT_LINE = re.compile(r'^\s*model_checkpoint_path:\s*"((?:[^"\\]|\\.)*)"
 def latest_prefix(folder: str | os.PathLike) -> Path:
     """The prefix named by the ``checkpoint`` text file of ``folder`` (``model_checkpoint_path``).
 
-    An absolute path written on another machine falls back to its name inside ``folder``.
+    Only a file inside ``folder`` is read: an absolute path (written on another machine, or
+    pointing anywhere) is taken by its name inside ``folder``, and a relative one leading out
+    of it (``../``) is refused; a user who means another file passes it directly.
     """
     folder = Path(folder)
     text = (folder / "checkpoint").read_text(encoding="utf-8", errors="replace")
@@ -308,6 +310,10 @@ def latest_prefix(folder: str | os.PathLike) -> Path:
     if not m:
         raise CheckpointError(f"{folder / 'checkpoint'}: no model_checkpoint_path line")
     name = Path(re.sub(r"\\(.)", r"\1", m.group(1)))  # text-format string escapes
-    if not name.is_absolute():
-        return folder / name
-    return name if Path(f"{name}.index").is_file() else folder / name.name
+    if name.is_absolute():
+        return folder / name.name
+    inside = folder.resolve()
+    if inside != (folder / name).resolve() and inside not in (folder / name).resolve().parents:
+        raise CheckpointError(printable(f"{folder / 'checkpoint'}: model_checkpoint_path {name} leads out of "
+                                        f"{folder}; pass the checkpoint's .index file itself to read it"))
+    return folder / name
