@@ -153,6 +153,7 @@ class _Run:
         with self.hold(folder):
             status = (read_json(folder / "summary.json") or {}).get("status")
             if status in FINISHED:
+                self.log(f"{folder}: already {status}, skipped")
                 self.skip(key)
             else:
                 resume = (folder / "last.pt").is_file()

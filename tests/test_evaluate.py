@@ -117,6 +117,7 @@ def _write_csv(path, usages, seed=0, labels=None):
 
 def _small_checkpoint(path, num_classes=7):
     """A real resnet34v2 at 32 px with a tiny head; bn_data set so that raw pixels normalise."""
+    from fertool import CLASS_NAMES
     from fertool.checkpoint import make_checkpoint, save_checkpoint
     from fertool.models import build_model
 
@@ -128,7 +129,7 @@ def _small_checkpoint(path, num_classes=7):
         model.stem.bn_data.running_var.fill_(75.0**2)
         model.head.fc3.weight.mul_(0.05)  # keep the softmax away from 0/1 (no loss clipping)
     ckpt = make_checkpoint(arch="resnet34v2", arch_args=args, state_dict=model.state_dict(), stage="3",
-                           extra={"seed": 7})
+                           class_names=CLASS_NAMES[:num_classes], extra={"seed": 7})
     save_checkpoint(path, ckpt)
     return model.eval()
 
