@@ -19,7 +19,7 @@ from .test_pipeline import ONE_EPOCH, TINY
 pytestmark = pytest.mark.timeout(1800)  # the fixture: ~2 min of CPU, 13 min on a busy shared machine
 
 REJECTED, DIVERGED, ACCEPTED = 1, 2, 3
-RECIPE = {**TINY, "train": {**TINY["train"], "stages": {**TINY["train"]["stages"],
+RECIPE = {**TINY, "train": {**TINY["train"], "selection_factor": 1.1, "stages": {**TINY["train"]["stages"],
                                                         "4": {**ONE_EPOCH, "max_epochs": 2, "patience": 5,
                                                               "batch_size": 7}}},
           "pipeline": {"seeds": [REJECTED, DIVERGED, ACCEPTED], "tta": False}}

@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -77,7 +78,7 @@ def test_torchscript_export_on_a_full_disk_is_an_error_not_an_abort(full_disk):
         "except FertoolError as exc:\n    print('ERROR', exc); sys.exit(1)\n"
     )
     root = Path(__file__).resolve().parents[1]
-    done = subprocess.run(["python", "-c", code], capture_output=True, text=True, timeout=240, cwd=root,
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240, cwd=root,
                           env={**os.environ, "PYTHONPATH": str(root)})
     assert done.returncode == 1, done.stderr[-2000:]
     assert f"ERROR {full_disk / 'model.pt'}: No space left on device" in done.stdout
