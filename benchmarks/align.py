@@ -47,8 +47,9 @@ def _photos(n_faces: int) -> list[np.ndarray]:
     photos = [cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR)]
     for face in (data.lfw_subset()[:n_faces] * 255).round().astype(np.uint8):
         big = cv2.resize(face, (100, 100), interpolation=cv2.INTER_CUBIC)
-        photos.append(cv2.cvtColor(cv2.copyMakeBorder(big, 60, 60, 60, 60, cv2.BORDER_CONSTANT, value=128),
-                                   cv2.COLOR_GRAY2BGR))
+        photos.append(
+            cv2.cvtColor(cv2.copyMakeBorder(big, 60, 60, 60, 60, cv2.BORDER_CONSTANT, value=128), cv2.COLOR_GRAY2BGR)
+        )
     return photos
 
 
@@ -89,8 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = args.checkpoint or _random_checkpoint(Path(tmp))
         clf = FaceClassifier.from_checkpoint(ckpt, batch_size=64)
-    print(f"model: {args.checkpoint or 'random-weight resnet34v2 at 32 px (has seen no face)'}; "
-          f"detector: {F.describe_detector(detector)}")
+    print(
+        f"model: {args.checkpoint or 'random-weight resnet34v2 at 32 px (has seen no face)'}; "
+        f"detector: {F.describe_detector(detector)}"
+    )
     photos = _photos(args.faces)
 
     def faces48(image):
@@ -138,15 +141,19 @@ def main(argv: list[str] | None = None) -> int:
                 t[2] += l1 * len(found)
                 t[3] += mae * len(found)
         if stats:
-            line += (f" crop MAE plain {stats[False][0]:.1f} aligned {stats[True][0]:.1f}"
-                     f" agreement plain {stats[False][1]:.0%} aligned {stats[True][1]:.0%}"
-                     f" L1 plain {stats[False][2]:.3f} aligned {stats[True][2]:.3f}")
+            line += (
+                f" crop MAE plain {stats[False][0]:.1f} aligned {stats[True][0]:.1f}"
+                f" agreement plain {stats[False][1]:.0%} aligned {stats[True][1]:.0%}"
+                f" L1 plain {stats[False][2]:.3f} aligned {stats[True][2]:.3f}"
+            )
         print(line, flush=True)
     if totals[False][1]:
         p, a = totals[False], totals[True]
-        print(f"finding (turned copies, {p[1]} faces): crop MAE plain {p[3] / p[1]:.1f} aligned {a[3] / a[1]:.1f}; "
-              f"top-1 agreement with the upright face plain {p[0] / p[1]:.1%} aligned {a[0] / a[1]:.1%}; "
-              f"L1 plain {p[2] / p[1]:.3f} aligned {a[2] / a[1]:.3f}")
+        print(
+            f"finding (turned copies, {p[1]} faces): crop MAE plain {p[3] / p[1]:.1f} aligned {a[3] / a[1]:.1f}; "
+            f"top-1 agreement with the upright face plain {p[0] / p[1]:.1%} aligned {a[0] / a[1]:.1%}; "
+            f"L1 plain {p[2] / p[1]:.3f} aligned {a[2] / a[1]:.3f}"
+        )
     return 0
 
 

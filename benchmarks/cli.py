@@ -56,8 +56,12 @@ def cases(tmp: Path) -> list[tuple[str, list[str], float | None]]:
 def first_output(args: list[str]) -> tuple[float, float, int]:
     """(seconds to the first byte on stdout or stderr, seconds to exit, exit code)."""
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "fertool", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env={**os.environ, "COLUMNS": "80"})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fertool", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "COLUMNS": "80"},
+    )
     first = None
     selector = selectors.DefaultSelector()
     for stream in (proc.stdout, proc.stderr):

@@ -57,12 +57,19 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--batch-size", type=int, default=None, help="default: 16 on CPU, 256 on CUDA")
     parser.add_argument("--preset", default="paper")
-    parser.add_argument("--precision", default="fp32", choices=("fp32", "tf32", "bf16"),
-                        help="forward passes: fp32 (the paper's, default), tf32 or bf16 (CUDA)")
+    parser.add_argument(
+        "--precision",
+        default="fp32",
+        choices=("fp32", "tf32", "bf16"),
+        help="forward passes: fp32 (the paper's, default), tf32 or bf16 (CUDA)",
+    )
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
-    parser.add_argument("--cpu-time", action="store_true",
-                        help="CPU: measure process CPU time instead of wall time (for a machine shared with other "
-                        "jobs; use with --threads 1)")
+    parser.add_argument(
+        "--cpu-time",
+        action="store_true",
+        help="CPU: measure process CPU time instead of wall time (for a machine shared with other "
+        "jobs; use with --threads 1)",
+    )
     parser.add_argument("--repeat", type=int, default=None, help="plain passes timed (best of); default 3 CPU, 5 CUDA")
     args = parser.parse_args()
     if args.threads:
@@ -71,8 +78,11 @@ def main() -> None:
         global CLOCK
         CLOCK = time.process_time
 
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    device = torch.device(
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if args.device == "auto" else args.device)
+    )
     cuda = device.type == "cuda"
     n = args.images or (3589 if cuda else 16)
     bs = args.batch_size or (256 if cuda else 16)
@@ -112,19 +122,27 @@ def main() -> None:
 
     passes = 1 + len(views)
     divisor = preset.identity_weight + len(views)
-    print(f"device {device} ({torch.cuda.get_device_name(device) if cuda else f'{torch.get_num_threads()} threads'}), "
-          f"arch {args.arch}, {n} images at {args.size}px, batch {bs}, precision {args.precision}, "
-          f"preset {args.preset}: {len(views)} views, {passes} forward passes per image"
-          + (", times are process CPU seconds" if args.cpu_time else ""))
+    print(
+        f"device {device} ({torch.cuda.get_device_name(device) if cuda else f'{torch.get_num_threads()} threads'}), "
+        f"arch {args.arch}, {n} images at {args.size}px, batch {bs}, precision {args.precision}, "
+        f"preset {args.preset}: {len(views)} views, {passes} forward passes per image"
+        + (", times are process CPU seconds" if args.cpu_time else "")
+    )
     print(f"plain evaluation        : {plain:8.2f} s  {n / plain:9.1f} img/s")
-    print(f"TTA evaluation          : {with_tta:8.2f} s  {n / with_tta:9.1f} img/s "
-          f"({n * passes / with_tta:,.0f} forwards/s)")
+    print(
+        f"TTA evaluation          : {with_tta:8.2f} s  {n / with_tta:9.1f} img/s "
+        f"({n * passes / with_tta:,.0f} forwards/s)"
+    )
     print(f"62 plain evaluations    : {int(divisor) * plain:8.2f} s  (estimated from the plain time)")
-    print(f"TTA / ({int(divisor)} x plain)     : {with_tta / (divisor * plain):8.3f}   (target <= 1.10; "
-          f"{passes}/{int(divisor)} = {passes / divisor:.3f} with free views)")
-    print(f"{len(views)} view transforms, one batch of {len(x)}: {1000 * transforms:8.1f} ms = "
-          f"{100 * transforms / forward_time:.1f}% of the {len(views)} forward passes of that batch "
-          f"({1000 * forward_time:.0f} ms)")
+    print(
+        f"TTA / ({int(divisor)} x plain)     : {with_tta / (divisor * plain):8.3f}   (target <= 1.10; "
+        f"{passes}/{int(divisor)} = {passes / divisor:.3f} with free views)"
+    )
+    print(
+        f"{len(views)} view transforms, one batch of {len(x)}: {1000 * transforms:8.1f} ms = "
+        f"{100 * transforms / forward_time:.1f}% of the {len(views)} forward passes of that batch "
+        f"({1000 * forward_time:.0f} ms)"
+    )
     if cuda and n >= 3589:
         print(f"whole PrivateTest with TTA: {with_tta:.1f} s (target < 30 s on one H100)")
 

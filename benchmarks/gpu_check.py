@@ -67,8 +67,10 @@ def training_speed(device: torch.device, mode: str, *, batch: int, steps: int) -
 def tta_time(device: torch.device, images: int) -> float:
     """Seconds of a float32 LHC-Net evaluation of ``images`` 224-px images with the paper's TTA."""
     rng = np.random.default_rng(0)
-    split = ArraySplit(images=rng.integers(0, 256, size=(images, 224, 224), dtype=np.uint8),
-                       labels=torch.from_numpy(rng.integers(0, 7, size=images).astype(np.int64)))
+    split = ArraySplit(
+        images=rng.integers(0, 256, size=(images, 224, 224), dtype=np.uint8),
+        labels=torch.from_numpy(rng.integers(0, 7, size=images).astype(np.int64)),
+    )
     model = build_model("lhc_net").eval()
     preset = load_recipe(None).tta.presets["paper"]
     warm = ArraySplit(images=split.images[:64], labels=split.labels[:64])
@@ -91,8 +93,9 @@ def ddp_step(device: torch.device) -> str:
     try:
         net = DistributedDataParallel(build_model("resnet34v2").to(device), device_ids=[device.index or 0])
         opt = torch.optim.SGD(net.parameters(), lr=0.01)
-        loss = F.cross_entropy(net(torch.rand(8, 3, 224, 224, device=device) * 255),
-                               torch.randint(0, 7, (8,), device=device))
+        loss = F.cross_entropy(
+            net(torch.rand(8, 3, 224, 224, device=device) * 255), torch.randint(0, 7, (8,), device=device)
+        )
         loss.backward()
         opt.step()
         torch.cuda.synchronize(device)
@@ -124,8 +127,10 @@ def main() -> None:
             e = output_differences(net, x, device, mode)
             print(f"   {mode} {name:<11} logits rel. L2 {e['logit_rel_l2']:.2e}   max |dp| {e['max_abs_dp']:.2e}")
     seconds = tta_time(device, args.images)
-    print(f"3. LHC-Net evaluation with the paper's TTA, float32: {args.images} images in {seconds:.1f} s "
-          "(target < 30 s on one H100)")
+    print(
+        f"3. LHC-Net evaluation with the paper's TTA, float32: {args.images} images in {seconds:.1f} s "
+        "(target < 30 s on one H100)"
+    )
     print(f"4. DDP step over NCCL, one process: {ddp_step(device)}")
 
 

@@ -49,8 +49,8 @@ from fertool.checkpoint import make_checkpoint, save_checkpoint  # noqa: E402
 from fertool.data.datasets import ReferenceSplit  # noqa: E402
 from fertool.data.sample import generate_faces  # noqa: E402
 from fertool.deploy.export import export_model  # noqa: E402
-from fertool.evaluation.runtimes import Int8Engine, TorchEngine, bf16_supported, build_engine, checked_bf16  # noqa: E402
 from fertool.evaluation.inference import predict_probs  # noqa: E402
+from fertool.evaluation.runtimes import Int8Engine, TorchEngine, bf16_supported, build_engine, checked_bf16  # noqa: E402
 from fertool.models import build_model  # noqa: E402
 from fertool.recipe import RECHECK_MARGIN  # noqa: E402
 
@@ -80,8 +80,10 @@ def plain_session(model: torch.nn.Module, checkpoint: str | None, workdir: Path,
 
     if checkpoint is None:
         checkpoint = workdir / "model.pt"
-        save_checkpoint(checkpoint, make_checkpoint(arch="lhc_net", arch_args={"input_size": model.input_size},
-                                                    state_dict=model.state_dict()))
+        save_checkpoint(
+            checkpoint,
+            make_checkpoint(arch="lhc_net", arch_args={"input_size": model.input_size}, state_dict=model.state_dict()),
+        )
     export_model(checkpoint, workdir / "model.onnx", fmt="onnx")
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
@@ -105,8 +107,13 @@ def agreement(model: torch.nn.Module, size: int, batch: int, margin: float) -> d
     plain = predict_probs(None, split, batch_size=batch, engine=TorchEngine(model, precision="bf16"))["probs"].argmax(1)
     checked = checked_bf16(model, margin=margin)
     ours = predict_probs(None, split, batch_size=batch, engine=checked)["probs"].argmax(1)
-    return {"n": len(labels), "plain": float((plain == fp32).mean()), "checked": float((ours == fp32).mean()),
-            "rechecked": checked.rechecked / checked.rows, "accuracy": float((fp32 == labels).mean())}
+    return {
+        "n": len(labels),
+        "plain": float((plain == fp32).mean()),
+        "checked": float((ours == fp32).mean()),
+        "rechecked": checked.rechecked / checked.rows,
+        "accuracy": float((fp32 == labels).mean()),
+    }
 
 
 def trained_fixture(size: int, minutes: float) -> Path:
@@ -141,7 +148,9 @@ def trained_fixture(size: int, minutes: float) -> Path:
             print(f"  fixture step {steps}: loss {loss.item():.3f} ({time.perf_counter() - start:.0f} s)", flush=True)
     model.eval()
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(path, make_checkpoint(arch="lhc_net", arch_args={"input_size": size}, state_dict=model.state_dict()))
+    save_checkpoint(
+        path, make_checkpoint(arch="lhc_net", arch_args={"input_size": size}, state_dict=model.state_dict())
+    )
     print(f"trained fixture: {path} ({steps} steps of 16 faces, {time.perf_counter() - start:.0f} s)")
     return path
 
@@ -182,8 +191,13 @@ def main() -> None:
     ap.add_argument("--cpu-time", action="store_true", help="one thread, timed by its CPU time")
     ap.add_argument("--checkpoint", default=None, help="a trained LHC-Net checkpoint (e.g. from fertool import)")
     ap.add_argument("--recheck-margin", type=float, default=RECHECK_MARGIN, help="predict's --recheck-margin")
-    ap.add_argument("--trained", type=float, default=None, metavar="MINUTES",
-                    help="train (once, cached) an LHC-Net fixture on the synthetic sample for MINUTES and use it")
+    ap.add_argument(
+        "--trained",
+        type=float,
+        default=None,
+        metavar="MINUTES",
+        help="train (once, cached) an LHC-Net fixture on the synthetic sample for MINUTES and use it",
+    )
     args = ap.parse_args()
     if args.trained is not None and args.checkpoint is None:
         args.checkpoint = str(trained_fixture(args.size, args.trained))
@@ -233,27 +247,38 @@ def main() -> None:
     print(f"fertool (auto) is {auto.describe()}")
     if fast:
         a = agreement(model, args.size, args.batch, args.recheck_margin)
-        print(f"top-1 agreement with float32 on {a['n']} sample PrivateTest faces (float32 accuracy there "
-              f"{100 * a['accuracy']:.1f}%): predict bf16 {100 * a['checked']:.1f}% ({100 * a['rechecked']:.1f}% of "
-              f"the faces recomputed in float32), plain bf16 {100 * a['plain']:.1f}%")
+        print(
+            f"top-1 agreement with float32 on {a['n']} sample PrivateTest faces (float32 accuracy there "
+            f"{100 * a['accuracy']:.1f}%): predict bf16 {100 * a['checked']:.1f}% ({100 * a['rechecked']:.1f}% of "
+            f"the faces recomputed in float32), plain bf16 {100 * a['plain']:.1f}%"
+        )
         print(f"plain bf16 / eager: {best['eager'] / best['plain bf16']:.2f}")
         fast_line = f"{best['eager'] / best['predict bf16']:.2f} agreement: {100 * a['checked']:.1f}%"
     else:
         fast_line = "n/a (no native bf16 on this CPU) agreement: n/a"
-    print(f"ratio inference lhc_net fertool/onnxruntime: {ort_time / best['fertool (auto)']:.2f}"
-          "      (goal >= 1.00; today 0.63)")
+    print(
+        f"ratio inference lhc_net fertool/onnxruntime: {ort_time / best['fertool (auto)']:.2f}"
+        "      (goal >= 1.00; today 0.63)"
+    )
     print(f"ratio predict lhc_net fast/eager: {fast_line}   (goal >= 2.00 with P >= 99)")
     fp32 = best["fertool (auto)"]  # what predict runs in float32
     n, agree8 = int8_agreement(model, contenders["predict int8"], args.size, args.batch)
     accuracy, ties = confidence(model, args.size, args.batch)
-    print(f"predict int8: static QDQ calibrated on {len(calibration) // 2} prepared sample Training faces (+ mirrors); "
-          f"top-1 agreement with float32 on {n} sample PrivateTest faces (float32 accuracy there {100 * accuracy:.1f}%, "
-          f"near-ties {100 * ties:.1f}%)")
-    bf16_line = f"{fp32 / best['predict bf16']:.2f} agreement: {100 * a['checked']:.1f}%" if fast else \
-        "n/a (no native bf16 on this CPU) agreement: n/a"
+    print(
+        f"predict int8: static QDQ calibrated on {len(calibration) // 2} prepared sample Training faces (+ mirrors); "
+        f"top-1 agreement with float32 on {n} sample PrivateTest faces (float32 accuracy there {100 * accuracy:.1f}%, "
+        f"near-ties {100 * ties:.1f}%)"
+    )
+    bf16_line = (
+        f"{fp32 / best['predict bf16']:.2f} agreement: {100 * a['checked']:.1f}%"
+        if fast
+        else "n/a (no native bf16 on this CPU) agreement: n/a"
+    )
     print(f"ratio predict lhc_net bf16/fp32: {bf16_line}")
-    print(f"ratio predict lhc_net int8/fp32: {fp32 / best['predict int8']:.2f} agreement: {100 * agree8:.1f}%"
-          "   (goal: one of the two >= 2.00 with P >= 99)")
+    print(
+        f"ratio predict lhc_net int8/fp32: {fp32 / best['predict int8']:.2f} agreement: {100 * agree8:.1f}%"
+        "   (goal: one of the two >= 2.00 with P >= 99)"
+    )
 
 
 if __name__ == "__main__":

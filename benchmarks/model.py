@@ -21,7 +21,6 @@ import torch.nn.functional as F
 from fertool.layers import LHC
 from fertool.models import build_model
 
-
 CLOCK = time.perf_counter
 
 
@@ -88,6 +87,7 @@ def best_seconds(fn, device, repeats: int, warmup: int = 1) -> float:
 
 def layer_time(module, x, device, amp, steps) -> float:
     """Minimum seconds of one forward+backward of a layer."""
+
     def step():
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             out = module(x)
@@ -118,6 +118,7 @@ def profile_modules(model, batch: int, device: torch.device, steps: int) -> None
     def record(name):
         def hook(_module, args):
             shapes[name] = args[0].shape  # (returns None: the input is left as it is)
+
         return hook
 
     hooks = [m.register_forward_pre_hook(record(name)) for name, m in model.lhc_modules().items()]
@@ -134,25 +135,29 @@ def profile_modules(model, batch: int, device: torch.device, steps: int) -> None
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             for _ in range(steps):
                 module(x).float().square().mean().backward()
-        totals = {kind: 0.0 for kind in (*KINDS, "other")}
+        totals = dict.fromkeys((*KINDS, "other"), 0.0)
         for event in prof.key_averages():
             kind = next((k for k, ops in KINDS.items() if event.key in ops), "other")
             totals[kind] += event.self_cpu_time_total
         whole = sum(totals.values()) or 1.0
         shares = ", ".join(f"{kind} {100 * t / whole:.0f}%" for kind, t in totals.items())
-        print(f"{name} ({c}x{h}x{w}) fwd+bwd {1e3 * t_module / batch:.2f} ms/image = "
-              f"{t_module / t_conv:.2f}x a 3x3 convolution of its shape; profile: {shares}")
+        print(
+            f"{name} ({c}x{h}x{w}) fwd+bwd {1e3 * t_module / batch:.2f} ms/image = "
+            f"{t_module / t_conv:.2f}x a 3x3 convolution of its shape; profile: {shares}"
+        )
     # The arithmetic rates to compare with: module 1's query/key product, a large square
     # matrix product, and a backbone-shaped convolution (forward, no gradients).
     m1 = next(iter(model.lhc_modules().values()))
     heads, r, d = m1.qk_weight.shape
     a = torch.randn(heads, batch * m1.channels, r, device=device)
     work = {  # what -> (call, multiply-accumulates per call)
-        f"query/key bmm ({heads}x{batch * m1.channels}x{r}x{d})": (lambda: torch.bmm(a, m1.qk_weight.detach()),
-                                                                  heads * batch * m1.channels * r * d),
+        f"query/key bmm ({heads}x{batch * m1.channels}x{r}x{d})": (
+            lambda: torch.bmm(a, m1.qk_weight.detach()),
+            heads * batch * m1.channels * r * d,
+        ),
     }
     big = torch.randn(1024, 1024, device=device)
-    work["1024x1024 matmul"] = (lambda: big @ big, 1024 ** 3)
+    work["1024x1024 matmul"] = (lambda: big @ big, 1024**3)
     xc = torch.randn(batch, 64, 56, 56, device=device)
     conv = torch.nn.Conv2d(64, 64, 3, padding=1).to(device)
     work["64x56x56 3x3 convolution"] = (lambda: conv(xc), batch * 64 * 64 * 9 * 56 * 56)
@@ -161,13 +166,19 @@ def profile_modules(model, batch: int, device: torch.device, steps: int) -> None
     print("arithmetic rate: " + ", ".join(f"{what} {gmacs:.1f} GMAC/s" for what, gmacs in rates.items()))
 
 
-def compile_vs_eager(size: int, batch: int, device: torch.device, rounds: int, steps: int,
-                     archs: tuple[str, ...] = ("resnet34v2", "lhc_net")) -> None:
+def compile_vs_eager(
+    size: int,
+    batch: int,
+    device: torch.device,
+    rounds: int,
+    steps: int,
+    archs: tuple[str, ...] = ("resnet34v2", "lhc_net"),
+) -> None:
     """train.compile: whole training steps (forward, backward, SGD step) of torch.compile'd
     ResNet34v2 and LHC-Net against eager, interleaved; the first compiled call's time too.
     At 224 px the paper's models; at other sizes the demo recipe's (Table 2 scaled to 48 px)."""
-    from fertool.recipe import load_recipe
     from fertool.models import arch_from_recipe
+    from fertool.recipe import load_recipe
 
     recipe = load_recipe(None if size == 224 else "demo", [f"model.input_size={size}"])
     torch.manual_seed(0)
@@ -204,9 +215,11 @@ def compile_vs_eager(size: int, batch: int, device: torch.device, rounds: int, s
                     _sync(device)
                     times[kind].append(CLOCK() - t0)
         e, c = min(times["eager"]), min(times["compiled"])
-        print(f"{arch:11s} training step at {size}x{size}, batch {batch}: eager {1e3 * e / batch:8.2f} ms/image, "
-              f"compiled {1e3 * c / batch:8.2f} ms/image, compiled/eager {c / e:.3f} (min of {rounds * steps}); "
-              f"first compiled step (compilation) {first:.1f} s")
+        print(
+            f"{arch:11s} training step at {size}x{size}, batch {batch}: eager {1e3 * e / batch:8.2f} ms/image, "
+            f"compiled {1e3 * c / batch:8.2f} ms/image, compiled/eager {c / e:.3f} (min of {rounds * steps}); "
+            f"first compiled step (compilation) {first:.1f} s"
+        )
 
 
 def main() -> None:
@@ -219,10 +232,18 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--cpu-time", action="store_true", help="one thread, timed by its CPU time")
     ap.add_argument("--profile", action="store_true", help="where each LHC module's time goes (CPU)")
-    ap.add_argument("--compile", action="store_true",
-                    help="only train.compile: compiled against eager training steps of ResNet34v2 and LHC-Net")
-    ap.add_argument("--arch", nargs="+", default=["resnet34v2", "lhc_net"], choices=["resnet34v2", "lhc_net"],
-                    help="the models of --compile")
+    ap.add_argument(
+        "--compile",
+        action="store_true",
+        help="only train.compile: compiled against eager training steps of ResNet34v2 and LHC-Net",
+    )
+    ap.add_argument(
+        "--arch",
+        nargs="+",
+        default=["resnet34v2", "lhc_net"],
+        choices=["resnet34v2", "lhc_net"],
+        help="the models of --compile",
+    )
     args = ap.parse_args()
     device = torch.device(args.device)
     if args.profile and device.type != "cpu":
@@ -238,8 +259,10 @@ def main() -> None:
     cuda = device.type == "cuda"
     batch = args.batch or (128 if cuda else 8)
     if args.compile:
-        print(f"device: {device}, {torch.get_num_threads()} threads, float32, "
-              f"{'thread CPU time' if args.cpu_time else 'wall clock'}")
+        print(
+            f"device: {device}, {torch.get_num_threads()} threads, float32, "
+            f"{'thread CPU time' if args.cpu_time else 'wall clock'}"
+        )
         compile_vs_eager(args.size, batch, device, args.rounds, args.steps, tuple(args.arch))
         return
     amp = cuda
@@ -253,8 +276,10 @@ def main() -> None:
     torch.manual_seed(0)
     x = (torch.rand(batch, 3, args.size, args.size, device=device) * 255).to(memory_format=fmt)
     y = torch.randint(0, 7, (batch,), device=device)
-    models = {arch: build_model(arch, input_size=args.size).to(device, memory_format=fmt)
-              for arch in ("resnet34v2", "lhc_net", "resnet34_tv")}
+    models = {
+        arch: build_model(arch, input_size=args.size).to(device, memory_format=fmt)
+        for arch in ("resnet34v2", "lhc_net", "resnet34_tv")
+    }
     for model in models.values():  # warm-up
         step_times(model, x, y, device, amp, 2)
     # Interleaved rounds so that a load change on a shared machine hits both models alike;
@@ -265,28 +290,40 @@ def main() -> None:
             times[arch] += step_times(model, x, y, device, amp, args.steps)
     for arch, ts in times.items():
         ts.sort()
-        print(f"{arch:11s} forward+backward: min {1e3 * ts[0] / batch:8.2f} ms/image, "
-              f"median {1e3 * ts[len(ts) // 2] / batch:8.2f} ms/image ({batch / ts[0]:7.1f} img/s best)")
+        print(
+            f"{arch:11s} forward+backward: min {1e3 * ts[0] / batch:8.2f} ms/image, "
+            f"median {1e3 * ts[len(ts) // 2] / batch:8.2f} ms/image ({batch / ts[0]:7.1f} img/s best)"
+        )
     best = {a: min(ts) for a, ts in times.items()}
     med = {a: ts[len(ts) // 2] for a, ts in times.items()}
-    print(f"LHC-Net / ResNet34v2 step-time ratio: {best['lhc_net'] / best['resnet34v2']:.3f} (min), "
-          f"{med['lhc_net'] / med['resnet34v2']:.3f} (median)")
-    print(f"LHC-Net / torchvision ResNet34 step-time ratio: {best['lhc_net'] / best['resnet34_tv']:.3f} (min), "
-          f"{med['lhc_net'] / med['resnet34_tv']:.3f} (median)")
+    print(
+        f"LHC-Net / ResNet34v2 step-time ratio: {best['lhc_net'] / best['resnet34v2']:.3f} (min), "
+        f"{med['lhc_net'] / med['resnet34v2']:.3f} (median)"
+    )
+    print(
+        f"LHC-Net / torchvision ResNet34 step-time ratio: {best['lhc_net'] / best['resnet34_tv']:.3f} (min), "
+        f"{med['lhc_net'] / med['resnet34_tv']:.3f} (median)"
+    )
 
     # LHC module 1 (56x56x64, 8 heads): batched vs per-head loop
     m = LHC(64, heads=8, dim=196, size=56).to(device)
     xl = torch.randn(batch, 64, 56, 56, device=device, requires_grad=False).to(memory_format=fmt)
     tb = layer_time(m, xl, device, amp, 3 * args.rounds)
     tl = layer_time(LoopLHC(m), xl, device, amp, 3 * args.rounds)
-    print(f"LHC1 layer fwd+bwd, batched: {1e3 * tb / batch:.3f} ms/image; per-head loop: "
-          f"{1e3 * tl / batch:.3f} ms/image; loop / batched = {tl / tb:.2f}")
+    print(
+        f"LHC1 layer fwd+bwd, batched: {1e3 * tb / batch:.3f} ms/image; per-head loop: "
+        f"{1e3 * tl / batch:.3f} ms/image; loop / batched = {tl / tb:.2f}"
+    )
     if args.profile:
         profile_modules(models["lhc_net"], batch, device, 3)
-    print(f"ratio train lhc_net/resnet34v2: {best['lhc_net'] / best['resnet34v2']:.2f}"
-          "                   (goal <= 1.25; today 1.41)")
-    print(f"ratio train lhc_net/tv_resnet34: {best['lhc_net'] / best['resnet34_tv']:.2f}"
-          "                  (goal <= 1.30; today 1.51)")
+    print(
+        f"ratio train lhc_net/resnet34v2: {best['lhc_net'] / best['resnet34v2']:.2f}"
+        "                   (goal <= 1.25; today 1.41)"
+    )
+    print(
+        f"ratio train lhc_net/tv_resnet34: {best['lhc_net'] / best['resnet34_tv']:.2f}"
+        "                  (goal <= 1.30; today 1.51)"
+    )
 
 
 if __name__ == "__main__":

@@ -56,12 +56,15 @@ def reference_networks(batch: int) -> tuple[dict[str, torch.nn.Module], torch.Te
 
 def trained_networks(resnet: str, lhc: str) -> tuple[dict[str, torch.nn.Module], torch.Tensor, str]:
     """A trained (ResNet34v2, LHC-Net) pair and the sample PrivateTest faces at their size."""
-    from fertool.checkpoint import load_checkpoint
-    from fertool.surgery import model_from_checkpoint
     from infer import sample_split  # benchmarks/infer.py: the sample faces infer.py measures on
 
-    nets = {name: model_from_checkpoint(load_checkpoint(path)).eval()
-            for name, path in (("resnet34v2", resnet), ("lhc_net", lhc))}
+    from fertool.checkpoint import load_checkpoint
+    from fertool.surgery import model_from_checkpoint
+
+    nets = {
+        name: model_from_checkpoint(load_checkpoint(path)).eval()
+        for name, path in (("resnet34v2", resnet), ("lhc_net", lhc))
+    }
     sizes = {net.input_size for net in nets.values()}
     if len(sizes) != 1:
         raise SystemExit(f"the two checkpoints take different input sizes: {sorted(sizes)}")
@@ -81,9 +84,13 @@ def output_differences(model: torch.nn.Module, x: torch.Tensor, device: torch.de
             got = model(x).float()
     dp = (torch.softmax(got, -1) - torch.softmax(want, -1)).abs().max()
     per_image = (got - want).norm(dim=1) / want.norm(dim=1)
-    return {"logit_rel_l2": float((got - want).norm() / want.norm()), "max_abs_dp": float(dp),
-            "median_rel_l2": float(per_image.quantile(0.5)), "per_image": per_image.tolist(),
-            "top1_agreement": float((got.argmax(1) == want.argmax(1)).float().mean())}
+    return {
+        "logit_rel_l2": float((got - want).norm() / want.norm()),
+        "max_abs_dp": float(dp),
+        "median_rel_l2": float(per_image.quantile(0.5)),
+        "per_image": per_image.tolist(),
+        "top1_agreement": float((got.argmax(1) == want.argmax(1)).float().mean()),
+    }
 
 
 def sensitivity(nets: dict[str, torch.nn.Module], x: torch.Tensor) -> None:
@@ -104,8 +111,10 @@ def sensitivity(nets: dict[str, torch.nn.Module], x: torch.Tensor) -> None:
     finally:
         for module in modules.values():
             del module.forward  # back to the class's forward
-    print(f"bf16 vs fp32, LHC modules in float32: lhc_net {errors['lhc_net']:.2e}, "
-          f"{errors['lhc_net'] / errors['resnet34v2']:.2f}x resnet34v2")
+    print(
+        f"bf16 vs fp32, LHC modules in float32: lhc_net {errors['lhc_net']:.2e}, "
+        f"{errors['lhc_net'] / errors['resnet34v2']:.2f}x resnet34v2"
+    )
     with torch.inference_mode():
         want = lhc(x)
         for name, module in modules.items():
@@ -114,8 +123,10 @@ def sensitivity(nets: dict[str, torch.nn.Module], x: torch.Tensor) -> None:
                 got = lhc(x)
             finally:
                 hook.remove()
-            print(f"float32 network, only {name}'s input rounded to bf16: lhc_net logits rel. L2 "
-                  f"{float((got - want).norm() / want.norm()):.2e}")
+            print(
+                f"float32 network, only {name}'s input rounded to bf16: lhc_net logits rel. L2 "
+                f"{float((got - want).norm() / want.norm()):.2e}"
+            )
 
 
 def main() -> None:
@@ -136,16 +147,19 @@ def main() -> None:
     for mode in modes:
         errors = {name: output_differences(net, x, device, mode) for name, net in nets.items()}
         for name, e in errors.items():
-            print(f"{mode} vs fp32  {name:<11} logits rel. L2 {e['logit_rel_l2']:.2e} (per-image median "
-                  f"{e['median_rel_l2']:.2e})   max |dp| {e['max_abs_dp']:.2e}   top-1 agreement "
-                  f"{100 * e['top1_agreement']:.1f}%")
+            print(
+                f"{mode} vs fp32  {name:<11} logits rel. L2 {e['logit_rel_l2']:.2e} (per-image median "
+                f"{e['median_rel_l2']:.2e})   max |dp| {e['max_abs_dp']:.2e}   top-1 agreement "
+                f"{100 * e['top1_agreement']:.1f}%"
+            )
         ratio = errors["lhc_net"]["logit_rel_l2"] / errors["resnet34v2"]["logit_rel_l2"]
         median = errors["lhc_net"]["median_rel_l2"] / errors["resnet34v2"]["median_rel_l2"]
         print(f"{mode} vs fp32  lhc_net / resnet34v2 logit error: {ratio:.2f}x (per-image medians: {median:.2f}x)")
         if len(x) <= 4:
             each = [a / b for a, b in zip(errors["lhc_net"]["per_image"], errors["resnet34v2"]["per_image"])]
-            print(f"{mode} vs fp32  lhc_net / resnet34v2 logit error per image: "
-                  + ", ".join(f"{r:.2f}x" for r in each))
+            print(
+                f"{mode} vs fp32  lhc_net / resnet34v2 logit error per image: " + ", ".join(f"{r:.2f}x" for r in each)
+            )
 
     if args.sensitivity:
         sensitivity(nets, x.to(device))

@@ -177,10 +177,14 @@ def main() -> None:
         full = tmp / "fer2013.csv"
         t0 = time.perf_counter()
         n = make_csv(full, args.pixels)
-        print(f"made {full.name}: {n:,} rows, {full.stat().st_size / 1e6:.0f} MB, {args.pixels} pixels "
-              f"({time.perf_counter() - t0:.1f} s); {os.cpu_count()} CPUs")
-        print(f"{'rows':>8} {'wall s':>7} {'img/s':>7} {'CPU s':>6} {'tree RSS MB':>12} {'tree PSS MB':>12} "
-              f"{'max RSS MB':>11} {'output MB':>10} {'parent CPU s':>13}")
+        print(
+            f"made {full.name}: {n:,} rows, {full.stat().st_size / 1e6:.0f} MB, {args.pixels} pixels "
+            f"({time.perf_counter() - t0:.1f} s); {os.cpu_count()} CPUs"
+        )
+        print(
+            f"{'rows':>8} {'wall s':>7} {'img/s':>7} {'CPU s':>6} {'tree RSS MB':>12} {'tree PSS MB':>12} "
+            f"{'max RSS MB':>11} {'output MB':>10} {'parent CPU s':>13}"
+        )
         for scale in args.scales:
             rows = int(round(n * scale))
             csv_path = full if rows == n else tmp / f"head{rows}.csv"
@@ -189,8 +193,10 @@ def main() -> None:
             out = tmp / f"out{rows}"
             r = run_prepare(csv_path, out, args.workers)
             size = sum(p.stat().st_size for p in out.rglob("*.jpg")) / 1e6
-            print(f"{rows:>8,} {r['wall']:>7.1f} {rows / r['wall']:>7,.0f} {r['cpu']:>6.1f} {r['tree_rss_mb']:>12.0f} "
-                  f"{r['tree_pss_mb']:>12.0f} {r['max_rss_mb']:>11.0f} {size:>10.0f} {r['parent_cpu']:>13.1f}")
+            print(
+                f"{rows:>8,} {r['wall']:>7.1f} {rows / r['wall']:>7,.0f} {r['cpu']:>6.1f} {r['tree_rss_mb']:>12.0f} "
+                f"{r['tree_pss_mb']:>12.0f} {r['max_rss_mb']:>11.0f} {size:>10.0f} {r['parent_cpu']:>13.1f}"
+            )
             shutil.rmtree(out)
 
 

@@ -99,8 +99,9 @@ def bench_pipeline(split, device: torch.device, *, batch_size: int = 64, epochs:
     }
 
 
-def bench_training_step(arch: str, device: torch.device, *, batch_size: int, steps: int, amp: bool,
-                        channels_last: bool) -> float:
+def bench_training_step(
+    arch: str, device: torch.device, *, batch_size: int, steps: int, amp: bool, channels_last: bool
+) -> float:
     """(b) images/s of one SGD step (forward, cross-entropy, backward, update) at 224."""
     from fertool.models import build_model
 
@@ -145,8 +146,10 @@ def main() -> None:
         devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     else:
         devices = [torch.device(args.device)]
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, "
-          f"CUDA: {torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none'}")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, "
+        f"CUDA: {torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none'}"
+    )
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -157,15 +160,19 @@ def main() -> None:
         t0 = time.perf_counter()
         split = open_image_split(root, "Training")
         reopen = time.perf_counter() - t0
-        print(f"cache build (JPEG decode, {args.images} images): {args.images / build:8.0f} img/s; "
-              f"reopen {reopen * 1e3:.1f} ms; stored {split.images.shape} {split.images.dtype}")
+        print(
+            f"cache build (JPEG decode, {args.images} images): {args.images / build:8.0f} img/s; "
+            f"reopen {reopen * 1e3:.1f} ms; stored {split.images.shape} {split.images.dtype}"
+        )
 
         results = {}
         for device in devices:
             r = bench_pipeline(split, device)
             results[device.type] = {"pipeline": r["pipeline"]}
-            print(f"[{device.type}] (a) input pipeline, stage 2 augmentation, batch 64, 224: "
-                  f"{r['pipeline']:8.0f} img/s  (load {r['load']:.0f} img/s, augment {r['augment']:.0f} img/s)")
+            print(
+                f"[{device.type}] (a) input pipeline, stage 2 augmentation, batch 64, 224: "
+                f"{r['pipeline']:8.0f} img/s  (load {r['load']:.0f} img/s, augment {r['augment']:.0f} img/s)"
+            )
         del split
 
     if args.no_models:
@@ -179,12 +186,15 @@ def main() -> None:
         cuda = device.type == "cuda"
         batch = 128 if cuda else 8
         for arch in ("resnet34v2", "lhc_net"):
-            ips = bench_training_step(arch, device, batch_size=batch, steps=args.steps if not cuda else 20,
-                                      amp=cuda, channels_last=cuda)
+            ips = bench_training_step(
+                arch, device, batch_size=batch, steps=args.steps if not cuda else 20, amp=cuda, channels_last=cuda
+            )
             results[device.type][arch] = ips
             mode = "bf16 + channels_last" if cuda else "float32"
-            print(f"[{device.type}] (b) training step {arch:10s} batch {batch}, {mode}: {ips:8.1f} img/s  "
-                  f"(pipeline / step = {results[device.type]['pipeline'] / ips:.0f}x)")
+            print(
+                f"[{device.type}] (b) training step {arch:10s} batch {batch}, {mode}: {ips:8.1f} img/s  "
+                f"(pipeline / step = {results[device.type]['pipeline'] / ips:.0f}x)"
+            )
 
 
 if __name__ == "__main__":

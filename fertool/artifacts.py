@@ -30,16 +30,29 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from .errors import FertoolError, printable
 from .files import read_json, sha256_file, write_json
 from .progress import Progress
 
-__all__ = ["REGISTRY", "Entry", "Source", "DownloadError", "cache_dir", "mirror_url", "cached_path", "fetch",
-           "entry", "is_name", "fetched_record", "RETRIES", "TIMEOUT"]
+__all__ = [
+    "REGISTRY",
+    "Entry",
+    "Source",
+    "DownloadError",
+    "cache_dir",
+    "mirror_url",
+    "cached_path",
+    "fetch",
+    "entry",
+    "is_name",
+    "fetched_record",
+    "RETRIES",
+    "TIMEOUT",
+]
 
 #: Extra attempts after a failed download (connection lost, bad checksum).
 RETRIES = 2
@@ -50,7 +63,7 @@ _PARTIAL = ".partial"
 #: The way round a failed download, per kind of entry.
 _MANUAL = {
     "tensorflow": "without internet, download its files elsewhere (fertool download --list shows them) and run "
-                  "`fertool import DIR` on their folder",
+    "`fertool import DIR` on their folder",
     "keras": "without internet, download the file elsewhere and run `fertool import FILE`",
     "fer2013-split": "without internet, download the three files elsewhere and give their folder as the FER2013 CSV",
     "file": "without internet, download the file elsewhere and give its path instead of the name",
@@ -97,42 +110,87 @@ def _tf_sources(folder: str, prefix: str, keys: tuple[str, str, str]) -> tuple[S
     return tuple(Source(f"{folder}/{n}", (_DROPBOX.format(f"{k}/{n}"),)) for k, n in zip(keys, names))
 
 
-REGISTRY: dict[str, Entry] = {e.name: e for e in (
-    Entry(
-        "resnet34-imagenet", "ResNet34 ImageNet weights (classification_models), the paper's stage-1 start",
-        (Source("resnet34_imagenet_1000_no_top.h5",
-                ("https://github.com/qubvel/classification_models/releases/download/0.0.1/"
-                 "resnet34_imagenet_1000_no_top.h5",),
-                known_hash="md5:8caaa0ad39d927cb8ba5385bf945d582"),),
-        "MIT (qubvel/classification_models); ImageNet-trained weights", "keras", "resnet34v2-imagenet.pt",
-        "about 85 MB", "a fertool checkpoint for model.pretrained (model.pretrained: imagenet)"),
-    Entry(
-        "lhc-net", "the authors' trained LHC-Net (paper: 73.39%, 74.42% with TTA)",
-        _tf_sources("LHC_Net", "LHC_Net", ("gk7e7wjp9fyoea1", "snartpm0ikntquy", "tq561bgbqxdf5jh")),
-        "MIT (github.com/Bodhis4ttva/LHC_Net)", "tensorflow", "lhc-net.pt",
-        "a few hundred MB (no size published)", "a fertool checkpoint (fertool import of the TF checkpoint)"),
-    Entry(
-        "lhc-netc", "the authors' trained LHC-NetC (paper: 73.53%, 74.28% with TTA)",
-        _tf_sources("LHC_NetC", "LHC_Net_Controller", ("gdsaj9bhjrnycz5", "6pfpmyz41pgfuce", "fkfjfer31m9ilnk")),
-        "MIT (github.com/Bodhis4ttva/LHC_Net)", "tensorflow", "lhc-netc.pt",
-        "a few hundred MB (no size published)", "a fertool checkpoint (fertool import of the TF checkpoint)"),
-    Entry(
-        "fer2013", "FER2013 as the authors publish it: data_train.csv, data_val.csv, data_test.csv",
-        tuple(Source(n, (_DROPBOX.format(f"{k}/{n}"),)) for k, n in (
-            ("d939ucy3bumt9hb", "data_train.csv"), ("6ghexq1uijis473", "data_val.csv"),
-            ("py8um99gnjjwcub", "data_test.csv"))),
-        "FER2013's terms are those of the Kaggle challenge (Challenges in Representation Learning); "
-        "this is the authors' copy, fetched only when asked", "fer2013-split", ".",
-        "about 300 MB (no size published)", "a folder usable wherever a FER2013 CSV is (--csv)"),
-    Entry(
-        "yunet", "YuNet face detector (OpenCV Zoo, face_detection_yunet_2023mar.onnx)",
-        (Source("face_detection_yunet_2023mar.onnx", (
-            "https://github.com/opencv/opencv_zoo/raw/main/models/face_detection_yunet/"
+REGISTRY: dict[str, Entry] = {
+    e.name: e
+    for e in (
+        Entry(
+            "resnet34-imagenet",
+            "ResNet34 ImageNet weights (classification_models), the paper's stage-1 start",
+            (
+                Source(
+                    "resnet34_imagenet_1000_no_top.h5",
+                    (
+                        "https://github.com/qubvel/classification_models/releases/download/0.0.1/"
+                        "resnet34_imagenet_1000_no_top.h5",
+                    ),
+                    known_hash="md5:8caaa0ad39d927cb8ba5385bf945d582",
+                ),
+            ),
+            "MIT (qubvel/classification_models); ImageNet-trained weights",
+            "keras",
+            "resnet34v2-imagenet.pt",
+            "about 85 MB",
+            "a fertool checkpoint for model.pretrained (model.pretrained: imagenet)",
+        ),
+        Entry(
+            "lhc-net",
+            "the authors' trained LHC-Net (paper: 73.39%, 74.42% with TTA)",
+            _tf_sources("LHC_Net", "LHC_Net", ("gk7e7wjp9fyoea1", "snartpm0ikntquy", "tq561bgbqxdf5jh")),
+            "MIT (github.com/Bodhis4ttva/LHC_Net)",
+            "tensorflow",
+            "lhc-net.pt",
+            "a few hundred MB (no size published)",
+            "a fertool checkpoint (fertool import of the TF checkpoint)",
+        ),
+        Entry(
+            "lhc-netc",
+            "the authors' trained LHC-NetC (paper: 73.53%, 74.28% with TTA)",
+            _tf_sources("LHC_NetC", "LHC_Net_Controller", ("gdsaj9bhjrnycz5", "6pfpmyz41pgfuce", "fkfjfer31m9ilnk")),
+            "MIT (github.com/Bodhis4ttva/LHC_Net)",
+            "tensorflow",
+            "lhc-netc.pt",
+            "a few hundred MB (no size published)",
+            "a fertool checkpoint (fertool import of the TF checkpoint)",
+        ),
+        Entry(
+            "fer2013",
+            "FER2013 as the authors publish it: data_train.csv, data_val.csv, data_test.csv",
+            tuple(
+                Source(n, (_DROPBOX.format(f"{k}/{n}"),))
+                for k, n in (
+                    ("d939ucy3bumt9hb", "data_train.csv"),
+                    ("6ghexq1uijis473", "data_val.csv"),
+                    ("py8um99gnjjwcub", "data_test.csv"),
+                )
+            ),
+            "FER2013's terms are those of the Kaggle challenge (Challenges in Representation Learning); "
+            "this is the authors' copy, fetched only when asked",
+            "fer2013-split",
+            ".",
+            "about 300 MB (no size published)",
+            "a folder usable wherever a FER2013 CSV is (--csv)",
+        ),
+        Entry(
+            "yunet",
+            "YuNet face detector (OpenCV Zoo, face_detection_yunet_2023mar.onnx)",
+            (
+                Source(
+                    "face_detection_yunet_2023mar.onnx",
+                    (
+                        "https://github.com/opencv/opencv_zoo/raw/main/models/face_detection_yunet/"
+                        "face_detection_yunet_2023mar.onnx",
+                        "https://huggingface.co/opencv/face_detection_yunet/resolve/main/face_detection_yunet_2023mar.onnx",
+                    ),
+                ),
+            ),
+            "MIT (opencv/opencv_zoo)",
+            "file",
             "face_detection_yunet_2023mar.onnx",
-            "https://huggingface.co/opencv/face_detection_yunet/resolve/main/face_detection_yunet_2023mar.onnx")),),
-        "MIT (opencv/opencv_zoo)", "file", "face_detection_yunet_2023mar.onnx",
-        "about 0.3 MB", "an ONNX file for OpenCV's FaceDetectorYN"),
-)}
+            "about 0.3 MB",
+            "an ONNX file for OpenCV's FaceDetectorYN",
+        ),
+    )
+}
 
 #: Entries that are models, usable where a checkpoint path is.
 MODEL_NAMES = tuple(n for n, e in REGISTRY.items() if e.kind in ("keras", "tensorflow"))
@@ -241,8 +299,13 @@ def _download(name: str, source: Source, staging: Path, progress: Progress | Non
         if target.is_file():
             return target, url
         bar = _PoochProgress(progress, f"{name}: {source.path}") if progress is not None else False
-        fetcher = pooch.create(path=staging, base_url="", registry={source.path: source.known_hash},
-                               urls={source.path: url}, retry_if_failed=RETRIES)
+        fetcher = pooch.create(
+            path=staging,
+            base_url="",
+            registry={source.path: source.known_hash},
+            urls={source.path: url},
+            retry_if_failed=RETRIES,
+        )
         try:
             fetcher.fetch(source.path, downloader=pooch.HTTPDownloader(progressbar=bar, timeout=TIMEOUT))
             return target, url
@@ -319,7 +382,7 @@ def fetch(name: str, progress: Progress | None = None, *, note: Callable[[str], 
     folder = e.folder()
     staging = folder / _PARTIAL
     if note is not None:
-        where = mirror() or ", ".join(sorted({s.urls[0].split('/')[2] for s in e.sources}))
+        where = mirror() or ", ".join(sorted({s.urls[0].split("/")[2] for s in e.sources}))
         note(f"fetching {name} ({e.title}; {e.size_note}) from {where} into {folder}")
     from .locks import folder_lock
 
@@ -354,8 +417,7 @@ def _fetch_into(e: Entry, staging: Path, progress: Progress | None, note: Callab
             except DownloadError:
                 path.unlink(missing_ok=True)
                 raise
-            records.append({"path": source.path, "url": url, "bytes": path.stat().st_size,
-                            "sha256": sha256_file(path)})
+            records.append({"path": source.path, "url": url, "bytes": path.stat().st_size, "sha256": sha256_file(path)})
         _finish(e, staging, records, note)
     except DownloadError as exc:
         raise DownloadError(f"{exc}; nothing cached in {folder}; {_MANUAL[e.kind]}") from None

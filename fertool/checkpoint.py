@@ -27,8 +27,9 @@ from __future__ import annotations
 import io
 import os
 import warnings
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -174,16 +175,19 @@ def structure_problems(ckpt: Mapping[str, Any]) -> list[str]:
         if key not in ckpt:
             problems.append(f"'{key}' is missing")
         elif not isinstance(ckpt[key], types) or isinstance(ckpt[key], bool):
-            problems.append(f"'{key}' is a {type(ckpt[key]).__name__}, expected "
-                            + " or ".join("null" if t is type(None) else t.__name__ for t in types))
+            problems.append(
+                f"'{key}' is a {type(ckpt[key]).__name__}, expected "
+                + " or ".join("null" if t is type(None) else t.__name__ for t in types)
+            )
     if problems:
         return problems
     if not all(isinstance(k, str) for k in ckpt["arch_args"]):
         problems.append("'arch_args' has keys that are not strings")
     bad = [k for k, v in ckpt["state_dict"].items() if not (isinstance(k, str) and isinstance(v, torch.Tensor))]
     if bad:
-        problems.append(f"'state_dict' holds {len(bad)} entries that are not named tensors "
-                        f"(e.g. {printable(repr(bad[0]))[:80]})")
+        problems.append(
+            f"'state_dict' holds {len(bad)} entries that are not named tensors (e.g. {printable(repr(bad[0]))[:80]})"
+        )
     if not all(isinstance(c, str) for c in ckpt["class_names"]):
         problems.append("'class_names' holds entries that are not strings")
     return problems
@@ -207,8 +211,10 @@ def check_model_fits(ckpt: Mapping[str, Any], where: str = "checkpoint") -> None
     arch, args = ckpt["arch"], ckpt["arch_args"]
     size = args.get("input_size", 224)
     if not isinstance(size, int) or isinstance(size, bool) or size not in INPUT_SIZES:
-        raise CheckpointError(f"{where}: arch_args.input_size must be an integer {INPUT_SIZES.start}.."
-                              f"{INPUT_SIZES.stop - 1}, got {printable(repr(size))[:40]}")
+        raise CheckpointError(
+            f"{where}: arch_args.input_size must be an integer {INPUT_SIZES.start}.."
+            f"{INPUT_SIZES.stop - 1}, got {printable(repr(size))[:40]}"
+        )
     try:
         with torch.device("meta"):
             model = build_model(arch, **args)
@@ -216,19 +222,28 @@ def check_model_fits(ckpt: Mapping[str, Any], where: str = "checkpoint") -> None
         raise CheckpointError(f"{where}: {exc}") from None
     except (TypeError, ValueError, RuntimeError, OverflowError, KeyError, IndexError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise CheckpointError(f"{where}: arch_args do not describe a '{printable(arch)}' model ({printable(first)})") from None
+        raise CheckpointError(
+            f"{where}: arch_args do not describe a '{printable(arch)}' model ({printable(first)})"
+        ) from None
     expected = model.state_dict()
     count = sum(t.numel() for t in expected.values())
     if count > MAX_PARAMETERS:
-        raise CheckpointError(f"{where}: arch_args describe a model of {count:,} values, more than fertool "
-                              f"accepts ({MAX_PARAMETERS:,}); the checkpoint is not a sensible fertool model")
-    wrong = [(k, tuple(v.shape), tuple(expected[k].shape)) for k, v in ckpt["state_dict"].items()
-             if k in expected and tuple(v.shape) != tuple(expected[k].shape)]
+        raise CheckpointError(
+            f"{where}: arch_args describe a model of {count:,} values, more than fertool "
+            f"accepts ({MAX_PARAMETERS:,}); the checkpoint is not a sensible fertool model"
+        )
+    wrong = [
+        (k, tuple(v.shape), tuple(expected[k].shape))
+        for k, v in ckpt["state_dict"].items()
+        if k in expected and tuple(v.shape) != tuple(expected[k].shape)
+    ]
     if wrong:
         name, got, want = wrong[0]
         more = f" (and {len(wrong) - 1} more)" if len(wrong) > 1 else ""
-        raise CheckpointError(f"{where}: tensor '{printable(name)}' has shape {list(got)}, architecture "
-                              f"'{printable(arch)}' needs {list(want)}{more}")
+        raise CheckpointError(
+            f"{where}: tensor '{printable(name)}' has shape {list(got)}, architecture "
+            f"'{printable(arch)}' needs {list(want)}{more}"
+        )
 
 
 def _unreadable(path: Path, exc: Exception) -> str:
@@ -254,8 +269,10 @@ def _unreadable(path: Path, exc: Exception) -> str:
             return f"is a text file (it begins '{printable(begins)}'), not a fertool checkpoint"
     message = str(exc)
     if "Weights only load failed" in message or "WeightsUnpickler" in message:
-        return ("is not a fertool checkpoint: it holds Python objects (or pickle codes) beyond tensors and plain "
-                "values, which fertool never unpickles, so that no code from a file runs")
+        return (
+            "is not a fertool checkpoint: it holds Python objects (or pickle codes) beyond tensors and plain "
+            "values, which fertool never unpickles, so that no code from a file runs"
+        )
     if head.startswith(b"PK\x03\x04"):
         return "is truncated or corrupted (its zip structure is incomplete: an interrupted copy or download?)"
     first = (message.strip().splitlines() or [type(exc).__name__])[0]
@@ -282,14 +299,15 @@ def check_same_classes(model_classes: Iterable[str], data_classes: Iterable[str]
         )
 
 
-def reordered_classes_message(data: str, data_classes: Sequence[str], model: str,
-                               model_classes: Sequence[str]) -> str:
+def reordered_classes_message(data: str, data_classes: Sequence[str], model: str, model_classes: Sequence[str]) -> str:
     """The message for data whose classes are the model's names in another order: label
     ``i`` would mean another class, and the recipe key ``data.classes`` fixes the order."""
-    return (f"{data}: the data's {len(data_classes)} classes are the same names as {model}'s, in another order "
-            f"(data: {', '.join(data_classes)}; model: {', '.join(model_classes)}), so a label number would mean "
-            f"another class; prepare the data again with the recipe key data.classes listing the model's order: "
-            f"data.classes=[{', '.join(model_classes)}]")
+    return (
+        f"{data}: the data's {len(data_classes)} classes are the same names as {model}'s, in another order "
+        f"(data: {', '.join(data_classes)}; model: {', '.join(model_classes)}), so a label number would mean "
+        f"another class; prepare the data again with the recipe key data.classes listing the model's order: "
+        f"data.classes=[{', '.join(model_classes)}]"
+    )
 
 
 #: Data sets of photos: their models see colour face crops fitted the way ``prepare --folder`` does.

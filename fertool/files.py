@@ -16,23 +16,37 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from .errors import DataError, FertoolError, os_error_message, printable
 from .faults import pause_point
 from .tempfiles import sweep_stale, temp_dir, temp_file
 
-__all__ = ["write_failure", "atomic_path", "atomic_dir", "check_output_dir", "mark_output", "output_kind", "OUTPUT_MARKER", "write_json", "read_json", "append_jsonl", "read_jsonl", "sha256_file"]
+__all__ = [
+    "write_failure",
+    "atomic_path",
+    "atomic_dir",
+    "check_output_dir",
+    "mark_output",
+    "output_kind",
+    "OUTPUT_MARKER",
+    "write_json",
+    "read_json",
+    "append_jsonl",
+    "read_jsonl",
+    "sha256_file",
+]
 
 
 #: Words of a writer's own exception (torch, ONNX, OpenCV) that mean the bytes did not get out.
-_WRITE_WORDS = re.compile(r"writ|space|disk|flush|I/O|quota|read-only|short|stream|unexpected pos",
-                          re.IGNORECASE)
+_WRITE_WORDS = re.compile(r"writ|space|disk|flush|I/O|quota|read-only|short|stream|unexpected pos", re.IGNORECASE)
 
 
-def write_failure(exc: BaseException, path: str | os.PathLike, tmp: str | os.PathLike | None = None
-                  ) -> FertoolError | None:
+def write_failure(
+    exc: BaseException, path: str | os.PathLike, tmp: str | os.PathLike | None = None
+) -> FertoolError | None:
     """The one-line ``PATH: cause`` error for a failed write of ``path``; None if ``exc`` is not one.
 
     An OSError (disk full, read-only file system, permissions, short write) or a writer
@@ -126,8 +140,7 @@ def _read_marker(path: Path) -> tuple[str, list[str]] | None:
     return data["kind"], files
 
 
-def check_output_dir(path: str | os.PathLike, kind: str, overwrite: bool = False, *,
-                     legacy: str | None = None) -> None:
+def check_output_dir(path: str | os.PathLike, kind: str, overwrite: bool = False, *, legacy: str | None = None) -> None:
     """Refuse ``path`` as the output folder of a ``kind`` output when it is not ours to fill.
 
     Accepted: a missing or empty folder, or one whose marker says it is a fertool ``kind``
@@ -150,14 +163,17 @@ def check_output_dir(path: str | os.PathLike, kind: str, overwrite: bool = False
     if empty:
         return
     what = f"a fertool {owner} folder" if owner else "a folder fertool did not write"
-    raise FertoolError(f"{printable(path)}: exists and is {what}; refusing to write {'an' if kind[0] in 'aeiou' else 'a'} {kind} into it "
-                       f"(choose another folder, or pass overwrite to add fertool's files to it: "
-                       f"nothing else in it is removed)")
+    raise FertoolError(
+        f"{printable(path)}: exists and is {what}; refusing to write {'an' if kind[0] in 'aeiou' else 'a'} {kind} into it "
+        f"(choose another folder, or pass overwrite to add fertool's files to it: "
+        f"nothing else in it is removed)"
+    )
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike, kind: str, *, overwrite: bool = False,
-               legacy: str | None = None) -> Iterator[Path]:
+def atomic_dir(
+    path: str | os.PathLike, kind: str, *, overwrite: bool = False, legacy: str | None = None
+) -> Iterator[Path]:
     """Yield an empty temporary sibling folder; on success its files go into the folder ``path``.
 
     Outputs are built in the temporary folder, so a failure (or Ctrl-C) leaves ``path``
@@ -179,8 +195,7 @@ def atomic_dir(path: str | os.PathLike, kind: str, *, overwrite: bool = False,
         yield tmp
         check_output_dir(path, kind, overwrite, legacy=legacy)  # a last look: nothing appeared meanwhile
         files = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if not p.is_dir())
-        (tmp / OUTPUT_MARKER).write_text(json.dumps({"kind": kind, "files": files}, indent=1) + "\n",
-                                         encoding="utf-8")
+        (tmp / OUTPUT_MARKER).write_text(json.dumps({"kind": kind, "files": files}, indent=1) + "\n", encoding="utf-8")
         if not path.exists():
             try:
                 os.rename(tmp, path)

@@ -46,8 +46,7 @@ def image_size(data: bytes | np.ndarray) -> tuple[int, int] | None:
         return None
 
 
-def decode_image(data: bytes | np.ndarray, path: str | os.PathLike, flags: int = cv2.IMREAD_COLOR
-                 ) -> np.ndarray | None:
+def decode_image(data: bytes | np.ndarray, path: str | os.PathLike, flags: int = cv2.IMREAD_COLOR) -> np.ndarray | None:
     """``cv2.imdecode`` of ``data`` (the bytes of ``path``), refused above the pixel cap.
 
     Returns None where OpenCV cannot decode the bytes; raises :class:`DataError` naming
@@ -55,8 +54,9 @@ def decode_image(data: bytes | np.ndarray, path: str | os.PathLike, flags: int =
     """
     size = image_size(data)
     if size is not None and size[0] * size[1] > MAX_IMAGE_PIXELS:
-        raise DataError(f"{printable(path)}: {size[0]}x{size[1]} pixels, more than the {MAX_IMAGE_PIXELS:,} "
-                        "an input image may have")
+        raise DataError(
+            f"{printable(path)}: {size[0]}x{size[1]} pixels, more than the {MAX_IMAGE_PIXELS:,} an input image may have"
+        )
     buf = np.frombuffer(data, np.uint8) if not isinstance(data, np.ndarray) else data
     if buf.size == 0:
         return None

@@ -23,9 +23,10 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Callable, Sequence
+from typing import IO, Any
 
 from .errors import FertoolError, os_error_message
 from .files import read_json
@@ -59,12 +60,25 @@ class SeedJob:
         return self.returncode == 0
 
 
-def seed_command(run_dir: Path, seed: int, *, csv: Path | None, device: str, wait: bool,
-                 wait_timeout: float | None) -> list[str]:
+def seed_command(
+    run_dir: Path, seed: int, *, csv: Path | None, device: str, wait: bool, wait_timeout: float | None
+) -> list[str]:
     """The command line of one seed's process (the recipe: the one saved in the run folder)."""
-    command = [sys.executable, "-m", "fertool", "pipeline", "--recipe", str(run_dir / "recipe.yaml"),
-               "--run", str(run_dir), "--seeds", str(seed), "--device", device,
-               "--wait" if wait else "--no-wait"]
+    command = [
+        sys.executable,
+        "-m",
+        "fertool",
+        "pipeline",
+        "--recipe",
+        str(run_dir / "recipe.yaml"),
+        "--run",
+        str(run_dir),
+        "--seeds",
+        str(seed),
+        "--device",
+        device,
+        "--wait" if wait else "--no-wait",
+    ]
     if csv is not None:
         command += ["--csv", str(csv)]
     if wait_timeout is not None:
@@ -116,7 +130,9 @@ def seed_summary(run_dir: Path, seed: int, split: str) -> str:
 def _last_error(log: Path) -> str:
     """The last ``error:`` line of a seed's log (the CLI writes one per failure), or its last line."""
     try:
-        lines = [line.strip() for line in log.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+        lines = [
+            line.strip() for line in log.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()
+        ]
     except OSError:
         return "no log"
     errors = [line for line in lines if line.startswith("error:")]
@@ -166,8 +182,9 @@ def run_jobs(
     if gpus is not None and child_device.startswith("cuda:"):
         child_device = "cuda"  # each process sees its one GPU as cuda:0
 
-    common = dict(csv=csv, device=device, wait=wait, wait_timeout=wait_timeout, log=log,
-                  progress_factory=progress_factory)
+    common = dict(
+        csv=csv, device=device, wait=wait, wait_timeout=wait_timeout, log=log, progress_factory=progress_factory
+    )
     shared = run_pipeline(recipe, run_dir, seeds=seeds, shared_only=True, **common)
     csv_path = None if csv is None else Path(shared["csv"])
 
@@ -176,24 +193,34 @@ def run_jobs(
     done: list[SeedJob] = []
     slots = list(range(jobs))  # free slots; slot i runs on gpus[i % len(gpus)]
     slot_of: dict[int, int] = {}
-    log(f"{len(seeds)} seed(s), {jobs} at a time" + (f" on devices {', '.join(gpus)}" if gpus else " on the CPU, one thread each"))
+    log(
+        f"{len(seeds)} seed(s), {jobs} at a time"
+        + (f" on devices {', '.join(gpus)}" if gpus else " on the CPU, one thread each")
+    )
     try:
         while pending or running:
             while pending and slots:
                 slot = slots.pop(0)
                 seed = pending.pop(0)
-                job = SeedJob(seed, None if gpus is None else gpus[slot % len(gpus)],
-                              run_dir / f"seed-{seed}" / LOG_NAME)
-                command = seed_command(run_dir, seed, csv=csv_path, device=child_device, wait=wait,
-                                       wait_timeout=wait_timeout)
+                job = SeedJob(
+                    seed, None if gpus is None else gpus[slot % len(gpus)], run_dir / f"seed-{seed}" / LOG_NAME
+                )
+                command = seed_command(
+                    run_dir, seed, csv=csv_path, device=child_device, wait=wait, wait_timeout=wait_timeout
+                )
                 job.started = time.monotonic()
                 try:
                     job.log.parent.mkdir(parents=True, exist_ok=True)
                     job._log_file = open(job.log, "ab")
                     job._log_file.write(f"$ {' '.join(command)}\n".encode())
                     job._log_file.flush()
-                    job.process = subprocess.Popen(command, stdout=job._log_file, stderr=subprocess.STDOUT,
-                                                   stdin=subprocess.DEVNULL, env=job_env(job.device))
+                    job.process = subprocess.Popen(
+                        command,
+                        stdout=job._log_file,
+                        stderr=subprocess.STDOUT,
+                        stdin=subprocess.DEVNULL,
+                        env=job_env(job.device),
+                    )
                 except OSError as exc:  # this seed cannot start (its folder or log): the others go on
                     if job._log_file is not None:
                         job._log_file.close()
@@ -218,12 +245,16 @@ def run_jobs(
                 job._log_file.close()
                 job.returncode, job.seconds = code, time.monotonic() - job.started
                 if job.ok:
-                    log(f"seed {job.seed}: finished in {_duration(job.seconds)}: "
-                        f"{seed_summary(run_dir, job.seed, recipe.data.test_split)}")
+                    log(
+                        f"seed {job.seed}: finished in {_duration(job.seconds)}: "
+                        f"{seed_summary(run_dir, job.seed, recipe.data.test_split)}"
+                    )
                 else:
                     job.error = _last_error(job.log)
-                    log(f"seed {job.seed}: FAILED (exit {code}) after {_duration(job.seconds)}: {job.error} "
-                        f"(log: {job.log})")
+                    log(
+                        f"seed {job.seed}: FAILED (exit {code}) after {_duration(job.seconds)}: {job.error} "
+                        f"(log: {job.log})"
+                    )
                 done.append(job)
     except BaseException:  # Ctrl-C, SIGTERM: stop the seeds the same way (they keep last.pt to resume)
         for job in running:
@@ -239,9 +270,17 @@ def run_jobs(
 
     finished = [job.seed for job in sorted(done, key=lambda j: seeds.index(j.seed)) if job.ok]
     failed = [job for job in done if not job.ok]
-    summary = [{"seed": j.seed, "device": j.device, "log": str(j.log), "returncode": j.returncode,
-                "seconds": round(j.seconds, 1), "error": j.error}
-               for j in sorted(done, key=lambda j: seeds.index(j.seed))]
+    summary = [
+        {
+            "seed": j.seed,
+            "device": j.device,
+            "log": str(j.log),
+            "returncode": j.returncode,
+            "seconds": round(j.seconds, 1),
+            "error": j.error,
+        }
+        for j in sorted(done, key=lambda j: seeds.index(j.seed))
+    ]
     if not finished:
         raise FertoolError(f"pipeline: every seed failed ({', '.join(f'seed {j.seed}: {j.error}' for j in failed)})")
     log(f"the report over the {len(finished)} finished seed(s)")

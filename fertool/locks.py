@@ -37,9 +37,10 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any
 
 from .errors import FertoolError, InUseError, os_error_message, printable
 from .tempfiles import pid_alive, sweep_stale
@@ -49,8 +50,18 @@ try:
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["HOST", "Owner", "Wait", "folder_lock", "path_lock", "lock_holder", "cooperating", "holding_lock", "lock_path",
-           "output_folder"]
+__all__ = [
+    "HOST",
+    "Owner",
+    "Wait",
+    "folder_lock",
+    "path_lock",
+    "lock_holder",
+    "cooperating",
+    "holding_lock",
+    "lock_path",
+    "output_folder",
+]
 
 #: This machine's name, written beside the pid in every lock file.
 HOST = socket.gethostname() or "localhost"
@@ -118,8 +129,10 @@ def path_lock(target: str | os.PathLike, *, wait: Wait | None = None) -> Iterato
     for parent in path.parents:  # the nearest existing ancestor must be a folder
         if os.path.lexists(parent):
             if not os.path.isdir(parent):
-                raise FertoolError(f"{printable(os.fspath(target))}: cannot create it "
-                                   f"({printable(os.fspath(parent))} is a file, not a folder)")
+                raise FertoolError(
+                    f"{printable(os.fspath(target))}: cannot create it "
+                    f"({printable(os.fspath(parent))} is a file, not a folder)"
+                )
             break
     key = str(path)
     with _guard:
@@ -140,8 +153,9 @@ def path_lock(target: str | os.PathLike, *, wait: Wait | None = None) -> Iterato
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = _acquire(path, target, wait)
     except OSError as exc:
-        raise FertoolError(f"{printable(os.fspath(target))}: cannot create or lock it "
-                           f"({os_error_message(exc)})") from None
+        raise FertoolError(
+            f"{printable(os.fspath(target))}: cannot create or lock it ({os_error_message(exc)})"
+        ) from None
     with _guard:
         _held[key] = 1
     try:
@@ -191,8 +205,9 @@ def _acquire(path: Path, target: str | os.PathLike, wait: Wait | None) -> int:
         return fd
 
 
-def _wait_or_raise(message: str, target: str | os.PathLike, owner: Owner | None, wait: Wait | None,
-                   start: float, told: list) -> None:
+def _wait_or_raise(
+    message: str, target: str | os.PathLike, owner: Owner | None, wait: Wait | None, start: float, told: list
+) -> None:
     """Sleep before the next try, or raise :class:`InUseError` when it is time to give up."""
     waited = time.monotonic() - start
     if wait is None:
@@ -225,15 +240,19 @@ def _in_use_message(target: str | os.PathLike, owner: Owner | None) -> str:
     if owner is None:
         return f"{where} is in use by another fertool process"
     if owner.here and not pid_alive(owner.pid):  # a process it started (a data loader worker) still holds the file
-        return (f"{where} is in use by another fertool process ({owner} has exited, "
-                "but a process it started still holds the lock)")
+        return (
+            f"{where} is in use by another fertool process ({owner} has exited, "
+            "but a process it started still holds the lock)"
+        )
     return f"{where} is in use by another fertool process ({owner})"
 
 
 def _other_host_message(target: str | os.PathLike, owner: Owner, path: Path) -> str:
-    return (f"{printable(os.fspath(target))} is locked by {owner}, another machine: fertool cannot tell whether "
-            f"that process still runs, so it never takes over another machine's lock; if it is gone "
-            f"(a failed node), delete {printable(os.fspath(path))}")
+    return (
+        f"{printable(os.fspath(target))} is locked by {owner}, another machine: fertool cannot tell whether "
+        f"that process still runs, so it never takes over another machine's lock; if it is gone "
+        f"(a failed node), delete {printable(os.fspath(path))}"
+    )
 
 
 def lock_holder(target: str | os.PathLike) -> Owner | None:
@@ -261,8 +280,9 @@ def lock_holder(target: str | os.PathLike) -> Owner | None:
         os.close(fd)
 
 
-def cooperating(*, wait: bool = True, timeout: float | None = None,
-                log: Callable[[str], None] | None = None) -> Callable[[str | os.PathLike], Any]:
+def cooperating(
+    *, wait: bool = True, timeout: float | None = None, log: Callable[[str], None] | None = None
+) -> Callable[[str | os.PathLike], Any]:
     """``hold(target)``: the lock of one output of a run that several processes share.
 
     The caller checks under it whether the output is done, and makes it if not; another

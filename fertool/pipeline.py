@@ -39,9 +39,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 from .analysis.verdict import EXCLUDED, stage4_verdict
 from .errors import FertoolError, TrainingError
@@ -79,8 +80,9 @@ def _check_same_recipe(recipe: Recipe, run_dir: Path) -> None:
         # which checkpoints are kept, and where the live logs go, change no result
         for key in ("keep", "log", "log_every", "mlflow_uri", "mlflow_experiment"):
             section["train"].pop(key, None)
-    changed = sorted(key for key in set(saved) | set(current)
-                     if key != "pipeline" and saved.get(key) != current.get(key))
+    changed = sorted(
+        key for key in set(saved) | set(current) if key != "pipeline" and saved.get(key) != current.get(key)
+    )
     if changed:
         raise FertoolError(
             f"{run_dir}: was started with a different recipe (sections differ: {', '.join(changed)}); "
@@ -143,8 +145,16 @@ class _Run:
         if self.steps:
             self.steps.end(key, skipped=True, why=why)
 
-    def train(self, stage: str, where: Path, *, seed: int, init: Path | None = None,
-              init_seed: int | None = None, stage_recipe: Recipe | None = None) -> Path:
+    def train(
+        self,
+        stage: str,
+        where: Path,
+        *,
+        seed: int,
+        init: Path | None = None,
+        init_seed: int | None = None,
+        stage_recipe: Recipe | None = None,
+    ) -> Path:
         """Train (or resume, or skip when finished) one stage; returns its ``best.pt``."""
         from .engine.train import train_stage
 
@@ -159,9 +169,21 @@ class _Run:
                 resume = (folder / "last.pt").is_file()
                 self.log(f"{folder}: {'resuming' if resume else 'training'}")
                 with self.step(key), self.bar(f"{folder.relative_to(self.run_dir)}") as progress:
-                    train_stage(stage_recipe or self.recipe, stage, where, csv=self.csv, images=self.images,
-                                init=init, seed=seed, init_seed=init_seed, resume=resume, device=self.device,
-                                progress=progress, log=self.log, callbacks=self.callbacks)
+                    train_stage(
+                        stage_recipe or self.recipe,
+                        stage,
+                        where,
+                        csv=self.csv,
+                        images=self.images,
+                        init=init,
+                        seed=seed,
+                        init_seed=init_seed,
+                        resume=resume,
+                        device=self.device,
+                        progress=progress,
+                        log=self.log,
+                        callbacks=self.callbacks,
+                    )
         return folder / "best.pt"
 
     def train_stage4(self, where: Path, **kwargs) -> tuple[Path | None, dict]:
@@ -204,8 +226,12 @@ class _Seed:
     control_verdict: dict
 
     def record(self) -> dict:
-        return {"seed": self.seed, "init_seed": self.init_seed, "lhc_net": self.lhc_verdict,
-                "resnet_control": self.control_verdict}
+        return {
+            "seed": self.seed,
+            "init_seed": self.init_seed,
+            "lhc_net": self.lhc_verdict,
+            "resnet_control": self.control_verdict,
+        }
 
 
 def run_pipeline(
@@ -237,8 +263,16 @@ def run_pipeline(
     plan = pipeline_plan(recipe, seeds, ablate=recipe.pipeline.ablate)
     if shared_only:
         plan = [step for step in plan if step.key in ("prepare", "train stage1", "train stage2", "train stage3")]
-    run = _Run(recipe, Path(run_dir), device, log, progress_factory, callbacks=callbacks,
-               hold=cooperating(wait=wait, timeout=wait_timeout, log=log), steps=StepTracker(plan, log))
+    run = _Run(
+        recipe,
+        Path(run_dir),
+        device,
+        log,
+        progress_factory,
+        callbacks=callbacks,
+        hold=cooperating(wait=wait, timeout=wait_timeout, log=log),
+        steps=StepTracker(plan, log),
+    )
     if not seeds:
         raise FertoolError("pipeline: needs at least one seed (--seeds or pipeline.seeds)")
     if csv is not None and not Path(csv).is_file():
@@ -279,8 +313,14 @@ def _prepare_data(run: _Run, csv: str | os.PathLike | None) -> None:
             run.skip("prepare")
         else:
             with run.step("prepare"), run.bar("prepare") as progress:
-                prepare(run.csv, run.images, config=run.recipe.prepare, recipe=run.recipe,
-                        overwrite=run.images.exists(), progress=progress)
+                prepare(
+                    run.csv,
+                    run.images,
+                    config=run.recipe.prepare,
+                    recipe=run.recipe,
+                    overwrite=run.images.exists(),
+                    progress=progress,
+                )
 
 
 def _train_resnet(run: _Run, *, first_seed: int) -> Path:
@@ -310,8 +350,13 @@ def _train_seed_models(run: _Run, seed: int, seed_dir: Path, resnet_best: Path) 
             run.skip(f"{step} {controller_folder}", why=f"its LHC-Net {lhc_verdict['status']}")
     else:
         controller = run.train("controller", seed_dir, seed=seed, init=lhc, init_seed=init_seed)
-    control, control_verdict = run.train_stage4(seed_dir / "resnet", seed=seed, init=resnet_best, init_seed=init_seed,
-                                                stage_recipe=_with_stage_model(run.recipe, "4", "backbone"))
+    control, control_verdict = run.train_stage4(
+        seed_dir / "resnet",
+        seed=seed,
+        init=resnet_best,
+        init_seed=init_seed,
+        stage_recipe=_with_stage_model(run.recipe, "4", "backbone"),
+    )
     if control_verdict["status"] != "diverged":  # the rule judges LHC-Nets only
         control_verdict = {"status": "used", "reason": None}
     return _Seed(seed, init_seed, lhc, lhc_verdict, controller, control, control_verdict)
@@ -325,19 +370,27 @@ def _evaluate(run: _Run, outcomes: list[_Seed]) -> dict[str, list[dict]]:
 
     split = run.recipe.data.test_split
     tta = run.recipe.tta.preset if run.recipe.pipeline.tta else None
+
     def via_lhc(v: dict) -> dict:  # an LHC-NetC not made: say why
         return v if v["status"] not in EXCLUDED else {**v, "reason": f"its LHC-Net: {v['reason']}"}
 
-    models = {"ResNet34v2": [(o, o.control, o.control_verdict) for o in outcomes],
-              "LHC-Net": [(o, o.lhc, o.lhc_verdict) for o in outcomes],
-              "LHC-NetC": [(o, o.controller, via_lhc(o.lhc_verdict)) for o in outcomes]}
+    models = {
+        "ResNet34v2": [(o, o.control, o.control_verdict) for o in outcomes],
+        "LHC-Net": [(o, o.lhc, o.lhc_verdict) for o in outcomes],
+        "LHC-NetC": [(o, o.controller, via_lhc(o.lhc_verdict)) for o in outcomes],
+    }
     results: dict[str, list[dict]] = {name: [] for name in models}
     for name, entries in models.items():
         params = None
         for outcome, path, verdict in entries:
             counts = verdict["status"] not in EXCLUDED
-            base = {"seed": outcome.seed, "init_seed": outcome.init_seed, "counts": counts,
-                    "verdict": verdict["status"], "reason": verdict["reason"]}
+            base = {
+                "seed": outcome.seed,
+                "init_seed": outcome.init_seed,
+                "counts": counts,
+                "verdict": verdict["status"],
+                "reason": verdict["reason"],
+            }
             if path is None:  # diverged, or an LHC-NetC not made from a rejected LHC-Net
                 results[name].append({**base, "accuracy": None, "tta": None, "params": None})
                 continue
@@ -348,13 +401,17 @@ def _evaluate(run: _Run, outcomes: list[_Seed]) -> dict[str, list[dict]]:
             with run.hold(out):
                 # Reused when newer than the checkpoint and with TTA figures if TTA is wanted.
                 metrics = read_json(metrics_file)
-                if (metrics is not None and metrics_file.stat().st_mtime >= path.stat().st_mtime
-                        and (tta is None or metrics.get("tta"))):
+                if (
+                    metrics is not None
+                    and metrics_file.stat().st_mtime >= path.stat().st_mtime
+                    and (tta is None or metrics.get("tta"))
+                ):
                     run.skip(key)
                 else:
                     with run.step(key), run.bar(f"evaluate {path.parent.relative_to(run.run_dir)}") as progress:
-                        metrics = evaluate_checkpoint(path, csv=run.csv, split=split, tta=tta, out_dir=out,
-                                                      device=run.device, progress=progress)
+                        metrics = evaluate_checkpoint(
+                            path, csv=run.csv, split=split, tta=tta, out_dir=out, device=run.device, progress=progress
+                        )
             results[name].append({**metrics, **base, "params": params, "checkpoint": str(path)})
     return results
 
@@ -379,8 +436,17 @@ def _ablate_best(run: _Run, results: dict[str, list[dict]]) -> None:
             return
         cfg = run.recipe.ablate
         with run.step("ablate"), run.bar("ablate") as progress:
-            ablate(best, csv=run.csv, split=split, modes=cfg.modes, sets=cfg.sets, tolerance=cfg.tolerance,
-                   out_dir=out, device=run.device, progress=progress)
+            ablate(
+                best,
+                csv=run.csv,
+                split=split,
+                modes=cfg.modes,
+                sets=cfg.sets,
+                tolerance=cfg.tolerance,
+                out_dir=out,
+                device=run.device,
+                progress=progress,
+            )
 
 
 def _write_results(run: _Run, seeds: list[int], outcomes: list[_Seed], results: dict[str, list[dict]]) -> dict:
@@ -390,9 +456,16 @@ def _write_results(run: _Run, seeds: list[int], outcomes: list[_Seed], results: 
 
     synthetic = is_synthetic(images_provenance(run.images, sample_seeds=(run.recipe.sample.seed, 0)))
     table = final_table(results)
-    result = {"run": str(run.run_dir), "csv": str(run.csv), "synthetic": synthetic, "seeds": seeds,
-              "lhc_init": run.recipe.pipeline.lhc_init, "seed_runs": [o.record() for o in outcomes],
-              "table": table, "notes": table_notes(table, synthetic=synthetic)}
+    result = {
+        "run": str(run.run_dir),
+        "csv": str(run.csv),
+        "synthetic": synthetic,
+        "seeds": seeds,
+        "lhc_init": run.recipe.pipeline.lhc_init,
+        "seed_runs": [o.record() for o in outcomes],
+        "table": table,
+        "notes": table_notes(table, synthetic=synthetic),
+    }
     with run.hold(run.run_dir / "report"):  # pipeline.json and RUN/report/: the last process to finish writes them
         write_json(run.run_dir / "pipeline.json", result)
         with run.step("report"):
@@ -404,8 +477,8 @@ def keras_param_count(checkpoint: Path) -> int:
     """Parameters as Keras ``count_params()`` counts them (BatchNorm moving statistics
     included), the convention of the paper's 27.6M / 32.4M."""
     from .checkpoint import load_checkpoint
-    from .surgery import model_from_checkpoint
     from .models.summary import summarize
+    from .surgery import model_from_checkpoint
 
     ckpt = load_checkpoint(checkpoint)
     return summarize(model_from_checkpoint(ckpt), ckpt["arch_args"].get("input_size", 224)).keras_params
@@ -424,15 +497,22 @@ def table_notes(table: list[dict], *, synthetic: bool) -> list[str]:
     """Sentences that belong under the final table: synthetic data, runs left out, TTA that hurt."""
     notes = []
     if synthetic:
-        notes.append("These results are on SYNTHETIC sample faces (cartoons from `fertool sample-data`); the "
-                     "paper's numbers are for FER2013 at 224 px and are shown for reference only.")
+        notes.append(
+            "These results are on SYNTHETIC sample faces (cartoons from `fertool sample-data`); the "
+            "paper's numbers are for FER2013 at 224 px and are shown for reference only."
+        )
     for r in table:
         if r.get("excluded"):
             why = "; ".join(f"seed {e['seed']}: {e['reason']}" for e in r["excluded"])
-            notes.append(f"{r['model']}: best of {r['runs']} run{'s' if r['runs'] != 1 else ''}; "
-                         f"{len(r['excluded'])} left out ({why}).")
-    hurt = [f"{r['model']} {r['accuracy']:.2f}% -> {r['tta_accuracy']:.2f}%" for r in table
-            if r["tta_accuracy"] is not None and r["accuracy"] is not None and r["tta_accuracy"] < r["accuracy"]]
+            notes.append(
+                f"{r['model']}: best of {r['runs']} run{'s' if r['runs'] != 1 else ''}; "
+                f"{len(r['excluded'])} left out ({why})."
+            )
+    hurt = [
+        f"{r['model']} {r['accuracy']:.2f}% -> {r['tta_accuracy']:.2f}%"
+        for r in table
+        if r["tta_accuracy"] is not None and r["accuracy"] is not None and r["tta_accuracy"] < r["accuracy"]
+    ]
     if hurt:
         notes.append(f"TTA lowered the accuracy of {', '.join(hurt)}. {TTA_HURTS}")
     return notes
@@ -449,22 +529,27 @@ def final_table(results: dict[str, list[dict]]) -> list[dict]:
         if not runs:
             continue
         counted = [m for m in runs if m.get("counts", True) and m.get("accuracy") is not None]
-        excluded = [{"seed": m.get("seed"), "status": m.get("verdict"), "reason": m.get("reason")}
-                    for m in runs if not m.get("counts", True)]
+        excluded = [
+            {"seed": m.get("seed"), "status": m.get("verdict"), "reason": m.get("reason")}
+            for m in runs
+            if not m.get("counts", True)
+        ]
         best = max(counted, key=lambda m: m["accuracy"]) if counted else {}
         tta = (best.get("tta") or {}).get("accuracy")
         paper = PAPER_TABLE7[name]
-        rows.append({
-            "model": name,
-            "runs": len(counted),
-            "rejected": len(excluded),
-            "excluded": excluded,
-            "seed": best.get("seed"),
-            "accuracy": 100 * best["accuracy"] if best else None,
-            "tta_accuracy": None if tta is None else 100 * tta,
-            "params": best.get("params"),
-            "paper_accuracy": paper["best"],
-            "paper_tta_accuracy": paper["best_tta"],
-            "paper_params": PAPER_PARAMS[name],
-        })
+        rows.append(
+            {
+                "model": name,
+                "runs": len(counted),
+                "rejected": len(excluded),
+                "excluded": excluded,
+                "seed": best.get("seed"),
+                "accuracy": 100 * best["accuracy"] if best else None,
+                "tta_accuracy": None if tta is None else 100 * tta,
+                "params": best.get("params"),
+                "paper_accuracy": paper["best"],
+                "paper_tta_accuracy": paper["best_tta"],
+                "paper_params": PAPER_PARAMS[name],
+            }
+        )
     return rows

@@ -11,7 +11,7 @@ terminal, periodic log lines otherwise).
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 __all__ = ["Progress"]
 

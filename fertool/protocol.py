@@ -13,8 +13,9 @@ This module imports nothing from fertool and no heavy library, so any module may
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 __all__ = [
     "STAGES",
@@ -78,8 +79,13 @@ MODEL_KINDS = ("backbone", "lhc", "controller")
 #: The registered architecture of each kind (with the paper's ResNet34v2 backbone).
 KIND_ARCH = {"backbone": "resnet34v2", "lhc": "lhc_net", "controller": "lhc_netc"}
 #: The architecture a stage folder holds.
-STAGE_ARCH = {"stage1": "resnet34v2", "stage2": "resnet34v2", "stage3": "resnet34v2",
-              "stage4": "lhc_net", "controller": "lhc_netc"}
+STAGE_ARCH = {
+    "stage1": "resnet34v2",
+    "stage2": "resnet34v2",
+    "stage3": "resnet34v2",
+    "stage4": "lhc_net",
+    "controller": "lhc_netc",
+}
 #: Display names of the paper's architectures (other backbones: their registry entry,
 #: :func:`fertool.models.arch_title`).
 MODEL_NAMES = {"resnet34v2": "ResNet34v2", "lhc_net": "LHC-Net", "lhc_netc": "LHC-NetC"}

@@ -23,9 +23,10 @@ import os
 import sys
 import types
 import typing
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import yaml
 
@@ -159,16 +160,27 @@ class ModelConfig:
     backbone: str = field(default="resnet34v2", metadata=_check(lambda v: bool(v), "must name a backbone"))
     input_size: int = field(default=224, metadata=up_to(2048))
     num_classes: int = field(default=7, metadata=_check(lambda v: 2 <= v <= 10_000, "must be between 2 and 10,000"))
-    hidden: tuple[int, ...] = field(default=(4096, 1024), metadata=_check(
-        lambda v: len(v) <= 16 and all(0 < x <= 65536 for x in v), "must be at most 16 sizes, each 1 to 65,536"))
+    hidden: tuple[int, ...] = field(
+        default=(4096, 1024),
+        metadata=_check(
+            lambda v: len(v) <= 16 and all(0 < x <= 65536 for x in v), "must be at most 16 sizes, each 1 to 65,536"
+        ),
+    )
     # Channels of the four stages and of the stem (ResNet34's, the paper's); smaller values
     # make a narrow model of the same depth (quick experiments, tests).
-    channels: tuple[int, ...] = field(default=(64, 128, 256, 512), metadata=_check(
-        lambda v: len(v) == 4 and all(0 < c <= 8192 for c in v), "must be 4 integers, each 1 to 8,192 (one per stage)"))
+    channels: tuple[int, ...] = field(
+        default=(64, 128, 256, 512),
+        metadata=_check(
+            lambda v: len(v) == 4 and all(0 < c <= 8192 for c in v),
+            "must be 4 integers, each 1 to 8,192 (one per stage)",
+        ),
+    )
     stem_width: int = field(default=64, metadata=up_to(8192))
     dropout: float = field(default=0.4, metadata=_check(lambda v: 0 <= v < 1, "must be in [0, 1)"))
     bn_eps: float = field(default=2e-5, metadata=positive())
-    bn_momentum: float = field(default=0.99, metadata=_check(lambda v: 0 < v < 1, "must be in (0, 1)"))  # Keras convention
+    bn_momentum: float = field(
+        default=0.99, metadata=_check(lambda v: 0 < v < 1, "must be in (0, 1)")
+    )  # Keras convention
     # Local file with pre-trained backbone weights for stage 1: a Keras .h5
     # (classification_models), a fertool checkpoint, or a torchvision .pth.
     pretrained: str | None = None
@@ -219,10 +231,16 @@ class StageConfig:
 
 def _paper_stages() -> dict[str, StageConfig]:
     return {
-        "1": StageConfig(optimizer="adam", lr=1e-4, batch_size=48, patience=30,
-                         augment=AugmentConfig(rotation=30, flip=True)),
-        "2": StageConfig(optimizer="sgd", lr=0.01, batch_size=64, patience=10,
-                         augment=AugmentConfig(rotation=10, shift=0.1, zoom=0.1, flip=True)),
+        "1": StageConfig(
+            optimizer="adam", lr=1e-4, batch_size=48, patience=30, augment=AugmentConfig(rotation=30, flip=True)
+        ),
+        "2": StageConfig(
+            optimizer="sgd",
+            lr=0.01,
+            batch_size=64,
+            patience=10,
+            augment=AugmentConfig(rotation=10, shift=0.1, zoom=0.1, flip=True),
+        ),
         "3": StageConfig(optimizer="sgd", lr=0.01, batch_size=64, patience=5),
         "4": StageConfig(model="lhc", optimizer="sgd", lr=0.01, batch_size=64, patience=3),
         "controller": StageConfig(model="controller", optimizer="adam", lr=1e-4, batch_size=32, patience=1),
@@ -256,8 +274,12 @@ class TrainConfig:
     log_every: int = field(default=50, metadata=positive())
     mlflow_uri: str | None = None
     mlflow_experiment: str = "fertool"
-    stages: dict[str, StageConfig] = field(default_factory=_paper_stages, metadata=_check(
-        lambda v: set(v) <= set(protocol.STAGES), f"must name only the stages {', '.join(protocol.STAGES)}"))
+    stages: dict[str, StageConfig] = field(
+        default_factory=_paper_stages,
+        metadata=_check(
+            lambda v: set(v) <= set(protocol.STAGES), f"must name only the stages {', '.join(protocol.STAGES)}"
+        ),
+    )
 
 
 @dataclass(frozen=True)
@@ -283,8 +305,12 @@ def _tta_presets() -> dict[str, TTAPreset]:
         "paper": TTAPreset(
             identity_weight=3.0,
             passes=(
-                TTAPass(rotation=(0.0, 0.4, -0.4), shift_h=(0.0, 10.0, -10.0),
-                        shift_v=(0.0, 10.0, -10.0), flip=(False, True)),
+                TTAPass(
+                    rotation=(0.0, 0.4, -0.4),
+                    shift_h=(0.0, 10.0, -10.0),
+                    shift_v=(0.0, 10.0, -10.0),
+                    flip=(False, True),
+                ),
                 TTAPass(zoom=(0.9,), rotation=(0.0, 0.15, -0.15), flip=(False, True)),
             ),
         ),
@@ -308,11 +334,13 @@ class SampleConfig:
 
 @dataclass(frozen=True)
 class AblateConfig:
-    modes: tuple[str, ...] = field(default=("off", "detrain"),
-                                   metadata=each(lambda v: v in ("off", "detrain"), "must be off or detrain"))
-    sets: tuple[str, ...] = field(default=("single", "cumulative"),
-                                  metadata=each(lambda v: v in ("single", "cumulative", "all"),
-                                                "must be single, cumulative or all"))
+    modes: tuple[str, ...] = field(
+        default=("off", "detrain"), metadata=each(lambda v: v in ("off", "detrain"), "must be off or detrain")
+    )
+    sets: tuple[str, ...] = field(
+        default=("single", "cumulative"),
+        metadata=each(lambda v: v in ("single", "cumulative", "all"), "must be single, cumulative or all"),
+    )
     tolerance: float = field(default=0.005, metadata=non_negative())  # accuracy drop still "kept"
 
 
@@ -596,8 +624,9 @@ def _removed_keys(raw: Mapping, keys: Sequence[str], *, drop: bool) -> list[str]
     return problems
 
 
-def load_recipe(source: str | os.PathLike | Mapping | None = None, overrides: Sequence[str] = (), *,
-                stored: bool = False) -> Recipe:
+def load_recipe(
+    source: str | os.PathLike | Mapping | None = None, overrides: Sequence[str] = (), *, stored: bool = False
+) -> Recipe:
     """Load and validate a recipe.
 
     ``source`` is a YAML path, a shipped recipe name, an already-parsed mapping (e.g.
@@ -616,8 +645,9 @@ def load_recipe(source: str | os.PathLike | Mapping | None = None, overrides: Se
         try:
             text = path.read_text(encoding="utf-8")
             if len(text) > MAX_RECIPE_BYTES:
-                raise RecipeError(f"{label}: {len(text):,} characters, more than the {MAX_RECIPE_BYTES:,} "
-                                  "a recipe may have")
+                raise RecipeError(
+                    f"{label}: {len(text):,} characters, more than the {MAX_RECIPE_BYTES:,} a recipe may have"
+                )
             raw_file = yaml.safe_load(text)
         except RecursionError:
             raise RecipeError(f"{label}: nested deeper than a recipe may be ({MAX_RECIPE_DEPTH} levels)") from None
@@ -628,8 +658,10 @@ def load_recipe(source: str | os.PathLike | Mapping | None = None, overrides: Se
         except OSError as exc:
             raise RecipeError(f"{label}: cannot read ({exc.strerror})") from None
         except UnicodeDecodeError as exc:
-            raise RecipeError(f"{label}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
-                              "save the recipe as UTF-8") from None
+            raise RecipeError(
+                f"{label}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
+                "save the recipe as UTF-8"
+            ) from None
         if raw_file is None:
             raw_file = {}
         if _depth(raw_file) > MAX_RECIPE_DEPTH:
@@ -665,9 +697,7 @@ def _cross_checks(recipe: Recipe) -> list[str]:
             f"model.controller_init: needs one value per LHC module ({len(m.lhc)}), got {len(m.controller_init)}"
         )
     if recipe.tta.preset not in recipe.tta.presets:
-        problems.append(
-            f"tta.preset: unknown preset {recipe.tta.preset!r} (known: {', '.join(recipe.tta.presets)})"
-        )
+        problems.append(f"tta.preset: unknown preset {recipe.tta.preset!r} (known: {', '.join(recipe.tta.presets)})")
     return problems
 
 
@@ -695,8 +725,10 @@ def save_run_recipe(recipe: Recipe, path: str | os.PathLike) -> bool:
         try:
             text = path.read_text(encoding="utf-8")
             ours = text.startswith(RUN_RECIPE_HEADER) or (
-                path.is_file() and not path.is_symlink()
-                and yaml.safe_load(text) == to_dict(load_recipe(path, stored=True)))
+                path.is_file()
+                and not path.is_symlink()
+                and yaml.safe_load(text) == to_dict(load_recipe(path, stored=True))
+            )
         except (OSError, ValueError, yaml.YAMLError, FertoolError, RecursionError):
             ours = False
         if not ours:
@@ -719,16 +751,26 @@ def dump_recipe(recipe: Recipe) -> str:
 #: stage 1 that has started already, which checkpoints a finished stage keeps).
 #: ``max_epochs`` may change too, but not below the epochs already done.  Accepted
 #: changes are recorded in the stage's summary warnings.
-RESUME_SAFE = ("data.csv", "data.images", "model.pretrained", "train.eval_batch_size", "train.keep",
-               "train.stages.{stage}.max_epochs", "train.log", "train.log_every", "train.mlflow_uri",
-               "train.mlflow_experiment")
+RESUME_SAFE = (
+    "data.csv",
+    "data.images",
+    "model.pretrained",
+    "train.eval_batch_size",
+    "train.keep",
+    "train.stages.{stage}.max_epochs",
+    "train.log",
+    "train.log_every",
+    "train.mlflow_uri",
+    "train.mlflow_experiment",
+)
 #: Sections that shape a stage's training (the other stages, tta, sample, ablate and
 #: pipeline do not).
 _STAGE_SECTIONS = ("prepare", "data", "model", "train")
 
 
-def resume_changes(saved: Mapping[str, Any], current: Recipe, stage: str, *,
-                   epochs_done: int) -> tuple[list[str], list[str]]:
+def resume_changes(
+    saved: Mapping[str, Any], current: Recipe, stage: str, *, epochs_done: int
+) -> tuple[list[str], list[str]]:
     """How ``current`` differs from the recipe a stage was started with (``saved``, plain dict).
 
     Returns ``(refused, accepted)``, each a list of ``key: old -> new``: ``accepted`` are

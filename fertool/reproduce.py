@@ -27,8 +27,9 @@ def forward_passes(checkpoint: str | os.PathLike, tta: bool) -> int:
     return 1 + len(tta_plan(preset, ckpt["arch_args"].get("input_size", 224)))
 
 
-def estimate_seconds(checkpoint: str | os.PathLike, csv: str | os.PathLike, *, tta: bool, device,
-                     models: int = 2, batch: int = 8) -> tuple[float, int, float]:
+def estimate_seconds(
+    checkpoint: str | os.PathLike, csv: str | os.PathLike, *, tta: bool, device, models: int = 2, batch: int = 8
+) -> tuple[float, int, float]:
     """(seconds, images, seconds per image pass): a timed batch of ``batch`` images, extrapolated
     to the PrivateTest images of ``csv`` x the forward passes x ``models``."""
     import torch
@@ -52,10 +53,26 @@ def estimate_seconds(checkpoint: str | os.PathLike, csv: str | os.PathLike, *, t
     return per_image * n * forward_passes(checkpoint, tta) * models, n, per_image
 
 
-def evaluate_published(checkpoint: str | os.PathLike, csv: str | os.PathLike, out_dir: str | os.PathLike, *,
-                       tta: bool, device, batch_size: int = 64, progress: Progress | None = None) -> dict:
+def evaluate_published(
+    checkpoint: str | os.PathLike,
+    csv: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    tta: bool,
+    device,
+    batch_size: int = 64,
+    progress: Progress | None = None,
+) -> dict:
     """``evaluate_checkpoint`` on PrivateTest (the paper's TTA when ``tta``); metrics.json's dict."""
     from .evaluation.evaluate import evaluate_checkpoint
 
-    return evaluate_checkpoint(checkpoint, csv=csv, split="PrivateTest", tta=True if tta else None,
-                               out_dir=Path(out_dir), batch_size=batch_size, device=str(device), progress=progress)
+    return evaluate_checkpoint(
+        checkpoint,
+        csv=csv,
+        split="PrivateTest",
+        tta=True if tta else None,
+        out_dir=Path(out_dir),
+        batch_size=batch_size,
+        device=str(device),
+        progress=progress,
+    )

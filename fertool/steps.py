@@ -62,18 +62,26 @@ def pipeline_plan(recipe, seeds: Sequence[int], *, ablate: bool, prepare: bool =
         model = model or cfg.model
         name = "controller" if stage == "controller" else f"stage {stage}"
         where = folder.rsplit("/", 1)[0] + " " if "/" in folder else ""
-        return PlannedStep(f"train {folder}", f"{where}{name} ({MODEL_NAMES.get(model, model)})", "train",
-                           epochs=cfg.max_epochs, early_stop=cfg.max_epochs > 1)
+        return PlannedStep(
+            f"train {folder}",
+            f"{where}{name} ({MODEL_NAMES.get(model, model)})",
+            "train",
+            epochs=cfg.max_epochs,
+            early_stop=cfg.max_epochs > 1,
+        )
 
     plan = [PlannedStep("prepare", "prepare the images", "prepare")] if prepare else []
     plan += [train(f"stage{s}", s) for s in ("1", "2", "3")]
     trained = []
     for seed in seeds:
-        plan += [train(f"seed-{seed}/stage4", "4"), train(f"seed-{seed}/controller", "controller"),
-                 train(f"seed-{seed}/resnet/stage4", "4", model="backbone")]
+        plan += [
+            train(f"seed-{seed}/stage4", "4"),
+            train(f"seed-{seed}/controller", "controller"),
+            train(f"seed-{seed}/resnet/stage4", "4", model="backbone"),
+        ]
         trained += [f"seed-{seed}/resnet/stage4", f"seed-{seed}/stage4", f"seed-{seed}/controller"]
     # evaluated model by model, as the pipeline does: every ResNet control, then LHC-Net, then LHC-NetC
-    order = sorted(trained, key=lambda f: (0 if "/resnet/" in f else 1 if f.endswith("stage4") else 2))
+    order = sorted(trained, key=lambda f: 0 if "/resnet/" in f else 1 if f.endswith("stage4") else 2)
     plan += [PlannedStep(f"evaluate {f}", f"evaluate {f}", "evaluate") for f in order]
     if ablate:
         plan.append(PlannedStep("ablate", "ablate the best LHC-Net", "ablate"))
@@ -84,8 +92,12 @@ def pipeline_plan(recipe, seeds: Sequence[int], *, ablate: bool, prepare: bool =
 class StepTracker:
     """Counts the steps of a plan and estimates the time left (see the module's text)."""
 
-    def __init__(self, plan: Iterable[PlannedStep], log: Callable[[str], None] | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        plan: Iterable[PlannedStep],
+        log: Callable[[str], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.plan = list(plan)
         self.log = log or (lambda message: None)
         self.clock = clock
@@ -124,8 +136,9 @@ class StepTracker:
             step.state, step.seconds = "done", self.clock() - self.step_started
             epochs = len(step.epochs_seen)
             ran = f" ({epochs} epoch{'s' if epochs != 1 else ''})" if step.kind == "train" else ""
-            self.log(f"{self.number(step)} {step.label}: finished in {format_duration(step.seconds)}{ran}; "
-                     f"{self.summary()}")
+            self.log(
+                f"{self.number(step)} {step.label}: finished in {format_duration(step.seconds)}{ran}; {self.summary()}"
+            )
         if self.current is step:
             self.current = None
 
@@ -135,8 +148,13 @@ class StepTracker:
 
         def callback(done: int, total: int | None = None, **fields) -> None:
             step = self.current
-            if (step is not None and fields.get("phase") == "train" and fields.get("epoch") is not None
-                    and total is not None and done >= total):
+            if (
+                step is not None
+                and fields.get("phase") == "train"
+                and fields.get("epoch") is not None
+                and total is not None
+                and done >= total
+            ):
                 step.epochs_seen.add(fields["epoch"])
             if progress is not None:
                 progress(done, total, **fields)

@@ -15,8 +15,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -60,8 +61,11 @@ def load_backbone(model: nn.Module, state: Mapping[str, torch.Tensor], source: s
     unexpected = sorted(k for k in state if k not in target and not k.startswith("head."))
     wrong = sorted(k for k in body & set(state) if tuple(state[k].shape) != tuple(target[k].shape))
     if missing or unexpected or wrong:
-        parts = [f"{name} {len(keys)} tensors ({', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''})"
-                 for name, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape of", wrong)) if keys]
+        parts = [
+            f"{name} {len(keys)} tensors ({', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''})"
+            for name, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape of", wrong))
+            if keys
+        ]
         raise CheckpointError(f"model.pretrained: {source}: weights do not fit the backbone: {'; '.join(parts)}")
     head = [k for k in target if k.startswith("head.")]
     head_fits = all(k in state and tuple(state[k].shape) == tuple(target[k].shape) for k in head)
@@ -139,9 +143,13 @@ def augment_lhc(
     if missing or unexpected or clash:
         parts = []
         if missing:
-            parts.append(f"missing {len(missing)} tensors ({', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''})")
+            parts.append(
+                f"missing {len(missing)} tensors ({', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''})"
+            )
         if unexpected:
-            parts.append(f"unexpected {len(unexpected)} tensors ({', '.join(unexpected[:4])}{' ...' if len(unexpected) > 4 else ''})")
+            parts.append(
+                f"unexpected {len(unexpected)} tensors ({', '.join(unexpected[:4])}{' ...' if len(unexpected) > 4 else ''})"
+            )
         if clash:
             parts.append(f"already holds {', '.join(clash[:4])}")
         raise CheckpointError(f"{where}: weights do not fit '{arch}': {'; '.join(parts)}")
@@ -223,5 +231,11 @@ def augment_lhc_file(
     save_checkpoint(dst, new)
     recipe_path = dst.with_name(dst.stem + ".recipe.yaml")
     save_recipe(rcp, recipe_path)
-    return {"out": str(dst), "recipe": str(recipe_path), "arch": new["arch"], "added": new["extra"]["added"],
-            "lhc_seed": new["extra"]["lhc_seed"], "checkpoint": new}
+    return {
+        "out": str(dst),
+        "recipe": str(recipe_path),
+        "arch": new["arch"],
+        "added": new["extra"]["added"],
+        "lhc_seed": new["extra"]["lhc_seed"],
+        "checkpoint": new,
+    }

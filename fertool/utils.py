@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -54,7 +54,11 @@ def precision(device: torch.device | str, mode: str, *, autocast: bool = True) -
     saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = mode == "tf32"
     try:
-        with torch.autocast(device.type, dtype=torch.bfloat16) if mode == "bf16" and autocast else contextlib.nullcontext():
+        with (
+            torch.autocast(device.type, dtype=torch.bfloat16)
+            if mode == "bf16" and autocast
+            else contextlib.nullcontext()
+        ):
             yield
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved

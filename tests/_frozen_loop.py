@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -52,8 +53,11 @@ def train_one_epoch(
     ctx = ctx or DistContext(device=device)
     aug_generator = aug_generator if aug_generator is not None else generator
     # The whole epoch's order is drawn first, then the augmentation draws follow batch by batch.
-    batches = list(batch_indices(len(split), batch_size, shuffle=True, generator=generator,
-                                 rank=ctx.rank, world_size=ctx.world_size))
+    batches = list(
+        batch_indices(
+            len(split), batch_size, shuffle=True, generator=generator, rank=ctx.rank, world_size=ctx.world_size
+        )
+    )
     total_images = sum(len(b) for b in batches)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
@@ -85,12 +89,21 @@ def train_one_epoch(
                 correct += (logits.detach().argmax(dim=1) == y).sum()
                 seen += n
                 if progress is not None and check:
-                    progress(seen, total_images, batch=i + 1, batches=len(batches),
-                             loss=float(loss_sum) / seen, accuracy=int(correct) / seen, **fields)
+                    progress(
+                        seen,
+                        total_images,
+                        batch=i + 1,
+                        batches=len(batches),
+                        loss=float(loss_sum) / seen,
+                        accuracy=int(correct) / seen,
+                        **fields,
+                    )
         finally:
             batch_iter.close()  # stops the reading thread
     seconds = time.perf_counter() - start
-    totals = ctx.all_reduce(torch.stack([loss_sum.cpu(), correct.cpu().double(), torch.tensor(float(seen), dtype=torch.float64)]))
+    totals = ctx.all_reduce(
+        torch.stack([loss_sum.cpu(), correct.cpu().double(), torch.tensor(float(seen), dtype=torch.float64)])
+    )
     images = float(totals[2])
     return {
         "train_loss": float(totals[0]) / max(images, 1.0),
@@ -99,4 +112,3 @@ def train_one_epoch(
         "seconds": seconds,
         "images_per_s": images / seconds if seconds > 0 else float("nan"),
     }
-

@@ -55,8 +55,9 @@ def load_json(path) -> list[dict]:
         return json.load(fh)["tensors"]
 
 
-def reference_state_dict(tensors: list[dict], model: str, *, quantised: bool = False, steps: int = 16,
-                         blocks_without: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
+def reference_state_dict(
+    tensors: list[dict], model: str, *, quantised: bool = False, steps: int = 16, blocks_without: tuple[str, ...] = ()
+) -> dict[str, torch.Tensor]:
     """State dict of the ``model`` ('backbone' or 'lhc') in fertool key names."""
     sd: dict[str, torch.Tensor] = {}
     qk: dict[tuple[str, str], dict[int, torch.Tensor]] = {}

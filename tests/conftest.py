@@ -90,7 +90,10 @@ def cli_runner():
 
 def pytest_terminal_summary(terminalreporter) -> None:
     """After the run: how many ``kill -9`` points the fault tests survived (tests/test_faults.py)."""
-    survived = [r.nodeid.split("::")[-1] for r in terminalreporter.stats.get("passed", [])
-                if r.when == "call" and "test_faults.py::test_kill_" in r.nodeid]
+    survived = [
+        r.nodeid.split("::")[-1]
+        for r in terminalreporter.stats.get("passed", [])
+        if r.when == "call" and "test_faults.py::test_kill_" in r.nodeid
+    ]
     if survived:
         terminalreporter.write_line(f"fault injection: {len(survived)} kill -9 points survived ({', '.join(survived)})")

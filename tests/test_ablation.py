@@ -145,8 +145,16 @@ def test_ablate_end_to_end(ckpts, tmp_path):
     csv = _write_csv(tmp_path / "fer.csv", counts=(("Training", 2), ("PrivateTest", n)))
     out = tmp_path / "abl"
     calls = []
-    report = ablate(ckpts["paths"]["trained"], csv=csv, modes=["off", "detrain"], sets=["single"],
-                    out_dir=out, batch_size=n, pictures=1, progress=lambda d, t: calls.append((d, t)))
+    report = ablate(
+        ckpts["paths"]["trained"],
+        csv=csv,
+        modes=["off", "detrain"],
+        sets=["single"],
+        out_dir=out,
+        batch_size=n,
+        pictures=1,
+        progress=lambda d, t: calls.append((d, t)),
+    )
     assert report["n"] == n and report["total_heads"] == 19
     assert [r["set"] for r in report["results"][:5]] == [[f"lhc{i}"] for i in range(1, 6)]
     assert len(report["results"]) == 2 * 5
@@ -175,7 +183,9 @@ def test_ablate_end_to_end(ckpts, tmp_path):
     hd = report["heads"]
     assert hd["modules"]["lhc5"]["mean_abs_offdiag"] is None
     assert len(hd["modules"]["lhc1"]["correlation"]) == 8
-    assert hd["modules"]["lhc1"]["samples"] == n * TINY_WIDTH["stem_width"] * 8  # images x C (the stem's width) x r (64 positions / 8 heads)
+    assert (
+        hd["modules"]["lhc1"]["samples"] == n * TINY_WIDTH["stem_width"] * 8
+    )  # images x C (the stem's width) x r (64 positions / 8 heads)
     assert 0 <= hd["overall_mean_abs_offdiag"] <= 1
     assert hd["controller"] is None
     # files
@@ -193,8 +203,7 @@ def test_ablate_end_to_end(ckpts, tmp_path):
 
 def test_all_subsets_and_default_out(ckpts, tmp_path):
     csv = _write_csv(tmp_path / "fer.csv", counts=(("PrivateTest", 4),))
-    report = ablate(ckpts["paths"]["trained"], csv=csv, modes="off", sets="all", heads=False, pictures=0,
-                    max_images=2)
+    report = ablate(ckpts["paths"]["trained"], csv=csv, modes="off", sets="all", heads=False, pictures=0, max_images=2)
     assert report["n"] == 2
     assert len(report["results"]) == 31
     assert report["smallest_kept"]["off"]["accuracy"]["searched"] == "all subsets"
@@ -225,8 +234,10 @@ def test_without_a_seed_the_default_modes_leave_detrain_out(ckpts, tmp_path):
     out = tmp_path / "noseed"
     report = ablate(ckpts["paths"]["no_seed"], out_dir=out, **common)
     assert report["modes"] == ["off"] and [r["mode"] for r in report["results"]] == ["off"] * 5
-    assert report["notes"] == ["detrain skipped: the checkpoint records no LHC initialisation seed "
-                               "(extra.lhc_seed, written by augment-lhc; imported weights have none)"]
+    assert report["notes"] == [
+        "detrain skipped: the checkpoint records no LHC initialisation seed "
+        "(extra.lhc_seed, written by augment-lhc; imported weights have none)"
+    ]
     assert json.loads((out / "ablation.json").read_text())["notes"] == report["notes"]
     assert load_recipe(out / "recipe.yaml").ablate.modes == ("off",)  # what was run
     with_seed = ablate(ckpts["paths"]["trained"], out_dir=tmp_path / "seed", max_images=1, **common)
@@ -245,7 +256,9 @@ def test_cli_backbone_checkpoint_is_refused(ckpts, tmp_path, cli_runner):
 
     csv = _write_csv(tmp_path / "fer.csv", counts=(("PrivateTest", 2),))
     out = tmp_path / "o"
-    res = cli_runner.invoke(app, ["ablate", "-c", str(ckpts["paths"]["backbone"]), "--csv", str(csv), "--out", str(out)])
+    res = cli_runner.invoke(
+        app, ["ablate", "-c", str(ckpts["paths"]["backbone"]), "--csv", str(csv), "--out", str(out)]
+    )
     assert res.exit_code == 1
     assert "has no LHC modules; ablate needs an LHC-Net or LHC-NetC checkpoint" in res.output
     assert not out.exists()
@@ -261,11 +274,24 @@ def test_cli_bad_inputs(ckpts, tmp_path, cli_runner):
     assert res.exit_code == 1 and "PrivateTest" in res.output and "absent or empty" in res.output
     res = cli_runner.invoke(app, ["ablate", "-c", trained, "--csv", str(csv), "--split", "Nope", "--out", str(out)])
     assert res.exit_code == 1 and "unknown split" in res.output
-    res = cli_runner.invoke(app, ["ablate", "-c", str(ckpts["paths"]["no_seed"]), "--csv", str(csv),
-                                  "--modes", "off,detrain", "--out", str(out)])
+    res = cli_runner.invoke(
+        app,
+        [
+            "ablate",
+            "-c",
+            str(ckpts["paths"]["no_seed"]),
+            "--csv",
+            str(csv),
+            "--modes",
+            "off,detrain",
+            "--out",
+            str(out),
+        ],
+    )
     assert res.exit_code == 1 and "extra.lhc_seed" in res.output and "use --modes off" in res.output
-    res = cli_runner.invoke(app, ["ablate", "-c", trained, "--csv", str(csv), "--modes", "off,sideways",
-                                  "--out", str(out)])
+    res = cli_runner.invoke(
+        app, ["ablate", "-c", trained, "--csv", str(csv), "--modes", "off,sideways", "--out", str(out)]
+    )
     assert res.exit_code == 1 and "--modes" in res.output
     # images of another size than the checkpoint's input (40 vs 32)
     import cv2
@@ -286,8 +312,24 @@ def test_cli_runs_and_prints_tables(ckpts, tmp_path, cli_runner):
     out = tmp_path / "o"
     (out).mkdir()
     (out / "old.txt").write_text("old")  # a user's file: refused without --overwrite, kept with it (issue 26)
-    args = ["ablate", "-c", str(ckpts["paths"]["trained"]), "--csv", str(csv), "--out", str(out), "--modes", "off",
-            "--subsets", "single", "--pictures", "0", "--quiet", "--device", "cpu"]
+    args = [
+        "ablate",
+        "-c",
+        str(ckpts["paths"]["trained"]),
+        "--csv",
+        str(csv),
+        "--out",
+        str(out),
+        "--modes",
+        "off",
+        "--subsets",
+        "single",
+        "--pictures",
+        "0",
+        "--quiet",
+        "--device",
+        "cpu",
+    ]
     res = cli_runner.invoke(app, args)
     assert res.exit_code == 1 and "did not write" in res.output
     res = cli_runner.invoke(app, args + ["--overwrite"])
@@ -305,7 +347,7 @@ def test_attention_pictures_state_their_scale_and_what_a_row_means(tmp_path, mon
     monkeypatch.setattr(plt, "close", figures.append)
     channels = 8
     weights = np.full((2, channels, channels), 1.0 / channels)  # head 1: uniform attention
-    weights[1] = np.eye(channels) * 0.5 + 0.5 / channels        # head 2: each channel attends itself
+    weights[1] = np.eye(channels) * 0.5 + 0.5 / channels  # head 2: each channel attends itself
     plot_attention(np.zeros((16, 16, 3)), weights, np.ones((4, 4)), 2.0, tmp_path / "a.png")
     fig = figures[0]
     heads = [ax for ax in fig.axes if ax.get_title().startswith("head ")]
@@ -318,8 +360,9 @@ def test_attention_pictures_state_their_scale_and_what_a_row_means(tmp_path, mon
     assert heads[0].images[0].norm.vcenter == 0.0
     labels = [ax.get_ylabel() for ax in fig.axes]
     assert "log2(W x C); 0 = uniform" in labels
-    caption = next(t.get_text() for t in fig.texts if t.get_text().startswith("Row i of W: the weights with which "
-                                                                               "query channel i"))
+    caption = next(
+        t.get_text() for t in fig.texts if t.get_text().startswith("Row i of W: the weights with which query channel i")
+    )
     assert "Colour range -1.0 to +2.2" in caption and "0% lie outside" in caption
     plt.close(fig)
 

@@ -110,7 +110,6 @@ def home(tmp_path, monkeypatch, server):
 
 def _onnx_bytes() -> bytes:
     """A small valid ONNX model (an Identity), standing in for YuNet."""
-    import onnx
     from onnx import TensorProto, helper
 
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
@@ -149,7 +148,8 @@ def test_mirror_from_config_file_replaces_every_url(monkeypatch, tmp_path):
     (tmp_path / "config.yaml").write_text("mirror: http://mirror.example/fertool/\n")
     assert [artifacts.mirror_url("lhc-net", s) for s in e.sources] == [
         (f"http://mirror.example/fertool/lhc-net/LHC_Net/{n}",)
-        for n in ("checkpoint", "LHC_Net.data-00000-of-00001", "LHC_Net.index")]
+        for n in ("checkpoint", "LHC_Net.data-00000-of-00001", "LHC_Net.index")
+    ]
 
 
 def test_registry_urls_are_the_authors_and_publishers():
@@ -182,12 +182,15 @@ def test_redirect_then_cache_without_a_request(home, server):
     assert len(server.requests) == before  # the second call is answered by the cache
 
 
-@pytest.mark.parametrize("route, message", [
-    (("status", 404), "HTTP 404"),
-    (("html",), "HTML page"),
-    (("file", b"version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 232589\n"), "Git LFS pointer"),
-    (("file", b"\x08\x07garbage that is not protobuf" * 3), "not an ONNX model"),
-])
+@pytest.mark.parametrize(
+    "route, message",
+    [
+        (("status", 404), "HTTP 404"),
+        (("html",), "HTML page"),
+        (("file", b"version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 232589\n"), "Git LFS pointer"),
+        (("file", b"\x08\x07garbage that is not protobuf" * 3), "not an ONNX model"),
+    ],
+)
 def test_failures_are_one_line_and_cache_nothing(home, server, route, message):
     server.routes[YUNET] = route
     with pytest.raises(artifacts.DownloadError) as info:
@@ -330,8 +333,10 @@ def tf_files(tmp_path_factory) -> Path:
         (root / folder).mkdir()
         for f in (index, index.with_name("checkpoint")):
             shutil.copyfile(f, root / folder / f.name)
-        with lzma.open(reference_file(f"tf_checkpoints/{folder}/{name}{DATA}.xz")) as src, \
-                open(root / folder / f"{name}{DATA}", "wb") as dst:
+        with (
+            lzma.open(reference_file(f"tf_checkpoints/{folder}/{name}{DATA}.xz")) as src,
+            open(root / folder / f"{name}{DATA}", "wb") as dst,
+        ):
             shutil.copyfileobj(src, dst, 1 << 22)
     return root
 
@@ -383,7 +388,10 @@ def test_download_lhc_net_imports_and_records_sha256(lhc_env, tf_files, cli_runn
     ckpt = load_checkpoint(product)
     assert ckpt["arch"] == "lhc_net"
     assert {f["path"] for f in ckpt["extra"]["artifact"]["files"]} == {
-        "LHC_Net/checkpoint", "LHC_Net/LHC_Net.index", f"LHC_Net/LHC_Net{DATA}"}
+        "LHC_Net/checkpoint",
+        "LHC_Net/LHC_Net.index",
+        f"LHC_Net/LHC_Net{DATA}",
+    }
     assert not (home / "lhc-net" / ".partial").exists()
     before = len(s.requests)
     again = cli_runner.invoke(app, ["download", "lhc-net"])
@@ -411,14 +419,31 @@ def test_commands_take_lhc_net_by_name(lhc_env, tmp_path, cli_runner):
 
     folder = tmp_path / "split"
     write_split_folder(folder, n=2)
-    ev = cli_runner.invoke(app, ["evaluate", "-c", "lhc-net", "--csv", str(folder), "--json", "-o",
-                                 str(tmp_path / "ev"), "--engine", "torch"])
+    ev = cli_runner.invoke(
+        app,
+        ["evaluate", "-c", "lhc-net", "--csv", str(folder), "--json", "-o", str(tmp_path / "ev"), "--engine", "torch"],
+    )
     assert ev.exit_code == 0, ev.output
-    metrics = json.loads(ev.stdout[ev.stdout.index("{"):])
+    metrics = json.loads(ev.stdout[ev.stdout.index("{") :])
     assert metrics["n"] == 2 and metrics["checkpoint"] == str(home / "lhc-net" / "lhc-net.pt")
 
-    ex = cli_runner.invoke(app, ["export", "-c", "lhc-net", "-f", "torchscript", "-o", str(tmp_path / "m.pt"),
-                                 "--samples", "1", "--batch", "1", "-q"])
+    ex = cli_runner.invoke(
+        app,
+        [
+            "export",
+            "-c",
+            "lhc-net",
+            "-f",
+            "torchscript",
+            "-o",
+            str(tmp_path / "m.pt"),
+            "--samples",
+            "1",
+            "--batch",
+            "1",
+            "-q",
+        ],
+    )
     assert ex.exit_code == 0, ex.output
     assert (tmp_path / "m.pt").is_file()
 
@@ -447,8 +472,9 @@ def test_reproduce_plain_only_prints_the_table_beside_the_paper(lhc_env, tmp_pat
     from fertool.protocol import PAPER_TABLE7
 
     home, _ = lhc_env
-    result = cli_runner.invoke(app, ["reproduce", "--plain-only", "-o", str(tmp_path / "r"), "--device", "cpu",
-                                     "--batch-size", "2"])
+    result = cli_runner.invoke(
+        app, ["reproduce", "--plain-only", "-o", str(tmp_path / "r"), "--device", "cpu", "--batch-size", "2"]
+    )
     assert result.exit_code == 0, result.output
     assert "2 PrivateTest images x 2 models x 1 forward passes" in result.output and "about" in result.output
     for label in ("LHC-Net", "LHC-NetC"):

@@ -16,7 +16,6 @@ from scipy import ndimage
 from fertool.data.augment import AugmentParams, KerasAugment
 from fertool.recipe import AugmentConfig
 
-
 # --------------------------------------------------------------------------- reference
 
 
@@ -34,9 +33,7 @@ def keras_apply_affine_transform(x, theta=0, tx=0, ty=0, zx=1, zy=1, fill_mode="
     transform_matrix = None
     if theta != 0:
         theta = np.deg2rad(theta)
-        transform_matrix = np.array(
-            [[np.cos(theta), -np.sin(theta), 0], [np.sin(theta), np.cos(theta), 0], [0, 0, 1]]
-        )
+        transform_matrix = np.array([[np.cos(theta), -np.sin(theta), 0], [np.sin(theta), np.cos(theta), 0], [0, 0, 1]])
     if tx != 0 or ty != 0:
         shift_matrix = np.array([[1, 0, tx], [0, 1, ty], [0, 0, 1]])
         transform_matrix = shift_matrix if transform_matrix is None else np.dot(transform_matrix, shift_matrix)
@@ -63,9 +60,7 @@ def keras_apply_affine_transform(x, theta=0, tx=0, ty=0, zx=1, zy=1, fill_mode="
 
 def keras_apply_transform(x_hwc, p: dict, fill_mode="nearest"):
     """ImageDataGenerator.apply_transform: affine, then horizontal flip of the columns."""
-    out = keras_apply_affine_transform(
-        x_hwc, p["theta"], p["tx"], p["ty"], p["zx"], p["zy"], fill_mode=fill_mode
-    )
+    out = keras_apply_affine_transform(x_hwc, p["theta"], p["tx"], p["ty"], p["zx"], p["zy"], fill_mode=fill_mode)
     if p["flip"]:
         out = out[:, ::-1]
     return out

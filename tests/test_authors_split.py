@@ -3,8 +3,6 @@ from the third column on) accepted wherever a FER2013 CSV is (fertool/data/autho
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from fertool.cli import app
@@ -90,11 +88,14 @@ def test_bad_rows_are_reported_as_file_line_and_nothing_is_written(kaggle_and_sp
     assert not list((tmp_path / "cache").glob("*.csv"))
 
 
-@pytest.mark.parametrize("case, message", [
-    ("missing", "data_test.csv missing"),
-    ("header", "not the authors' split format"),
-    ("name", "must be named data_train.csv"),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("missing", "data_test.csv missing"),
+        ("header", "not the authors' split format"),
+        ("name", "must be named data_train.csv"),
+    ],
+)
 def test_wrong_split_sources_are_one_clear_error(kaggle_and_split, tmp_path, cli_runner, home, case, message):
     _, split = kaggle_and_split
     folder = tmp_path / "f"
@@ -113,8 +114,7 @@ def test_wrong_split_sources_are_one_clear_error(kaggle_and_split, tmp_path, cli
     assert not (tmp_path / "out").exists()
 
 
-def test_train_from_the_split_folder_equals_training_from_the_kaggle_csv(cli_runner, kaggle_and_split, tmp_path,
-                                                                           home):
+def test_train_from_the_split_folder_equals_training_from_the_kaggle_csv(cli_runner, kaggle_and_split, tmp_path, home):
     """One tiny stage 1 from each source: same images, same seed, so the same validation figures."""
     import json
 
@@ -128,8 +128,23 @@ def test_train_from_the_split_folder_equals_training_from_the_kaggle_csv(cli_run
     metrics = {}
     for label, source in (("kaggle", kaggle), ("authors", split)):
         run = tmp_path / f"run-{label}"
-        result = cli_runner.invoke(app, ["train", "-r", str(recipe), "--stage", "1", "--run", str(run), "--csv",
-                                         str(source), "--device", "cpu", "-q"])
+        result = cli_runner.invoke(
+            app,
+            [
+                "train",
+                "-r",
+                str(recipe),
+                "--stage",
+                "1",
+                "--run",
+                str(run),
+                "--csv",
+                str(source),
+                "--device",
+                "cpu",
+                "-q",
+            ],
+        )
         assert result.exit_code == 0, result.output
         rows = [json.loads(line) for line in (run / "stage1" / "metrics.jsonl").read_text().splitlines()]
         metrics[label] = [{k: r[k] for k in r if k.startswith(("val_", "train_"))} for r in rows]

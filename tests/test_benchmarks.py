@@ -21,8 +21,9 @@ def test_there_are_benchmarks():
 
 @pytest.mark.parametrize("script", BENCHMARKS, ids=lambda p: p.name)
 def test_benchmark_starts(script):
-    done = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=300,
-                          cwd=script.parent.parent)
+    done = subprocess.run(
+        [sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=300, cwd=script.parent.parent
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "usage:" in done.stdout
 
@@ -32,7 +33,8 @@ def test_gpu_check_says_so_without_a_gpu():
     if torch.cuda.is_available():
         pytest.skip("a GPU is present: gpu_check.py would run the real checks")
     script = next(p for p in BENCHMARKS if p.name == "gpu_check.py")
-    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
-                          cwd=script.parent.parent)
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=script.parent.parent
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "CUDA" in done.stdout + done.stderr

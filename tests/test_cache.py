@@ -37,12 +37,20 @@ def make_prepared(root: Path, splits=(("Training", 5), ("PublicTest", 3))) -> li
     records = []
     row = 0
     for split, count in splits:
-        for k in range(count):
+        for _ in range(count):
             label = (row * 3) % 7
             rel = f"{split}/{CLASS_NAMES[label]}/{row}.jpg"
             _write_jpeg(root / rel, _grey(row))
-            records.append({"row": row, "split": split, "label": label, "class": CLASS_NAMES[label],
-                            "path": rel, "pixels_sha256": "0" * 64})
+            records.append(
+                {
+                    "row": row,
+                    "split": split,
+                    "label": label,
+                    "class": CLASS_NAMES[label],
+                    "path": rel,
+                    "pixels_sha256": "0" * 64,
+                }
+            )
             row += 1
     with open(root / "manifest.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(records[0]))
@@ -165,8 +173,9 @@ def test_concurrent_openers_decode_once(tmp_path, monkeypatch):
 
     monkeypatch.setattr(cache_mod, "_decode", counting)
     results = []
-    threads = [threading.Thread(target=lambda: results.append(open_image_split(tmp_path, "Training")))
-               for _ in range(3)]
+    threads = [
+        threading.Thread(target=lambda: results.append(open_image_split(tmp_path, "Training"))) for _ in range(3)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -178,8 +187,12 @@ def test_concurrent_openers_decode_once(tmp_path, monkeypatch):
 def test_progress_and_cache_dir(tmp_path):
     make_prepared(tmp_path / "data")
     seen = []
-    split = open_image_split(tmp_path / "data", "PublicTest", cache_dir=tmp_path / "c",
-                             progress=lambda done, total: seen.append((done, total)))
+    split = open_image_split(
+        tmp_path / "data",
+        "PublicTest",
+        cache_dir=tmp_path / "c",
+        progress=lambda done, total: seen.append((done, total)),
+    )
     assert len(split) == 3 and seen[-1] == (3, 3)
     assert not (tmp_path / "data" / ".cache").exists()
     assert len(list((tmp_path / "c").glob("PublicTest-*.npy"))) == 1
@@ -304,16 +317,20 @@ def test_cache_of_fertool_prepare_output(tmp_path):
     assert np.abs(split.images.astype(int) - expected.astype(int)).max() <= 2  # JPEG q100 4:4:4 only
 
 
-@pytest.mark.parametrize("path", ["/etc/passwd", "../../outside.jpg", "Training/../../x.jpg", "C:/x.jpg",
-                                  "Training\\..\\..\\x.jpg", ""])
+@pytest.mark.parametrize(
+    "path", ["/etc/passwd", "../../outside.jpg", "Training/../../x.jpg", "C:/x.jpg", "Training\\..\\..\\x.jpg", ""]
+)
 def test_manifest_paths_must_stay_inside_the_folder(tmp_path, path):
     make_prepared(tmp_path)
     text = (tmp_path / "manifest.csv").read_text().splitlines()
     fields = text[1].split(",")
     fields[4] = path
     (tmp_path / "manifest.csv").write_text("\n".join([text[0], ",".join(fields), *text[2:]]) + "\n")
-    with pytest.raises(DataError, match=r"manifest.csv line 2: path .* must be relative to the prepared folder "
-                                        r"and stay inside it"):
+    with pytest.raises(
+        DataError,
+        match=r"manifest.csv line 2: path .* must be relative to the prepared folder "
+        r"and stay inside it",
+    ):
         open_image_split(tmp_path, "Training")
     assert not (tmp_path / ".cache").exists() or not any((tmp_path / ".cache").glob("*.npy"))
 

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from fertool.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
-from fertool.surgery import model_from_checkpoint
 from fertool.cli import app
 from fertool.errors import CheckpointError
 from fertool.models import build_model
+from fertool.surgery import model_from_checkpoint
 from tests.conftest import TINY_WIDTH
 
 ARGS = {"input_size": 32, "num_classes": 7, "hidden": [8, 8], **TINY_WIDTH}
@@ -43,13 +43,16 @@ def test_the_good_checkpoint_loads_and_rebuilds(good):
     assert torch.equal(model.state_dict()["head.fc3.weight"], ckpt["state_dict"]["head.fc3.weight"])
 
 
-@pytest.mark.parametrize("change,message", [
-    ({"state_dict": KeyError}, "not a valid fertool checkpoint: 'state_dict' is missing"),
-    ({"arch_args": [1, 2]}, "'arch_args' is a list, expected dict"),
-    ({"epoch": "7"}, "'epoch' is a str, expected int or null"),
-    ({"class_names": [1, 2]}, "'class_names' holds entries that are not strings"),
-    ({"state_dict": {"stem.conv.weight": [1.0]}}, "'state_dict' holds 1 entries that are not named tensors"),
-])
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"state_dict": KeyError}, "not a valid fertool checkpoint: 'state_dict' is missing"),
+        ({"arch_args": [1, 2]}, "'arch_args' is a list, expected dict"),
+        ({"epoch": "7"}, "'epoch' is a str, expected int or null"),
+        ({"class_names": [1, 2]}, "'class_names' holds entries that are not strings"),
+        ({"state_dict": {"stem.conv.weight": [1.0]}}, "'state_dict' holds 1 entries that are not named tensors"),
+    ],
+)
 def test_structure_problems_are_one_line(good, tmp_path, change, message):
     path = _edited(tmp_path, good[1], **change)
     with pytest.raises(CheckpointError) as info:
@@ -60,18 +63,24 @@ def test_structure_problems_are_one_line(good, tmp_path, change, message):
 def test_a_tensor_of_the_wrong_shape_is_named(good, tmp_path):
     state = dict(good[1]["state_dict"])
     state["head.fc3.weight"] = torch.zeros(3, 3)
-    with pytest.raises(CheckpointError, match=r"tensor 'head.fc3.weight' has shape \[3, 3\], architecture "
-                                              r"'resnet34v2' needs \[7, 8\]"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"tensor 'head.fc3.weight' has shape \[3, 3\], architecture "
+        r"'resnet34v2' needs \[7, 8\]",
+    ):
         load_checkpoint(_edited(tmp_path, good[1], state_dict=state))
 
 
-@pytest.mark.parametrize("args,message", [
-    ({**ARGS, "hidden": [10**9, 10**9]}, "arch_args describe a model of 1,000,000,"),
-    ({**ARGS, "input_size": 10**6}, "arch_args.input_size must be an integer 32..2048, got 1000000"),
-    ({**ARGS, "input_size": "224"}, "arch_args.input_size must be an integer"),
-    ({**ARGS, "hidden": [-4]}, "must all be positive integers"),
-    ({**ARGS, "colour": True}, "unexpected keyword argument 'colour'"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        ({**ARGS, "hidden": [10**9, 10**9]}, "arch_args describe a model of 1,000,000,"),
+        ({**ARGS, "input_size": 10**6}, "arch_args.input_size must be an integer 32..2048, got 1000000"),
+        ({**ARGS, "input_size": "224"}, "arch_args.input_size must be an integer"),
+        ({**ARGS, "hidden": [-4]}, "must all be positive integers"),
+        ({**ARGS, "colour": True}, "unexpected keyword argument 'colour'"),
+    ],
+)
 def test_absurd_arch_args_are_refused_before_allocating(good, tmp_path, args, message):
     path = _edited(tmp_path, good[1], arch_args=args)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -80,13 +89,20 @@ def test_absurd_arch_args_are_refused_before_allocating(good, tmp_path, args, me
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200_000  # KiB: nothing big was allocated
 
 
-@pytest.mark.parametrize("content,message", [
-    (b"hello world\n" * 20, "is a text file (it begins 'hello world hello world hello world hell'), "
-                            "not a fertool checkpoint"),
-    (b"", "is empty (0 bytes), not a checkpoint (an interrupted copy or download?)"),
-    (b"\x89HDF\r\n\x1a\n" + bytes(100), "is an HDF5 file (a Keras .h5?), not a fertool checkpoint; "
-                                         "convert it with `fertool import`"),
-])
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        (
+            b"hello world\n" * 20,
+            "is a text file (it begins 'hello world hello world hello world hell'), not a fertool checkpoint",
+        ),
+        (b"", "is empty (0 bytes), not a checkpoint (an interrupted copy or download?)"),
+        (
+            b"\x89HDF\r\n\x1a\n" + bytes(100),
+            "is an HDF5 file (a Keras .h5?), not a fertool checkpoint; convert it with `fertool import`",
+        ),
+    ],
+)
 def test_foreign_files_are_explained(tmp_path, content, message):
     path = tmp_path / "x.pt"
     path.write_bytes(content)
@@ -98,8 +114,11 @@ def test_foreign_files_are_explained(tmp_path, content, message):
 def test_truncated_and_pickled_files_are_explained_in_full(good, tmp_path):
     cut = tmp_path / "cut.pt"
     cut.write_bytes(good[0].read_bytes()[:4000])
-    with pytest.raises(CheckpointError, match=r"cut.pt: is truncated or corrupted \(its zip structure is "
-                                              r"incomplete: an interrupted copy or download\?\)$"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"cut.pt: is truncated or corrupted \(its zip structure is "
+        r"incomplete: an interrupted copy or download\?\)$",
+    ):
         load_checkpoint(cut)
     pickled = tmp_path / "objects.pt"
     torch.save({"model": torch.nn.Linear(2, 2)}, pickled)  # a whole module: needs unpickling code

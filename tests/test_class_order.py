@@ -25,8 +25,12 @@ def test_the_same_names_in_another_order_say_so_and_how_to_map_them():
 
 def test_other_names_keep_the_other_class_set_message():
     with pytest.raises(DataError, match="are not the 7 classes of best.pt") as caught:
-        check_same_classes(CLASS_NAMES, ("Anger", "Contempt", "Fear", "Happiness", "Sadness", "Surprise", "Neutral"),
-                           model="best.pt", data="ferplus/")
+        check_same_classes(
+            CLASS_NAMES,
+            ("Anger", "Contempt", "Fear", "Happiness", "Sadness", "Surprise", "Neutral"),
+            model="best.pt",
+            data="ferplus/",
+        )
     assert "another order" not in str(caught.value)
     check_same_classes(CLASS_NAMES, CLASS_NAMES, model="best.pt", data="fer2013.csv")  # same order: accepted
 

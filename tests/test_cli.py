@@ -20,8 +20,24 @@ def test_version(cli_runner):
 
 
 def test_every_command_of_the_product_is_registered_with_help(cli_runner):
-    assert sorted(COMMANDS) == sorted(["prepare", "sample-data", "train", "augment-lhc", "evaluate", "ablate", "report",
-                                       "info", "pipeline", "predict", "export", "import", "download", "reproduce"])
+    assert sorted(COMMANDS) == sorted(
+        [
+            "prepare",
+            "sample-data",
+            "train",
+            "augment-lhc",
+            "evaluate",
+            "ablate",
+            "report",
+            "info",
+            "pipeline",
+            "predict",
+            "export",
+            "import",
+            "download",
+            "reproduce",
+        ]
+    )
     listing = cli_runner.invoke(app, ["--help"])
     assert listing.exit_code == 0
     for command in COMMANDS:
@@ -50,8 +66,13 @@ def test_fertool_debug_shows_the_traceback(cli_runner, tmp_path):
     result = cli_runner.invoke(app, args, env={"FERTOOL_DEBUG": "1"})
     assert result.exit_code == 1 and isinstance(result.exception, FertoolError)
     # And as a real process: the traceback reaches stderr.
-    proc = subprocess.run([sys.executable, "-m", "fertool", *args], capture_output=True, text=True,
-                          env={"FERTOOL_DEBUG": "1", "PATH": ""}, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "fertool", *args],
+        capture_output=True,
+        text=True,
+        env={"FERTOOL_DEBUG": "1", "PATH": ""},
+        timeout=120,
+    )
     assert proc.returncode == 1 and "Traceback (most recent call last)" in proc.stderr
     plain = subprocess.run([sys.executable, "-m", "fertool", *args], capture_output=True, text=True, timeout=120)
     assert plain.returncode == 1 and "Traceback" not in plain.stderr and plain.stderr.startswith("error: ")

@@ -14,8 +14,14 @@ from fertool.errors import printable
 from tests.conftest import SHARED_REFERENCE, TEST_DATA, TINY_WIDTH
 
 TINY = {
-    "model": {"input_size": 32, "hidden": [8, 8], "bn_momentum": 0.9, **TINY_WIDTH,
-              "lhc": [{"after": "stem", "heads": 4, "dim": 8}], "controller_init": [0.0]},
+    "model": {
+        "input_size": 32,
+        "hidden": [8, 8],
+        "bn_momentum": 0.9,
+        **TINY_WIDTH,
+        "lhc": [{"after": "stem", "heads": 4, "dim": 8}],
+        "controller_init": [0.0],
+    },
     "train": {"eval_batch_size": 16, "stages": {"1": {"optimizer": "sgd", "max_epochs": 1, "batch_size": 7}}},
     "pipeline": {"seeds": [1]},
 }
@@ -37,18 +43,33 @@ def inputs(tmp_path_factory):
     torch.manual_seed(0)
     args = {"input_size": 32, "num_classes": 7, "hidden": [8, 8], **TINY_WIDTH}
     backbone = root / "run" / "stage3" / "best.pt"
-    save_checkpoint(backbone, make_checkpoint(arch="resnet34v2", arch_args=args, stage="3",
-                                              state_dict=build_model("resnet34v2", **args).state_dict()))
+    save_checkpoint(
+        backbone,
+        make_checkpoint(
+            arch="resnet34v2", arch_args=args, stage="3", state_dict=build_model("resnet34v2", **args).state_dict()
+        ),
+    )
     lhc_args = {**args, "lhc": [{"after": "stem", "heads": 4, "dim": 8}]}
     lhc = root / "run" / "stage4" / "best.pt"
-    save_checkpoint(lhc, make_checkpoint(arch="lhc_net", arch_args=lhc_args, stage="4",
-                                         state_dict=build_model("lhc_net", **lhc_args).state_dict()))
+    save_checkpoint(
+        lhc,
+        make_checkpoint(
+            arch="lhc_net", arch_args=lhc_args, stage="4", state_dict=build_model("lhc_net", **lhc_args).state_dict()
+        ),
+    )
     image = root / "face.png"
     cv2.imwrite(str(image), (torch.rand(64, 64) * 255).byte().numpy())
     blocker = root / "blocker"  # a regular file: nothing can be created below it, even by root
     blocker.write_text("not a folder\n")
-    return {"root": root, "csv": csv, "recipe": recipe, "backbone": backbone, "lhc": lhc, "image": image,
-            "blocker": blocker}
+    return {
+        "root": root,
+        "csv": csv,
+        "recipe": recipe,
+        "backbone": backbone,
+        "lhc": lhc,
+        "image": image,
+        "blocker": blocker,
+    }
 
 
 def _keras_file():
@@ -63,15 +84,38 @@ def _commands(d: dict, out: str) -> dict[str, list[str]]:
     commands = {
         "sample-data": ["sample-data", "--out", f"{out}.csv"],
         "prepare": ["prepare", "--csv", str(d["csv"]), "--out", out, "-q"],
-        "train": ["train", "--stage", "1", "--run", out, "--csv", str(d["csv"]), "-r", str(d["recipe"]),
-                  "--device", "cpu", "-q"],
+        "train": [
+            "train",
+            "--stage",
+            "1",
+            "--run",
+            out,
+            "--csv",
+            str(d["csv"]),
+            "-r",
+            str(d["recipe"]),
+            "--device",
+            "cpu",
+            "-q",
+        ],
         "augment-lhc": ["augment-lhc", "-c", str(d["backbone"]), "-r", str(d["recipe"]), "-o", f"{out}.pt"],
         "evaluate": ["evaluate", "-c", str(d["backbone"]), "--csv", str(d["csv"]), "-o", out, "--device", "cpu", "-q"],
-        "ablate": ["ablate", "-c", str(d["lhc"]), "--csv", str(d["csv"]), "--modes", "off", "-o", out,
-                   "--device", "cpu", "-q"],
+        "ablate": [
+            "ablate",
+            "-c",
+            str(d["lhc"]),
+            "--csv",
+            str(d["csv"]),
+            "--modes",
+            "off",
+            "-o",
+            out,
+            "--device",
+            "cpu",
+            "-q",
+        ],
         "report": ["report", str(d["root"] / "evaluated"), "-o", out],
-        "pipeline": ["pipeline", "-r", str(d["recipe"]), "--csv", str(d["csv"]), "--run", out, "--device", "cpu",
-                     "-q"],
+        "pipeline": ["pipeline", "-r", str(d["recipe"]), "--csv", str(d["csv"]), "--run", out, "--device", "cpu", "-q"],
         "predict": ["predict", str(d["image"]), "-c", str(d["backbone"]), "--out", out, "--device", "cpu", "-q"],
         "export": ["export", "-c", str(d["backbone"]), "-f", "torchscript", "-o", f"{out}.pt"],
     }
@@ -84,9 +128,21 @@ def _commands(d: dict, out: str) -> dict[str, list[str]]:
 @pytest.fixture(scope="module")
 def evaluated(inputs, cli_runner_module):
     """An evaluated run for ``report``."""
-    result = cli_runner_module.invoke(app, ["evaluate", "-c", str(inputs["backbone"]), "--csv", str(inputs["csv"]),
-                                            "-o", str(inputs["root"] / "evaluated" / "stage3" / "eval-PrivateTest"),
-                                            "--device", "cpu", "-q"])
+    result = cli_runner_module.invoke(
+        app,
+        [
+            "evaluate",
+            "-c",
+            str(inputs["backbone"]),
+            "--csv",
+            str(inputs["csv"]),
+            "-o",
+            str(inputs["root"] / "evaluated" / "stage3" / "eval-PrivateTest"),
+            "--device",
+            "cpu",
+            "-q",
+        ],
+    )
     assert result.exit_code == 0, result.output
     return inputs
 
@@ -160,12 +216,16 @@ def test_printable_escapes_controls_and_bidi_overrides_only():
 
 
 def test_library_errors_name_parameters_and_the_command_line_says_the_flag():
-    from fertool.evaluation.runtimes import choose_engine
     from fertool.errors import FertoolError
+    from fertool.evaluation.runtimes import choose_engine
 
     with pytest.raises(FertoolError) as caught:
         choose_engine("onnxruntime", "meta")
     assert str(caught.value) == "engine onnxruntime: runs on the CPU only (device is meta; use engine=torch)"
-    assert failure_lines(caught.value)[0] == ["--engine onnxruntime: runs on the CPU only (device is meta; use --engine torch)"]
-    lines, _ = failure_lines(FertoolError("sets: must be some of single, all\nmax_images: must be >= 1\ntrain.precision: x"))
+    assert failure_lines(caught.value)[0] == [
+        "--engine onnxruntime: runs on the CPU only (device is meta; use --engine torch)"
+    ]
+    lines, _ = failure_lines(
+        FertoolError("sets: must be some of single, all\nmax_images: must be >= 1\ntrain.precision: x")
+    )
     assert lines == ["--subsets: must be some of single, all", "--max-images: must be >= 1", "train.precision: x"]

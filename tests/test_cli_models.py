@@ -13,7 +13,15 @@ from fertool.cli import app
 from fertool.models import build_model
 from tests.conftest import TINY_WIDTH, reference_file
 
-SMALL = {"input_size": 112, "num_classes": 7, "hidden": [16], "dropout": 0.4, "bn_eps": 2e-5, "bn_momentum": 0.99, **TINY_WIDTH}
+SMALL = {
+    "input_size": 112,
+    "num_classes": 7,
+    "hidden": [16],
+    "dropout": 0.4,
+    "bn_eps": 2e-5,
+    "bn_momentum": 0.99,
+    **TINY_WIDTH,
+}
 RECIPE_112 = ["--set", "model.input_size=112"]
 
 
@@ -47,8 +55,9 @@ def test_augment_lhc_run_then_controller(cli_runner, run_dir):
     help_text = cli_runner.invoke(app, ["augment-lhc", "--help"]).output
     assert "--overwrite" in help_text and "--force" not in help_text
     init = load_checkpoint(run_dir / "stage4" / "init.pt")
-    bad = cli_runner.invoke(app, ["augment-lhc", "-c", str(run_dir / "stage4" / "init.pt"),
-                                  "--out", str(run_dir / "x.pt"), *RECIPE_112])
+    bad = cli_runner.invoke(
+        app, ["augment-lhc", "-c", str(run_dir / "stage4" / "init.pt"), "--out", str(run_dir / "x.pt"), *RECIPE_112]
+    )
     assert bad.exit_code == 1 and "already has LHC modules" in bad.output
     assert not (run_dir / "x.pt").exists()
     # controller step: stage4/best.pt -> controller/init.pt
@@ -72,8 +81,9 @@ def test_augment_lhc_errors(cli_runner, tmp_path):
 
 def test_augment_lhc_size_mismatch(cli_runner, run_dir, tmp_path):
     # Table 2 at the recipe's 224 does not fit a 112 px checkpoint: say so instead of guessing
-    res = cli_runner.invoke(app, ["augment-lhc", "-c", str(run_dir / "stage3" / "best.pt"), "--out",
-                                  str(tmp_path / "o.pt")])
+    res = cli_runner.invoke(
+        app, ["augment-lhc", "-c", str(run_dir / "stage3" / "best.pt"), "--out", str(tmp_path / "o.pt")]
+    )
     assert res.exit_code == 1 and "takes 112x112 images but model.input_size is 224" in res.output
 
 
@@ -99,16 +109,30 @@ def test_info_recipe(cli_runner):
     backbone = cli_runner.invoke(app, ["info", "--recipe", "lhc", "--kind", "backbone"], env={"COLUMNS": "200"})
     assert "27,606,224 in Keras counting" in backbone.stdout and "LHC modules: none" in backbone.stdout
     assert "width: stem 64, stages 64-128-256-512 (the paper's)" in result.stdout
-    narrow = cli_runner.invoke(app, ["info", "--recipe", "lhc", "--kind", "backbone", "--set", "model.channels=[8,16,32,64]",
-                                     "--set", "model.stem_width=8"], env={"COLUMNS": "200"})
+    narrow = cli_runner.invoke(
+        app,
+        [
+            "info",
+            "--recipe",
+            "lhc",
+            "--kind",
+            "backbone",
+            "--set",
+            "model.channels=[8,16,32,64]",
+            "--set",
+            "model.stem_width=8",
+        ],
+        env={"COLUMNS": "200"},
+    )
     assert narrow.exit_code == 0, narrow.output
     assert "width: stem 8, stages 8-16-32-64\n" in narrow.stdout
     assert _table_rows(narrow.stdout)["stage4_unit3"][1] == "64 x 7 x 7"
 
 
 def test_info_checkpoint_and_errors(cli_runner, run_dir):
-    result = cli_runner.invoke(app, ["info", "--checkpoint", str(run_dir / "stage3" / "best.pt")],
-                               env={"COLUMNS": "200"})
+    result = cli_runner.invoke(
+        app, ["info", "--checkpoint", str(run_dir / "stage3" / "best.pt")], env={"COLUMNS": "200"}
+    )
     assert result.exit_code == 0, result.output
     rows = _table_rows(result.stdout)
     assert rows["stem"][1] == "8 x 28 x 28"  # 112 px input, stem width 8 (TINY_WIDTH)

@@ -62,10 +62,11 @@ def test_help_has_no_bool_metavars_and_no_stray_spaces(cli_runner, command):
 
 def test_the_command_list_gives_whole_first_sentences(cli_runner):
     text = cli_runner.invoke(app, ["--help"], terminal_width=80).output
-    listing = text[text.index("Commands:"):]
+    listing = text[text.index("Commands:") :]
     assert "..." not in listing and max(len(line) for line in text.splitlines()) <= 80
     assert "Classify the facial expression of every face in photos, folders, videos or a webcam." in " ".join(
-        listing.split())
+        listing.split()
+    )
 
 
 def test_report_help_keeps_its_default_in_brackets(cli_runner):
@@ -89,11 +90,26 @@ def _metrics(tta: bool) -> dict:
     confusion = [[s - 6 * 7 if i == j else 7 for j in range(7)] for i, s in enumerate(support)]
     rates = [[c / sum(row) for c in row] for row in confusion]
     per_class = {c: {"precision": 0.7345, "recall": 0.6666, "f1": 0.7, "support": s} for c, s in zip(CLASSES, support)}
-    block = {"accuracy": 0.7442, "accuracy_ci": {"low": 0.7297, "high": 0.7584}, "loss": 0.8123,
-             "balanced_accuracy": 0.7012, "macro_f1": 0.7101, "ties": 0, "per_class": per_class,
-             "confusion": confusion, "confusion_normalised": rates}
-    return {"arch": "lhc_net", "stage": "4", "split": "PrivateTest", "n": 3589, "class_names": CLASSES, **block,
-            "tta": {"preset": "paper", **block} if tta else None}
+    block = {
+        "accuracy": 0.7442,
+        "accuracy_ci": {"low": 0.7297, "high": 0.7584},
+        "loss": 0.8123,
+        "balanced_accuracy": 0.7012,
+        "macro_f1": 0.7101,
+        "ties": 0,
+        "per_class": per_class,
+        "confusion": confusion,
+        "confusion_normalised": rates,
+    }
+    return {
+        "arch": "lhc_net",
+        "stage": "4",
+        "split": "PrivateTest",
+        "n": 3589,
+        "class_names": CLASSES,
+        **block,
+        "tta": {"preset": "paper", **block} if tta else None,
+    }
 
 
 def test_evaluate_tables_fit_80_columns_without_cutting_a_number(narrow):
@@ -113,21 +129,35 @@ def test_evaluate_titles_are_not_wrapped_by_a_narrow_table(narrow):
     lines = narrow.getvalue().splitlines()
     assert "lhc_net stage 4 on PrivateTest (56 images)" in lines[0]
     assert any(line.startswith("per class, % (P precision, R recall, n images)") for line in lines)
-    assert any(line.startswith("confusion, plain: rows true class, columns predicted, count and % of row")
-               for line in lines)
+    assert any(
+        line.startswith("confusion, plain: rows true class, columns predicted, count and % of row") for line in lines
+    )
 
 
 def test_pipeline_table_fits_80_columns(narrow, narrow_err, monkeypatch, tmp_path):
     from fertool.cli import pipeline as pipeline_cli
     from fertool.pipeline import final_table
 
-    results = {name: [{"accuracy": 0.5338, "tta": {"accuracy": 0.4774}, "params": 21_389_976}]
-               for name in ("ResNet34v2", "LHC-Net", "LHC-NetC")}
+    results = {
+        name: [{"accuracy": 0.5338, "tta": {"accuracy": 0.4774}, "params": 21_389_976}]
+        for name in ("ResNet34v2", "LHC-Net", "LHC-NetC")
+    }
     table = final_table(results)
     fake = {"run": "runs/demo", "csv": "runs/demo/data/sample.csv", "table": table, "notes": ["TTA lowered it."]}
     monkeypatch.setattr("fertool.pipeline.run_pipeline", lambda *a, **k: fake)
-    pipeline_cli.pipeline_cli(recipe="demo", csv=None, run=tmp_path, seeds=None, device="cpu", jobs=None, devices=None,
-                              wait=True, wait_timeout=None, sets=None, quiet=True)
+    pipeline_cli.pipeline_cli(
+        recipe="demo",
+        csv=None,
+        run=tmp_path,
+        seeds=None,
+        device="cpu",
+        jobs=None,
+        devices=None,
+        wait=True,
+        wait_timeout=None,
+        sets=None,
+        quiet=True,
+    )
     text = narrow.getvalue()
     assert max(len(line) for line in text.splitlines()) <= 80
     _assert_whole(text, ["ResNet34v2", "LHC-NetC", "53.38%", "47.74%", "21.4M", "74.42%", "32.4M"])
@@ -140,18 +170,52 @@ def test_ablation_tables_fit_80_columns(narrow, narrow_err):
     from fertool.cli.ablate import render
 
     modules = [f"lhc{i}" for i in range(1, 6)]
-    results = [{"mode": mode, "set": [m], "kept": [k for k in modules if k != m], "heads_kept": 20,
-                "accuracy": 0.7301, "delta": -0.0141, "tta_accuracy": 0.7399, "tta_delta": -0.0043}
-               for mode in ("off", "detrain") for m in modules]
-    kept = {"modules": modules[:3], "heads": 20, "total_heads": 24, "accuracy": 0.7301, "delta": -0.0041,
-            "searched": "evaluated sets"}
-    heads = {m: {"heads": h, "correlation": None if h == 1 else [[1.0]], "mean_abs_offdiag": None if h == 1 else 0.1234,
-                 "note": "n/a: one head" if h == 1 else None} for m, h in zip(modules, (8, 8, 7, 7, 1))}
+    results = [
+        {
+            "mode": mode,
+            "set": [m],
+            "kept": [k for k in modules if k != m],
+            "heads_kept": 20,
+            "accuracy": 0.7301,
+            "delta": -0.0141,
+            "tta_accuracy": 0.7399,
+            "tta_delta": -0.0043,
+        }
+        for mode in ("off", "detrain")
+        for m in modules
+    ]
+    kept = {
+        "modules": modules[:3],
+        "heads": 20,
+        "total_heads": 24,
+        "accuracy": 0.7301,
+        "delta": -0.0041,
+        "searched": "evaluated sets",
+    }
+    heads = {
+        m: {
+            "heads": h,
+            "correlation": None if h == 1 else [[1.0]],
+            "mean_abs_offdiag": None if h == 1 else 0.1234,
+            "note": "n/a: one head" if h == 1 else None,
+        }
+        for m, h in zip(modules, (8, 8, 7, 7, 1))
+    }
     controller = {m: {"w": -0.25, "tanh_w": -0.2449, "gain": 0.7551} for m in modules}
-    render({"arch": "lhc_netc", "split": "PrivateTest", "n": 3589, "tta": "paper", "tolerance": 0.005,
-            "full": {"accuracy": 0.7442, "tta_accuracy": 0.7442}, "total_heads": 31, "results": results,
+    render(
+        {
+            "arch": "lhc_netc",
+            "split": "PrivateTest",
+            "n": 3589,
+            "tta": "paper",
+            "tolerance": 0.005,
+            "full": {"accuracy": 0.7442, "tta_accuracy": 0.7442},
+            "total_heads": 31,
+            "results": results,
             "smallest_kept": {"off": {"accuracy": kept}},
-            "heads": {"modules": heads, "controller": controller, "overall_mean_abs_offdiag": 0.1111}})
+            "heads": {"modules": heads, "controller": controller, "overall_mean_abs_offdiag": 0.1111},
+        }
+    )
     text = narrow.getvalue()
     assert max(len(line) for line in text.splitlines()) <= 80
     _assert_whole(text, ["73.01", "-1.41", "73.99", "-0.43", "12.3%", "-0.245", "0.755"])
@@ -207,9 +271,15 @@ def _bar_line(width: int, description: str, info: str) -> str:
     buffer = io.StringIO()
     console = Console(file=buffer, width=width, color_system=None, force_terminal=True)
     bar = _common.FittingProgress(
-        _common.TextColumn("{task.description}"), _common.BarColumn(bar_width=24), _common.MofNCompleteColumn(),
-        _common.TextColumn("{task.fields[info]}"), _common.RateColumn("img"), _common.TimeElapsedColumn(),
-        _common.TimeRemainingColumn(), console=console)
+        _common.TextColumn("{task.description}"),
+        _common.BarColumn(bar_width=24),
+        _common.MofNCompleteColumn(),
+        _common.TextColumn("{task.fields[info]}"),
+        _common.RateColumn("img"),
+        _common.TimeElapsedColumn(),
+        _common.TimeRemainingColumn(),
+        console=console,
+    )
     task = bar.add_task(description, total=864, info=info)
     bar.update(task, completed=432)
     console.print(bar.make_tasks_table(bar.tasks))
@@ -237,8 +307,11 @@ def test_quiet_progress_prints_nothing(monkeypatch):
 
 
 def test_a_closed_stdout_ends_the_command_quietly(tmp_path):
-    proc = subprocess.Popen([sys.executable, "-m", "fertool", "sample-data", "--out", str(tmp_path / "s.csv"),
-                             "--per-class", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fertool", "sample-data", "--out", str(tmp_path / "s.csv"), "--per-class", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     proc.stdout.close()  # like `| head -0`: the reader is gone before the first line
     stderr = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 0 and "error" not in stderr and "Traceback" not in stderr
@@ -261,8 +334,10 @@ def _stdout_notes(module) -> list[str]:
             continue
         owner = node.func.value.id if isinstance(node.func.value, ast.Name) else None
         to_stdout = (owner == "out" and node.func.attr == "print") or (
-            owner == "typer" and node.func.attr == "echo"
-            and not any(k.arg == "err" and getattr(k.value, "value", False) for k in node.keywords))
+            owner == "typer"
+            and node.func.attr == "echo"
+            and not any(k.arg == "err" and getattr(k.value, "value", False) for k in node.keywords)
+        )
         if not to_stdout:
             continue
         first = node.args[0]
@@ -333,8 +408,9 @@ def test_predict_tables_with_tta_fit_80_columns_and_keep_whole_paths(narrow):
 
     path = "/home/someone/Pictures/holidays-2024/family/IMG_20240817_153012_HDR.jpg"
     probs = dict(zip(CLASSES, (0.05, 0.01, 0.04, 0.7, 0.1, 0.05, 0.05)))
-    faces = [FaceResult(path, None, i, Box(1024, 768, 412, 412), probs, "Happiness", probs, "Happiness")
-             for i in range(2)]
+    faces = [
+        FaceResult(path, None, i, Box(1024, 768, 412, 412), probs, "Happiness", probs, "Happiness") for i in range(2)
+    ]
     _render(faces, [], tta="paper")
     text = narrow.getvalue()
     assert max(len(line) for line in text.splitlines()) <= 80, text

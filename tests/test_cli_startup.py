@@ -28,8 +28,14 @@ print(json.dumps({"code": code, "loaded": [m for m in HEAVY if m in sys.modules]
 
 
 def run_probe(args: list[str], cwd) -> tuple[int, list[str], str]:
-    done = subprocess.run([sys.executable, "-c", PROBE, json.dumps(args)], capture_output=True, text=True,
-                          timeout=120, cwd=cwd, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, json.dumps(args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=cwd,
+        check=False,
+    )
     *lines, last = done.stderr.strip().splitlines()
     report = json.loads(last)
     return report["code"], report["loaded"], done.stdout + "\n".join(lines)
@@ -47,20 +53,24 @@ def test_version_loads_no_heavy_library(tmp_path):
     assert loaded == []
 
 
-@pytest.mark.parametrize("args, message", [
-    (["predict", "face.jpg", "-c", "missing.pt"], "missing.pt: no such checkpoint file"),
-    (["evaluate", "-c", "missing.pt"], "missing.pt: no such checkpoint file"),
-    (["ablate", "-c", "missing.pt"], "missing.pt: no such checkpoint file"),
-    (["export", "-c", "missing.pt", "-f", "onnx", "-o", "m.onnx"], "missing.pt: no such checkpoint file"),
-    (["augment-lhc", "-c", "missing.pt", "-o", "out.pt"], "missing.pt: no such checkpoint file"),
-    (["info", "-c", "missing.pt"], "missing.pt: no such checkpoint file"),
-    (["evaluate", "-c", "x.pt", "--csv", "no.csv"], "no.csv: CSV file not found"),
-    (["train", "-s", "1", "--run", "run", "--csv", "no.csv"], "no.csv: CSV file not found"),
-    (["prepare", "--csv", "no.csv", "--out", "prep"], "no.csv: CSV file not found"),
-    (["pipeline", "--csv", "no.csv", "--run", "run"], "no.csv: CSV file not found"),
-    (["import", "no.h5", "-o", "out.pt"], "no.h5: no such file or folder"),
-    (["report", "no-run"], "no-run: no such run folder"),
-], ids=lambda v: v[0] if isinstance(v, list) else None)
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["predict", "face.jpg", "-c", "missing.pt"], "missing.pt: no such checkpoint file"),
+        (["evaluate", "-c", "missing.pt"], "missing.pt: no such checkpoint file"),
+        (["ablate", "-c", "missing.pt"], "missing.pt: no such checkpoint file"),
+        (["export", "-c", "missing.pt", "-f", "onnx", "-o", "m.onnx"], "missing.pt: no such checkpoint file"),
+        (["augment-lhc", "-c", "missing.pt", "-o", "out.pt"], "missing.pt: no such checkpoint file"),
+        (["info", "-c", "missing.pt"], "missing.pt: no such checkpoint file"),
+        (["evaluate", "-c", "x.pt", "--csv", "no.csv"], "no.csv: CSV file not found"),
+        (["train", "-s", "1", "--run", "run", "--csv", "no.csv"], "no.csv: CSV file not found"),
+        (["prepare", "--csv", "no.csv", "--out", "prep"], "no.csv: CSV file not found"),
+        (["pipeline", "--csv", "no.csv", "--run", "run"], "no.csv: CSV file not found"),
+        (["import", "no.h5", "-o", "out.pt"], "no.h5: no such file or folder"),
+        (["report", "no-run"], "no-run: no such run folder"),
+    ],
+    ids=lambda v: v[0] if isinstance(v, list) else None,
+)
 def test_a_missing_file_is_reported_before_heavy_imports(tmp_path, args, message):
     (tmp_path / "face.jpg").write_bytes(b"")
     (tmp_path / "x.pt").write_bytes(b"")

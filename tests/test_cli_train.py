@@ -11,10 +11,15 @@ from fertool.cli import app
 from tests.conftest import TINY_WIDTH
 
 TINY = {
-    "model": {"input_size": 32, "hidden": [8, 8], "bn_momentum": 0.9, **TINY_WIDTH,
-              "lhc": [{"after": "stem", "heads": 4, "dim": 8}], "controller_init": [0.0]},
-    "train": {"eval_batch_size": 16,
-              "stages": {"1": {"optimizer": "sgd", "max_epochs": 1, "batch_size": 7}}},
+    "model": {
+        "input_size": 32,
+        "hidden": [8, 8],
+        "bn_momentum": 0.9,
+        **TINY_WIDTH,
+        "lhc": [{"after": "stem", "heads": 4, "dim": 8}],
+        "controller_init": [0.0],
+    },
+    "train": {"eval_batch_size": 16, "stages": {"1": {"optimizer": "sgd", "max_epochs": 1, "batch_size": 7}}},
 }
 
 
@@ -32,8 +37,20 @@ def tiny(tmp_path_factory):
 def test_help_lists_the_options(cli_runner):
     result = cli_runner.invoke(app, ["train", "--help"])
     assert result.exit_code == 0
-    for option in ("--stage", "--run", "--csv", "--images", "--init", "--seed", "--resume", "--overwrite",
-                   "--device", "--set", "--allow-test-selection", "--quiet"):
+    for option in (
+        "--stage",
+        "--run",
+        "--csv",
+        "--images",
+        "--init",
+        "--seed",
+        "--resume",
+        "--overwrite",
+        "--device",
+        "--set",
+        "--allow-test-selection",
+        "--quiet",
+    ):
         assert option in result.output
 
 

@@ -31,22 +31,33 @@ SBATCH = REPO / "docs" / "slurm" / "pipeline.sbatch"
 ONE_EPOCH = {"max_epochs": 1, "patience": 1}
 TINY = {
     "prepare": {"size": 32},
-    "model": {"input_size": 32, "hidden": [8, 8], "bn_momentum": 0.9, **TINY_WIDTH,
-              "lhc": [{"after": "stem", "heads": 4, "dim": 8}],
-              "controller_init": [0.0]},
+    "model": {
+        "input_size": 32,
+        "hidden": [8, 8],
+        "bn_momentum": 0.9,
+        **TINY_WIDTH,
+        "lhc": [{"after": "stem", "heads": 4, "dim": 8}],
+        "controller_init": [0.0],
+    },
     # one epoch a stage at 1/8 width: whether an LHC-Net passes the 1.1x selection rule is
     # chance here; these tests are about the run's mechanics (the rule: test_pipeline_selection)
-    "train": {"eval_batch_size": 16, "selection_factor": 1000.0, "stages": {
-        "1": {**ONE_EPOCH, "optimizer": "sgd", "batch_size": 7},
-        "2": {**ONE_EPOCH, "batch_size": 7},
-        "3": {**ONE_EPOCH, "batch_size": 7},
-        "4": {**ONE_EPOCH, "batch_size": 7},
-        # two epochs, so that a process killed in the second one leaves a last.pt to resume
-        "controller": {"max_epochs": 2, "patience": 2, "batch_size": 7}}},
+    "train": {
+        "eval_batch_size": 16,
+        "selection_factor": 1000.0,
+        "stages": {
+            "1": {**ONE_EPOCH, "optimizer": "sgd", "batch_size": 7},
+            "2": {**ONE_EPOCH, "batch_size": 7},
+            "3": {**ONE_EPOCH, "batch_size": 7},
+            "4": {**ONE_EPOCH, "batch_size": 7},
+            # two epochs, so that a process killed in the second one leaves a last.pt to resume
+            "controller": {"max_epochs": 2, "patience": 2, "batch_size": 7},
+        },
+    },
     "sample": {"per_class": 2, "seed": 0},  # 14 / 7 / 7 images
     "pipeline": {"seeds": [1], "tta": False, "ablate": False},
 }
 SHARED = ("stage1", "stage2", "stage3")
+
 
 def slow(test):
     """Minutes of CPU in subprocesses (4-5 min each on a busy 2-core machine): beyond the suite's
@@ -98,8 +109,14 @@ def _finish(proc: subprocess.Popen, log: Path, timeout: float = 1200) -> str:
 
 
 def _report(run: Path) -> dict:
-    result = subprocess.run(_script_command("report", RUN=run) + ["--quiet"],
-                            capture_output=True, text=True, env=_env(), cwd=REPO, timeout=300)
+    result = subprocess.run(
+        _script_command("report", RUN=run) + ["--quiet"],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        cwd=REPO,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     return json.loads((run / "report" / "report.json").read_text())
 
@@ -107,14 +124,18 @@ def _report(run: Path) -> dict:
 def _sets(report: dict) -> Counter:
     """(run set, model) of every result the report lists as a run (used, or rejected by the
     selection rule, which one-epoch training on 14 images may trip)."""
-    return Counter((r["paper_set"], r["arch"]) for r in report["runs"]
-                   if r["status"] in ("used", "rejected") and r["paper_set"])
+    return Counter(
+        (r["paper_set"], r["arch"]) for r in report["runs"] if r["status"] in ("used", "rejected") and r["paper_set"]
+    )
 
 
 def _stage_files(run: Path) -> dict[str, tuple]:
     """Identity of the shared stages' files: replaced or rewritten files change it."""
-    return {str(p.relative_to(run)): (p.stat().st_ino, p.stat().st_mtime_ns)
-            for stage in SHARED for p in sorted((run / stage).iterdir())}
+    return {
+        str(p.relative_to(run)): (p.stat().st_ino, p.stat().st_mtime_ns)
+        for stage in SHARED
+        for p in sorted((run / stage).iterdir())
+    }
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +169,9 @@ def test_three_processes_train_the_shared_stages_once_and_one_seed_each(three):
         trained = [t for t in texts if f"{run / stage}: training" in t]
         assert len(trained) == 1, stage  # one process trained it...
         others = [t for t in texts if t is not trained[0]]
-        assert all(f"{run / stage}: already finished, skipped" in t for t in others), stage  # ...the others found it done
+        assert all(f"{run / stage}: already finished, skipped" in t for t in others), (
+            stage
+        )  # ...the others found it done
         summary = json.loads((run / stage / "summary.json").read_text())
         metrics = (run / stage / "metrics.jsonl").read_text().splitlines()
         assert summary["status"] == "finished" and len(metrics) == 1, stage  # one epoch, trained once
@@ -193,8 +216,14 @@ def test_a_killed_seed_is_resumed_by_its_own_command_alone(three, recipe, tmp_pa
     states = seed_states([run])
     assert states["failed"] == [{"seed": "run/seed-4", "why": "controller interrupted"}]
     assert len(states["finished"]) == 3
-    report = subprocess.run(_script_command("report", RUN=run) + ["--quiet"],
-                            capture_output=True, text=True, env=_env(), cwd=REPO, timeout=300)
+    report = subprocess.run(
+        _script_command("report", RUN=run) + ["--quiet"],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        cwd=REPO,
+        timeout=300,
+    )
     assert report.returncode == 0, report.stderr
     assert "seeds: 3 finished, 1 failed or interrupted (run/seed-4: controller interrupted)" in report.stdout
 
@@ -224,8 +253,11 @@ def test_jobs_runs_the_seeds_as_processes_from_one_command(recipe, tmp_path):
         assert f"--seeds {k}" in seed_log.splitlines()[0]
         assert f"{run / f'seed-{k}/stage4'}: training" in seed_log
         assert all(f"{run / s}: already finished, skipped" in seed_log for s in SHARED)  # trained by the parent
-        assert re.search(rf"seed {k}: finished in \S+( \S+)?: LHC-Net \d+\.\d\d%, LHC-NetC \d+\.\d\d%, "
-                         rf"ResNet34v2 \d+\.\d\d%", text)
+        assert re.search(
+            rf"seed {k}: finished in \S+( \S+)?: LHC-Net \d+\.\d\d%, LHC-NetC \d+\.\d\d%, "
+            rf"ResNet34v2 \d+\.\d\d%",
+            text,
+        )
     starts = [int(m) for m in re.findall(r"seed \d: started on the CPU \(pid (\d+)\)", text)]
     assert len(set(starts)) == 3
     result = json.loads((run / "pipeline.json").read_text())
@@ -258,8 +290,19 @@ def test_the_slurm_script_parses_and_runs_the_commands_these_tests_run():
     directives = re.findall(r"^#SBATCH (\S+)", text, flags=re.M)
     assert "--array=1-20" in directives and "--gpus=1" in directives
     commands = _script_commands()  # the tests above run exactly these (_pipeline, _report)
-    assert commands["pipeline"] == ["fertool", "pipeline", "--recipe", "$RECIPE", "--csv", "$CSV", "--run", "$RUN",
-                                    "--seeds", "$SLURM_ARRAY_TASK_ID", "--wait"]
+    assert commands["pipeline"] == [
+        "fertool",
+        "pipeline",
+        "--recipe",
+        "$RECIPE",
+        "--csv",
+        "$CSV",
+        "--run",
+        "$RUN",
+        "--seeds",
+        "$SLURM_ARRAY_TASK_ID",
+        "--wait",
+    ]
     assert commands["report"] == ["fertool", "report", "$RUN", "--html"]
     assert re.search(r"sbatch .*--dependency=afterany:\$SLURM_ARRAY_JOB_ID", text)  # the report after every task
 
@@ -294,13 +337,17 @@ def test_the_report_counts_running_and_failed_seeds_apart_from_finished_ones(tmp
     assert states == {
         "finished": ["run/seed-1", "run/seed-2"],
         "running": [{"seed": "run/seed-12", "holder": "pid 77 on gpu-node-07"}],
-        "failed": [{"seed": "run/seed-3", "why": "controller interrupted"},
-                   {"seed": "run/seed-4", "why": "stage4 diverged"},
-                   {"seed": "run/seed-5", "why": "nothing evaluated"}],
+        "failed": [
+            {"seed": "run/seed-3", "why": "controller interrupted"},
+            {"seed": "run/seed-4", "why": "stage4 diverged"},
+            {"seed": "run/seed-5", "why": "nothing evaluated"},
+        ],
     }
-    assert seed_line(states) == ("seeds: 2 finished, 1 running (run/seed-12: pid 77 on gpu-node-07), "
-                                 "3 failed or interrupted (run/seed-3: controller interrupted, "
-                                 "run/seed-4: stage4 diverged, run/seed-5: nothing evaluated)")
+    assert seed_line(states) == (
+        "seeds: 2 finished, 1 running (run/seed-12: pid 77 on gpu-node-07), "
+        "3 failed or interrupted (run/seed-3: controller interrupted, "
+        "run/seed-4: stage4 diverged, run/seed-5: nothing evaluated)"
+    )
     assert seed_line({"finished": ["run/seed-1"], "running": [], "failed": []}) is None
 
 
@@ -312,14 +359,33 @@ def test_each_seed_process_sees_one_gpu_or_uses_one_cpu_thread(tmp_path):
     cpu = job_env(None, {"PATH": "/bin", "OMP_NUM_THREADS": "8"})
     assert cpu["OMP_NUM_THREADS"] == cpu["MKL_NUM_THREADS"] == "1" and "CUDA_VISIBLE_DEVICES" not in cpu
     command = seed_command(tmp_path / "run", 7, csv=None, device="cuda", wait=False, wait_timeout=30)
-    assert command[1:] == ["-m", "fertool", "pipeline", "--recipe", str(tmp_path / "run" / "recipe.yaml"),
-                           "--run", str(tmp_path / "run"), "--seeds", "7", "--device", "cuda", "--no-wait",
-                           "--wait-timeout", "30"]
+    assert command[1:] == [
+        "-m",
+        "fertool",
+        "pipeline",
+        "--recipe",
+        str(tmp_path / "run" / "recipe.yaml"),
+        "--run",
+        str(tmp_path / "run"),
+        "--seeds",
+        "7",
+        "--device",
+        "cuda",
+        "--no-wait",
+        "--wait-timeout",
+        "30",
+    ]
 
 
 def test_devices_without_jobs_is_refused(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "fertool", "pipeline", "--run", str(tmp_path / "run"),
-                             "--devices", "0,1"], capture_output=True, text=True, env=_env(), cwd=REPO, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "fertool", "pipeline", "--run", str(tmp_path / "run"), "--devices", "0,1"],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        cwd=REPO,
+        timeout=120,
+    )
     assert result.returncode == 1
     assert result.stderr.strip() == "error: --devices: goes with --jobs N (one seed process per device)"
     assert not (tmp_path / "run").exists()

@@ -162,8 +162,10 @@ GOOD = " ".join(["128"] * 2304)
         ("0," + GOOD.replace("128", "1.5", 1) + ",Training", "pixel 1 is not an integer: '1.5'"),
         ("0,1 " + GOOD[4:].replace("128", "256", 1) + ",Training", "pixel 2 out of range 0..255: 256"),
         ("0," + GOOD.replace("128", "-1", 1) + ",Training", "pixel 1 out of range 0..255: -1"),
-        ("0," + GOOD.replace("128", "999", 2) + ",Training",
-         "pixel 1 out of range 0..255: 999 (and 1 more bad pixel values)"),
+        (
+            "0," + GOOD.replace("128", "999", 2) + ",Training",
+            "pixel 1 out of range 0..255: 999 (and 1 more bad pixel values)",
+        ),
         ("7," + GOOD + ",Training", "unknown emotion label 7 (expected 0..6: Anger, Disgust,"),
         ("happy," + GOOD + ",Training", "emotion label 'happy' is not an integer 0..6"),
         ("," + GOOD + ",Training", "empty emotion label"),
@@ -243,7 +245,9 @@ def test_load_split_absent_lists_the_splits_present(tmp_path):
     path = tmp_path / "train.csv"
     write_csv(path, "train", images, labels, ["Training"] * 4)
     assert len(load_split(path, "Training").labels) == 4
-    with pytest.raises(DataError, match=r"split 'PrivateTest' is absent or empty \(splits present: Training \(4 rows\)\)"):
+    with pytest.raises(
+        DataError, match=r"split 'PrivateTest' is absent or empty \(splits present: Training \(4 rows\)\)"
+    ):
         load_split(path, "PrivateTest")
     with pytest.raises(DataError, match="unknown split 'Test'"):
         load_split(path, "Test")
@@ -283,8 +287,9 @@ def test_cr_only_bad_rows_are_located_by_line(tmp_path):
         list(iter_rows(tmp_path / "x.csv"))
 
 
-@pytest.mark.parametrize("kind,magic", [("gzip", None), ("zip", b"PK\x03\x04"), ("bzip2", b"BZh9"),
-                                        ("xz", b"\xfd7zXZ\x00")])
+@pytest.mark.parametrize(
+    "kind,magic", [("gzip", None), ("zip", b"PK\x03\x04"), ("bzip2", b"BZh9"), ("xz", b"\xfd7zXZ\x00")]
+)
 def test_compressed_files_are_refused_with_the_way_out(tmp_path, kind, magic):
     import gzip
 

@@ -2,7 +2,6 @@ import numpy as np
 import torch
 
 from fertool.data.datasets import ArraySplit, ReferenceSplit, batch_indices, iter_split
-from fertool.data.resize import resize_bilinear
 
 from .conftest import load_reference
 
@@ -46,5 +45,5 @@ def test_batch_indices_cover_each_index_once_and_shard():
 
 def test_iter_split_yields_labels_matching_indices():
     split = ArraySplit(images=np.zeros((6, 4, 4), np.uint8), labels=torch.tensor([0, 1, 2, 3, 4, 5]))
-    for x, y, idx in iter_split(split, 4, shuffle=True, generator=torch.Generator().manual_seed(1)):
+    for _x, y, idx in iter_split(split, 4, shuffle=True, generator=torch.Generator().manual_seed(1)):
         assert torch.equal(y, idx)

@@ -32,10 +32,16 @@ TINY = {
 }
 # case -> (sample-data format, prepare arguments given the sample folder, the classes)
 CASES = {
-    "ferplus-majority": ("ferplus", lambda d: ["--csv", d / "fer2013.csv", "--ferplus", d / "fer2013new.csv",
-                                               "--label-mode", "majority"], FERPLUS_CLASSES),
-    "ferplus-crossentropy": ("ferplus", lambda d: ["--csv", d / "fer2013.csv", "--ferplus", d / "fer2013new.csv",
-                                                  "--label-mode", "crossentropy"], FERPLUS_CLASSES),
+    "ferplus-majority": (
+        "ferplus",
+        lambda d: ["--csv", d / "fer2013.csv", "--ferplus", d / "fer2013new.csv", "--label-mode", "majority"],
+        FERPLUS_CLASSES,
+    ),
+    "ferplus-crossentropy": (
+        "ferplus",
+        lambda d: ["--csv", d / "fer2013.csv", "--ferplus", d / "fer2013new.csv", "--label-mode", "crossentropy"],
+        FERPLUS_CLASSES,
+    ),
     "folder": ("folder", lambda d: ["--folder", d], FOLDER_CLASSES),
     "rafdb": ("rafdb", lambda d: ["--rafdb", d], RAFDB_CLASSES),
 }
@@ -81,7 +87,9 @@ def test_prepare_train_evaluate_predict_export(workspace, prepared, case):
     assert json.loads((images / "prepare.json").read_text())["classes"] == classes
 
     run = root / f"run-{case}"
-    result = invoke(runner, "train", "-r", recipe, "--stage", 1, "--run", run, "--images", images, "--device", "cpu", "-q")
+    result = invoke(
+        runner, "train", "-r", recipe, "--stage", 1, "--run", run, "--images", images, "--device", "cpu", "-q"
+    )
     best = run / "stage1" / "best.pt"
     ckpt = torch.load(best, weights_only=True)
     assert ckpt["class_names"] == classes and ckpt["arch_args"]["num_classes"] == len(classes)
@@ -90,8 +98,9 @@ def test_prepare_train_evaluate_predict_export(workspace, prepared, case):
     if len(classes) != 7:
         assert f"model.num_classes: {len(classes)} (was 7)" in result.output
 
-    result = invoke(runner, "evaluate", "-c", best, "--images", images, "--split", "PrivateTest", "--device", "cpu",
-                    "-q", "--json")
+    result = invoke(
+        runner, "evaluate", "-c", best, "--images", images, "--split", "PrivateTest", "--device", "cpu", "-q", "--json"
+    )
     metrics = json.loads(result.stdout)
     assert metrics["class_names"] == classes
     assert list(metrics["per_class"]) == classes
@@ -132,20 +141,52 @@ def test_fer2013_checkpoint_refused_on_ferplus_data_with_both_class_lists(worksp
     sample = root / "fer2013.csv"
     invoke(runner, "sample-data", "--out", sample, "--per-class", 3)
     run = root / "run-fer2013"
-    invoke(runner, "train", "-r", recipe, "--stage", 1, "--run", run, "--csv", sample, "--device", "cpu", "-q",
-           "--set", "data.eval_source=reference")
+    invoke(
+        runner,
+        "train",
+        "-r",
+        recipe,
+        "--stage",
+        1,
+        "--run",
+        run,
+        "--csv",
+        sample,
+        "--device",
+        "cpu",
+        "-q",
+        "--set",
+        "data.eval_source=reference",
+    )
     best = run / "stage1" / "best.pt"
     assert torch.load(best, weights_only=True)["class_names"] == list(CLASS_NAMES)
-    result = runner.invoke(app, ["evaluate", "-c", str(best), "--images", str(prepared["ferplus-majority"]),
-                                 "--device", "cpu", "-q"])
+    result = runner.invoke(
+        app, ["evaluate", "-c", str(best), "--images", str(prepared["ferplus-majority"]), "--device", "cpu", "-q"]
+    )
     assert result.exit_code == 1
     message = result.stderr
     assert "the data's 8 classes (" + ", ".join(FERPLUS_CLASSES) + ")" in message
     assert "the 7 classes of " + str(best) + " (" + ", ".join(CLASS_NAMES) + ")" in message
     assert not (run / "stage1" / "eval-PrivateTest").exists()
     # nor trained on further there
-    result = runner.invoke(app, ["train", "-r", str(recipe), "--stage", "2", "--run", str(root / "run-refused"),
-                                 "--init", str(best), "--images", str(prepared["ferplus-majority"]), "--device", "cpu",
-                                 "-q"])
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "-r",
+            str(recipe),
+            "--stage",
+            "2",
+            "--run",
+            str(root / "run-refused"),
+            "--init",
+            str(best),
+            "--images",
+            str(prepared["ferplus-majority"]),
+            "--device",
+            "cpu",
+            "-q",
+        ],
+    )
     assert result.exit_code == 1 and "cannot be trained or evaluated on data of another" in result.stderr
     assert not (root / "run-refused" / "stage2" / "best.pt").exists()

@@ -16,12 +16,16 @@ from tests.conftest import TINY_WIDTH
 
 TINY = {
     "model": {"input_size": 32, "hidden": [8, 8], "bn_momentum": 0.9, **TINY_WIDTH},
-    "train": {"eval_batch_size": 16,
-              "stages": {"1": {"optimizer": "sgd", "max_epochs": 2, "batch_size": 8, "patience": 5}}},
+    "train": {
+        "eval_batch_size": 16,
+        "stages": {"1": {"optimizer": "sgd", "max_epochs": 2, "batch_size": 8, "patience": 5}},
+    },
 }
 
 
-@pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="torch.distributed with gloo needed")
+@pytest.mark.skipif(
+    not dist.is_available() or not dist.is_gloo_available(), reason="torch.distributed with gloo needed"
+)
 def test_two_cpu_processes_train_one_stage(tmp_path):
     # --run-dir, not --run: torchrun's argparse rejects --run as an ambiguous --run-path.
     from fertool.data.sample import generate_sample
@@ -31,9 +35,30 @@ def test_two_cpu_processes_train_one_stage(tmp_path):
     recipe.write_text(yaml.safe_dump(TINY))
     run = tmp_path / "run"
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "fertool", "train", "-r", str(recipe), "--stage", "1", "--run-dir", str(run),
-               "--csv", str(csv), "--device", "cpu", "--seed", "3", "--quiet"]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "fertool",
+        "train",
+        "-r",
+        str(recipe),
+        "--stage",
+        "1",
+        "--run-dir",
+        str(run),
+        "--csv",
+        str(csv),
+        "--device",
+        "cpu",
+        "--seed",
+        "3",
+        "--quiet",
+    ]
     proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 

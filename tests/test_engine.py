@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 
 import numpy as np
@@ -19,7 +18,6 @@ from torch import nn
 
 from fertool.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
 from fertool.data.datasets import ArraySplit
-from fertool.engine.plots import plot_curves
 from fertool.engine.loop import (
     EarlyStopping,
     NonFiniteLossError,
@@ -28,13 +26,14 @@ from fertool.engine.loop import (
     set_train_mode,
     train_one_epoch,
 )
+from fertool.engine.plots import plot_curves
 from fertool.engine.train import train_stage
 from fertool.errors import RecipeError, TrainingError
 from fertool.files import read_jsonl
 from fertool.recipe import StageConfig, load_recipe, to_dict
+from tests.conftest import TINY_WIDTH
 
 from .conftest import reference_file
-from tests.conftest import TINY_WIDTH
 
 #: LHC modules valid at input 32 (positions: stem 8x8, stage1 8x8, stage2 4x4, stage3 2x2, stage4 1x1).
 TINY_LHC = [
@@ -48,12 +47,16 @@ TINY_LHC = [
 
 def tiny_recipe(**stage_overrides):
     """Input 32, 8-8 head, deterministic; every stage plain SGD unless overridden (cheap steps)."""
-    stages = {s: {"max_epochs": 2, "batch_size": 7, "optimizer": "sgd", **stage_overrides}
-              for s in ("1", "2", "3", "4", "controller")}
-    return load_recipe({
-        "model": {"input_size": 32, "hidden": [8, 8], "bn_momentum": 0.9, "lhc": TINY_LHC, **TINY_WIDTH},
-        "train": {"deterministic": True, "eval_batch_size": 16, "stages": stages},
-    })
+    stages = {
+        s: {"max_epochs": 2, "batch_size": 7, "optimizer": "sgd", **stage_overrides}
+        for s in ("1", "2", "3", "4", "controller")
+    }
+    return load_recipe(
+        {
+            "model": {"input_size": 32, "hidden": [8, 8], "bn_momentum": 0.9, "lhc": TINY_LHC, **TINY_WIDTH},
+            "train": {"deterministic": True, "eval_batch_size": 16, "stages": stages},
+        }
+    )
 
 
 def random_split(n: int, size: int = 32, name: str = "split", seed: int = 0) -> ArraySplit:
@@ -93,8 +96,15 @@ def _step_and_evaluation(net: nn.Module, split: ArraySplit, **options) -> tuple[
     """One optimiser step over the whole split, then one evaluation, with ``options``."""
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
     set_train_mode(net)
-    trained = train_one_epoch(net, split, opt, batch_size=len(split), device=torch.device("cpu"),
-                              generator=torch.Generator().manual_seed(0), **options)
+    trained = train_one_epoch(
+        net,
+        split,
+        opt,
+        batch_size=len(split),
+        device=torch.device("cpu"),
+        generator=torch.Generator().manual_seed(0),
+        **options,
+    )
     return trained, evaluate(net, split, batch_size=len(split), **options)
 
 
@@ -198,7 +208,9 @@ def test_epoch_loss_is_the_sample_weighted_mean_and_order_follows_the_seed():
     # (BN in train mode normalises per batch, so use one batch... and two unequal batches below).
     opt = torch.optim.SGD(net.parameters(), lr=0.0)
     set_train_mode(net)
-    out = train_one_epoch(net, split, opt, batch_size=10, device=torch.device("cpu"), generator=torch.Generator().manual_seed(1))
+    out = train_one_epoch(
+        net, split, opt, batch_size=10, device=torch.device("cpu"), generator=torch.Generator().manual_seed(1)
+    )
     x = split.load(torch.arange(10))
     expected = F.cross_entropy(net(x), split.labels).item()
     assert out["train_loss"] == pytest.approx(expected, rel=1e-5)
@@ -213,7 +225,9 @@ def test_epoch_loss_is_the_sample_weighted_mean_and_order_follows_the_seed():
 
     spy = Spy(images=split.images, labels=split.labels)
     for seed in (3, 3, 4):
-        train_one_epoch(net, spy, opt, batch_size=4, device=torch.device("cpu"), generator=torch.Generator().manual_seed(seed))
+        train_one_epoch(
+            net, spy, opt, batch_size=4, device=torch.device("cpu"), generator=torch.Generator().manual_seed(seed)
+        )
     first, second, third = seen[0:3], seen[3:6], seen[6:9]
     assert [len(b) for b in first] == [4, 4, 2]
     assert sorted(sum(first, [])) == list(range(10))
@@ -250,8 +264,10 @@ def test_evaluate_is_the_clipped_cross_entropy_of_the_softmax():
 
 
 def test_plot_curves_writes_a_png(tmp_path):
-    rows = [{"epoch": e, "train_loss": 2 / e, "val_loss": 2.5 / e, "train_accuracy": 0.1 * e,
-             "val_accuracy": 0.08 * e} for e in range(1, 6)]
+    rows = [
+        {"epoch": e, "train_loss": 2 / e, "val_loss": 2.5 / e, "train_accuracy": 0.1 * e, "val_accuracy": 0.08 * e}
+        for e in range(1, 6)
+    ]
     path = plot_curves(rows, tmp_path / "curves.png", title="t")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -262,8 +278,10 @@ def test_curves_of_a_short_stage_have_whole_epoch_ticks_and_the_best_in_the_lege
 
     figures = []
     monkeypatch.setattr(plt, "close", figures.append)  # keep the figure to look at its axes
-    rows = [{"epoch": e, "train_loss": 1.0, "val_loss": 1.0, "train_accuracy": 0.5,
-             "val_accuracy": [0.2, 0.4, 0.3][e - 1]} for e in range(1, epochs + 1)]
+    rows = [
+        {"epoch": e, "train_loss": 1.0, "val_loss": 1.0, "train_accuracy": 0.5, "val_accuracy": [0.2, 0.4, 0.3][e - 1]}
+        for e in range(1, epochs + 1)
+    ]
     plot_curves(rows, tmp_path / "curves.png")
     for ax in figures[0].axes:
         lo, hi = ax.get_xlim()
@@ -315,7 +333,9 @@ def test_interrupted_and_resumed_stage_ends_bit_identical(tmp_path, data):
     rows_a = read_jsonl(tmp_path / "a/stage1/metrics.jsonl")
     rows_b = read_jsonl(tmp_path / "b/stage1/metrics.jsonl")
     assert [r["epoch"] for r in rows_b] == [1, 2, 3]
-    assert [(r["train_loss"], r["val_accuracy"]) for r in rows_a] == [(r["train_loss"], r["val_accuracy"]) for r in rows_b]
+    assert [(r["train_loss"], r["val_accuracy"]) for r in rows_a] == [
+        (r["train_loss"], r["val_accuracy"]) for r in rows_b
+    ]
     assert (tmp_path / "a/stage1/curves.png").is_file() and (tmp_path / "a/stage1/recipe.yaml").is_file()
 
     # best.pt is the first epoch with the highest validation accuracy, and its weights give it.
@@ -330,14 +350,17 @@ def test_interrupted_and_resumed_stage_ends_bit_identical(tmp_path, data):
     with pytest.raises(TrainingError, match="already done"):
         train_stage(recipe, "1", tmp_path / "a", seed=5, train_data=train, val_data=val)
     notes = []
-    again = train_stage(recipe, "1", tmp_path / "a", seed=5, resume=True, train_data=train, val_data=val, log=notes.append)
+    again = train_stage(
+        recipe, "1", tmp_path / "a", seed=5, resume=True, train_data=train, val_data=val, log=notes.append
+    )
     assert again == full and any("already done" in n for n in notes)
 
 
 def test_keep_best_drops_last_pt_once_the_stage_is_done(tmp_path, data):
     train, val = data
-    recipe = dataclasses.replace(tiny_recipe(max_epochs=2, patience=5),
-                                 train=dataclasses.replace(tiny_recipe().train, keep="best"))
+    recipe = dataclasses.replace(
+        tiny_recipe(max_epochs=2, patience=5), train=dataclasses.replace(tiny_recipe().train, keep="best")
+    )
     seen_last = []
 
     def watch(done, total, **fields):  # during training last.pt exists, so Ctrl-C can still resume
@@ -368,7 +391,9 @@ def test_divergence_stops_with_best_intact(tmp_path, data):
     summary = json.loads((tmp_path / "stage1/summary.json").read_text())
     assert summary["status"] == "diverged" and summary["diverged_at"]["epoch"] == 2
     best = load_checkpoint(tmp_path / "stage1/best.pt")
-    assert best["epoch"] == 1 and all(torch.isfinite(v).all() for v in best["state_dict"].values() if v.is_floating_point())
+    assert best["epoch"] == 1 and all(
+        torch.isfinite(v).all() for v in best["state_dict"].values() if v.is_floating_point()
+    )
 
 
 def test_stage_needs_its_predecessor_and_refuses_test_selection(tmp_path, data):
@@ -391,8 +416,14 @@ def stage3_run(tmp_path_factory):
     arch, args = arch_from_recipe(recipe.model, "backbone")
     torch.manual_seed(0)
     model = build_model(arch, **args)
-    ckpt = make_checkpoint(arch=arch, arch_args=args, state_dict=model.state_dict(), stage="3", epoch=4,
-                           metrics={"train_loss": 1.75, "val_accuracy": 0.3})
+    ckpt = make_checkpoint(
+        arch=arch,
+        arch_args=args,
+        state_dict=model.state_dict(),
+        stage="3",
+        epoch=4,
+        metrics={"train_loss": 1.75, "val_accuracy": 0.3},
+    )
     save_checkpoint(run / "stage3" / "best.pt", ckpt)
     return run
 
@@ -413,8 +444,9 @@ def test_stage4_adds_lhc_and_records_the_selection_rule(stage3_run, data):
     train, val = data
     recipe = tiny_recipe(max_epochs=1)
     notes = []
-    summary = train_stage(recipe, "4", stage3_run, seed=5, init_seed=7, train_data=train, val_data=val,
-                          log=notes.append)
+    summary = train_stage(
+        recipe, "4", stage3_run, seed=5, init_seed=7, train_data=train, val_data=val, log=notes.append
+    )
     assert any("added LHC modules" in n for n in notes)
     assert summary["seed"] == 5 and summary["init_seed"] == 7  # data seed and init seed kept apart
     init = load_checkpoint(stage3_run / "stage4/init.pt")
@@ -458,8 +490,17 @@ def test_stage1_starts_from_keras_imagenet_style_weights(tmp_path, data):
     h5 = reference_file("keras_resnet34_notop.h5.gz")
     train, val = data
     # Full width: the Keras file holds ResNet34's channels.
-    recipe = load_recipe({**_raw(tiny_recipe(max_epochs=1, lr=1e-12)), "model": {
-        **_raw(tiny_recipe())["model"], "channels": [64, 128, 256, 512], "stem_width": 64, "pretrained": str(h5)}})
+    recipe = load_recipe(
+        {
+            **_raw(tiny_recipe(max_epochs=1, lr=1e-12)),
+            "model": {
+                **_raw(tiny_recipe())["model"],
+                "channels": [64, 128, 256, 512],
+                "stem_width": 64,
+                "pretrained": str(h5),
+            },
+        }
+    )
     notes = []
     train_stage(recipe, "1", tmp_path, train_data=train, val_data=val, log=notes.append)
     assert any("pre-trained weights" in n and "newly initialised" in n for n in notes)
@@ -501,15 +542,20 @@ def test_resume_refuses_a_changed_recipe_and_records_safe_changes(tmp_path, data
         train_stage(changed, "1", tmp_path, seed=5, resume=True, train_data=train, val_data=val)
     lines = str(info.value).splitlines()
     assert "stage 1 was started with another recipe" in lines[0] and "recipe.yaml" in lines[0]
-    assert [line.strip() for line in lines[1:]] == ["train.stages.1.lr: 0.0001 -> 0.5",
-                                                    "train.stages.1.max_epochs: 4 -> 1 (2 epochs already trained)"]
+    assert [line.strip() for line in lines[1:]] == [
+        "train.stages.1.lr: 0.0001 -> 0.5",
+        "train.stages.1.max_epochs: 4 -> 1 (2 epochs already trained)",
+    ]
     assert load_checkpoint(tmp_path / "stage1" / "last.pt")["epoch"] == 2  # untouched by the refusal
-    safe = load_recipe(to_dict(recipe), ["train.eval_batch_size=5", "train.stages.1.max_epochs=3",
-                                         "train.stages.2.lr=0.5"])
+    safe = load_recipe(
+        to_dict(recipe), ["train.eval_batch_size=5", "train.stages.1.max_epochs=3", "train.stages.2.lr=0.5"]
+    )
     summary = train_stage(safe, "1", tmp_path, seed=5, resume=True, train_data=train, val_data=val)
     assert summary["status"] == "finished" and summary["epochs"] == 3
-    assert summary["warnings"] == ["resumed with a changed recipe: train.eval_batch_size: 16 -> 5",
-                                   "resumed with a changed recipe: train.stages.1.max_epochs: 4 -> 3"]
+    assert summary["warnings"] == [
+        "resumed with a changed recipe: train.eval_batch_size: 16 -> 5",
+        "resumed with a changed recipe: train.stages.1.max_epochs: 4 -> 3",
+    ]
 
 
 def test_a_stage_in_use_by_another_process_is_refused(tmp_path, data):
@@ -528,8 +574,12 @@ def test_a_stage_in_use_by_another_process_is_refused(tmp_path, data):
             print("locked", flush=True)
             time.sleep(120)
     """)
-    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
-                              env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)})
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)},
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(InUseError, match=rf"stage1 is in use by another fertool process \(pid {holder.pid} on "):

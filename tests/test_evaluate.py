@@ -128,8 +128,14 @@ def _small_checkpoint(path, num_classes=7):
         model.stem.bn_data.running_mean.fill_(128.0)
         model.stem.bn_data.running_var.fill_(75.0**2)
         model.head.fc3.weight.mul_(0.05)  # keep the softmax away from 0/1 (no loss clipping)
-    ckpt = make_checkpoint(arch="resnet34v2", arch_args=args, state_dict=model.state_dict(), stage="3",
-                           class_names=CLASS_NAMES[:num_classes], extra={"seed": 7})
+    ckpt = make_checkpoint(
+        arch="resnet34v2",
+        arch_args=args,
+        state_dict=model.state_dict(),
+        stage="3",
+        class_names=CLASS_NAMES[:num_classes],
+        extra={"seed": 7},
+    )
     save_checkpoint(path, ckpt)
     return model.eval()
 
@@ -159,13 +165,33 @@ def test_cli_evaluate_with_tta(workdir, cli_runner):
 
     from fertool.cli import app
 
-    result = cli_runner.invoke(app, ["evaluate", "--checkpoint", str(workdir["ckpt"]), "--csv", str(workdir["csv"]),
-                                     "--tta", "--set", "tta.preset=flip", "--quiet", "--device", "cpu",
-                                     "--batch-size", "5"])
+    result = cli_runner.invoke(
+        app,
+        [
+            "evaluate",
+            "--checkpoint",
+            str(workdir["ckpt"]),
+            "--csv",
+            str(workdir["csv"]),
+            "--tta",
+            "--set",
+            "tta.preset=flip",
+            "--quiet",
+            "--device",
+            "cpu",
+            "--batch-size",
+            "5",
+        ],
+    )
     assert result.exit_code == 0, result.output
     out = workdir["root"] / "run" / "eval-PrivateTest"
-    assert {p.name for p in out.iterdir()} == {"metrics.json", "probs.npz", "confusion.png", "recipe.yaml",
-                                             ".fertool-output.json"}  # the marker: fertool wrote this folder
+    assert {p.name for p in out.iterdir()} == {
+        "metrics.json",
+        "probs.npz",
+        "confusion.png",
+        "recipe.yaml",
+        ".fertool-output.json",
+    }  # the marker: fertool wrote this folder
     assert "accuracy" in result.stdout and "TTA (flip)" in result.stdout
     metrics = json.loads((out / "metrics.json").read_text())
     npz = np.load(out / "probs.npz")
@@ -174,8 +200,9 @@ def test_cli_evaluate_with_tta(workdir, cli_runner):
     np.testing.assert_array_equal(npz["rows"], rows)
     np.testing.assert_array_equal(npz["labels"], labels)
     # independent inference path: F.interpolate matches TF's resize to ~1e-4
-    x = torch.nn.functional.interpolate(torch.from_numpy(images)[:, None], size=32, mode="bilinear",
-                                        align_corners=False).expand(-1, 3, -1, -1)
+    x = torch.nn.functional.interpolate(
+        torch.from_numpy(images)[:, None], size=32, mode="bilinear", align_corners=False
+    ).expand(-1, 3, -1, -1)
     with torch.no_grad():
         direct = torch.softmax(workdir["model"](x), -1).numpy()
     np.testing.assert_allclose(npz["probs"], direct, atol=1e-4)
@@ -184,7 +211,9 @@ def test_cli_evaluate_with_tta(workdir, cli_runner):
     assert metrics["accuracy"] == pytest.approx((pred == labels).mean())
     assert metrics["loss"] == pytest.approx(-np.log(direct[np.arange(12), labels]).mean(), rel=1e-4)
     assert np.asarray(metrics["confusion"]).sum() == 12
-    assert [metrics["per_class"][c]["support"] for c in metrics["class_names"]] == np.bincount(labels, minlength=7).tolist()
+    assert [metrics["per_class"][c]["support"] for c in metrics["class_names"]] == np.bincount(
+        labels, minlength=7
+    ).tolist()
     assert metrics["arch"] == "resnet34v2" and metrics["stage"] == "3" and metrics["seed"] == 7
 
     tta = metrics["tta"]
@@ -203,8 +232,23 @@ def test_cli_evaluate_json_stdout_only(workdir, cli_runner, tmp_path):
     from fertool.cli import app
 
     out = tmp_path / "ev"
-    result = cli_runner.invoke(app, ["evaluate", "-c", str(workdir["ckpt"]), "--csv", str(workdir["csv"]),
-                                     "--split", "PublicTest", "--json", "--out", str(out), "--device", "cpu"])
+    result = cli_runner.invoke(
+        app,
+        [
+            "evaluate",
+            "-c",
+            str(workdir["ckpt"]),
+            "--csv",
+            str(workdir["csv"]),
+            "--split",
+            "PublicTest",
+            "--json",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+        ],
+    )
     assert result.exit_code == 0, result.output
     parsed = json.loads(result.stdout)  # nothing else on stdout
     assert parsed == json.loads((out / "metrics.json").read_text())
@@ -265,8 +309,9 @@ def test_evaluate_image_folder(workdir, tmp_path):
         for i in range(2):
             cv2.imwrite(str(folder / f"{i}.png"), rng.integers(0, 256, (32, 32), dtype=np.uint8))
             expected_labels.append(label)
-    report = evaluate_checkpoint(workdir["ckpt"], images=root, split="PrivateTest", out_dir=tmp_path / "ev",
-                                 resamples=100)
+    report = evaluate_checkpoint(
+        workdir["ckpt"], images=root, split="PrivateTest", out_dir=tmp_path / "ev", resamples=100
+    )
     assert report["n"] == 6 and report["images"] == str(root)
     npz = np.load(tmp_path / "ev" / "probs.npz")
     assert sorted(npz["labels"].tolist()) == sorted(expected_labels)

@@ -12,9 +12,9 @@ import torch
 
 from fertool import CLASS_NAMES
 from fertool.checkpoint import load_checkpoint
-from fertool.surgery import model_from_checkpoint
 from fertool.deploy import export as E
 from fertool.errors import CheckpointError, FertoolError, ModelError
+from fertool.surgery import model_from_checkpoint
 
 from .test_predict import make_tiny_checkpoint
 
@@ -128,9 +128,13 @@ def test_non_fertool_file_and_unknown_format_are_refused(ckpt_path, tmp_path, cl
         E.export_model(foreign, tmp_path / "x.pt", fmt="torchscript")
     with pytest.raises(FertoolError, match="unknown export format"):
         E.export_model(ckpt_path, tmp_path / "x.tflite", fmt="tflite")
-    result = cli_runner.invoke(app, ["export", "-c", str(foreign), "--format", "torchscript", "--out", str(tmp_path / "y.pt")])
+    result = cli_runner.invoke(
+        app, ["export", "-c", str(foreign), "--format", "torchscript", "--out", str(tmp_path / "y.pt")]
+    )
     assert result.exit_code == 1 and "not a fertool checkpoint" in result.stderr
-    result = cli_runner.invoke(app, ["export", "-c", str(ckpt_path), "--format", "tflite", "--out", str(tmp_path / "y")])
+    result = cli_runner.invoke(
+        app, ["export", "-c", str(ckpt_path), "--format", "tflite", "--out", str(tmp_path / "y")]
+    )
     assert result.exit_code == 2
     assert not (tmp_path / "x.pt").exists() and not (tmp_path / "y.pt").exists()
 

@@ -68,8 +68,13 @@ def _env(tag: str, pause_at: str | None, pause_file: Path) -> dict:
 def run_fertool(args: list[str], tmp: Path, *, timeout: float = 240) -> subprocess.CompletedProcess:
     """Run the CLI to the end; fail on a non-zero exit."""
     tag = uuid.uuid4().hex
-    result = subprocess.run([sys.executable, "-m", "fertool", *args], env=_env(tag, None, tmp / "unused"),
-                            capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(
+        [sys.executable, "-m", "fertool", *args],
+        env=_env(tag, None, tmp / "unused"),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
     return result
@@ -79,8 +84,12 @@ def kill_at(args: list[str], point: str, tmp: Path, *, timeout: float = 240) -> 
     """Start the CLI, wait until it parks at ``point``, kill -9 it; assert nothing of it survives."""
     tag = uuid.uuid4().hex
     pause_file = tmp / f"paused-{tag}"
-    proc = subprocess.Popen([sys.executable, "-m", "fertool", *args], env=_env(tag, point, pause_file),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fertool", *args],
+        env=_env(tag, point, pause_file),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.monotonic() + timeout
     while not pause_file.exists():
         if proc.poll() is not None:
@@ -128,12 +137,15 @@ def prepare_case(tmp_path_factory):
     return root, csv, _prepared_files(root / "reference")
 
 
-@pytest.mark.parametrize("point,existing", [
-    ("prepare-chunk:2", False),  # workers busy, two chunks written
-    ("prepare-chunk:6", False),
-    ("prepare-install:1", False),  # complete, not yet renamed into place
-    ("prepare-install:1", True),  # --overwrite: the old folder moved away, the new one not yet in place
-])
+@pytest.mark.parametrize(
+    "point,existing",
+    [
+        ("prepare-chunk:2", False),  # workers busy, two chunks written
+        ("prepare-chunk:6", False),
+        ("prepare-install:1", False),  # complete, not yet renamed into place
+        ("prepare-install:1", True),  # --overwrite: the old folder moved away, the new one not yet in place
+    ],
+)
 def test_kill_prepare(prepare_case, tmp_path, point, existing):
     root, csv, reference = prepare_case
     out = tmp_path / "prepared"
@@ -161,8 +173,9 @@ def test_prepare_workers_exit_with_their_parent_on_every_start_method(tmp_path, 
         time.sleep(120)
     """)
     tag = uuid.uuid4().hex
-    proc = subprocess.Popen([sys.executable, "-c", code], env=_env(tag, None, tmp_path / "unused"),
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], env=_env(tag, None, tmp_path / "unused"), stdout=subprocess.PIPE, text=True
+    )
     workers = [int(pid) for pid in proc.stdout.readline().split()]
     assert len(workers) == 2 and set(workers) <= set(_tagged(tag))
     os.kill(proc.pid, signal.SIGKILL)
@@ -179,8 +192,11 @@ def test_prepare_workers_exit_with_their_parent_on_every_start_method(tmp_path, 
 
 TINY = {
     "model": {"input_size": 32, "hidden": [8, 8], "bn_momentum": 0.9, **TINY_WIDTH},
-    "train": {"deterministic": True, "eval_batch_size": 16,
-              "stages": {"1": {"optimizer": "adam", "lr": 0.001, "max_epochs": 3, "batch_size": 7, "patience": 5}}},
+    "train": {
+        "deterministic": True,
+        "eval_batch_size": 16,
+        "stages": {"1": {"optimizer": "adam", "lr": 0.001, "max_epochs": 3, "batch_size": 7, "patience": 5}},
+    },
 }
 COMPARED = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "best")
 
@@ -222,12 +238,15 @@ def train_case(tmp_path_factory):
     return args, _stage_state(root / "reference" / "stage1")
 
 
-@pytest.mark.parametrize("point", [
-    "epoch:2",  # inside epoch 2: trained, not yet validated or saved
-    "write:best.pt:1",  # epoch 1's best.pt written to its temporary file, not renamed
-    "write:last.pt:3",  # epoch 2's last.pt likewise (epoch 0 and 1 came before)
-    "write:summary.json:1",  # the final summary: every epoch done, status not yet recorded
-])
+@pytest.mark.parametrize(
+    "point",
+    [
+        "epoch:2",  # inside epoch 2: trained, not yet validated or saved
+        "write:best.pt:1",  # epoch 1's best.pt written to its temporary file, not renamed
+        "write:last.pt:3",  # epoch 2's last.pt likewise (epoch 0 and 1 came before)
+        "write:summary.json:1",  # the final summary: every epoch done, status not yet recorded
+    ],
+)
 def test_kill_train(train_case, tmp_path, point):
     args, reference = train_case
     run = tmp_path / "run"
@@ -247,9 +266,13 @@ def test_sigterm_during_train_records_interrupted_and_resumes(train_case, tmp_pa
     run = tmp_path / "run"
     tag = uuid.uuid4().hex
     pause_file = tmp_path / "paused"
-    proc = subprocess.Popen([sys.executable, "-m", "fertool", *args, "--run", str(run)],
-                            env=_env(tag, "epoch:2", pause_file), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fertool", *args, "--run", str(run)],
+        env=_env(tag, "epoch:2", pause_file),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 240
     while not pause_file.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)

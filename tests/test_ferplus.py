@@ -75,23 +75,50 @@ def test_plurality_labels_drop_ties_unknown_not_a_face_and_empty_rows():
 
 
 def test_ferplus_majority_removes_single_votes_and_asks_for_more_than_half():
-    extra = [[5, 4, 1, 0, 0, 0, 0, 0, 0, 0],  # 5 of 9 after the outlier: kept
-             [5, 4, 2, 0, 0, 0, 0, 0, 0, 0],  # 5 of 11: dropped
-             [1, 1, 1, 1, 1, 1, 1, 1, 1, 1],  # every vote an outlier: dropped
-             [0] * 10]
+    extra = [
+        [5, 4, 1, 0, 0, 0, 0, 0, 0, 0],  # 5 of 9 after the outlier: kept
+        [5, 4, 2, 0, 0, 0, 0, 0, 0, 0],  # 5 of 11: dropped
+        [1, 1, 1, 1, 1, 1, 1, 1, 1, 1],  # every vote an outlier: dropped
+        [0] * 10,
+    ]
     labels, reasons = ferplus_majority(np.array(VOTES + extra))
-    assert names(labels) == [None, None, "Contempt", None, "Happiness", None, "Fear", "Sadness",
-                             "Neutral", None, None, None]
+    assert names(labels) == [
+        None,
+        None,
+        "Contempt",
+        None,
+        "Happiness",
+        None,
+        "Fear",
+        "Sadness",
+        "Neutral",
+        None,
+        None,
+        None,
+    ]
     assert reasons.tolist() == [1, 1, -1, 3, -1, 4, -1, -1, -1, 1, 1, 1]  # no majority, unknown, not a face
 
 
 def test_ferplus_crossentropy_takes_top_three_until_75_percent():
-    rows = VOTES + [[3, 3, 3, 3, 0, 0, 0, 0, 0, 0],  # four tied columns: more than three, dropped
-                    [3, 0, 0, 0, 0, 0, 0, 0, 3, 0],  # unknown ties the top emotion: left out, 3 of 6 is not > 50%
-                    [4, 3, 2, 2, 0, 0, 0, 0, 0, 0]]  # 4, 3, then the tied 2s make four columns: dropped
+    rows = VOTES + [
+        [3, 3, 3, 3, 0, 0, 0, 0, 0, 0],  # four tied columns: more than three, dropped
+        [3, 0, 0, 0, 0, 0, 0, 0, 3, 0],  # unknown ties the top emotion: left out, 3 of 6 is not > 50%
+        [4, 3, 2, 2, 0, 0, 0, 0, 0, 0],
+    ]  # 4, 3, then the tied 2s make four columns: dropped
     labels, reasons, targets = ferplus_crossentropy(np.array(rows))
-    assert names(labels) == ["Neutral", "Neutral", "Contempt", None, "Happiness", None, "Fear", "Sadness",
-                             None, None, None]
+    assert names(labels) == [
+        "Neutral",
+        "Neutral",
+        "Contempt",
+        None,
+        "Happiness",
+        None,
+        "Fear",
+        "Sadness",
+        None,
+        None,
+        None,
+    ]
     assert reasons.tolist() == [-1, -1, -1, 3, -1, 4, -1, -1, 2, 2, 2]  # unknown, not a face, too spread
     assert targets[0].tolist() == TARGETS[0] and targets[6].tolist() == TARGETS[6]
     assert targets[1].tolist() == [5, 5, 0, 0, 0, 0, 0, 0]  # a tie is kept as a distribution
@@ -107,8 +134,9 @@ def test_vote_distribution_normalises_the_eight_emotions_only():
 def test_read_ferplus_names_the_line_of_each_problem(tmp_path):
     usages = ["Training"] * 3
     # as in the real file: the numbering skips the unnamed row, which FER+ dropped
-    skipping = write_labels(tmp_path / "ok.csv", [VOTES[2], VOTES[2], VOTES[4]], usages,
-                            names=["fer0000000.png", "", "fer0000001.png"])
+    skipping = write_labels(
+        tmp_path / "ok.csv", [VOTES[2], VOTES[2], VOTES[4]], usages, names=["fer0000000.png", "", "fer0000001.png"]
+    )
     labels = read_ferplus(skipping)
     assert len(labels) == 3 and labels.labels.tolist() == [7, -1, 1]
     assert labels.dropped()["by_reason"]["no FER+ image"] == 1
@@ -119,14 +147,19 @@ def test_read_ferplus_names_the_line_of_each_problem(tmp_path):
     with pytest.raises(DataError, match=r"neg.csv:2: vote counts must be >= 0"):
         read_ferplus(negative)
     (tmp_path / "head.csv").write_text("Usage,neutral\nTraining,3\n")
-    with pytest.raises(DataError, match=r"head.csv:1: not a FER\+ label file: missing column\(s\) image name, happiness"):
+    with pytest.raises(
+        DataError, match=r"head.csv:1: not a FER\+ label file: missing column\(s\) image name, happiness"
+    ):
         read_ferplus(tmp_path / "head.csv")
 
 
 KEPT = {"majority": MAJORITY, "crossentropy": CROSSENTROPY, "plurality": PLURALITY}
 DROPPED = {  # per split: rows 0, 3, 6 are Training, 1, 4, 7 PublicTest, 2, 5 PrivateTest
-    "majority": {"Training": {"no majority": 1, "unknown": 1}, "PublicTest": {"no majority": 1},
-                 "PrivateTest": {"not a face": 1}},
+    "majority": {
+        "Training": {"no majority": 1, "unknown": 1},
+        "PublicTest": {"no majority": 1},
+        "PrivateTest": {"not a face": 1},
+    },
     "crossentropy": {"Training": {"unknown": 1}, "PublicTest": {"no majority": 1}, "PrivateTest": {"not a face": 1}},
     "plurality": {"Training": {"unknown": 1}, "PublicTest": {"tied": 1}, "PrivateTest": {"not a face": 1}},
 }
@@ -160,8 +193,11 @@ def test_prepare_with_ferplus_keeps_fer2013_pixels_and_takes_ferplus_labels(tmp_
     assert dropped["rows"] == sorted(set(range(8)) - set(KEPT[mode])) and dropped["count"] == len(dropped["rows"])
     assert {split: d["dropped"] for split, d in dropped["per_split"].items()} == DROPPED[mode]
     rules = {split: d["rule"] for split, d in dropped["per_split"].items()}
-    assert rules == {"Training": mode, "PublicTest": "plurality" if mode == "plurality" else "majority",
-                     "PrivateTest": "plurality" if mode == "plurality" else "majority"}
+    assert rules == {
+        "Training": mode,
+        "PublicTest": "plurality" if mode == "plurality" else "majority",
+        "PrivateTest": "plurality" if mode == "plurality" else "majority",
+    }
     kept_training = [PLURALITY[r] for r in (0, 6) if r in KEPT[mode]]
     assert written["counts"]["Training"] == {name: kept_training.count(name) for name in FERPLUS_CLASSES}
 
@@ -169,16 +205,18 @@ def test_prepare_with_ferplus_keeps_fer2013_pixels_and_takes_ferplus_labels(tmp_
 def test_soft_targets_reach_the_split_in_crossentropy_mode_only(tmp_path, ferplus_pair):
     csv_path, labels_path, _ = ferplus_pair
     for mode in ("plurality", "crossentropy"):
-        prepare(csv_path, tmp_path / mode, config=PrepareConfig(size=32, label_mode=mode), workers=1,
-                ferplus=labels_path)
+        prepare(
+            csv_path, tmp_path / mode, config=PrepareConfig(size=32, label_mode=mode), workers=1, ferplus=labels_path
+        )
         train = open_image_split(tmp_path / mode, "Training")
         assert train.class_names == FERPLUS_CLASSES
         assert train.labels.tolist() == [FERPLUS_CLASSES.index("Neutral"), FERPLUS_CLASSES.index("Fear")]
         if mode == "plurality":
             assert train.targets is None
         else:  # FER+'s distribution: after its outlier and top-3 rules, not the raw votes
-            np.testing.assert_allclose(train.targets.numpy(), [[4 / 7, 0, 0, 0, 3 / 7, 0, 0, 0],
-                                                               [0, 0, 0.25, 0, 0, 0, 0.75, 0]], rtol=1e-6)
+            np.testing.assert_allclose(
+                train.targets.numpy(), [[4 / 7, 0, 0, 0, 3 / 7, 0, 0, 0], [0, 0, 0.25, 0, 0, 0, 0.75, 0]], rtol=1e-6
+            )
 
 
 def test_row_count_or_usage_mismatch_is_refused_and_nothing_written(tmp_path, ferplus_pair):
@@ -187,8 +225,11 @@ def test_row_count_or_usage_mismatch_is_refused_and_nothing_written(tmp_path, fe
     with pytest.raises(DataError, match=r"short.csv: 7 label rows but .*fer.csv has 8 data rows"):
         prepare(csv_path, tmp_path / "a", config=PrepareConfig(size=16), workers=1, ferplus=short)
     swapped = write_labels(tmp_path / "swapped.csv", VOTES, [usages[1], usages[0], *usages[2:]], names=[""] * 8)
-    with pytest.raises(DataError, match=r"swapped.csv: row 0 is PublicTest but row 0 of .*fer.csv is Training "
-                                        r"\(2 rows disagree\): the two files are not in the same order"):
+    with pytest.raises(
+        DataError,
+        match=r"swapped.csv: row 0 is PublicTest but row 0 of .*fer.csv is Training "
+        r"\(2 rows disagree\): the two files are not in the same order",
+    ):
         prepare(csv_path, tmp_path / "b", config=PrepareConfig(size=16), workers=1, ferplus=swapped)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no partial folders left
@@ -204,7 +245,9 @@ def test_labels_stay_aligned_across_chunks_and_worker_processes(tmp_path):
     manifests = []
     for workers in (1, 2):
         out = tmp_path / f"w{workers}"
-        prepare(root / "fer2013.csv", out, config=PrepareConfig(size=16), workers=workers, ferplus=root / "fer2013new.csv")
+        prepare(
+            root / "fer2013.csv", out, config=PrepareConfig(size=16), workers=workers, ferplus=root / "fer2013new.csv"
+        )
         manifests.append((out / "manifest.csv").read_text())
     assert manifests[0] == manifests[1]
     rows = list(csv.DictReader(manifests[0].splitlines()))
@@ -282,7 +325,7 @@ def test_prepare_reads_the_real_file_and_keeps_exactly_ferplus_majority_rows(tmp
         fh.write("emotion,pixels,Usage\n")
         fh.writelines(f"0,{pixels},{usage}\n" for usage, *_ in rows)
     summary = prepare(fer, tmp_path / "out", config=PrepareConfig(size=8), workers=2, ferplus=path)
-    counts = {split: {name: 0 for name in FERPLUS_CLASSES} for split in SPLITS}
+    counts = {split: dict.fromkeys(FERPLUS_CLASSES, 0) for split in SPLITS}
     kept_rows = []
     for i, (usage, name, *votes) in enumerate(rows):
         label = _ferplus_rule_by_hand([int(x) for x in votes], "majority") if name.strip() else None

@@ -31,8 +31,9 @@ def saved(monkeypatch):
 
     def savefig(self, fname, *args, **kwargs):
         dpi = kwargs.get("dpi") or self.dpi
-        texts = [(t.get_text(), t.get_fontsize()) for t in self.findobj(Text)
-                 if t.get_visible() and t.get_text().strip()]
+        texts = [
+            (t.get_text(), t.get_fontsize()) for t in self.findobj(Text) if t.get_visible() and t.get_text().strip()
+        ]
         original(self, fname, *args, **kwargs)
         records.append((texts, float(dpi), Image.open(fname).size[0]))  # before an atomic rename
 
@@ -72,8 +73,16 @@ def test_confusion_matrices_plain_and_tta(saved, tmp_path):
 def test_training_curves(saved, tmp_path):
     from fertool.engine.plots import plot_curves
 
-    rows = [{"epoch": e, "train_loss": 1.9 - 0.1 * e, "val_loss": 1.8 - 0.05 * e, "train_accuracy": 0.2 + 0.03 * e,
-             "val_accuracy": 0.25 + 0.02 * e} for e in range(1, 13)]
+    rows = [
+        {
+            "epoch": e,
+            "train_loss": 1.9 - 0.1 * e,
+            "val_loss": 1.8 - 0.05 * e,
+            "train_accuracy": 0.2 + 0.03 * e,
+            "val_accuracy": 0.25 + 0.02 * e,
+        }
+        for e in range(1, 13)
+    ]
     plot_curves(rows, tmp_path / "curves.png", title="stage 2: resnet34v2")
     assert too_small(saved) == []
 
@@ -88,11 +97,16 @@ def test_head_correlations_ablation_and_runs(saved, tmp_path):
         corr = np.corrcoef(rng.normal(size=(heads, 50)))
         plot_head_correlation(corr, tmp_path / f"heads-{heads}.png", title=f"lhc1: correlation of the {heads} heads")
     modules = [f"lhc{i}" for i in range(1, 6)]
-    results = [{"mode": mode, "set": [m], "delta": -0.01 * i, "tta_delta": -0.005 * i}
-               for mode in ("off", "detrain") for i, m in enumerate(modules)]
+    results = [
+        {"mode": mode, "set": [m], "delta": -0.01 * i, "tta_delta": -0.005 * i}
+        for mode in ("off", "detrain")
+        for i, m in enumerate(modules)
+    ]
     plot_ablation(results, tmp_path / "ablation.png", title="LHC-Net on PrivateTest")
-    runs = [SimpleNamespace(group=g, status="ok", accuracy=0.7 + 0.01 * i, tta_accuracy=0.71 + 0.01 * i)
-            for i, g in enumerate(["ResNet34v2", "LHC-Net", "LHC-NetC"] * 3)]
+    runs = [
+        SimpleNamespace(group=g, status="ok", accuracy=0.7 + 0.01 * i, tta_accuracy=0.71 + 0.01 * i)
+        for i, g in enumerate(["ResNet34v2", "LHC-Net", "LHC-NetC"] * 3)
+    ]
     plot_runs(runs, tmp_path / "runs.png", groups=["ResNet34v2", "LHC-Net", "LHC-NetC"], title="PrivateTest")
     assert too_small(saved) == []
 
@@ -103,8 +117,14 @@ def test_attention_pictures(saved, tmp_path):
     rng = np.random.default_rng(0)
     logits = rng.normal(scale=4, size=(8, 64, 64))
     weights = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
-    plot_attention(rng.uniform(0, 255, (48, 48, 3)), weights, rng.uniform(0, 2, (12, 12)), 1.5,
-                   tmp_path / "attention.png", title="image 3, lhc1")
+    plot_attention(
+        rng.uniform(0, 255, (48, 48, 3)),
+        weights,
+        rng.uniform(0, 2, (12, 12)),
+        1.5,
+        tmp_path / "attention.png",
+        title="image 3, lhc1",
+    )
     assert too_small(saved) == []
 
 

@@ -38,7 +38,7 @@ def test_class_list_from_folders_sorted_or_fer2013_or_explicit(tmp_path):
     assert five.classes == ("contempt", "Happy", "sad")  # sorted, case-insensitively
     assert five.labels.tolist() == [0, 1, 2, 2, 2] and five.splits.tolist() == [0, 0, 0, 0, 2]
     seven = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
-    fer = scan_folder(tree(tmp_path / "b", {"Train": {name: 1 for name in seven}}))
+    fer = scan_folder(tree(tmp_path / "b", {"Train": dict.fromkeys(seven, 1)}))
     assert fer.classes == CLASS_NAMES  # the FER2013 classes keep FER2013's names and order
     assert [fer.classes[i] for i in fer.labels] == list(CLASS_NAMES)
     explicit = scan_folder(tmp_path / "a", classes=["Sadness", "Contempt", "Happiness", "Fear"])
@@ -53,7 +53,9 @@ def test_every_image_type_predict_reads_is_found_in_class_folders(tmp_path):
     from fertool.deploy.predict import IMAGE_EXTENSIONS as PREDICTED
 
     for i, ext in enumerate((".png", ".jpe", ".pnm", ".dib")):
-        write_image(tmp_path / "train" / ("sad" if i % 2 else "happy") / f"{i}{ext}", np.full((8, 8, 3), 40 * i, np.uint8))
+        write_image(
+            tmp_path / "train" / ("sad" if i % 2 else "happy") / f"{i}{ext}", np.full((8, 8, 3), 40 * i, np.uint8)
+        )
     (tmp_path / "train" / "sad" / "notes.txt").write_text("not an image")
     found = scan_folder(tmp_path)
     assert len(found.labels) == 4  # the .txt is no image
@@ -78,8 +80,14 @@ def test_carved_validation_is_seeded_per_class_and_never_from_test(tmp_path):
     assert np.array_equal(carved.splits, again.splits) and not np.array_equal(carved.splits, other.splits)
     assert np.bincount(carved.labels[val], minlength=3).tolist() == [4, 2, 0]  # round(0.2 n); a lone image stays
     assert (carved.splits[images.splits == 2] == 2).all()  # the test split is untouched
-    assert record == {"from": "Training", "to": "PublicTest", "fraction": 0.2, "seed": 3, "images": 6,
-                      "per_class": {"a": 4, "b": 2, "c": 0}}
+    assert record == {
+        "from": "Training",
+        "to": "PublicTest",
+        "fraction": 0.2,
+        "seed": 3,
+        "images": 6,
+        "per_class": {"a": 4, "b": 2, "c": 0},
+    }
     with_val = scan_folder(tree(tmp_path / "b", {"train": {"a": 3, "b": 3}, "val": {"a": 1}}))
     assert carve_validation(with_val, 0.2, seed=0) == (with_val, None)
 
@@ -139,17 +147,26 @@ def test_rafdb_labels_are_one_based_in_rafdb_order(tmp_path):
     root = tmp_path / "basic"
     (root / "EmoLabel").mkdir(parents=True)
     (root / "EmoLabel" / "list_patition_label.txt").write_text(
-        "train_00001.jpg 1\ntrain_00002.jpg 7\ntest_0001.jpg 4\ntrain_00003.jpg 6\n")
+        "train_00001.jpg 1\ntrain_00002.jpg 7\ntest_0001.jpg 4\ntrain_00003.jpg 6\n"
+    )
     for name in ("train_00001", "train_00002", "test_0001", "train_00003"):
         write_image(root / "Image" / "aligned" / f"{name}_aligned.jpg", np.zeros((10, 10, 3), np.uint8))
     images = scan_rafdb(root)
     assert images.classes == RAFDB_CLASSES
-    named = {f.name: (images.classes[label], int(split)) for f, label, split in zip(images.files, images.labels, images.splits)}
-    assert named == {"train_00001_aligned.jpg": ("Surprise", 0), "train_00002_aligned.jpg": ("Neutral", 0),
-                     "train_00003_aligned.jpg": ("Anger", 0), "test_0001_aligned.jpg": ("Happiness", 2)}
+    named = {
+        f.name: (images.classes[label], int(split))
+        for f, label, split in zip(images.files, images.labels, images.splits)
+    }
+    assert named == {
+        "train_00001_aligned.jpg": ("Surprise", 0),
+        "train_00002_aligned.jpg": ("Neutral", 0),
+        "train_00003_aligned.jpg": ("Anger", 0),
+        "test_0001_aligned.jpg": ("Happiness", 2),
+    }
     reordered = scan_rafdb(root, classes=CLASS_NAMES)  # data.classes: FER2013's order
-    assert {f.name: reordered.classes[label] for f, label in zip(reordered.files, reordered.labels)} == \
-        {name: cls for name, (cls, _) in named.items()}
+    assert {f.name: reordered.classes[label] for f, label in zip(reordered.files, reordered.labels)} == {
+        name: cls for name, (cls, _) in named.items()
+    }
     (root / "Image" / "aligned" / "train_00003_aligned.jpg").unlink()
     with pytest.raises(DataError, match=r"1 listed image\(s\) not found, e.g. train_00003.jpg"):
         scan_rafdb(root)

@@ -47,8 +47,9 @@ def test_notop_gz_reproduces_reference_features():
 
 
 def test_loaded_weights_equal_the_quantised_formula(notop_ckpt):
-    want = reference_state_dict(load_json(reference_file("full_network.json")), "backbone",
-                                quantised=True, blocks_without=("head",))
+    want = reference_state_dict(
+        load_json(reference_file("full_network.json")), "backbone", quantised=True, blocks_without=("head",)
+    )
     got = notop_ckpt["state_dict"]
     assert len(want) == 176  # the backbone tensors of the file (README §6)
     for key, value in want.items():
@@ -181,9 +182,15 @@ def _tiny_keras(path, **extra):
     return path
 
 
-@pytest.mark.parametrize("kind, message", [
-    ("soft", "is a soft link"), ("external_link", "is an external link"),
-    ("external_storage", "is stored in external file"), ("virtual", "is a virtual dataset")])
+@pytest.mark.parametrize(
+    "kind, message",
+    [
+        ("soft", "is a soft link"),
+        ("external_link", "is an external link"),
+        ("external_storage", "is stored in external file"),
+        ("virtual", "is a virtual dataset"),
+    ],
+)
 def test_hdf5_that_reads_other_files_is_refused(tmp_path, kind, message):
     secret = tmp_path / "secret.bin"
     secret.write_bytes(b"SECRET!!")
@@ -204,9 +211,14 @@ def test_soft_link_loop_is_refused(tmp_path):
         import_keras(path)
 
 
-@pytest.mark.parametrize("damage, message", [
-    ("names", "layer_names is not a list of names"), ("strings", "is not a numeric array"),
-    ("nan", "NaN or infinite")])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ("names", "layer_names is not a list of names"),
+        ("strings", "is not a numeric array"),
+        ("nan", "NaN or infinite"),
+    ],
+)
 def test_malformed_hdf5_is_one_error_naming_the_file(tmp_path, damage, message):
     path = _tiny_keras(tmp_path / "bad.h5")
     with h5py.File(path, "a") as f:

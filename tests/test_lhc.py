@@ -17,8 +17,9 @@ TOL = {1: 5e-4, 2: 5e-4, 3: 1e-4, 4: 1e-4, 5: 1e-4}
 
 def _module_from_fixture(ref: dict, k: int, controller: float | None = None) -> tuple[LHC, torch.Tensor]:
     size, channels, heads, dim, pool, kernel, norm_c = (int(v) for v in ref[f"m{k}_config"])
-    m = LHC(channels, heads=heads, dim=dim, pool=pool, kernel=kernel, scale=float(norm_c),
-            controller=controller, size=size)
+    m = LHC(
+        channels, heads=heads, dim=dim, pool=pool, kernel=kernel, scale=float(norm_c), controller=controller, size=size
+    )
     with torch.no_grad():
         m.qk_weight.copy_(torch.from_numpy(np.stack([ref[f"m{k}_qk{i}_kernel"] for i in range(heads)])))
         m.qk_bias.copy_(torch.from_numpy(np.stack([ref[f"m{k}_qk{i}_bias"] for i in range(heads)])))
@@ -132,8 +133,8 @@ def test_pooling_implementations_agree(kernel):
         torch.testing.assert_close(pool, F.avg_pool2d(x, kernel, 1, kernel // 2, count_include_pad=False))
     a, b = same_max_pool(x, kernel, channels_last=True), same_max_pool(x, kernel, channels_last=False)
     assert torch.equal(a, b)
-    ga, = torch.autograd.grad(conv.sum(), x)
-    gb, = torch.autograd.grad(pool.sum(), x)
+    (ga,) = torch.autograd.grad(conv.sum(), x)
+    (gb,) = torch.autograd.grad(pool.sum(), x)
     torch.testing.assert_close(ga, gb, atol=1e-6, rtol=1e-6)
 
 

@@ -28,8 +28,9 @@ def _holder(folder) -> subprocess.Popen:
             print("locked", flush=True)
             time.sleep(120)
     """)
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": REPO})
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": REPO}
+    )
     assert proc.stdout.readline().strip() == "locked"
     return proc
 
@@ -79,9 +80,12 @@ def test_a_wait_gives_up_after_its_timeout(tmp_path):
     folder = tmp_path / "stage1"
     holder = _holder(folder)
     try:
-        with pytest.raises(InUseError, match=re.escape(
-                f"stage1 is in use by another fertool process (pid {holder.pid} on {HOST}); "
-                "gave up waiting after 0.3 s")):
+        with pytest.raises(
+            InUseError,
+            match=re.escape(
+                f"stage1 is in use by another fertool process (pid {holder.pid} on {HOST}); gave up waiting after 0.3 s"
+            ),
+        ):
             with folder_lock(folder, wait=Wait(timeout=0.3, poll=0.05)):
                 pass
     finally:
@@ -92,9 +96,11 @@ def test_a_wait_gives_up_after_its_timeout(tmp_path):
 def test_another_hosts_lock_is_never_taken_over_and_a_same_host_dead_one_is(tmp_path):
     folder = tmp_path / "seed-3"
     lock_path(folder).write_text("4242 node17\n")  # left by a process on another machine
-    message = (f"{folder} is locked by pid 4242 on node17, another machine: fertool cannot tell whether that "
-               "process still runs, so it never takes over another machine's lock; if it is gone (a failed "
-               f"node), delete {lock_path(folder)}")
+    message = (
+        f"{folder} is locked by pid 4242 on node17, another machine: fertool cannot tell whether that "
+        "process still runs, so it never takes over another machine's lock; if it is gone (a failed "
+        f"node), delete {lock_path(folder)}"
+    )
     with pytest.raises(InUseError) as info:
         with folder_lock(folder):
             pass
@@ -141,7 +147,9 @@ def test_a_file_where_the_folder_should_be_is_refused(tmp_path):
     with pytest.raises(FertoolError, match="out: exists and is not a folder"):
         with folder_lock(tmp_path / "out"):
             pass
-    with pytest.raises(FertoolError, match=re.escape(f"below: cannot create it ({tmp_path / 'out'} is a file, not a folder)")):
+    with pytest.raises(
+        FertoolError, match=re.escape(f"below: cannot create it ({tmp_path / 'out'} is a file, not a folder)")
+    ):
         with folder_lock(tmp_path / "out" / "below"):
             pass
     assert (tmp_path / "out").read_text() == "mine"

@@ -113,8 +113,13 @@ def test_lhc_modules_in_network_order_and_placement():
 
 
 def test_input_size_adapts():
-    model = build_model("lhc_net", input_size=64, num_classes=3, hidden=[32],
-                        lhc=[{"after": "stem", "heads": 8, "dim": 4}, {"after": "stage4_unit3", "heads": 4, "dim": 2}])
+    model = build_model(
+        "lhc_net",
+        input_size=64,
+        num_classes=3,
+        hidden=[32],
+        lhc=[{"after": "stem", "heads": 8, "dim": 4}, {"after": "stage4_unit3", "heads": 4, "dim": 2}],
+    )
     x = torch.rand(2, 3, 64, 64) * 255
     assert model.forward_features(x).shape == (2, 512)
     assert model(x).shape == (2, 3)
@@ -122,9 +127,13 @@ def test_input_size_adapts():
 
 def test_every_parameter_gets_a_finite_gradient():
     torch.manual_seed(0)
-    model = build_model("lhc_netc", input_size=64, hidden=[16],
-                        lhc=[{"after": "stem", "heads": 8, "dim": 4}, {"after": "stage3_unit6", "heads": 2, "dim": 3}],
-                        controller_init=[0.0, -0.5])
+    model = build_model(
+        "lhc_netc",
+        input_size=64,
+        hidden=[16],
+        lhc=[{"after": "stem", "heads": 8, "dim": 4}, {"after": "stage3_unit6", "heads": 2, "dim": 3}],
+        controller_init=[0.0, -0.5],
+    )
     model.train()
     loss = torch.nn.functional.cross_entropy(model(torch.rand(2, 3, 64, 64) * 255), torch.tensor([0, 3]))
     loss.backward()
@@ -151,10 +160,16 @@ def test_placement_errors():
 
 
 def test_reset_lhc_is_deterministic_per_module():
-    a = build_model("lhc_net", input_size=64, lhc=[{"after": "stem", "heads": 2, "dim": 3},
-                                                   {"after": "stage1_unit3", "heads": 2, "dim": 3}])
-    b = build_model("lhc_net", input_size=64, lhc=[{"after": "stem", "heads": 2, "dim": 3},
-                                                   {"after": "stage1_unit3", "heads": 2, "dim": 3}])
+    a = build_model(
+        "lhc_net",
+        input_size=64,
+        lhc=[{"after": "stem", "heads": 2, "dim": 3}, {"after": "stage1_unit3", "heads": 2, "dim": 3}],
+    )
+    b = build_model(
+        "lhc_net",
+        input_size=64,
+        lhc=[{"after": "stem", "heads": 2, "dim": 3}, {"after": "stage1_unit3", "heads": 2, "dim": 3}],
+    )
     a.reset_lhc(7)
     b.reset_lhc(7)
     for k, v in a.lhc.state_dict().items():
@@ -171,7 +186,9 @@ def test_reset_lhc_is_deterministic_per_module():
 
 
 def test_freeze_except_controllers():
-    model = build_model("lhc_netc", input_size=64, lhc=[{"after": "stem", "heads": 2, "dim": 3}], controller_init=[-1.0])
+    model = build_model(
+        "lhc_netc", input_size=64, lhc=[{"after": "stem", "heads": 2, "dim": 3}], controller_init=[-1.0]
+    )
     params = freeze_except_controllers(model)
     assert len(params) == 1 and params[0].item() == -1.0
     assert [n for n, p in model.named_parameters() if p.requires_grad] == ["lhc.lhc1.controller"]
@@ -199,8 +216,13 @@ def test_width_is_an_argument_with_the_paper_as_default(tmp_path):
 
     full = build_model("resnet34v2", input_size=64, hidden=[8])
     assert (full.stem_width, full.channels) == (64, (64, 128, 256, 512))
-    narrow_args = {"input_size": 64, "hidden": [8], "channels": [8, 16, 24, 32], "stem_width": 4,
-                   "lhc": [{"after": "stem", "heads": 4, "dim": 3}, {"after": "stage3_unit6", "heads": 4, "dim": 2}]}
+    narrow_args = {
+        "input_size": 64,
+        "hidden": [8],
+        "channels": [8, 16, 24, 32],
+        "stem_width": 4,
+        "lhc": [{"after": "stem", "heads": 4, "dim": 3}, {"after": "stage3_unit6", "heads": 4, "dim": 2}],
+    }
     narrow = build_model("lhc_net", **narrow_args)
     x = torch.rand(2, 3, 64, 64) * 255
     assert narrow.forward_features(x).shape == (2, 32)  # the head reads the last stage's channels
@@ -210,8 +232,9 @@ def test_width_is_an_argument_with_the_paper_as_default(tmp_path):
     assert (mods["lhc1"].channels, mods["lhc2"].channels) == (4, 24)  # LHC modules follow the width
     assert narrow.head.fc1.in_features == 32
     # The recipe's values reach the model, and a checkpoint rebuilds it from its own arch_args.
-    rcp = load_recipe("lhc", ["model.input_size=64", "model.hidden=[8]", "model.channels=[8,16,24,32]",
-                              "model.stem_width=4"])
+    rcp = load_recipe(
+        "lhc", ["model.input_size=64", "model.hidden=[8]", "model.channels=[8,16,24,32]", "model.stem_width=4"]
+    )
     arch, args = arch_from_recipe(rcp.model, "backbone")
     assert (args["channels"], args["stem_width"]) == ([8, 16, 24, 32], 4)
     model = build_model(arch, **args)
@@ -234,18 +257,19 @@ def test_torchvision_backbone_with_and_without_lhc():
     x = torch.rand(1, 3, 64, 64) * 255
     assert tv(x).shape == (1, 7) and tv.lhc_modules() == {}
     assert any(k.startswith("trunk.layer4.2.conv2") for k in tv.state_dict())
-    tv_lhc = build_model("resnet34_tv", input_size=64, hidden=[8], lhc=[{"after": "stage1_unit3", "heads": 4, "dim": 3}])
+    tv_lhc = build_model(
+        "resnet34_tv", input_size=64, hidden=[8], lhc=[{"after": "stage1_unit3", "heads": 4, "dim": 3}]
+    )
     assert tv_lhc(x).shape == (1, 7)
     assert set(tv.state_dict()) <= set(tv_lhc.state_dict())
 
 
 # --------------------------------------------------------------------------- augment-lhc
 
-from fertool.checkpoint import make_checkpoint  # noqa: E402
-from fertool.surgery import model_from_checkpoint  # noqa: E402
-from fertool.errors import CheckpointError  # noqa: E402
-from fertool.protocol import TABLE2 as TABLE2_LHC  # noqa: E402
-from fertool.surgery import augment_lhc  # noqa: E402
+from fertool.checkpoint import make_checkpoint
+from fertool.errors import CheckpointError
+from fertool.protocol import TABLE2 as TABLE2_LHC
+from fertool.surgery import augment_lhc, model_from_checkpoint
 
 SMALL = {"input_size": 112, "num_classes": 7, "hidden": [16], "dropout": 0.4, "bn_eps": 2e-5, "bn_momentum": 0.99}
 
@@ -255,14 +279,20 @@ def _trained_backbone() -> dict:
     torch.manual_seed(1)
     model = build_model("resnet34v2", **SMALL)
     with torch.no_grad():
-        for name, t in model.state_dict().items():
+        for t in model.state_dict().values():
             if t.is_floating_point():
                 t.add_(torch.randn_like(t) * 0.01)
             else:
                 t.fill_(17)
-    return make_checkpoint(arch="resnet34v2", arch_args=SMALL, state_dict=model.state_dict(), stage="3", epoch=9,
-                           metrics={"val_accuracy": 0.5}, lineage=[{"path": "stage2/best.pt", "arch": "resnet34v2",
-                                                                    "stage": "2", "epoch": 4}])
+    return make_checkpoint(
+        arch="resnet34v2",
+        arch_args=SMALL,
+        state_dict=model.state_dict(),
+        stage="3",
+        epoch=9,
+        metrics={"val_accuracy": 0.5},
+        lineage=[{"path": "stage2/best.pt", "arch": "resnet34v2", "stage": "2", "epoch": 4}],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -321,8 +351,10 @@ def test_augment_refusals(backbone_ckpt):
     extra_key = {**backbone_ckpt, "state_dict": {**backbone_ckpt["state_dict"], "foo.weight": torch.zeros(1)}}
     with pytest.raises(CheckpointError, match=r"unexpected 1 tensors \(foo\.weight\)"):
         augment_lhc(extra_key, lhc=list(TABLE2_LHC), controller_init=None, seed=1)
-    short = {**backbone_ckpt, "state_dict": {k: v for k, v in backbone_ckpt["state_dict"].items()
-                                             if k != "final_bn.weight"}}
+    short = {
+        **backbone_ckpt,
+        "state_dict": {k: v for k, v in backbone_ckpt["state_dict"].items() if k != "final_bn.weight"},
+    }
     with pytest.raises(CheckpointError, match=r"missing 1 tensors \(final_bn\.weight\)"):
         augment_lhc(short, lhc=list(TABLE2_LHC), controller_init=None, seed=1)
 
@@ -387,8 +419,10 @@ def test_lhc_attention_core_stays_float32_under_bf16_autocast(net_ref, tensors):
     for name in list(lhc_net.lhc):
         lhc_net.lhc[name] = _Float32(lhc_net.lhc[name])
     err_lhc_fp32_modules = _bf16_logit_error(lhc_net, x)
-    seen = (f"bf16 logit error: resnet34v2 {err_backbone:.4f}, lhc_net {err_lhc:.4f}, "
-            f"lhc_net with float32 LHC modules {err_lhc_fp32_modules:.4f}")
+    seen = (
+        f"bf16 logit error: resnet34v2 {err_backbone:.4f}, lhc_net {err_lhc:.4f}, "
+        f"lhc_net with float32 LHC modules {err_lhc_fp32_modules:.4f}"
+    )
     assert err_backbone > 1e-4, seen  # autocast did run in bf16
     assert err_lhc <= 1.5 * err_lhc_fp32_modules, seen
 
@@ -398,8 +432,10 @@ def test_a_new_backbone_is_one_registration():
     from fertool.models import ARCHS, BACKBONES, ResNet34v2, arch_title, register_backbone
 
     try:
-        @register_backbone("toy", archs={"backbone": "toy", "lhc": "toy_lhc", "controller": "toy_lhcc"},
-                           titles={"toy_lhc": "Toy-LHC"})
+
+        @register_backbone(
+            "toy", archs={"backbone": "toy", "lhc": "toy_lhc", "controller": "toy_lhcc"}, titles={"toy_lhc": "Toy-LHC"}
+        )
         class Toy(ResNet34v2):
             """ResNet34v2 at 1/8 width."""
 

@@ -129,8 +129,9 @@ def test_train_keeps_the_users_recipe_in_the_run_folder(tmp_path, cli_runner):
     recipe = run / "recipe.yaml"  # the -r file itself lives where train keeps its resolved recipe
     text = "# mine\n" + yaml.safe_dump(TINY)
     recipe.write_text(text)
-    res = cli_runner.invoke(app, ["train", "-r", str(recipe), "--stage", "1", "--run", str(run), "--csv", str(csv),
-                                  "--device", "cpu", "-q"])
+    res = cli_runner.invoke(
+        app, ["train", "-r", str(recipe), "--stage", "1", "--run", str(run), "--csv", str(csv), "--device", "cpu", "-q"]
+    )
     assert res.exit_code == 0, res.output
     assert recipe.read_text() == text
     assert "left as it is" in res.output

@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import json
 import re
-import os
 import shutil
 from html.parser import HTMLParser
 
@@ -24,17 +23,27 @@ from tests.conftest import TINY_WIDTH
 ONE_EPOCH = {"max_epochs": 1, "patience": 1}
 TINY = {
     "prepare": {"size": 32},
-    "model": {"input_size": 32, "hidden": [8, 8], "bn_momentum": 0.9, **TINY_WIDTH,
-              "lhc": [{"after": "stem", "heads": 4, "dim": 8}, {"after": "stage1_unit3", "heads": 4, "dim": 8}],
-              "controller_init": [0.0, -1.0]},
+    "model": {
+        "input_size": 32,
+        "hidden": [8, 8],
+        "bn_momentum": 0.9,
+        **TINY_WIDTH,
+        "lhc": [{"after": "stem", "heads": 4, "dim": 8}, {"after": "stage1_unit3", "heads": 4, "dim": 8}],
+        "controller_init": [0.0, -1.0],
+    },
     # one epoch a stage at 1/8 width: whether an LHC-Net passes the 1.1x selection rule is
     # chance here; these tests are about the run's mechanics (the rule: test_pipeline_selection)
-    "train": {"eval_batch_size": 16, "selection_factor": 1000.0, "stages": {
-        "1": {**ONE_EPOCH, "optimizer": "sgd", "batch_size": 7},
-        "2": {**ONE_EPOCH, "batch_size": 7},
-        "3": {**ONE_EPOCH, "batch_size": 7},
-        "4": {**ONE_EPOCH, "batch_size": 7},
-        "controller": {**ONE_EPOCH, "batch_size": 7}}},
+    "train": {
+        "eval_batch_size": 16,
+        "selection_factor": 1000.0,
+        "stages": {
+            "1": {**ONE_EPOCH, "optimizer": "sgd", "batch_size": 7},
+            "2": {**ONE_EPOCH, "batch_size": 7},
+            "3": {**ONE_EPOCH, "batch_size": 7},
+            "4": {**ONE_EPOCH, "batch_size": 7},
+            "controller": {**ONE_EPOCH, "batch_size": 7},
+        },
+    },
     "sample": {"per_class": 2, "seed": 0},  # 14 / 7 / 7 images
     "ablate": {"modes": ["off"], "sets": ["single"]},
     "pipeline": {"seeds": [1, 2]},
@@ -73,8 +82,8 @@ def run_copy(finished, tmp_path):
 
 
 #: The paper's best single models (Table A2): no TTA, TTA, parameters.
-PAPER = {"ResNet34v2": (72.81, 73.92, "27.6M"), "LHC-Net": (73.39, 74.42, "32.4M"),
-         "LHC-NetC": (73.53, 74.28, "32.4M")}
+PAPER = {"ResNet34v2": (72.81, 73.92, "27.6M"), "LHC-Net": (73.39, 74.42, "32.4M"), "LHC-NetC": (73.53, 74.28, "32.4M")}
+
 
 def test_every_step_leaves_its_outputs(finished):
     run, result, messages = finished
@@ -137,8 +146,7 @@ def test_the_final_table_reports_the_best_run_of_each_model_beside_the_paper(fin
     run, result, _ = finished
     assert [row["model"] for row in result["table"]] == ["ResNet34v2", "LHC-Net", "LHC-NetC"]
     for row in result["table"]:
-        runs = [json.loads((run / d / "eval-PrivateTest/metrics.json").read_text())
-                for d in MODEL_DIRS[row["model"]]]
+        runs = [json.loads((run / d / "eval-PrivateTest/metrics.json").read_text()) for d in MODEL_DIRS[row["model"]]]
         best = max(runs, key=lambda m: m["accuracy"])
         assert row["runs"] == len(runs) and row["rejected"] == 0 and row["excluded"] == []
         assert row["accuracy"] == pytest.approx(100 * best["accuracy"])
@@ -153,8 +161,12 @@ def test_every_output_says_the_results_are_synthetic(finished):
     from fertool.files import sha256_file
 
     run, result, _ = finished
-    sample = {"kind": "synthetic sample", "source": "sample.csv", "sha256": sha256_file(run / "data/sample.csv"),
-              "rows": 28}
+    sample = {
+        "kind": "synthetic sample",
+        "source": "sample.csv",
+        "sha256": sha256_file(run / "data/sample.csv"),
+        "rows": 28,
+    }
     for folder in ("seed-1/resnet/stage4", "seed-1/stage4", "seed-2/controller"):
         assert load_checkpoint(run / folder / "best.pt")["extra"]["data"]["provenance"] == sample, folder
         metrics = json.loads((run / folder / "eval-PrivateTest/metrics.json").read_text())
@@ -165,8 +177,12 @@ def test_every_output_says_the_results_are_synthetic(finished):
 
 
 def test_the_final_table_explains_a_tta_that_hurts():
-    rows = final_table({"LHC-Net": [{"accuracy": 0.534, "tta": {"accuracy": 0.477}}],
-                        "LHC-NetC": [{"accuracy": 0.5, "tta": {"accuracy": 0.51}}]})
+    rows = final_table(
+        {
+            "LHC-Net": [{"accuracy": 0.534, "tta": {"accuracy": 0.477}}],
+            "LHC-NetC": [{"accuracy": 0.5, "tta": {"accuracy": 0.51}}],
+        }
+    )
     notes = table_notes(rows, synthetic=False)
     assert len(notes) == 1 and notes[0].startswith("TTA lowered the accuracy of LHC-Net 53.40% -> 47.70%.")
     assert TTA_HURTS in notes[0] and "LHC-NetC" not in notes[0]
@@ -246,11 +262,25 @@ def test_the_html_report_renders_in_a_headless_browser(finished, tmp_path):
 
     run, _, _ = finished
     shot = tmp_path / "shot.png"
-    subprocess.run([_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                    "--disable-component-update", "--disable-sync", "--no-first-run",
-                    f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,2400",
-                    f"--screenshot={shot}", (run / "report" / "index.html").as_uri()],
-                   check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        [
+            _chromium(),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--window-size=1200,2400",
+            f"--screenshot={shot}",
+            (run / "report" / "index.html").as_uri(),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     pixels = np.asarray(Image.open(shot).convert("L"))
     # Drawn pictures put dark and mid-grey pixels on the white page; a page of broken-image
     # icons and text alone has far fewer non-white pixels.
@@ -311,10 +341,27 @@ def test_final_table_picks_the_best_run_and_converts_to_percent():
 
 
 def test_final_table_chooses_among_the_runs_that_count_only():
-    results = {"LHC-Net": [
-        {"accuracy": 0.9, "tta": None, "seed": 1, "counts": False, "verdict": "rejected", "reason": "selection rule"},
-        {"accuracy": None, "tta": None, "seed": 2, "counts": False, "verdict": "diverged", "reason": "diverged: nan"},
-        {"accuracy": 0.5, "tta": None, "seed": 3, "counts": True, "verdict": "accepted", "reason": None}]}
+    results = {
+        "LHC-Net": [
+            {
+                "accuracy": 0.9,
+                "tta": None,
+                "seed": 1,
+                "counts": False,
+                "verdict": "rejected",
+                "reason": "selection rule",
+            },
+            {
+                "accuracy": None,
+                "tta": None,
+                "seed": 2,
+                "counts": False,
+                "verdict": "diverged",
+                "reason": "diverged: nan",
+            },
+            {"accuracy": 0.5, "tta": None, "seed": 3, "counts": True, "verdict": "accepted", "reason": None},
+        ]
+    }
     (row,) = final_table(results)
     assert row["accuracy"] == 50 and row["seed"] == 3 and row["runs"] == 1 and row["rejected"] == 2
     assert [e["status"] for e in row["excluded"]] == ["rejected", "diverged"]
@@ -346,11 +393,14 @@ def test_cli_runs_a_recipe_and_prints_the_table(cli_runner, run_copy, tmp_path):
     assert not list(run.glob("seed-*/stage4/ablate-*"))
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--seeds", "1,x"], "--seeds 1,x: expected comma-separated integers"),
-    (["--csv", "missing.csv"], "missing.csv: CSV file not found"),
-    (["--set", "pipeline.seeds=[]"], "at least one seed"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--seeds", "1,x"], "--seeds 1,x: expected comma-separated integers"),
+        (["--csv", "missing.csv"], "missing.csv: CSV file not found"),
+        (["--set", "pipeline.seeds=[]"], "at least one seed"),
+    ],
+)
 def test_cli_refuses_bad_input_in_one_line(cli_runner, tmp_path, args, message):
     run = tmp_path / "run"
     result = cli_runner.invoke(app, ["pipeline", "-r", "demo", "--run", str(run)] + args)
@@ -368,8 +418,9 @@ def test_a_run_started_with_another_recipe_is_refused_untouched(run_copy):
     assert (run / "recipe.yaml").read_bytes() == before
     # The pipeline section (seeds, switches) may change, e.g. to add a seed later.
     messages: list[str] = []
-    run_pipeline(load_recipe({**TINY, "pipeline": {"seeds": [2], "ablate": False}}), run, device="cpu",
-                 log=messages.append)
+    run_pipeline(
+        load_recipe({**TINY, "pipeline": {"seeds": [2], "ablate": False}}), run, device="cpu", log=messages.append
+    )
     assert not any(m.endswith(": training") or m.endswith(": resuming") for m in messages)
     # So may train.keep (it changes no result), and a recipe saved before a key existed is
     # read with that key's default.

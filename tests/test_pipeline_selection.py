@@ -19,10 +19,15 @@ from .test_pipeline import ONE_EPOCH, TINY
 pytestmark = pytest.mark.timeout(1800)  # the fixture: ~2 min of CPU, 13 min on a busy shared machine
 
 REJECTED, DIVERGED, ACCEPTED = 1, 2, 3
-RECIPE = {**TINY, "train": {**TINY["train"], "selection_factor": 1.1, "stages": {**TINY["train"]["stages"],
-                                                        "4": {**ONE_EPOCH, "max_epochs": 2, "patience": 5,
-                                                              "batch_size": 7}}},
-          "pipeline": {"seeds": [REJECTED, DIVERGED, ACCEPTED], "tta": False}}
+RECIPE = {
+    **TINY,
+    "train": {
+        **TINY["train"],
+        "selection_factor": 1.1,
+        "stages": {**TINY["train"]["stages"], "4": {**ONE_EPOCH, "max_epochs": 2, "patience": 5, "batch_size": 7}},
+    },
+    "pipeline": {"seeds": [REJECTED, DIVERGED, ACCEPTED], "tta": False},
+}
 
 
 def _forced(monkeypatch):
@@ -70,7 +75,9 @@ def test_rejected_and_diverged_lhc_nets_are_not_extended_ablated_or_chosen(judge
     run, result, _ = judged
     assert not (run / "seed-1/controller").exists() and not (run / "seed-2/controller").exists()
     assert (run / "seed-3/controller/best.pt").is_file()
-    assert [p.relative_to(run).as_posix() for p in run.glob("seed-*/stage4/ablate-*")] == ["seed-3/stage4/ablate-PrivateTest"]
+    assert [p.relative_to(run).as_posix() for p in run.glob("seed-*/stage4/ablate-*")] == [
+        "seed-3/stage4/ablate-PrivateTest"
+    ]
     table = {row["model"]: row for row in result["table"]}
     accepted = json.loads((run / "seed-3/stage4/eval-PrivateTest/metrics.json").read_text())["accuracy"]
     for model in ("LHC-Net", "LHC-NetC"):

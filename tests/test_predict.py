@@ -156,8 +156,11 @@ def test_prepared_face_is_the_reference_training_image():
     ref = load_reference("prepare_resize.npz")
     for src, prepared in zip(ref["src"], ref["prepared"]):
         np.testing.assert_array_equal(F.prepare_face(src, 224, jpeg=False), prepared[..., 0])
-        ok, buf = cv2.imencode(".jpg", prepared, [cv2.IMWRITE_JPEG_QUALITY, 100,
-                                                  cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444])
+        ok, buf = cv2.imencode(
+            ".jpg",
+            prepared,
+            [cv2.IMWRITE_JPEG_QUALITY, 100, cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444],
+        )
         np.testing.assert_array_equal(F.prepare_face(src, 224), cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE))
 
 
@@ -189,8 +192,11 @@ def _expected_probs(image_bgr: np.ndarray, box: F.Box, model: nn.Module, margin:
     face48 = cv2.resize(grey, (48, 48), interpolation=cv2.INTER_AREA)
     prepared = torch.floor(resize_bilinear(torch.from_numpy(face48), SIZE)).clamp(0, 255).to(torch.uint8).numpy()
     rgb = np.repeat(prepared[..., None], 3, axis=-1)
-    ok, buf = cv2.imencode(".jpg", rgb, [cv2.IMWRITE_JPEG_QUALITY, 100,
-                                          cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444])
+    ok, buf = cv2.imencode(
+        ".jpg",
+        rgb,
+        [cv2.IMWRITE_JPEG_QUALITY, 100, cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444],
+    )
     stored = cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1].copy()  # (S, S, 3) RGB
     x = torch.from_numpy(stored).permute(2, 0, 1)[None].float()  # (1, 3, S, S)
     if flip:
@@ -369,7 +375,9 @@ def test_unreadable_video_and_video_without_faces(tmp_path, classifier, detector
     problems = [e for e in events if isinstance(e, InputProblem)]
     assert [Path(p.path).name for p in problems] == ["broken.mp4", "blank.avi"]
     assert "no face found in any of the 4 searched frames" in problems[1].message
-    assert not (out / "blank.mp4").exists() and not [p for p in out.glob(".*") if p.name != ".fertool-output.json"]  # no temp files left
+    assert not (out / "blank.mp4").exists() and not [
+        p for p in out.glob(".*") if p.name != ".fertool-output.json"
+    ]  # no temp files left
     assert "moov atom" not in capfd.readouterr().err  # FFmpeg's own log lines silenced (issue 26)
 
 
@@ -387,8 +395,9 @@ def test_cli_json_lines_and_exit_codes(cli_runner, tmp_path, photo, ckpt_path):
 
     text = tmp_path / "notes.jpg"
     text.write_text("not an image")
-    bad = cli_runner.invoke(app, ["predict", str(text), str(photo), str(tmp_path / "nope"),
-                                  "-c", str(ckpt_path), "--json", "-q"])
+    bad = cli_runner.invoke(
+        app, ["predict", str(text), str(photo), str(tmp_path / "nope"), "-c", str(ckpt_path), "--json", "-q"]
+    )
     assert bad.exit_code == 1
     assert [json.loads(x)["path"] for x in bad.stdout.splitlines()] == [str(photo)]
     errors = [x for x in bad.stderr.splitlines() if x.startswith("error:")]
@@ -442,14 +451,42 @@ def test_cli_bf16_rechecks_close_calls_and_says_how_many(cli_runner, photo, ckpt
     fp32 = cli_runner.invoke(app, ["predict", str(photo), "-c", str(ckpt_path), "--json", "-q"])
     # A margin of 10 (x the largest |logit|) makes every face a close call: the bf16 run then
     # reports the float32 probabilities and says it recomputed the one face.
-    checked = cli_runner.invoke(app, ["predict", str(photo), "-c", str(ckpt_path), "--json", "--engine", "torch",
-                                      "--precision", "bf16", "--recheck-margin", "10"])
+    checked = cli_runner.invoke(
+        app,
+        [
+            "predict",
+            str(photo),
+            "-c",
+            str(ckpt_path),
+            "--json",
+            "--engine",
+            "torch",
+            "--precision",
+            "bf16",
+            "--recheck-margin",
+            "10",
+        ],
+    )
     assert checked.exit_code == 0, checked.output
     want, got = (json.loads(r.stdout.splitlines()[0])["probs"] for r in (fp32, checked))
     assert got == pytest.approx(want, abs=1e-5)
     assert "bf16: 1 of 1 face images were close calls, recomputed in fp32" in checked.stderr
-    plain = cli_runner.invoke(app, ["predict", str(photo), "-c", str(ckpt_path), "--json", "--engine", "torch",
-                                    "--precision", "bf16", "--recheck-margin", "0"])
+    plain = cli_runner.invoke(
+        app,
+        [
+            "predict",
+            str(photo),
+            "-c",
+            str(ckpt_path),
+            "--json",
+            "--engine",
+            "torch",
+            "--precision",
+            "bf16",
+            "--recheck-margin",
+            "0",
+        ],
+    )
     assert plain.exit_code == 0 and "close calls" not in plain.stderr
     assert json.loads(plain.stdout.splitlines()[0])["probs"] != want  # it did run in bf16
     bad = cli_runner.invoke(app, ["predict", str(photo), "-c", str(ckpt_path), "--recheck-margin", "-1"])

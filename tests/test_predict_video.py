@@ -91,6 +91,7 @@ def test_blazeface_finds_the_astronaut_with_confidence_and_eye_landmarks(astrona
 
 def test_blazeface_on_the_lfw_subset_finds_faces_and_not_non_faces(lfw, blazeface):
     """LFW's 25x25 crops are cut at the face's edge: the detector sees each one on a grey border."""
+
     def found(im):
         framed = cv2.copyMakeBorder(im, 25, 25, 25, 25, cv2.BORDER_CONSTANT, value=128)
         return len(blazeface.detect(cv2.cvtColor(framed, cv2.COLOR_GRAY2BGR))) > 0
@@ -160,7 +161,9 @@ def test_cli_says_which_detector_ran_and_why(cli_runner, tmp_path, monkeypatch, 
     assert "YuNet model is not in the cache" in result.stderr and "using the bundled BlazeFace" in result.stderr
     assert "face detector: blazeface (" in result.stderr and "aligned eyes-level" in result.stderr
     rows = list(csv.reader((tmp_path / "out" / "predictions.csv").read_text().splitlines()))
-    assert rows[0] == ["video", "frame", "time_s", "face_id", "x", "y", "w", "h", "label"] + [f"p_{c}" for c in CLASS_NAMES]
+    assert rows[0] == ["video", "frame", "time_s", "face_id", "x", "y", "w", "h", "label"] + [
+        f"p_{c}" for c in CLASS_NAMES
+    ]
     assert len(rows) == 2 and rows[1][0] == str(photo) and rows[1][1] == "" and rows[1][3] == "0"
     assert sum(float(v) for v in rows[1][9:]) == pytest.approx(1.0, abs=1e-4)
     haar = cli_runner.invoke(app, ["predict", str(photo), "-c", str(ckpt_path), "--detector", "haar", "--no-align"])
@@ -185,8 +188,10 @@ def test_aligned_crop_levels_the_eyes_of_a_tilted_face(astronaut_bgr, blazeface)
         plain = F.crop_face(tilted, box, 0.1, align=False)
 
         def diff(a):
-            return np.abs(cv2.resize(a, (48, 48), interpolation=cv2.INTER_AREA).astype(float)
-                          - cv2.resize(reference, (48, 48), interpolation=cv2.INTER_AREA)).mean()
+            return np.abs(
+                cv2.resize(a, (48, 48), interpolation=cv2.INTER_AREA).astype(float)
+                - cv2.resize(reference, (48, 48), interpolation=cv2.INTER_AREA)
+            ).mean()
 
         assert diff(aligned) < 0.8 * diff(plain), (degrees, diff(aligned), diff(plain))  # measured 0.55-0.61
 
@@ -245,8 +250,12 @@ def test_smoother_is_an_exponential_average_over_seconds():
 def test_frame_table_and_tally(tmp_path):
     table = FrameTable(tmp_path / "t.csv", ["a", "b"])
     table.add([("v.mp4", 0, 0.0, 1, F.Box(1, 2, 3, 4), "a", [0.75, 0.25])])
-    table.add([("v.mp4", 2, 0.2, 1, F.Box(1, 2, 3, 4), "b", [0.25, 0.75]),
-               ("v.mp4", 2, 0.2, 2, F.Box(5, 6, 7, 8), "a", [1.0, 0.0])])
+    table.add(
+        [
+            ("v.mp4", 2, 0.2, 1, F.Box(1, 2, 3, 4), "b", [0.25, 0.75]),
+            ("v.mp4", 2, 0.2, 2, F.Box(5, 6, 7, 8), "a", [1.0, 0.0]),
+        ]
+    )
     table.close()
     lines = (tmp_path / "t.csv").read_text().splitlines()
     assert lines[0] == "video,frame,time_s,face_id,x,y,w,h,label,p_a,p_b"
@@ -258,8 +267,14 @@ def test_frame_table_and_tally(tmp_path):
     for face_id, t, label in [(1, 0.0, "a"), (1, 0.2, "b"), (1, 0.4, "b"), (2, 0.2, "a")]:
         tally.add(face_id, t, label)
     one, two = tally.summary(["a", "b"])
-    assert one == {"face_id": 1, "frames": 3, "first_s": 0.0, "last_s": 0.4, "dominant": "b",
-                   "share": {"a": pytest.approx(1 / 3), "b": pytest.approx(2 / 3)}}
+    assert one == {
+        "face_id": 1,
+        "frames": 3,
+        "first_s": 0.0,
+        "last_s": 0.4,
+        "dominant": "b",
+        "share": {"a": pytest.approx(1 / 3), "b": pytest.approx(2 / 3)},
+    }
     assert two["dominant"] == "a" and two["share"] == {"a": 1.0, "b": 0.0}
 
 
@@ -270,17 +285,29 @@ def _frame(astronaut_bgr, lfw, ax: int | None, bx: int | None) -> np.ndarray:
     """A 360x240 grey frame with the astronaut's face (96 px) at x=ax and an LFW face (75 px) at x=bx."""
     frame = np.full((240, 360, 3), 120, np.uint8)
     if ax is not None:
-        frame[60:156, ax:ax + 96] = cv2.resize(astronaut_bgr[40:200, 145:305], (96, 96), interpolation=cv2.INTER_AREA)
+        frame[60:156, ax : ax + 96] = cv2.resize(astronaut_bgr[40:200, 145:305], (96, 96), interpolation=cv2.INTER_AREA)
     if bx is not None:
         face = cv2.resize(lfw[LFW_FACE], (75, 75), interpolation=cv2.INTER_CUBIC)
-        frame[80:155, bx:bx + 75] = cv2.cvtColor(face, cv2.COLOR_GRAY2BGR)
+        frame[80:155, bx : bx + 75] = cv2.cvtColor(face, cv2.COLOR_GRAY2BGR)
     return frame
 
 
 #: (astronaut x, LFW face x) per frame: the astronaut moves right; the LFW face leaves at frame
 #: 4, returns at frame 7 near where it was; frame 11 has no face.
-SCRIPT = [(10, 250), (14, 252), (18, 254), (22, 256), (26, None), (30, None), (34, None),
-          (38, 258), (42, 260), (46, 262), (50, 264), (None, None)]
+SCRIPT = [
+    (10, 250),
+    (14, 252),
+    (18, 254),
+    (22, 256),
+    (26, None),
+    (30, None),
+    (34, None),
+    (38, 258),
+    (42, 260),
+    (46, 262),
+    (50, 264),
+    (None, None),
+]
 
 
 def _write_video(path: Path, astronaut_bgr, lfw, script=SCRIPT) -> None:
@@ -291,8 +318,9 @@ def _write_video(path: Path, astronaut_bgr, lfw, script=SCRIPT) -> None:
     writer.release()
 
 
-def test_video_faces_keep_their_ids_with_times_table_plots_and_summary(tmp_path, astronaut_bgr, lfw, classifier,
-                                                                       blazeface):
+def test_video_faces_keep_their_ids_with_times_table_plots_and_summary(
+    tmp_path, astronaut_bgr, lfw, classifier, blazeface
+):
     video = tmp_path / "clip.avi"
     _write_video(video, astronaut_bgr, lfw)
     out = tmp_path / "out"
@@ -313,13 +341,15 @@ def test_video_faces_keep_their_ids_with_times_table_plots_and_summary(tmp_path,
     assert done.table == str(table)
     rows = list(csv.DictReader(table.read_text().splitlines()))
     assert len(rows) == len(faces) == done.faces == 19
-    assert [(int(r["frame"]), float(r["time_s"]), int(r["face_id"])) for r in rows] == \
-        [(r.frame, round(r.time_s, 3), r.face_id) for r in faces]
+    assert [(int(r["frame"]), float(r["time_s"]), int(r["face_id"])) for r in rows] == [
+        (r.frame, round(r.time_s, 3), r.face_id) for r in faces
+    ]
     assert {r["video"] for r in rows} == {str(video)}
     for row, r in zip(rows, faces):
         assert [int(row[k]) for k in "xywh"] == r.box.as_list() and row["label"] == r.label
-        np.testing.assert_allclose([float(row[f"p_{c}"]) for c in CLASS_NAMES], [r.probs[c] for c in CLASS_NAMES],
-                                   atol=1e-6)
+        np.testing.assert_allclose(
+            [float(row[f"p_{c}"]) for c in CLASS_NAMES], [r.probs[c] for c in CLASS_NAMES], atol=1e-6
+        )
 
     assert done.plots == (str(out / "clip.face1.png"), str(out / "clip.face2.png"))
     for p in done.plots:
@@ -345,8 +375,11 @@ def test_video_smoothing_averages_each_track(tmp_path, astronaut_bgr, lfw, class
     video = tmp_path / "clip.avi"
     _write_video(video, astronaut_bgr, lfw, SCRIPT[:4])
     raw = [e for e in predict_paths([video], classifier, detector=blazeface, every=1) if isinstance(e, FaceResult)]
-    smooth = [e for e in predict_paths([video], classifier, detector=blazeface, every=1, smooth=0.5)
-              if isinstance(e, FaceResult)]
+    smooth = [
+        e
+        for e in predict_paths([video], classifier, detector=blazeface, every=1, smooth=0.5)
+        if isinstance(e, FaceResult)
+    ]
     assert [(r.frame, r.face_id) for r in raw] == [(r.frame, r.face_id) for r in smooth]
     ema = Smoother(0.5)
     for r, s in zip(raw, smooth):
@@ -358,8 +391,21 @@ def test_video_smoothing_averages_each_track(tmp_path, astronaut_bgr, lfw, class
 def test_cli_video_prints_the_face_summary_and_throughput(cli_runner, tmp_path, astronaut_bgr, lfw, ckpt_path):
     video = tmp_path / "clip.avi"
     _write_video(video, astronaut_bgr, lfw, SCRIPT[:5])
-    result = cli_runner.invoke(app, ["predict", str(video), "-c", str(ckpt_path), "--out", str(tmp_path / "out"),
-                                "--every", "1", "--detector", "blazeface"])
+    result = cli_runner.invoke(
+        app,
+        [
+            "predict",
+            str(video),
+            "-c",
+            str(ckpt_path),
+            "--out",
+            str(tmp_path / "out"),
+            "--every",
+            "1",
+            "--detector",
+            "blazeface",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "Faces in" in result.stdout and "dominant" in result.stdout
     assert "frames/s" in result.stderr and "faces/s" in result.stderr
@@ -374,9 +420,27 @@ def test_killed_run_leaves_a_csv_of_complete_rows(tmp_path, astronaut_bgr, lfw, 
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "fertool", "predict", str(video), "-c", str(ckpt_path), "--out", str(out),
-         "--every", "1", "--batch-size", "1", "--detector", "blazeface", "--quiet"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "fertool",
+            "predict",
+            str(video),
+            "-c",
+            str(ckpt_path),
+            "--out",
+            str(out),
+            "--every",
+            "1",
+            "--batch-size",
+            "1",
+            "--detector",
+            "blazeface",
+            "--quiet",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     table = out / "long.csv"
     try:

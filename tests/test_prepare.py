@@ -31,10 +31,10 @@ from .conftest import load_reference
 SPLITS = ("Training", "PublicTest", "PrivateTest")
 
 
-
 def resize_float(grey: np.ndarray, size: int) -> np.ndarray:
     """The NumPy resize of ``prepare`` on a whole stack at once."""
     return TFBilinear(grey.shape[1], grey.shape[2], size, len(grey))(np.asarray(grey)).copy()
+
 
 def pixel_text(image: np.ndarray) -> str:
     return " ".join(str(int(v)) for v in image.ravel())
@@ -156,14 +156,27 @@ def test_prepare_writes_layout_manifest_and_summary(reference_csv, tmp_path):
     assert written == summary
     assert written["source"]["sha256"] == hashlib.sha256(csv_path.read_bytes()).hexdigest()
     assert written["source"]["format"] == "fer2013" and written["source"]["data_rows"] == 8
-    assert written["recipe"] == {"size": 224, "rgb": True, "truncate": True, "jpeg_quality": 100,
-                                 "subsampling": "4:4:4", "label_mode": "majority", "fit": "crop", "colour": "keep",
-                                 "val_fraction": 0.1, "val_seed": 0}
+    assert written["recipe"] == {
+        "size": 224,
+        "rgb": True,
+        "truncate": True,
+        "jpeg_quality": 100,
+        "subsampling": "4:4:4",
+        "label_mode": "majority",
+        "fit": "crop",
+        "colour": "keep",
+        "val_fraction": 0.1,
+        "val_seed": 0,
+    }
     assert written["dataset"] == "fer2013" and written["classes"] == list(CLASS_NAMES)
     assert written["images"] == 8 and written["skipped"] == []
     # rows 0, 3, 6 are Training (Anger, Happiness, Neutral); rows 1, 4, 7 PublicTest (Disgust, Sadness, Anger)
-    assert written["counts"]["Training"] == {name: int(name in ("Anger", "Happiness", "Neutral")) for name in CLASS_NAMES}
-    assert written["counts"]["PublicTest"] == {name: int(name in ("Disgust", "Sadness", "Anger")) for name in CLASS_NAMES}
+    assert written["counts"]["Training"] == {
+        name: int(name in ("Anger", "Happiness", "Neutral")) for name in CLASS_NAMES
+    }
+    assert written["counts"]["PublicTest"] == {
+        name: int(name in ("Disgust", "Sadness", "Anger")) for name in CLASS_NAMES
+    }
     assert written["split_totals"] == {"Training": 3, "PublicTest": 3, "PrivateTest": 2}
     assert written["fertool_version"]
     assert written["canonical_fer2013"]["match"] is False
@@ -173,8 +186,11 @@ def test_prepare_writes_layout_manifest_and_summary(reference_csv, tmp_path):
 
 
 def test_canonical_check():
-    canonical = {"Training": list(CANONICAL_FER2013["training_classes"]),
-                 "PublicTest": [3589, 0, 0, 0, 0, 0, 0], "PrivateTest": [0, 0, 0, 0, 0, 0, 3589]}
+    canonical = {
+        "Training": list(CANONICAL_FER2013["training_classes"]),
+        "PublicTest": [3589, 0, 0, 0, 0, 0, 0],
+        "PrivateTest": [0, 0, 0, 0, 0, 0, 3589],
+    }
     assert canonical_differences(canonical) == []
     changed = dict(canonical, Training=[3995, 430, 4097, 7215, 4830, 3171, 4965], PublicTest=[0] * 7)
     assert canonical_differences(changed) == [
@@ -206,8 +222,9 @@ def test_config_options_reach_the_files(reference_csv, tmp_path):
 def test_workers_give_the_same_result_as_one_process(tmp_path):
     rng = np.random.default_rng(3)
     n = 150  # several chunks
-    path = write_fer_csv(tmp_path / "x.csv", rng.integers(0, 256, (n, 48, 48)), rng.integers(0, 7, n),
-                         [SPLITS[i % 3] for i in range(n)])
+    path = write_fer_csv(
+        tmp_path / "x.csv", rng.integers(0, 256, (n, 48, 48)), rng.integers(0, 7, n), [SPLITS[i % 3] for i in range(n)]
+    )
     one = prepare(path, tmp_path / "one", config=small(), workers=1)
     two = prepare(path, tmp_path / "two", config=small(), workers=2)
     assert two["workers"] == 2 and one["counts"] == two["counts"]

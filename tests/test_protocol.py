@@ -8,8 +8,13 @@ from fertool.protocol import TABLE2, checkpoint_kind, normalise_stage, paper_set
 
 
 def test_stage_names_and_folders(tmp_path):
-    assert [normalise_stage(s) for s in (1, "stage2", " 3 ", "c", "Controller")] == ["1", "2", "3", "controller",
-                                                                                    "controller"]
+    assert [normalise_stage(s) for s in (1, "stage2", " 3 ", "c", "Controller")] == [
+        "1",
+        "2",
+        "3",
+        "controller",
+        "controller",
+    ]
     assert stage_dir(tmp_path, 4) == tmp_path / "stage4" and stage_dir(tmp_path, "ctrl") == tmp_path / "controller"
     with pytest.raises(ValueError, match="unknown stage"):
         normalise_stage("5")
@@ -21,7 +26,9 @@ def test_which_model_a_checkpoint_holds():
     assert checkpoint_kind({"arch": "lhc_netc", "arch_args": {}}) == "controller"
     # torchvision's trunk carries its modules as arguments
     assert checkpoint_kind({"arch": "resnet34_tv", "arch_args": {"lhc": [{"after": "stem"}]}}) == "lhc"
-    assert checkpoint_kind({"arch": "resnet34_tv", "arch_args": {"lhc": [{}], "controller_init": [0.0]}}) == "controller"
+    assert (
+        checkpoint_kind({"arch": "resnet34_tv", "arch_args": {"lhc": [{}], "controller_init": [0.0]}}) == "controller"
+    )
 
 
 def test_the_paper_run_sets():

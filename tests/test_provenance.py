@@ -38,9 +38,14 @@ def test_a_prepared_folder_reports_its_csv_and_a_plain_folder_has_no_hash(tmp_pa
     csv = generate_sample(tmp_path / "sample.csv", per_class=1, seed=0)
     folder = tmp_path / "prepared"
     folder.mkdir()
-    (folder / "prepare.json").write_text(json.dumps({"source": {
-        "csv": str(csv), "sha256": sha256_file(csv), "data_rows": 21}}))
+    (folder / "prepare.json").write_text(
+        json.dumps({"source": {"csv": str(csv), "sha256": sha256_file(csv), "data_rows": 21}})
+    )
     assert images_provenance(folder) == csv_provenance(csv)
-    assert images_provenance(tmp_path) == {"kind": "image folder", "source": tmp_path.name, "sha256": None,
-                                           "rows": None}
+    assert images_provenance(tmp_path) == {
+        "kind": "image folder",
+        "source": tmp_path.name,
+        "sha256": None,
+        "rows": None,
+    }
     assert not is_synthetic(None) and describe(None).startswith("unknown")

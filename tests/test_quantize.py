@@ -64,7 +64,9 @@ def test_predict_int8_is_a_quantized_graph_close_to_float32(ckpt_path, faces):
 
 def test_export_quantize_int8_keeps_the_contract(cli_runner, tmp_path, ckpt_path):
     out = tmp_path / "model.int8.onnx"
-    result = cli_runner.invoke(app, ["export", "-c", str(ckpt_path), "-f", "onnx", "-o", str(out), "--quantize", "int8"])
+    result = cli_runner.invoke(
+        app, ["export", "-c", str(ckpt_path), "-f", "onnx", "-o", str(out), "--quantize", "int8"]
+    )
     assert result.exit_code == 0, result.output
     assert "int8: top-1 agreement" in result.stdout
     model = onnx.load(str(out))
@@ -72,6 +74,7 @@ def test_export_quantize_int8_keeps_the_contract(cli_runner, tmp_path, ckpt_path
     assert props["quantization"].startswith("int8 static") and "synthetic sample" in props["quantization"]
     assert read_export_metadata(out)["class_names"] == list(CLASS_NAMES)
     assert "QuantizeLinear" in {n.op_type for n in model.graph.node}
-    bad = cli_runner.invoke(app, ["export", "-c", str(ckpt_path), "-f", "torchscript", "-o", str(tmp_path / "m.pt"),
-                                  "--quantize", "int8"])
+    bad = cli_runner.invoke(
+        app, ["export", "-c", str(ckpt_path), "-f", "torchscript", "-o", str(tmp_path / "m.pt"), "--quantize", "int8"]
+    )
     assert bad.exit_code == 1 and "onnx format" in bad.output

@@ -141,18 +141,29 @@ def test_resume_changes_refuse_what_shapes_the_stage_and_accept_the_documented_s
     from fertool.recipe import resume_changes
 
     saved = to_dict(load_recipe("demo"))
-    same = resume_changes(saved, load_recipe("demo", ["train.stages.2.lr=0.5", "tta.preset=flip"]), "1",
-                          epochs_done=3)
+    same = resume_changes(saved, load_recipe("demo", ["train.stages.2.lr=0.5", "tta.preset=flip"]), "1", epochs_done=3)
     assert same == ([], [])  # other stages and sections do not shape stage 1
-    changed = load_recipe("demo", ["train.stages.1.lr=0.5", "model.lhc.0.heads=4", "train.eval_batch_size=7",
-                                   "data.csv=x.csv", "train.stages.1.max_epochs=20"])
+    changed = load_recipe(
+        "demo",
+        [
+            "train.stages.1.lr=0.5",
+            "model.lhc.0.heads=4",
+            "train.eval_batch_size=7",
+            "data.csv=x.csv",
+            "train.stages.1.max_epochs=20",
+        ],
+    )
     refused, accepted = resume_changes(saved, changed, "1", epochs_done=3)
     assert refused == ["model.lhc.0.heads: 8 -> 4", "train.stages.1.lr: 0.001 -> 0.5"]
-    assert accepted == ["data.csv: null -> 'x.csv'", "train.eval_batch_size: 128 -> 7",
-                        "train.stages.1.max_epochs: 12 -> 20"]
+    assert accepted == [
+        "data.csv: null -> 'x.csv'",
+        "train.eval_batch_size: 128 -> 7",
+        "train.stages.1.max_epochs: 12 -> 20",
+    ]
     fewer = load_recipe("demo", ["train.stages.1.max_epochs=2"])
     assert resume_changes(saved, fewer, "1", epochs_done=3)[0] == [
-        "train.stages.1.max_epochs: 12 -> 2 (3 epochs already trained)"]
+        "train.stages.1.max_epochs: 12 -> 2 (3 epochs already trained)"
+    ]
     assert resume_changes(saved, fewer, "1", epochs_done=2) == ([], ["train.stages.1.max_epochs: 12 -> 2"])
 
 

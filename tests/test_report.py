@@ -16,8 +16,9 @@ def _write(path: Path, obj: dict) -> None:
     path.write_text(json.dumps(obj))
 
 
-def _eval(run: Path, stage: str, acc: float, tta: float | None = None, arch: str | None = None,
-          split: str = "PrivateTest") -> None:
+def _eval(
+    run: Path, stage: str, acc: float, tta: float | None = None, arch: str | None = None, split: str = "PrivateTest"
+) -> None:
     metrics = {"accuracy": acc, "loss": 1.0, "stage": stage}
     if arch:
         metrics["arch"] = arch
@@ -27,11 +28,21 @@ def _eval(run: Path, stage: str, acc: float, tta: float | None = None, arch: str
 
 
 def _selection(run: Path, accepted: bool) -> None:
-    _write(run / "stage4" / "summary.json", {
-        "stage": "4", "status": "finished", "seed": 0,
-        "selection": {"reference_train_loss": 0.5, "train_loss": 0.5 if accepted else 0.9,
-                      "ratio": 1.0 if accepted else 1.8, "factor": 1.1, "accepted": accepted},
-    })
+    _write(
+        run / "stage4" / "summary.json",
+        {
+            "stage": "4",
+            "status": "finished",
+            "seed": 0,
+            "selection": {
+                "reference_train_loss": 0.5,
+                "train_loss": 0.5 if accepted else 0.9,
+                "ratio": 1.0 if accepted else 1.8,
+                "factor": 1.1,
+                "accepted": accepted,
+            },
+        },
+    )
 
 
 def test_top_count_is_round_half_up_with_minimum_one():
@@ -141,8 +152,10 @@ def test_pipeline_resnet_reruns_supersede_the_shared_stage3(tmp_path, monkeypatc
         _eval(seed_dir / "resnet", "stage4", res, arch="resnet34v2")
         _write(seed_dir / "resnet" / "stage4" / "summary.json", {"seed": seed, "init": "pipe/stage3/best.pt"})
         _eval(seed_dir, "stage4", lhc, arch="lhc_net")
-        _write(seed_dir / "stage4" / "summary.json",
-               {"seed": seed, "init": f"pipe/stage3/best.pt + lhc (seed {seed})", "selection": {"accepted": True}})
+        _write(
+            seed_dir / "stage4" / "summary.json",
+            {"seed": seed, "init": f"pipe/stage3/best.pt + lhc (seed {seed})", "selection": {"accepted": True}},
+        )
     data = report([root])
     assert data["groups"]["ResNet34v2"]["plain"]["n"] == 2
     assert data["groups"]["ResNet34v2"]["plain"]["mean"] == pytest.approx(0.715)
@@ -159,8 +172,12 @@ def test_pipeline_resnet_reruns_supersede_the_shared_stage3(tmp_path, monkeypatc
 def test_group_by_stage_and_no_tta(tmp_path):
     _five_runs(tmp_path)
     data = report([tmp_path / f"run{i}" for i in range(5)], group_by="stage", tta=False, out_dir=tmp_path / "o")
-    assert set(data["groups"]) == {"stage1 (ResNet34v2)", "stage3 (ResNet34v2)", "stage4 (LHC-Net)",
-                                   "controller (LHC-NetC)"}
+    assert set(data["groups"]) == {
+        "stage1 (ResNet34v2)",
+        "stage3 (ResNet34v2)",
+        "stage4 (LHC-Net)",
+        "controller (LHC-NetC)",
+    }
     assert data["groups"]["stage1 (ResNet34v2)"]["plain"]["n"] == 1
     assert data["groups"]["stage3 (ResNet34v2)"]["plain"]["n"] == 5
     assert all(e["tta"] is None for e in data["groups"].values())

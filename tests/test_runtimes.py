@@ -21,10 +21,17 @@ from fertool.models.resnet import fold_batchnorm
 from tests._reference_weights import reference_state_dict
 
 #: Two small LHC modules that fit a 64 px input (Table 2's heads need 224 or 112 px).
-SMALL = {"input_size": 64, "hidden": [16],
-         "lhc": [{"after": "stem", "heads": 8, "dim": 4}, {"after": "stage4_unit3", "heads": 4, "dim": 2}]}
-ENGINES = ["torch", pytest.param("onnxruntime", marks=pytest.mark.skipif(
-    not onnxruntime_available(), reason="onnxruntime not installed"))]
+SMALL = {
+    "input_size": 64,
+    "hidden": [16],
+    "lhc": [{"after": "stem", "heads": 8, "dim": 4}, {"after": "stage4_unit3", "heads": 4, "dim": 2}],
+}
+ENGINES = [
+    "torch",
+    pytest.param(
+        "onnxruntime", marks=pytest.mark.skipif(not onnxruntime_available(), reason="onnxruntime not installed")
+    ),
+]
 
 
 @pytest.mark.parametrize("engine", ENGINES)
@@ -51,9 +58,15 @@ def _randomise_batchnorm(model: nn.Module, seed: int = 0) -> None:
             m.bias.data.copy_(torch.randn(m.num_features, generator=gen))
 
 
-@pytest.mark.parametrize("arch,left", [
-    # ResNet34v2: each unit's bn1, bn_data and final_bn follow no convolution (16 + 2)
-    ("resnet34v2", 18), ("lhc_net", 18), ("resnet34_tv", 0)])
+@pytest.mark.parametrize(
+    "arch,left",
+    [
+        # ResNet34v2: each unit's bn1, bn_data and final_bn follow no convolution (16 + 2)
+        ("resnet34v2", 18),
+        ("lhc_net", 18),
+        ("resnet34_tv", 0),
+    ],
+)
 def test_fold_batchnorm_keeps_outputs(arch, left):
     args = SMALL if arch == "lhc_net" else {k: SMALL[k] for k in ("input_size", "hidden")}
     model = build_model(arch, **args).eval()
@@ -125,10 +138,17 @@ class _Fixed:
 
 
 def test_checked_engine_recomputes_only_close_calls():
-    fast = _Fixed(torch.tensor([[4.0, 3.0, 0.0],     # gap 1.0  = 0.25 x max|logit|: kept
-                                [4.0, 3.9, 0.0],     # gap 0.1  = 0.025 x 4: close
-                                [-10.0, 0.1, 0.0],   # gap 0.1 < 0.03 x 10 (the largest |logit| counts): close
-                                [2.0, 2.0, 1.0]]), "bf16")  # a tie: close
+    fast = _Fixed(
+        torch.tensor(
+            [
+                [4.0, 3.0, 0.0],  # gap 1.0  = 0.25 x max|logit|: kept
+                [4.0, 3.9, 0.0],  # gap 0.1  = 0.025 x 4: close
+                [-10.0, 0.1, 0.0],  # gap 0.1 < 0.03 x 10 (the largest |logit| counts): close
+                [2.0, 2.0, 1.0],
+            ]
+        ),
+        "bf16",
+    )  # a tie: close
     exact = _Fixed(torch.tensor([[0.0, 1.0, 2.0]] * 4) + torch.arange(4.0)[:, None], "fp32")
     run = CheckedEngine(fast, exact, margin=0.03)
     x = torch.arange(4.0).view(4, 1, 1, 1).expand(4, 3, 2, 2)

@@ -77,8 +77,9 @@ def test_ferplus_sample_has_eight_classes_and_rows_ferplus_drops(tmp_path):
     assert len(rows) == len(labels) and [r.usage for r in rows] == [SPLITS[c] for c in labels.splits]
     kept = labels.labels[labels.labels >= 0]
     assert np.bincount(kept[labels.splits[labels.labels >= 0] == 0], minlength=8).tolist() == [8] * len(FERPLUS_CLASSES)
-    assert labels.dropped()["count"] > 0 and all(labels.dropped()["by_reason"][r] > 0
-                                                 for r in ("no majority", "unknown", "no FER+ image"))
+    assert labels.dropped()["count"] > 0 and all(
+        labels.dropped()["by_reason"][r] > 0 for r in ("no majority", "unknown", "no FER+ image")
+    )
     for mode in ("crossentropy", "plurality"):  # the same rows in every label mode
         assert read_ferplus(root / "fer2013new.csv", mode).labels.tolist() == labels.labels.tolist()
     soft = labels.votes[labels.labels >= 0]
@@ -89,10 +90,15 @@ def test_cli_sample_data_formats(cli_runner, tmp_path):
     from fertool.cli import app
 
     for fmt, marker in (("ferplus", "fer2013new.csv"), ("folder", "train"), ("rafdb", "EmoLabel")):
-        result = cli_runner.invoke(app, ["sample-data", "--format", fmt, "--out", str(tmp_path / fmt), "--per-class", "2"])
+        result = cli_runner.invoke(
+            app, ["sample-data", "--format", fmt, "--out", str(tmp_path / fmt), "--per-class", "2"]
+        )
         assert result.exit_code == 0, result.output
         assert (tmp_path / fmt / marker).exists() and f"the {fmt} layout" in result.stdout
     result = cli_runner.invoke(app, ["sample-data", "--format", "folder", "--out", str(tmp_path / "folder")])
     assert result.exit_code == 1 and "directory exists and is not empty" in result.stderr
     result = cli_runner.invoke(app, ["sample-data", "--format", "affectnet", "--out", str(tmp_path / "x")])
-    assert result.exit_code == 1 and "--format affectnet: unknown format (expected csv, ferplus, folder, rafdb)" in result.stderr
+    assert (
+        result.exit_code == 1
+        and "--format affectnet: unknown format (expected csv, ferplus, folder, rafdb)" in result.stderr
+    )

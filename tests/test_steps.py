@@ -31,18 +31,25 @@ def test_durations_read_as_minutes_and_hours():
 
 def test_the_estimate_comes_from_the_measured_epoch_rate_and_the_caps():
     clock, lines = Clock(), []
-    plan = [PlannedStep("train a", "stage 1 (ResNet34v2)", "train", epochs=4, early_stop=True),
-            PlannedStep("train b", "stage 2 (ResNet34v2)", "train", epochs=10, early_stop=True),
-            PlannedStep("evaluate a", "evaluate a", "evaluate"),
-            PlannedStep("evaluate b", "evaluate b", "evaluate")]
+    plan = [
+        PlannedStep("train a", "stage 1 (ResNet34v2)", "train", epochs=4, early_stop=True),
+        PlannedStep("train b", "stage 2 (ResNet34v2)", "train", epochs=10, early_stop=True),
+        PlannedStep("evaluate a", "evaluate a", "evaluate"),
+        PlannedStep("evaluate b", "evaluate b", "evaluate"),
+    ]
     tracker = StepTracker(plan, lines.append, clock=clock)
     tracker.start("train a")
-    assert lines[-1] == "step 1/4 stage 1 (ResNet34v2): started; 0s so far, the rest not yet estimated (no step of its kinds timed yet)"
+    assert (
+        lines[-1]
+        == "step 1/4 stage 1 (ResNet34v2): started; 0s so far, the rest not yet estimated (no step of its kinds timed yet)"
+    )
     train_epochs(tracker, clock, 3, 20.0)  # stopped early after 3 of 4 epochs: 20 s an epoch
     tracker.end("train a")
     # 10 epochs of stage 2 at 20 s = 200 s at most; the evaluations not yet timed
-    assert lines[-1] == ("step 1/4 stage 1 (ResNet34v2): finished in 1m00s (3 epochs); 1m00s so far, at most 3m20s "
-                         "more for the timed kinds of step; evaluate not yet timed")
+    assert lines[-1] == (
+        "step 1/4 stage 1 (ResNet34v2): finished in 1m00s (3 epochs); 1m00s so far, at most 3m20s "
+        "more for the timed kinds of step; evaluate not yet timed"
+    )
     tracker.start("train b")
     train_epochs(tracker, clock, 1, 20.0)
     tracker.end("train b")
@@ -78,8 +85,13 @@ def test_the_plan_of_the_demo_recipe_names_each_stage_and_model():
     labels = [s.label for s in plan]
     # prepare, stages 1-3, three trainings per seed, three evaluations per seed, ablate, report
     assert len(plan) == 1 + 3 + 3 * 2 + 3 * 2 + 1 + 1
-    assert labels[:5] == ["prepare the images", "stage 1 (ResNet34v2)", "stage 2 (ResNet34v2)",
-                          "stage 3 (ResNet34v2)", "seed-1 stage 4 (LHC-Net)"]
+    assert labels[:5] == [
+        "prepare the images",
+        "stage 1 (ResNet34v2)",
+        "stage 2 (ResNet34v2)",
+        "stage 3 (ResNet34v2)",
+        "seed-1 stage 4 (LHC-Net)",
+    ]
     assert "seed-2 controller (LHC-NetC)" in labels and "seed-2/resnet stage 4 (ResNet34v2)" in labels
     caps = {s.key: s.epochs for s in plan if s.kind == "train"}
     assert caps["train stage1"] == recipe.train.stages["1"].max_epochs

@@ -119,8 +119,13 @@ def test_recipe_class_names_and_provenance(imported, tf_dir):
 
 def test_every_way_of_naming_a_checkpoint(tf_dir, tmp_path):
     prefix = tf_dir / "LHC_Net" / "LHC_Net"
-    for source in (tf_dir / "LHC_Net", prefix, Path(f"{prefix}.index"), Path(f"{prefix}{DATA}"),
-                   tf_dir / "LHC_Net" / "checkpoint"):
+    for source in (
+        tf_dir / "LHC_Net",
+        prefix,
+        Path(f"{prefix}.index"),
+        Path(f"{prefix}{DATA}"),
+        tf_dir / "LHC_Net" / "checkpoint",
+    ):
         assert tf_prefix(source) == prefix, source
     assert tf_prefix(tf_dir) is None and tf_prefix(tf_dir / "nothing") is None
     # a 'checkpoint' file written on another machine with an absolute path
@@ -161,8 +166,23 @@ def test_info_predict_and_export_accept_the_imported_checkpoint(imported, cli_ru
     assert sum(record["probs"].values()) == pytest.approx(1.0, abs=1e-5)
 
     exported = tmp_path / "lhc_netc.ts.pt"
-    exp = cli_runner.invoke(app, ["export", "-c", str(ckpt), "--format", "torchscript", "--out", str(exported),
-                                  "--batch", "1", "--samples", "1", "-q"])
+    exp = cli_runner.invoke(
+        app,
+        [
+            "export",
+            "-c",
+            str(ckpt),
+            "--format",
+            "torchscript",
+            "--out",
+            str(exported),
+            "--batch",
+            "1",
+            "--samples",
+            "1",
+            "-q",
+        ],
+    )
     assert exp.exit_code == 0, exp.output
     assert exported.is_file()
 
@@ -178,8 +198,9 @@ def prepared(tmp_path_factory):
     csv = generate_sample(folder / "sample.csv", per_class=1, seed=0)
     header, *lines = csv.read_text().splitlines()
     csv.write_text("\n".join([header] + [line for line in lines if line.endswith(",PrivateTest")][:2]) + "\n")
-    result = CliRunner().invoke(app, ["prepare", "--csv", str(csv), "--out", str(folder / "images"),
-                                      "--workers", "1", "-q"])
+    result = CliRunner().invoke(
+        app, ["prepare", "--csv", str(csv), "--out", str(folder / "images"), "--workers", "1", "-q"]
+    )
     assert result.exit_code == 0, result.output
     return folder / "images"
 
@@ -190,8 +211,9 @@ def test_evaluate_and_ablate_accept_the_imported_checkpoint(imported, prepared, 
 
     ckpt = imported["lhcc"]
     ev = tmp_path / "eval"
-    result = cli_runner.invoke(app, ["evaluate", "-c", str(ckpt), "--images", str(prepared), "--out", str(ev),
-                                     "--device", "cpu", "-q"])
+    result = cli_runner.invoke(
+        app, ["evaluate", "-c", str(ckpt), "--images", str(prepared), "--out", str(ev), "--device", "cpu", "-q"]
+    )
     assert result.exit_code == 0, result.output
     npz = np.load(ev / "probs.npz")
     assert len(npz["rows"]) == 2
@@ -202,27 +224,49 @@ def test_evaluate_and_ablate_accept_the_imported_checkpoint(imported, prepared, 
         direct = torch.softmax(model_from_checkpoint(load_checkpoint(ckpt)).eval()(x.float()), dim=-1).numpy()
     np.testing.assert_allclose(npz["probs"], direct, atol=1e-5)
     labels = npz["labels"]
-    assert json.loads((ev / "metrics.json").read_text())["accuracy"] == pytest.approx((direct.argmax(1) == labels).mean())
+    assert json.loads((ev / "metrics.json").read_text())["accuracy"] == pytest.approx(
+        (direct.argmax(1) == labels).mean()
+    )
 
     # ablate with its default modes ('detrain' needs the LHC seed the authors never published);
     # one image, single modules only: six forward passes at 224 px
     ab = tmp_path / "ablate"
-    result = cli_runner.invoke(app, ["ablate", "-c", str(ckpt), "--images", str(prepared), "--out", str(ab),
-                                     "--max-images", "1", "--subsets", "single", "--pictures", "0", "--no-heads",
-                                     "--device", "cpu", "-q"])
+    result = cli_runner.invoke(
+        app,
+        [
+            "ablate",
+            "-c",
+            str(ckpt),
+            "--images",
+            str(prepared),
+            "--out",
+            str(ab),
+            "--max-images",
+            "1",
+            "--subsets",
+            "single",
+            "--pictures",
+            "0",
+            "--no-heads",
+            "--device",
+            "cpu",
+            "-q",
+        ],
+    )
     assert result.exit_code == 0, result.output
     notes = [line for line in result.stderr.splitlines() if line.startswith("note:")]
     assert len(notes) == 1 and "detrain skipped" in notes[0] and "no LHC initialisation seed" in notes[0], notes
     report = json.loads((ab / "ablation.json").read_text())
-    assert report["modes"] == ["off"] and report["notes"] == [notes[0][len("note: "):]]
+    assert report["modes"] == ["off"] and report["notes"] == [notes[0][len("note: ") :]]
     assert report["n"] == 1 and [r["set"] for r in report["results"]] == [[f"lhc{k}"] for k in range(1, 6)]
     assert {r["mode"] for r in report["results"]} == {"off"}
     assert report["full"]["accuracy"] == pytest.approx((direct[:1].argmax(1) == labels[:1]).mean())
 
     # asked for by name, 'detrain' is refused in one line, before anything is written
     refused = tmp_path / "refused"
-    result = cli_runner.invoke(app, ["ablate", "-c", str(ckpt), "--images", str(prepared), "--out", str(refused),
-                                     "--modes", "detrain", "-q"])
+    result = cli_runner.invoke(
+        app, ["ablate", "-c", str(ckpt), "--images", str(prepared), "--out", str(refused), "--modes", "detrain", "-q"]
+    )
     assert result.exit_code == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "which 'detrain' needs" in lines[0], lines
@@ -230,6 +274,7 @@ def test_evaluate_and_ablate_accept_the_imported_checkpoint(imported, prepared, 
 
 
 # --------------------------------------------------------------------------- refusals
+
 
 def _masked_crc(data: bytes) -> int:
     crc = google_crc32c.value(data)
@@ -268,8 +313,17 @@ def _entry_bytes(dtype: int, shape: tuple[int, ...], offset: int, size: int, crc
         return _varint(number << 3 | 2) + _varint(len(payload)) + payload
 
     dims = b"".join(field(2, _varint(1 << 3) + _varint(d)) for d in shape)
-    return (_varint(1 << 3) + _varint(dtype) + field(2, dims) + _varint(4 << 3) + _varint(offset)
-            + _varint(5 << 3) + _varint(size) + _varint(6 << 3 | 5) + struct.pack("<I", crc))
+    return (
+        _varint(1 << 3)
+        + _varint(dtype)
+        + field(2, dims)
+        + _varint(4 << 3)
+        + _varint(offset)
+        + _varint(5 << 3)
+        + _varint(size)
+        + _varint(6 << 3 | 5)
+        + struct.pack("<I", crc)
+    )
 
 
 def _variant(tf_dir: Path, dest: Path, edit=None, data: str = "link") -> Path:
@@ -295,6 +349,7 @@ def _edit_entry(key: bytes, **changes):
                 v = _entry_bytes(**{**fields, **changes})
             out.append((k, v))
         return out
+
     return edit
 
 
@@ -355,8 +410,13 @@ def test_missing_data_shard(tf_dir, tmp_path, cli_runner):
 def test_a_checkpoint_of_another_shape_is_listed_and_refused(tf_dir, tmp_path, cli_runner):
     key = b"conv4_6/LHC_Module/Wqk/0/kernel/.ATTRIBUTES/VARIABLE_VALUE"  # (28, 14) in Table 2
     dest = _variant(tf_dir, tmp_path / "shape", _edit_entry(key, shape=(14, 28)))
-    _refused(cli_runner, dest, tmp_path / "out.pt", "not the authors' LHC-NetC",
-             "mis-shaped: 1 (conv4_6/LHC_Module/Wqk/0/kernel (14, 28) != (28, 14))")
+    _refused(
+        cli_runner,
+        dest,
+        tmp_path / "out.pt",
+        "not the authors' LHC-NetC",
+        "mis-shaped: 1 (conv4_6/LHC_Module/Wqk/0/kernel (14, 28) != (28, 14))",
+    )
 
 
 def test_a_module_in_another_place_is_listed_and_refused(tf_dir, tmp_path, cli_runner):
@@ -364,8 +424,13 @@ def test_a_module_in_another_place_is_listed_and_refused(tf_dir, tmp_path, cli_r
         return [(k.replace(b"conv2_3/LHC_Module/", b"conv2_2/LHC_Module/"), v) for k, v in pairs]
 
     dest = _variant(tf_dir, tmp_path / "moved", move)
-    line = _refused(cli_runner, dest, tmp_path / "out.pt", "missing model tensors: 20 (lhc.lhc2.qk_weight[0]",
-                    "unexpected checkpoint tensors: 20 (conv2_2/LHC_Module/")
+    line = _refused(
+        cli_runner,
+        dest,
+        tmp_path / "out.pt",
+        "missing model tensors: 20 (lhc.lhc2.qk_weight[0]",
+        "unexpected checkpoint tensors: 20 (conv2_2/LHC_Module/",
+    )
     assert "mis-shaped" not in line
 
 

@@ -52,11 +52,17 @@ def test_the_paper_path_trains_bit_identically_to_the_loop_before_the_options(tm
     """A stage with every option off (the paper recipe's defaults) against the same stage whose
     epochs run the frozen pre-issue loop: same weights, bit for bit, and the same metrics."""
     train, val = data
-    recipe = tiny_recipe(max_epochs=2, patience=5, optimizer="adam",
-                         augment={"rotation": 30, "flip": True})  # the paper's stage 1, scaled down
+    recipe = tiny_recipe(
+        max_epochs=2, patience=5, optimizer="adam", augment={"rotation": 30, "flip": True}
+    )  # the paper's stage 1, scaled down
     stage_cfg = recipe.train.stages["1"]
-    assert (stage_cfg.schedule, stage_cfg.warmup_epochs, stage_cfg.label_smoothing, stage_cfg.ema,
-            stage_cfg.accumulate) == ("constant", 0.0, 0.0, 0.0, 1)
+    assert (
+        stage_cfg.schedule,
+        stage_cfg.warmup_epochs,
+        stage_cfg.label_smoothing,
+        stage_cfg.ema,
+        stage_cfg.accumulate,
+    ) == ("constant", 0.0, 0.0, 0.0, 1)
     assert load_recipe("paper").train.stages == load_recipe(None).train.stages
     now = train_stage(recipe, "1", tmp_path / "now", seed=3, train_data=train, val_data=val)
 
@@ -73,8 +79,10 @@ def test_the_paper_path_trains_bit_identically_to_the_loop_before_the_options(tm
     for name in ("best.pt", "last.pt"):
         assert _same(_weights(tmp_path / "now/stage1" / name), _weights(tmp_path / "before/stage1" / name))
     timing = ("seconds", "images_per_s")
-    rows = [[{k: v for k, v in r.items() if k not in timing} for r in read_jsonl(tmp_path / run / "stage1/metrics.jsonl")]
-            for run in ("now", "before")]
+    rows = [
+        [{k: v for k, v in r.items() if k not in timing} for r in read_jsonl(tmp_path / run / "stage1/metrics.jsonl")]
+        for run in ("now", "before")
+    ]
     assert rows[0] == rows[1]
     assert now["options"] == {}
 
@@ -134,8 +142,15 @@ def test_the_loop_applies_the_scheduled_rate_at_each_optimiser_step():
     applied = []
     opt.register_step_pre_hook(lambda o, args, kwargs: applied.append(o.param_groups[0]["lr"]))
     for epoch in range(2):
-        out = _epoch(model, split, opt, batch_size=4, lr_at=lambda s: learning_rate(cfg, s, 4), start_step=4 * epoch,
-                     on_step=lambda step: seen.append(step["step"]))
+        out = _epoch(
+            model,
+            split,
+            opt,
+            batch_size=4,
+            lr_at=lambda s: learning_rate(cfg, s, 4),
+            start_step=4 * epoch,
+            on_step=lambda step: seen.append(step["step"]),
+        )
         assert out["steps"] == 4
     assert applied == pytest.approx([learning_rate(cfg, s, 4) for s in range(8)])
     assert applied[:2] == pytest.approx([0.05, 0.1])  # warmup of 2 steps
@@ -170,8 +185,14 @@ def test_ema_is_the_exponential_average_of_the_weights_after_each_step():
     model = Linear()
     ema = make_ema(model, 0.75)
     after = []
-    _epoch(model, split, torch.optim.SGD(model.parameters(), lr=0.5), batch_size=4, ema=ema,
-           on_step=lambda step: after.append(copy.deepcopy(model.state_dict())))
+    _epoch(
+        model,
+        split,
+        torch.optim.SGD(model.parameters(), lr=0.5),
+        batch_size=4,
+        ema=ema,
+        on_step=lambda step: after.append(copy.deepcopy(model.state_dict())),
+    )
     assert len(after) == 3
     expected = {k: v.double() for k, v in after[0].items()}  # the first update copies the weights
     for weights in after[1:]:
@@ -196,8 +217,14 @@ def test_accumulation_gives_the_gradients_of_a_k_times_larger_batch(n, micro, k)
         model = Linear()
         opt = torch.optim.SGD(model.parameters(), lr=0.5)
         trace = []
-        out = _epoch(model, split, opt, batch_size=batch_size, accumulate=accumulate,
-                     on_step=lambda step, trace=trace, model=model: trace.append(model.fc.weight.detach().clone()))
+        out = _epoch(
+            model,
+            split,
+            opt,
+            batch_size=batch_size,
+            accumulate=accumulate,
+            on_step=lambda step, trace=trace, model=model: trace.append(model.fc.weight.detach().clone()),
+        )
         results.append((out, [trace[i] for i in range(len(trace)) if i in _step_ends(n, batch_size, accumulate)]))
     (acc, acc_trace), (big, big_trace) = results
     assert acc["steps"] == big["steps"] == math.ceil(n / (micro * k))
@@ -246,13 +273,20 @@ def test_fp16_skips_and_counts_the_steps_with_inf_gradients():
     torch.manual_seed(0)
     model = Spiky()
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
-    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
     _Spike.armed, _Spike.calls = {2, 4}, 0
     weights = []
-    out = _epoch(model, split, opt, batch_size=4, precision="fp16", scaler=scaler,
-                 on_step=lambda step: weights.append(model.fc.weight.detach().clone()))
+    out = _epoch(
+        model,
+        split,
+        opt,
+        batch_size=4,
+        precision="fp16",
+        scaler=scaler,
+        on_step=lambda step: weights.append(model.fc.weight.detach().clone()),
+    )
     assert out["steps"] == 5 and out["skipped_steps"] == 2
-    assert scaler.get_scale() == 2.0 ** 8  # halved once per skipped step
+    assert scaler.get_scale() == 2.0**8  # halved once per skipped step
     assert torch.equal(weights[1], weights[0]) and torch.equal(weights[3], weights[2])  # skipped: untouched
     assert not torch.equal(weights[2], weights[1])
     assert all(torch.isfinite(w).all() for w in weights)
@@ -263,8 +297,14 @@ def test_fp16_runs_the_forward_pass_in_float16():
     model = Linear()
     dtypes = []
     model.fc.register_forward_hook(lambda m, args, out: dtypes.append(out.dtype))
-    _epoch(model, split, torch.optim.SGD(model.parameters(), lr=0.1), batch_size=4, precision="fp16",
-           scaler=torch.amp.GradScaler("cpu"))
+    _epoch(
+        model,
+        split,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        batch_size=4,
+        precision="fp16",
+        scaler=torch.amp.GradScaler("cpu"),
+    )
     evaluate(model, split, batch_size=4)  # evaluation stays float32
     assert dtypes == [torch.float16, torch.float32]
 
@@ -291,15 +331,22 @@ class Recorder(Callback):
 
 def test_a_stage_with_every_option_on(tmp_path, data):
     train, val = data
-    recipe = tiny_recipe(max_epochs=2, patience=5, schedule="cosine", warmup_epochs=0.5, label_smoothing=0.1,
-                         ema=0.5, accumulate=2)
+    recipe = tiny_recipe(
+        max_epochs=2, patience=5, schedule="cosine", warmup_epochs=0.5, label_smoothing=0.1, ema=0.5, accumulate=2
+    )
     # fp16 left out: float16 convolutions on the CPU are ~20x slower (the loop test above covers it)
     recorder = Recorder()
     notes = []
-    summary = train_stage(recipe, "1", tmp_path, seed=1, train_data=train, val_data=val, callbacks=[recorder],
-                          log=notes.append)
-    assert summary["options"] == {"schedule": "cosine", "warmup_epochs": 0.5, "label_smoothing": 0.1, "ema": 0.5,
-                                  "accumulate": 2}
+    summary = train_stage(
+        recipe, "1", tmp_path, seed=1, train_data=train, val_data=val, callbacks=[recorder], log=notes.append
+    )
+    assert summary["options"] == {
+        "schedule": "cosine",
+        "warmup_epochs": 0.5,
+        "label_smoothing": 0.1,
+        "ema": 0.5,
+        "accumulate": 2,
+    }
     assert any("options beyond the paper: schedule cosine" in n for n in notes)
     rows = read_jsonl(tmp_path / "stage1/metrics.jsonl")
     # 14 images, batch 7, accumulate 2: one optimiser step per epoch; the row's lr is that step's
@@ -335,8 +382,9 @@ def _raw(recipe):
 
 def test_a_resumed_stage_with_ema_schedule_and_accumulation_ends_bit_identical(tmp_path, data):
     train, val = data
-    recipe = tiny_recipe(max_epochs=3, patience=5, optimizer="adam", schedule="cosine", warmup_epochs=1,
-                         ema=0.5, accumulate=2)
+    recipe = tiny_recipe(
+        max_epochs=3, patience=5, optimizer="adam", schedule="cosine", warmup_epochs=1, ema=0.5, accumulate=2
+    )
     train_stage(recipe, "1", tmp_path / "a", seed=5, train_data=train, val_data=val)
 
     def interrupt(done, total, **fields):
@@ -351,8 +399,9 @@ def test_a_resumed_stage_with_ema_schedule_and_accumulation_ends_bit_identical(t
         assert _same(a["state_dict"], b["state_dict"])
     a, b = load_checkpoint(tmp_path / "a/stage1/last.pt"), load_checkpoint(tmp_path / "b/stage1/last.pt")
     assert _same(a["extra"]["ema_state_dict"], b["extra"]["ema_state_dict"])
-    assert [r["lr"] for r in read_jsonl(tmp_path / "a/stage1/metrics.jsonl")] == \
-        [r["lr"] for r in read_jsonl(tmp_path / "b/stage1/metrics.jsonl")]
+    assert [r["lr"] for r in read_jsonl(tmp_path / "a/stage1/metrics.jsonl")] == [
+        r["lr"] for r in read_jsonl(tmp_path / "b/stage1/metrics.jsonl")
+    ]
 
 
 def test_run_pipeline_hands_its_callbacks_to_every_stage(tmp_path, monkeypatch):
@@ -389,4 +438,4 @@ def test_an_fp16_stage_on_the_cpu_records_its_skipped_steps_and_scaler(tmp_path,
     skipped = summary["skipped_steps"]
     assert row["skipped_steps"] == resume["skipped_steps"] == skipped
     # every skipped step halved the scale from 65536 (no growth within 2000 steps)
-    assert resume["scaler"]["scale"] == 65536.0 / 2 ** skipped
+    assert resume["scaler"]["scale"] == 65536.0 / 2**skipped

@@ -60,7 +60,9 @@ def test_every_view_is_bit_identical_on_a_batch(ref, paper):
         expected = torch.from_numpy(ref["views"][k])
         assert got.shape == batch.shape and got.dtype == torch.float32
         for c in range(3):
-            assert torch.equal(got[0, c], expected), f"view {index} {view}: max diff {(got[0, c] - expected).abs().max()}"
+            assert torch.equal(got[0, c], expected), (
+                f"view {index} {view}: max diff {(got[0, c] - expected).abs().max()}"
+            )
         # channels and batch items are independent: the second image is the mirror in value
         if view is not None and not (0 < view.zoom < 1):
             # resampling is linear with weights summing to 1, so 255 - image maps to ~255 - view

@@ -44,8 +44,7 @@ def test_predict_error_lines_escape_file_names(tiny, tmp_path, cli_runner):
 
 
 def test_info_escapes_class_names_from_a_checkpoint(tiny, tmp_path, cli_runner):
-    path = _variant(tiny, tmp_path, "named.pt",
-                    lambda c: c.update(class_names=[HOSTILE] + [f"c{i}" for i in range(6)]))
+    path = _variant(tiny, tmp_path, "named.pt", lambda c: c.update(class_names=[HOSTILE] + [f"c{i}" for i in range(6)]))
     res = cli_runner.invoke(app, ["info", "-c", str(path)])
     assert res.exit_code == 0, res.output
     _assert_clean(res.output)
@@ -75,15 +74,18 @@ def test_class_names_of_the_wrong_length_are_refused(tiny, tmp_path):
         load_checkpoint(path)
 
 
-@pytest.mark.parametrize("override, message", [
-    ("train.stages.9.lr=1", "must name only the stages 1, 2, 3, 4, controller"),
-    ("model.lhc.-1.heads=2", "no list item -1"),
-    ("model.input_size=100000", "model.input_size: must be between 1 and 2,048"),
-    ("model.input_size=99999999999999999999", "must be between 1 and 2,048"),
-    ("model.hidden=[4096, 100000000]", "each 1 to 65,536"),
-    ("model.lhc.0.heads=100000", "must be between 1 and 1,024"),
-    ("x=" + "[" * 5000 + "]" * 5000, "nested deeper than a recipe may be (32 levels)"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.stages.9.lr=1", "must name only the stages 1, 2, 3, 4, controller"),
+        ("model.lhc.-1.heads=2", "no list item -1"),
+        ("model.input_size=100000", "model.input_size: must be between 1 and 2,048"),
+        ("model.input_size=99999999999999999999", "must be between 1 and 2,048"),
+        ("model.hidden=[4096, 100000000]", "each 1 to 65,536"),
+        ("model.lhc.0.heads=100000", "must be between 1 and 1,024"),
+        ("x=" + "[" * 5000 + "]" * 5000, "nested deeper than a recipe may be (32 levels)"),
+    ],
+)
 def test_recipe_sizes_and_counts_are_bounded(override, message):
     from fertool.errors import RecipeError
     from fertool.recipe import load_recipe

@@ -24,8 +24,9 @@ def full_disk(tmp_path):
     mnt = tmp_path / "full"
     mnt.mkdir()
     try:
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)],
-                              capture_output=True, timeout=20)
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], capture_output=True, timeout=20
+        )
     except (OSError, subprocess.TimeoutExpired):
         pytest.skip("mount is not available here")
     if done.returncode != 0:
@@ -78,18 +79,28 @@ def test_torchscript_export_on_a_full_disk_is_an_error_not_an_abort(full_disk):
         "except FertoolError as exc:\n    print('ERROR', exc); sys.exit(1)\n"
     )
     root = Path(__file__).resolve().parents[1]
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240, cwd=root,
-                          env={**os.environ, "PYTHONPATH": str(root)})
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )
     assert done.returncode == 1, done.stderr[-2000:]
     assert f"ERROR {full_disk / 'model.pt'}: No space left on device" in done.stdout
     assert _leftovers(full_disk) == []
 
 
-@pytest.mark.parametrize("exc", [
-    OSError(errno.ENOSPC, "No space left on device"), OSError(errno.EROFS, "Read-only file system"),
-    OSError(errno.EACCES, "Permission denied"),
-    RuntimeError("[enforce fail at inline_container.cc:783] . PytorchStreamWriter failed writing file data/0"),
-])
+@pytest.mark.parametrize(
+    "exc",
+    [
+        OSError(errno.ENOSPC, "No space left on device"),
+        OSError(errno.EROFS, "Read-only file system"),
+        OSError(errno.EACCES, "Permission denied"),
+        RuntimeError("[enforce fail at inline_container.cc:783] . PytorchStreamWriter failed writing file data/0"),
+    ],
+)
 def test_a_writer_raising_is_one_error_naming_the_output(tmp_path, exc):
     out = tmp_path / "out.pt"
     out.write_text("previous")

@@ -40,8 +40,9 @@ import dataclasses
 import itertools
 import os
 import time
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -218,8 +219,7 @@ def _choose(values: Sequence[str] | str | None, default: Sequence[str], known: S
 
 
 #: Why ``detrain`` cannot run on a checkpoint without ``extra.lhc_seed``.
-NO_SEED = ("records no LHC initialisation seed (extra.lhc_seed, written by augment-lhc; "
-           "imported weights have none)")
+NO_SEED = "records no LHC initialisation seed (extra.lhc_seed, written by augment-lhc; imported weights have none)"
 
 
 def _runnable_modes(
@@ -284,8 +284,12 @@ def ablate(
     from .heads import controller_weights, head_summary
 
     if Path(checkpoint_path).is_file():  # refused before the work, not after it
-        check_output_dir(out_dir if out_dir is not None else default_out_dir(checkpoint_path, split),
-                         "ablation", overwrite, legacy="ablation.json")
+        check_output_dir(
+            out_dir if out_dir is not None else default_out_dir(checkpoint_path, split),
+            "ablation",
+            overwrite,
+            legacy="ablation.json",
+        )
     inputs = load_eval_inputs(checkpoint_path, recipe=recipe, overrides=overrides, tta=tta, device=device)
     ckpt, model, rcp, dev = inputs.ckpt, inputs.model, inputs.recipe, inputs.device
     checkpoint_path, tta_name, preset = inputs.checkpoint, inputs.tta_name, inputs.tta
@@ -311,14 +315,36 @@ def ablate(
     n = len(data)
 
     precision = rcp.train.eval_precision if precision is None else precision
-    infer = dict(batch_size=batch_size, device=dev, precision=precision,
-                 channels_last=rcp.train.channels_last and dev.type == "cuda")
+    infer = dict(
+        batch_size=batch_size,
+        device=dev,
+        precision=precision,
+        channels_last=rcp.train.channels_last and dev.type == "cuda",
+    )
     start = time.perf_counter()
-    full, rows, stats = _measure(model, data, modes=modes, set_list=ablation_sets(names, kinds), preset=preset,
-                                 seed=seed, heads=heads, engine=engine, infer=infer, progress=progress)
+    full, rows, stats = _measure(
+        model,
+        data,
+        modes=modes,
+        set_list=ablation_sets(names, kinds),
+        preset=preset,
+        seed=seed,
+        heads=heads,
+        engine=engine,
+        infer=infer,
+        progress=progress,
+    )
     seconds = time.perf_counter() - start
-    kept = _smallest_kept_table(rows, modes=modes, names=names, heads=head_counts, full=full, tolerance=tolerance,
-                                tta=preset is not None, exhaustive="all" in kinds)
+    kept = _smallest_kept_table(
+        rows,
+        modes=modes,
+        names=names,
+        heads=head_counts,
+        full=full,
+        tolerance=tolerance,
+        tta=preset is not None,
+        exhaustive="all" in kinds,
+    )
 
     report: dict[str, Any] = {
         "checkpoint": str(checkpoint_path),
@@ -335,9 +361,13 @@ def ablate(
         "sets": list(kinds),
         "tolerance": tolerance,
         "modules": [
-            {"name": nm, "heads": head_counts[nm], "channels": int(m.channels),
-             "size": list(m.spatial) if m.spatial else None,
-             "after": next((pos for pos, v in getattr(model, "lhc_after", {}).items() if v == nm), None)}
+            {
+                "name": nm,
+                "heads": head_counts[nm],
+                "channels": int(m.channels),
+                "size": list(m.spatial) if m.spatial else None,
+                "after": next((pos for pos, v in getattr(model, "lhc_after", {}).items() if v == nm), None),
+            }
             for nm, m in modules.items()
         ],
         "total_heads": sum(head_counts.values()),
@@ -351,23 +381,43 @@ def ablate(
         report["heads"] = head_summary(stats, modules)
         report["heads"]["controller"] = controller_weights(model)
 
-    rcp_out = dataclasses.replace(rcp, ablate=AblateConfig(modes=tuple(modes), sets=tuple(kinds),
-                                                           tolerance=tolerance))
+    rcp_out = dataclasses.replace(rcp, ablate=AblateConfig(modes=tuple(modes), sets=tuple(kinds), tolerance=tolerance))
     out = Path(out_dir) if out_dir is not None else default_out_dir(checkpoint_path, split)
-    _write_outputs(out, report, rows, rcp_out, model=model, data=data, pictures=pictures, device=dev,
-                   precision=precision, overwrite=overwrite,
-                   title=f"{ckpt.get('arch')} on {split} ({n} images): full {100 * full['accuracy']:.2f}%")
+    _write_outputs(
+        out,
+        report,
+        rows,
+        rcp_out,
+        model=model,
+        data=data,
+        pictures=pictures,
+        device=dev,
+        precision=precision,
+        overwrite=overwrite,
+        title=f"{ckpt.get('arch')} on {split} ({n} images): full {100 * full['accuracy']:.2f}%",
+    )
     return {**report, "out_dir": str(out)}
 
 
-def _measure(model: nn.Module, data: ImageSplit, *, modes: Sequence[str], set_list: list, preset: Any,
-             seed: int | None, heads: bool, engine: str, infer: dict, progress: Progress | None) -> tuple:
+def _measure(
+    model: nn.Module,
+    data: ImageSplit,
+    *,
+    modes: Sequence[str],
+    set_list: list,
+    preset: Any,
+    seed: int | None,
+    heads: bool,
+    engine: str,
+    infer: dict,
+    progress: Progress | None,
+) -> tuple:
     """The passes: the full model (plain, TTA), then every mode x set ablated.
 
     Returns (full accuracies, one row per ablated pass, the head statistics or None).
     """
-    from ..evaluation.runtimes import build_engine
     from ..evaluation.inference import predict_probs
+    from ..evaluation.runtimes import build_engine
     from .heads import record_heads
 
     dev = infer["device"]
@@ -391,8 +441,17 @@ def _measure(model: nn.Module, data: ImageSplit, *, modes: Sequence[str], set_li
     def run(tta_preset=None, *, hooks: bool = False) -> dict:
         # An engine runs a copy (or an export) of the model as ablated now; the pass that
         # feeds the head analysis runs the model itself, whose hooks record the heads.
-        runner = None if hooks else build_engine(model, engine, device=dev, precision=infer["precision"],
-                                                 channels_last=infer["channels_last"] or dev.type == "cpu")
+        runner = (
+            None
+            if hooks
+            else build_engine(
+                model,
+                engine,
+                device=dev,
+                precision=infer["precision"],
+                channels_last=infer["channels_last"] or dev.type == "cpu",
+            )
+        )
         result = predict_probs(model, data, tta=tta_preset, engine=runner, progress=step_progress(done[0]), **infer)
         done[0] += n
         return result
@@ -429,22 +488,59 @@ def _measure(model: nn.Module, data: ImageSplit, *, modes: Sequence[str], set_li
     return full, rows, stats
 
 
-def _smallest_kept_table(rows: list[dict], *, modes: Sequence[str], names: Sequence[str], heads: dict,
-                         full: dict, tolerance: float, tta: bool, exhaustive: bool) -> dict:
+def _smallest_kept_table(
+    rows: list[dict],
+    *,
+    modes: Sequence[str],
+    names: Sequence[str],
+    heads: dict,
+    full: dict,
+    tolerance: float,
+    tta: bool,
+    exhaustive: bool,
+) -> dict:
     """Per mode, the smallest set of kept modules within ``tolerance`` of the full model."""
     kept = {}
     for mode in modes:
-        kept[mode] = {"accuracy": smallest_kept(rows, mode=mode, names=names, heads=heads,
-                                                full=full["accuracy"], tolerance=tolerance, exhaustive=exhaustive)}
+        kept[mode] = {
+            "accuracy": smallest_kept(
+                rows,
+                mode=mode,
+                names=names,
+                heads=heads,
+                full=full["accuracy"],
+                tolerance=tolerance,
+                exhaustive=exhaustive,
+            )
+        }
         if tta:
             kept[mode]["tta_accuracy"] = smallest_kept(
-                rows, mode=mode, names=names, heads=heads, full=full["tta_accuracy"], tolerance=tolerance,
-                key="tta_accuracy", exhaustive=exhaustive)
+                rows,
+                mode=mode,
+                names=names,
+                heads=heads,
+                full=full["tta_accuracy"],
+                tolerance=tolerance,
+                key="tta_accuracy",
+                exhaustive=exhaustive,
+            )
     return kept
 
 
-def _write_outputs(out: Path, report: dict, rows: list[dict], rcp_out: Any, *, model: nn.Module, data: ImageSplit,
-                   pictures: int, device: torch.device, precision: str, overwrite: bool, title: str) -> None:
+def _write_outputs(
+    out: Path,
+    report: dict,
+    rows: list[dict],
+    rcp_out: Any,
+    *,
+    model: nn.Module,
+    data: ImageSplit,
+    pictures: int,
+    device: torch.device,
+    precision: str,
+    overwrite: bool,
+    title: str,
+) -> None:
     """``out``'s files (ablation.json, plots, pictures, recipe.yaml), built in a temporary folder."""
     from ..files import write_json
     from ..recipe import save_recipe
@@ -458,9 +554,12 @@ def _write_outputs(out: Path, report: dict, rows: list[dict], rcp_out: Any, *, m
                 if entry["correlation"] is not None:
                     corr = np.array([[np.nan if v is None else v for v in r] for r in entry["correlation"]])
                     value = entry["mean_abs_offdiag"]
-                    plot_head_correlation(corr, tmp / f"heads-{nm}.png",
-                                          title=f"{nm}: head correlation, mean |off-diag| "
-                                                + ("n/a" if value is None else f"{value:.2f}"))
+                    plot_head_correlation(
+                        corr,
+                        tmp / f"heads-{nm}.png",
+                        title=f"{nm}: head correlation, mean |off-diag| "
+                        + ("n/a" if value is None else f"{value:.2f}"),
+                    )
                     files.append(f"heads-{nm}.png")
         if pictures > 0:
             report["pictures"] = _pictures(model, data, pictures, tmp / "pictures", device, precision)
@@ -471,8 +570,9 @@ def _write_outputs(out: Path, report: dict, rows: list[dict], rcp_out: Any, *, m
         write_json(tmp / "ablation.json", report)
 
 
-def _pictures(model: nn.Module, data: ImageSplit, count: int, folder: Path, device: torch.device,
-              mode: str = "fp32") -> list[dict]:
+def _pictures(
+    model: nn.Module, data: ImageSplit, count: int, folder: Path, device: torch.device, mode: str = "fp32"
+) -> list[dict]:
     """Attention pictures of ``count`` images evenly spaced in ``data`` (see plot_attention),
     computed in precision ``mode`` as the accuracies are (TF32 switched explicitly)."""
     from ..evaluation.metrics import predictions
@@ -504,8 +604,13 @@ def _pictures(model: nn.Module, data: ImageSplit, count: int, folder: Path, devi
     rows = getattr(data, "rows", None)
     out = []
     for p, i in enumerate(index.tolist()):
-        item = {"index": i, "row": None if rows is None else int(rows[i]),
-                "label": class_names[int(data.labels[i])], "predicted": class_names[int(pred[p])], "files": []}
+        item = {
+            "index": i,
+            "row": None if rows is None else int(rows[i]),
+            "label": class_names[int(data.labels[i])],
+            "predicted": class_names[int(pred[p])],
+            "files": [],
+        }
         for name, (att, weights) in recorded.items():
             if att is None:
                 continue
@@ -515,9 +620,15 @@ def _pictures(model: nn.Module, data: ImageSplit, count: int, folder: Path, devi
             energy = att[p].float().abs().mean(dim=1).reshape(h, w).cpu().numpy()
             stripe_rows = (h * w / module.heads) / w
             fname = f"img{i:05d}-{name}.png"
-            plot_attention(images[p], weights[p].float().cpu().numpy(), energy, stripe_rows, folder / fname,
-                           title=f"image {i} ({item['label']}, predicted {item['predicted']}): {name}, "
-                                 f"{module.heads} head(s), {module.channels} channels, {h}x{w}")
+            plot_attention(
+                images[p],
+                weights[p].float().cpu().numpy(),
+                energy,
+                stripe_rows,
+                folder / fname,
+                title=f"image {i} ({item['label']}, predicted {item['predicted']}): {name}, "
+                f"{module.heads} head(s), {module.channels} channels, {h}x{w}",
+            )
             item["files"].append(fname)
         out.append(item)
     return out

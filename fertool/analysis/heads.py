@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Any, Iterator, Mapping
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -190,8 +191,8 @@ def head_summary(stats: Mapping[str, HeadCorrelation], modules: Mapping[str, Any
     all_pairs = np.concatenate(pooled) if pooled else np.zeros(0)
     return {
         "definition": "Pearson correlation between heads over (image, channel, stripe position) "
-                      "of the attention outputs A_h (before residual and controller); "
-                      "mean |rho| over off-diagonal pairs",
+        "of the attention outputs A_h (before residual and controller); "
+        "mean |rho| over off-diagonal pairs",
         "modules": per_module,
         "overall_mean_abs_offdiag": float(all_pairs.mean()) if len(all_pairs) else None,
         "mean_of_module_means": float(np.mean(module_means)) if module_means else None,

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import base64
 import os
+from collections.abc import Iterable, Sequence
 from html import escape
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from ..files import read_json
 from ..protocol import PAPER_TABLE7, STAGE_FOLDERS
@@ -68,8 +69,7 @@ def _image(path: Path, alt: str, caption: str = "") -> str:
     except OSError:
         return ""
     caption_html = f"<figcaption>{escape(caption)}</figcaption>" if caption else ""
-    return (f'<figure><img src="data:image/png;base64,{data}" alt="{escape(alt)}">'
-            f"{caption_html}</figure>")
+    return f'<figure><img src="data:image/png;base64,{data}" alt="{escape(alt)}">{caption_html}</figure>'
 
 
 def _rel(path: Path, root: Path) -> str:
@@ -91,27 +91,42 @@ def _stage_folders(root: Path) -> list[Path]:
 
 def _provenance(runs: Sequence[Path], report_data: dict) -> str:
     """A warning banner when any result of the page was made on synthetic data."""
-    if not (any(r.get("synthetic") for r in report_data["runs"])
-            or any((read_json(run / "pipeline.json") or {}).get("synthetic") for run in runs)):
+    if not (
+        any(r.get("synthetic") for r in report_data["runs"])
+        or any((read_json(run / "pipeline.json") or {}).get("synthetic") for run in runs)
+    ):
         return ""
-    return ('<p class="note"><b>Synthetic data.</b> These results come from the generated sample of '
-            "cartoon faces (<code>fertool sample-data</code>), not from FER2013: they show that the "
-            "machinery works and say nothing about facial expression recognition. The paper's "
-            "numbers beside them are FER2013 PrivateTest at 224 px, shown for reference only.</p>")
+    return (
+        '<p class="note"><b>Synthetic data.</b> These results come from the generated sample of '
+        "cartoon faces (<code>fertool sample-data</code>), not from FER2013: they show that the "
+        "machinery works and say nothing about facial expression recognition. The paper's "
+        "numbers beside them are FER2013 PrivateTest at 224 px, shown for reference only.</p>"
+    )
 
 
 def _final_table(run: Path) -> str:
     pipeline = read_json(run / "pipeline.json")
     if not pipeline or not pipeline.get("table"):
         return ""
-    rows = [[r["model"], r["runs"], r.get("rejected", 0), _pct(r["accuracy"], 1), _pct(r.get("tta_accuracy"), 1),
-             "-" if r.get("params") is None else f"{r['params'] / 1e6:.1f}M",
-             _pct(r["paper_accuracy"], 1), _pct(r["paper_tta_accuracy"], 1), r["paper_params"]]
-            for r in pipeline["table"]]
-    html = [f"<p>Test split of <code>{escape(str(pipeline.get('csv', '')))}</code>, best run per model "
-            f"(seeds {escape(', '.join(str(s) for s in pipeline.get('seeds', [])))}).</p>",
-            _table(["model", "runs", "left out", "accuracy", "TTA", "params", "paper", "paper TTA", "paper params"],
-                   rows)]
+    rows = [
+        [
+            r["model"],
+            r["runs"],
+            r.get("rejected", 0),
+            _pct(r["accuracy"], 1),
+            _pct(r.get("tta_accuracy"), 1),
+            "-" if r.get("params") is None else f"{r['params'] / 1e6:.1f}M",
+            _pct(r["paper_accuracy"], 1),
+            _pct(r["paper_tta_accuracy"], 1),
+            r["paper_params"],
+        ]
+        for r in pipeline["table"]
+    ]
+    html = [
+        f"<p>Test split of <code>{escape(str(pipeline.get('csv', '')))}</code>, best run per model "
+        f"(seeds {escape(', '.join(str(s) for s in pipeline.get('seeds', [])))}).</p>",
+        _table(["model", "runs", "left out", "accuracy", "TTA", "params", "paper", "paper TTA", "paper params"], rows),
+    ]
     for note in pipeline.get("notes") or []:
         html.append(f'<p class="note">{escape(note)}</p>')
     return "\n".join(html)
@@ -124,14 +139,21 @@ def _statistics(data: dict) -> str:
         rows = [[g] + [stat_text(k, s) for k, _ in STAT_COLUMNS] for g, _, s in table_rows(data["groups"], kind)]
         if rows:
             html += [f"<h3>{escape(data['split'])} accuracy (%), {title}</h3>", _table(header, rows)]
-    paper_rows = [[m, f"{p['top40']:.2f}", f"{p['top25']:.2f}", f"{p['best']:.2f}", f"{p['best_tta']:.2f}"]
-                  for m, p in PAPER_TABLE7.items()]
-    html += ["<h3>The paper (FER2013 PrivateTest, Table 7; best single model with TTA)</h3>",
-             _table(["model", "top 40%", "top 25%", "best", "best TTA"], paper_rows)]
+    paper_rows = [
+        [m, f"{p['top40']:.2f}", f"{p['top25']:.2f}", f"{p['best']:.2f}", f"{p['best_tta']:.2f}"]
+        for m, p in PAPER_TABLE7.items()
+    ]
+    html += [
+        "<h3>The paper (FER2013 PrivateTest, Table 7; best single model with TTA)</h3>",
+        _table(["model", "top 40%", "top 25%", "best", "best TTA"], paper_rows),
+    ]
     rejected = [r for r in data["runs"] if r["status"] == "rejected"]
     if rejected:
-        html.append("<p>Rejected by the stage-4 selection rule (left out): "
-                    + escape(", ".join(f"{r['run']} ({r['stage']})" for r in rejected)) + "</p>")
+        html.append(
+            "<p>Rejected by the stage-4 selection rule (left out): "
+            + escape(", ".join(f"{r['run']} ({r['stage']})" for r in rejected))
+            + "</p>"
+        )
     return "\n".join(html)
 
 
@@ -140,12 +162,14 @@ def _curves(run: Path) -> str:
     for folder in _stage_folders(run):
         summary = read_json(folder / "summary.json") or {}
         best = summary.get("best_val_accuracy")
-        line = (f"{summary.get('arch', '?')}, {summary.get('status', '?')} after {summary.get('epochs', '?')} "
-                f"epoch(s); best validation accuracy {_pct(best)} at epoch {summary.get('best_epoch', '?')}")
+        line = (
+            f"{summary.get('arch', '?')}, {summary.get('status', '?')} after {summary.get('epochs', '?')} "
+            f"epoch(s); best validation accuracy {_pct(best)} at epoch {summary.get('best_epoch', '?')}"
+        )
         selection = summary.get("selection")
         if selection:
             line += "; selection rule " + ("accepted" if selection.get("accepted") else "REJECTED")
-        html.append(f"<h3>{escape(_rel(folder, run))}</h3><p class=\"muted\">{escape(line)}</p>")
+        html.append(f'<h3>{escape(_rel(folder, run))}</h3><p class="muted">{escape(line)}</p>')
         html.append(_image(folder / "curves.png", f"training curves of {_rel(folder, run)}"))
     return "\n".join(html)
 
@@ -156,13 +180,20 @@ def _evaluations(run: Path) -> str:
         metrics = read_json(metrics_file) or {}
         folder = metrics_file.parent
         tta = metrics.get("tta") or {}
-        line = f"{metrics.get('arch', '?')} on {metrics.get('split', '?')} ({metrics.get('n', '?')} images): " \
-               f"accuracy {_pct(metrics.get('accuracy'))}"
+        line = (
+            f"{metrics.get('arch', '?')} on {metrics.get('split', '?')} ({metrics.get('n', '?')} images): "
+            f"accuracy {_pct(metrics.get('accuracy'))}"
+        )
         if tta:
             line += f", with TTA ({tta.get('preset')}, {tta.get('views')} views) {_pct(tta.get('accuracy'))}"
-        html.append(f"<h3>{escape(_rel(folder, run))}</h3><p class=\"muted\">{escape(line)}</p>")
-        html.append(_image(folder / "confusion.png", f"confusion matrices of {_rel(folder, run)}",
-                           "Rows: true class; columns: predicted class; colour: share of the true class."))
+        html.append(f'<h3>{escape(_rel(folder, run))}</h3><p class="muted">{escape(line)}</p>')
+        html.append(
+            _image(
+                folder / "confusion.png",
+                f"confusion matrices of {_rel(folder, run)}",
+                "Rows: true class; columns: predicted class; colour: share of the true class.",
+            )
+        )
     return "\n".join(html)
 
 
@@ -172,9 +203,14 @@ def _ablations(run: Path) -> str:
         data = read_json(ablation_file) or {}
         folder = ablation_file.parent
         html.append(f"<h3>{escape(_rel(folder, run))}</h3>")
-        html.append(_image(folder / "ablation.png", "ablation",
-                           "Accuracy change when LHC modules are switched off (off) or reset to their "
-                           "untrained weights (detrain), without retraining."))
+        html.append(
+            _image(
+                folder / "ablation.png",
+                "ablation",
+                "Accuracy change when LHC modules are switched off (off) or reset to their "
+                "untrained weights (detrain), without retraining.",
+            )
+        )
         modules = ((data.get("heads") or {}).get("modules")) or {}
         figures, missing = [], []
         for name, entry in modules.items():
@@ -187,20 +223,27 @@ def _ablations(run: Path) -> str:
             html.append("<h4>Correlation between the heads of each module</h4>")
             html.append('<div class="grid">' + "".join(figures) + "</div>")
         if missing:
-            html.append("<p class=\"muted\">No head-correlation plot for " + escape(", ".join(missing))
-                        + "; a correlation between heads needs at least two heads.</p>")
+            html.append(
+                '<p class="muted">No head-correlation plot for '
+                + escape(", ".join(missing))
+                + "; a correlation between heads needs at least two heads.</p>"
+            )
         controller = (data.get("heads") or {}).get("controller")
         if controller:
-            rows = [[name, f"{c['w']:+.3f}", f"{c['tanh_w']:+.3f}", f"{c['gain']:.3f}"]
-                    for name, c in controller.items()]
-            html.append("<h4>LHC-NetC controller weights</h4>"
-                        + _table(["module", "w", "tanh(w)", "gain 1 + tanh(w)"], rows))
+            rows = [
+                [name, f"{c['w']:+.3f}", f"{c['tanh_w']:+.3f}", f"{c['gain']:.3f}"] for name, c in controller.items()
+            ]
+            html.append(
+                "<h4>LHC-NetC controller weights</h4>" + _table(["module", "w", "tanh(w)", "gain 1 + tanh(w)"], rows)
+            )
         pictures = data.get("pictures") or []
         if pictures:
             html.append("<h4>Attention pictures</h4>")
         for item in pictures:
-            html.append(f"<p>Image {item.get('index')}: true {escape(str(item.get('label')))}, "
-                        f"predicted {escape(str(item.get('predicted')))}</p>")
+            html.append(
+                f"<p>Image {item.get('index')}: true {escape(str(item.get('label')))}, "
+                f"predicted {escape(str(item.get('predicted')))}</p>"
+            )
             for name in item.get("files", []):
                 html.append(_image(folder / "pictures" / name, name))
     return "\n".join(html)
@@ -218,14 +261,19 @@ def render_html(run_dirs: Sequence[str | os.PathLike], report_data: dict, *, run
             sections.append((f"final-{len(sections)}", "Final table" + label, body))
     stats = _statistics(report_data)
     if runs_png is not None:
-        stats += _image(runs_png, "test accuracy per run",
-                        "Test accuracy of every run per model; circles without TTA, triangles with TTA.")
+        stats += _image(
+            runs_png,
+            "test accuracy per run",
+            "Test accuracy of every run per model; circles without TTA, triangles with TTA.",
+        )
     sections.append(("statistics", "Run statistics (Table 7)", stats))
     for run in runs:
         label = f" ({run})" if len(runs) > 1 else ""
-        for anchor, heading, body in (("curves", "Training curves", _curves(run)),
-                                      ("evaluation", "Evaluation, plain and TTA", _evaluations(run)),
-                                      ("ablation", "Ablation, heads and attention", _ablations(run))):
+        for anchor, heading, body in (
+            ("curves", "Training curves", _curves(run)),
+            ("evaluation", "Evaluation, plain and TTA", _evaluations(run)),
+            ("ablation", "Ablation, heads and attention", _ablations(run)),
+        ):
             if body:
                 sections.append((f"{anchor}-{len(sections)}", heading + label, body))
     nav = "".join(f'<a href="#{a}">{escape(h)}</a>' for a, h, _ in sections)

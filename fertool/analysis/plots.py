@@ -6,7 +6,8 @@ Every function takes plain arrays / dicts and a destination path; none runs a mo
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -120,8 +121,15 @@ def plot_head_correlation(corr: np.ndarray, path: str | os.PathLike, *, title: s
     for i in range(n):
         for j in range(n):
             if np.isfinite(corr[i, j]):
-                ax.text(j, i, f"{corr[i, j]:.2f}", ha="center", va="center", fontsize=10 if n <= 8 else 9,
-                        color="w" if abs(corr[i, j]) > 0.6 else "k")
+                ax.text(
+                    j,
+                    i,
+                    f"{corr[i, j]:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=10 if n <= 8 else 9,
+                    color="w" if abs(corr[i, j]) > 0.6 else "k",
+                )
     ax.set_xticks(range(n))
     ax.set_yticks(range(n))
     ax.set_xticklabels([str(i + 1) for i in range(n)], fontsize=10)
@@ -178,8 +186,13 @@ def plot_attention(
     panels = 2 + heads
     ncols = min(4, panels)
     nrows = -(-panels // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(2.6 * ncols, 2.7 * nrows + 0.9), squeeze=False,
-                             gridspec_kw={"wspace": 0.45, "hspace": 0.35})
+    fig, axes = plt.subplots(
+        nrows,
+        ncols,
+        figsize=(2.6 * ncols, 2.7 * nrows + 0.9),
+        squeeze=False,
+        gridspec_kw={"wspace": 0.45, "hspace": 0.35},
+    )
     for ax in axes.flat:
         ax.axis("off")
     size = image.shape[0]
@@ -198,8 +211,16 @@ def plot_attention(
         per_stripe = energy.reshape(heads, -1).mean(axis=1)  # (heads,)
         for k, value in enumerate(per_stripe):
             y = (k + 0.5) * stripe_rows * size / h
-            ax.text(size * 0.02, y, f"{value:.3g}", fontsize=9, va="center", ha="left", color="w",
-                    bbox={"facecolor": "k", "alpha": 0.5, "pad": 1, "lw": 0})
+            ax.text(
+                size * 0.02,
+                y,
+                f"{value:.3g}",
+                fontsize=9,
+                va="center",
+                ha="left",
+                color="w",
+                bbox={"facecolor": "k", "alpha": 0.5, "pad": 1, "lw": 0},
+            )
     ax.set_xlim(0, size)
     ax.set_ylim(size, 0)
     ax.set_title("output energy mean|A|", fontsize=10)
@@ -210,7 +231,7 @@ def plot_attention(
     # heads put most weights near 0 (log2 far below -6): a fixed range painted them one
     # colour, so the range comes from the data's quantiles and the clipping is stated.
     channels = weights.shape[-1]
-    relative = np.log2(np.maximum(weights * channels, 2.0 ** -60))  # (heads, C, C)
+    relative = np.log2(np.maximum(weights * channels, 2.0**-60))  # (heads, C, C)
     low, high, outside = attention_colour_range(relative)
     norm = TwoSlopeNorm(vmin=low, vcenter=0.0, vmax=high)
     # The channel axis names go on a head in the first column, away from the energy colour bar.
@@ -227,14 +248,22 @@ def plot_attention(
             ax.set_xlabel(f"key channel 1..{channels}", fontsize=9)
             ax.set_ylabel(f"query channel 1..{channels}", fontsize=9)
     if head_image is not None:
-        bar = fig.colorbar(head_image, ax=list(axes.flat[2:2 + heads]), fraction=0.03, pad=0.02)
+        bar = fig.colorbar(head_image, ax=list(axes.flat[2 : 2 + heads]), fraction=0.03, pad=0.02)
         bar.set_label("log2(W x C); 0 = uniform", fontsize=9)
         bar.ax.tick_params(labelsize=9)
-    fig.text(0.5, 0.0, f"Row i of W: the weights with which query channel i gathers the {channels} key channels "
-             f"over its head's stripe (a row sums to 1). Colour: log2 of the weight over the uniform "
-             f"1/{channels}; white = uniform, red = more, blue = less. Colour range {low:+.1f} to {high:+.1f}, "
-             f"the 2-98% quantiles of these values; {100 * outside:.0f}% lie outside and are drawn in the "
-             f"end colours.", ha="center", va="top", fontsize=9, wrap=True)
+    fig.text(
+        0.5,
+        0.0,
+        f"Row i of W: the weights with which query channel i gathers the {channels} key channels "
+        f"over its head's stripe (a row sums to 1). Colour: log2 of the weight over the uniform "
+        f"1/{channels}; white = uniform, red = more, blue = less. Colour range {low:+.1f} to {high:+.1f}, "
+        f"the 2-98% quantiles of these values; {100 * outside:.0f}% lie outside and are drawn in the "
+        f"end colours.",
+        ha="center",
+        va="top",
+        fontsize=9,
+        wrap=True,
+    )
     if title:
         fig.suptitle(title, fontsize=10)
     _save(fig, path)

@@ -57,9 +57,10 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import yaml
 
@@ -67,7 +68,7 @@ from ..data.provenance import SYNTHETIC
 from ..errors import DataError, FertoolError
 from ..files import atomic_dir, check_output_dir, read_json, write_json
 from ..protocol import MODEL_NAMES, PAPER_TABLE7, RUN_SETS, STAGE_ARCH, STAGE_FOLDERS, paper_set
-from .stats import STAT_COLUMNS, pct, run_statistics, stat_text, table_rows, top_count
+from .stats import STAT_COLUMNS, pct, run_statistics, table_rows, top_count
 from .verdict import EXCLUDED, stage4_verdict
 
 __all__ = [
@@ -230,15 +231,23 @@ def find_results(
         arch = metrics.get("arch") or STAGE_ARCH.get(stage or "")
         model = MODEL_NAMES.get(arch) or _arch_title(arch)
         recipe_id = _recipe_id(run_dir, stage_dir)
-        group = {"model": model, "stage": f"{stage or 'unknown'} ({model})",
-                 "recipe": f"{model} @ {recipe_id or 'no recipe'}"}[group_by] + _class_set(metrics)
+        group = {
+            "model": model,
+            "stage": f"{stage or 'unknown'} ({model})",
+            "recipe": f"{model} @ {recipe_id or 'no recipe'}",
+        }[group_by] + _class_set(metrics)
         result = RunResult(
-            run=str(run_dir.resolve()), stage=stage, arch=arch, group=group,
+            run=str(run_dir.resolve()),
+            stage=stage,
+            arch=arch,
+            group=group,
             seed=_seed(metrics, stage_dir, run_dir),
             accuracy=_accuracy(metrics["accuracy"], f"{where}: accuracy"),
-            tta_accuracy=_tta_accuracy(metrics, where), metrics=where, recipe_id=recipe_id,
-            synthetic=SYNTHETIC in ((metrics.get("data") or {}).get("kind"),
-                                    (metrics.get("model_data") or {}).get("kind")),
+            tta_accuracy=_tta_accuracy(metrics, where),
+            metrics=where,
+            recipe_id=recipe_id,
+            synthetic=SYNTHETIC
+            in ((metrics.get("data") or {}).get("kind"), (metrics.get("model_data") or {}).get("kind")),
             paper_set=paper_set(arch, stage, _run_lhc(run_dir, stage_dir)),
         )
         where_from[id(result)] = (ckpt_dir, _init_dir(stage_dir))
@@ -302,7 +311,7 @@ def _same_dir(folder: Path, init: tuple[str, ...]) -> bool:
     parts = folder.parts
     if Path(*init).is_absolute():
         return parts == Path(os.path.realpath(Path(*init))).parts or parts == init
-    return parts[-len(init):] == init
+    return parts[-len(init) :] == init
 
 
 # --------------------------------------------------------------------------- seeds
@@ -321,8 +330,10 @@ def seed_states(run_dirs: Sequence[str | os.PathLike], *, split: str = "PrivateT
     for root in run_dirs:
         root = Path(root)
         try:
-            folders = sorted((p for p in root.iterdir() if re.fullmatch(r"seed-\d+", p.name) and p.is_dir()),
-                             key=lambda p: int(p.name[5:]))
+            folders = sorted(
+                (p for p in root.iterdir() if re.fullmatch(r"seed-\d+", p.name) and p.is_dir()),
+                key=lambda p: int(p.name[5:]),
+            )
         except OSError:
             continue
         for folder in folders:
@@ -358,11 +369,17 @@ def seed_line(states: dict) -> str | None:
         return None
     parts = [f"{len(states['finished'])} finished"]
     if states["running"]:
-        parts.append(f"{len(states['running'])} running ("
-                     + ", ".join(f"{s['seed']}: {s['holder']}" for s in states["running"]) + ")")
+        parts.append(
+            f"{len(states['running'])} running ("
+            + ", ".join(f"{s['seed']}: {s['holder']}" for s in states["running"])
+            + ")"
+        )
     if states["failed"]:
-        parts.append(f"{len(states['failed'])} failed or interrupted ("
-                     + ", ".join(f"{s['seed']}: {s['why']}" for s in states["failed"]) + ")")
+        parts.append(
+            f"{len(states['failed'])} failed or interrupted ("
+            + ", ".join(f"{s['seed']}: {s['why']}" for s in states["failed"])
+            + ")"
+        )
     return "seeds: " + ", ".join(parts)
 
 
@@ -419,8 +436,10 @@ def report(
             "without_best": "the same runs without the best one; needs at least 2",
             "std": "sample standard deviation (n - 1)",
             "per_run": "the latest evaluated stage of a run represents it in each group",
-            "rejected": ("stage4/summary.json selection.accepted == false or status == diverged: "
-                         "LHC-Net / LHC-NetC results excluded"),
+            "rejected": (
+                "stage4/summary.json selection.accepted == false or status == diverged: "
+                "LHC-Net / LHC-NetC results excluded"
+            ),
         },
         "groups": groups,
         "seeds": seed_states(run_dirs, split=split),
@@ -433,13 +452,16 @@ def report(
     with atomic_dir(out, "report", overwrite=overwrite, legacy="report.json") as tmp:
         write_json(tmp / "report.json", data)
         (tmp / "report.md").write_text(render_markdown(data), encoding="utf-8")
-        plot_runs(results, tmp / "runs.png", groups=sorted({r.group for r in results}, key=_group_order),
-                  title=f"{split} accuracy per run")
+        plot_runs(
+            results,
+            tmp / "runs.png",
+            groups=sorted({r.group for r in results}, key=_group_order),
+            title=f"{split} accuracy per run",
+        )
         if html:
             from .html import render_html
 
-            (tmp / "index.html").write_text(render_html(run_dirs, data, runs_png=tmp / "runs.png"),
-                                            encoding="utf-8")
+            (tmp / "index.html").write_text(render_html(run_dirs, data, runs_png=tmp / "runs.png"), encoding="utf-8")
     return data
 
 
@@ -492,8 +514,11 @@ def render_markdown(data: dict) -> str:
     ]
     seeds = seed_line(data.get("seeds") or {"running": [], "failed": []})
     if seeds:
-        lines += [f"> **Not every seed finished.** {seeds}. Only what was evaluated is in the tables; "
-                  "re-run the pipeline command of a failed seed to resume it.", ""]
+        lines += [
+            f"> **Not every seed finished.** {seeds}. Only what was evaluated is in the tables; "
+            "re-run the pipeline command of a failed seed to resume it.",
+            "",
+        ]
     synthetic = [r for r in used if r.get("synthetic")]
     if synthetic:
         lines += [
@@ -508,45 +533,65 @@ def render_markdown(data: dict) -> str:
         "",
     ]
     header = ["group"] + [title for _, title in STAT_COLUMNS]
-    lines += _table([[_group_label(g, e)] + [_stat_cell(k, s) for k, _ in STAT_COLUMNS]
-                     for g, e, s in table_rows(groups, "plain")], header)
+    lines += _table(
+        [[_group_label(g, e)] + [_stat_cell(k, s) for k, _ in STAT_COLUMNS] for g, e, s in table_rows(groups, "plain")],
+        header,
+    )
     tta_rows = table_rows(groups, "tta")  # the same groups as without TTA
     if tta_rows:
         lines += ["", "## With TTA", ""]
-        lines += _table([[_group_label(g, e)] + [_stat_cell(k, s) for k, _ in STAT_COLUMNS]
-                         for g, e, s in tta_rows], header)
+        lines += _table(
+            [[_group_label(g, e)] + [_stat_cell(k, s) for k, _ in STAT_COLUMNS] for g, e, s in tta_rows], header
+        )
     sets = sorted({e["paper_set"] for e in groups.values() if e.get("paper_set")})
     if sets:
-        lines += ["", "Run sets of the paper (Table 7): "
-                  + "; ".join(f"{s} = {RUN_SETS[s]}" for s in sets) + "."]
+        lines += ["", "Run sets of the paper (Table 7): " + "; ".join(f"{s} = {RUN_SETS[s]}" for s in sets) + "."]
     lines += ["", "## The paper (FER2013 PrivateTest; Table 7 without TTA, best single model with TTA)", ""]
     paper_rows = []
     for model, p in PAPER_TABLE7.items():
         ours = groups.get(model)
         plain = ours["plain"] if ours else {}
         ours_tta = ours["tta"] if ours and ours["tta"] else {}
-        paper_rows.append([
-            model,
-            f"{p['top40']:.2f}", pct(plain.get("top40")),
-            f"{p['top25']:.2f}", pct(plain.get("top25")),
-            f"{p['best']:.2f}", pct(plain.get("best")),
-            f"{p['best_tta']:.2f}", pct(ours_tta.get("best")),
-        ])
+        paper_rows.append(
+            [
+                model,
+                f"{p['top40']:.2f}",
+                pct(plain.get("top40")),
+                f"{p['top25']:.2f}",
+                pct(plain.get("top25")),
+                f"{p['best']:.2f}",
+                pct(plain.get("best")),
+                f"{p['best_tta']:.2f}",
+                pct(ours_tta.get("best")),
+            ]
+        )
     ours = "ours (synthetic)" if synthetic else "ours"
-    lines += _table(paper_rows, ["model", "paper top 40%", ours, "paper top 25%", ours, "paper best", ours,
-                                 "paper best TTA", ours])
+    lines += _table(
+        paper_rows, ["model", "paper top 40%", ours, "paper top 25%", ours, "paper best", ours, "paper best TTA", ours]
+    )
     rejected = [r for r in runs if r["status"] == "rejected"]
     lines += ["", "## Rejected by the selection rule or diverged (excluded from the statistics)", ""]
     if rejected:
-        lines += _table([[r["run"], str(r["seed"]), str(r["stage"]), pct(r["accuracy"]), r["note"] or ""]
-                         for r in rejected], ["run", "seed", "stage", "accuracy", "why"])
+        lines += _table(
+            [[r["run"], str(r["seed"]), str(r["stage"]), pct(r["accuracy"]), r["note"] or ""] for r in rejected],
+            ["run", "seed", "stage", "accuracy", "why"],
+        )
     else:
         lines.append("None.")
     lines += ["", "## All results", ""]
     lines += _table(
-        [[r["group"], r["run"], str(r["seed"]), str(r["stage"]), pct(r["accuracy"]), pct(r["tta_accuracy"]),
-          r["status"] + (f" ({r['note']})" if r["note"] and r["status"] == "superseded" else "")]
-         for r in runs],
+        [
+            [
+                r["group"],
+                r["run"],
+                str(r["seed"]),
+                str(r["stage"]),
+                pct(r["accuracy"]),
+                pct(r["tta_accuracy"]),
+                r["status"] + (f" ({r['note']})" if r["note"] and r["status"] == "superseded" else ""),
+            ]
+            for r in runs
+        ],
         ["group", "run", "seed", "stage", "accuracy", "TTA accuracy", "status"],
     )
     return "\n".join(lines) + "\n"

@@ -8,7 +8,8 @@ Shared by :mod:`fertool.analysis.report` (which finds the runs) and
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 __all__ = ["STAT_COLUMNS", "top_count", "run_statistics", "pct", "stat_text"]
 

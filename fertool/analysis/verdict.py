@@ -38,8 +38,10 @@ def stage4_verdict(stage_dir: str | Path) -> dict:
     summary = read_json(path, strict=True) if path.is_file() else {}  # unreadable: a DataError naming it
     if summary.get("status") == "diverged":
         at = summary.get("diverged_at") or {}
-        return {"status": "diverged",
-                "reason": f"diverged: training loss {at.get('loss')} at epoch {at.get('epoch')}, batch {at.get('batch')}"}
+        return {
+            "status": "diverged",
+            "reason": f"diverged: training loss {at.get('loss')} at epoch {at.get('epoch')}, batch {at.get('batch')}",
+        }
     selection = summary.get("selection")
     if not isinstance(selection, dict) or not isinstance(selection.get("accepted"), bool):
         return {"status": "unjudged", "reason": None}

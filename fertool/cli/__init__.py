@@ -16,8 +16,8 @@ from __future__ import annotations
 import os
 import re
 import signal
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import typer
 from typer.core import TyperGroup
@@ -25,7 +25,6 @@ from typer.core import TyperGroup
 from .. import __version__
 from ..errors import FertoolError, os_error_message, printable
 from ._common import out
-
 
 
 def debug_enabled() -> bool:
@@ -41,8 +40,11 @@ class FertoolGroup(TyperGroup):
     def format_commands(self, ctx: typer.Context, formatter) -> None:
         """The command list with each command's whole first sentence, wrapped (click cuts
         it at the terminal width with '...')."""
-        rows = [(name, command.get_short_help_str(limit=400)) for name in self.list_commands(ctx)
-                if (command := self.get_command(ctx, name)) is not None and not command.hidden]
+        rows = [
+            (name, command.get_short_help_str(limit=400))
+            for name in self.list_commands(ctx)
+            if (command := self.get_command(ctx, name)) is not None and not command.hidden
+        ]
         if rows:
             with formatter.section("Commands"):
                 formatter.write_dl(rows)
@@ -91,10 +93,22 @@ def _is_click_exception(exc: BaseException) -> bool:
 #: Library errors name the parameter (``engine: unknown engine``, ``use engine=torch``); the
 #: command line says the flag a user typed instead (``--engine: ...``, ``use --engine torch``).
 PARAMETER_FLAGS = {
-    "engine": "--engine", "precision": "--precision", "recheck_margin": "--recheck-margin",
-    "sets": "--subsets", "modes": "--modes", "tolerance": "--tolerance", "max_images": "--max-images",
-    "batch_size": "--batch-size", "every": "--every", "margin": "--margin", "out_dir": "--out",
-    "camera": "--webcam", "fmt": "--format", "batch": "--batch", "samples": "--samples", "out_path": "--out",
+    "engine": "--engine",
+    "precision": "--precision",
+    "recheck_margin": "--recheck-margin",
+    "sets": "--subsets",
+    "modes": "--modes",
+    "tolerance": "--tolerance",
+    "max_images": "--max-images",
+    "batch_size": "--batch-size",
+    "every": "--every",
+    "margin": "--margin",
+    "out_dir": "--out",
+    "camera": "--webcam",
+    "fmt": "--format",
+    "batch": "--batch",
+    "samples": "--samples",
+    "out_path": "--out",
 }
 _LEADING_PARAMETER = re.compile(r"^([a-z_]+)( [^:]*)?:")
 _PARAMETER_VALUE = re.compile(r"\b([a-z_]+)=([\w.-]+)")
@@ -104,9 +118,10 @@ def flag_names(line: str) -> str:
     """``line`` with the parameter names of :data:`PARAMETER_FLAGS` written as command-line flags."""
     lead = _LEADING_PARAMETER.match(line)
     if lead and lead.group(1) in PARAMETER_FLAGS:
-        line = PARAMETER_FLAGS[lead.group(1)] + line[len(lead.group(1)):]
+        line = PARAMETER_FLAGS[lead.group(1)] + line[len(lead.group(1)) :]
     return _PARAMETER_VALUE.sub(
-        lambda m: f"{PARAMETER_FLAGS[m.group(1)]} {m.group(2)}" if m.group(1) in PARAMETER_FLAGS else m.group(0), line)
+        lambda m: f"{PARAMETER_FLAGS[m.group(1)]} {m.group(2)}" if m.group(1) in PARAMETER_FLAGS else m.group(0), line
+    )
 
 
 def failure_lines(exc: BaseException) -> tuple[list[str], int]:
@@ -120,8 +135,11 @@ def failure_lines(exc: BaseException) -> tuple[list[str], int]:
     if isinstance(exc, MemoryError):
         return ["out of memory" + (f" ({exc})" if str(exc) else "")], 1
     first = (str(exc).strip().splitlines() or [""])[0]
-    return [f"unexpected {type(exc).__name__}" + (f": {first}" if first else "")
-            + " (this is a fertool bug: FERTOOL_DEBUG=1 shows the traceback to report)"], 1
+    return [
+        f"unexpected {type(exc).__name__}"
+        + (f": {first}" if first else "")
+        + " (this is a fertool bug: FERTOOL_DEBUG=1 shows the traceback to report)"
+    ], 1
 
 
 app = typer.Typer(
@@ -170,8 +188,21 @@ from . import (  # noqa: E402
 )
 
 #: Command modules, in the order ``--help`` lists them (the data flow).
-COMMAND_MODULES = (download, sample_data, prepare, import_weights, info, train, augment_lhc, evaluate, ablate, report, pipeline,
-                   predict, export)
+COMMAND_MODULES = (
+    download,
+    sample_data,
+    prepare,
+    import_weights,
+    info,
+    train,
+    augment_lhc,
+    evaluate,
+    ablate,
+    report,
+    pipeline,
+    predict,
+    export,
+)
 for _module in COMMAND_MODULES:
     _module.register(app)
 

@@ -5,9 +5,9 @@ the authors' FER2013 split files become a CSV every command reads."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional
 
 from rich.progress import (
     BarColumn,
@@ -41,8 +41,14 @@ def byte_progress(quiet: bool = False) -> Iterator:
 
         yield log
         return
-    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(bar_width=20), DownloadColumn(), TransferSpeedColumn(),
-                   TimeRemainingColumn(), console=err)
+    bar = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(bar_width=20),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+    )
     tasks: dict = {}
 
     def callback(done, total=None, **fields):
@@ -73,7 +79,7 @@ def fetch_artifact(name: str, *, quiet: bool = False) -> Path:
         return artifacts.fetch(name, progress, note=log_line)
 
 
-def resolve_checkpoint(value: Optional[Path], *, quiet: bool = False) -> Optional[Path]:
+def resolve_checkpoint(value: Path | None, *, quiet: bool = False) -> Path | None:
     """A checkpoint option: an existing path as given, a model name (lhc-net, ...) fetched if needed."""
     from .. import artifacts
 
@@ -82,7 +88,7 @@ def resolve_checkpoint(value: Optional[Path], *, quiet: bool = False) -> Optiona
     return fetch_artifact(str(value), quiet=quiet)
 
 
-def resolve_csv(value: Optional[Path], *, quiet: bool = False) -> Optional[Path]:
+def resolve_csv(value: Path | None, *, quiet: bool = False) -> Path | None:
     """A FER2013 CSV option: ``fer2013`` (fetched if needed), the authors' split files (a folder
     or one file, converted once to Kaggle's layout in the cache), or any other CSV as given."""
     from .. import artifacts

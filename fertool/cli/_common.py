@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Iterable, Iterator, List, Optional, Sequence
 
 import typer
 from rich.console import Console
@@ -26,6 +26,7 @@ from rich.text import Text
 
 from ..errors import printable
 
+
 class _Console(Console):
     def on_broken_pipe(self) -> None:
         """The reader of stdout went away (``fertool ... | head -1``): stop quietly with exit
@@ -39,17 +40,25 @@ class _Console(Console):
 out = _Console()
 err = _Console(stderr=True)
 
-RecipeOption = typer.Option(None, "--recipe", "-r", metavar="NAME|FILE",
-                            help="Recipe YAML file or shipped recipe name (paper, demo, ...).")
+RecipeOption = typer.Option(
+    None, "--recipe", "-r", metavar="NAME|FILE", help="Recipe YAML file or shipped recipe name (paper, demo, ...)."
+)
 SetOption = typer.Option(
-    None, "--set", metavar="KEY=VALUE",
+    None,
+    "--set",
+    metavar="KEY=VALUE",
     help="Override a recipe key: dotted.key=value (repeatable), e.g. --set train.stages.2.lr=0.005",
 )
-QuietOption = typer.Option(False, "--quiet", "-q",
-                           help="No progress bars and no 'wrote ...' notes; log lines, warnings, results and "
-                           "errors still print.")
+QuietOption = typer.Option(
+    False,
+    "--quiet",
+    "-q",
+    help="No progress bars and no 'wrote ...' notes; log lines, warnings, results and errors still print.",
+)
 EngineOption = typer.Option(
-    "auto", "--engine", metavar="auto|torch|onnxruntime",
+    "auto",
+    "--engine",
+    metavar="auto|torch|onnxruntime",
     help="What runs the network: torch, onnxruntime (CPU, float32; needs the onnxruntime package), "
     "or auto (onnxruntime on the CPU when installed, else torch).",
 )
@@ -66,15 +75,16 @@ def log_line(message: str) -> None:
     err.print(f"[dim]·[/dim] {escape(message)}", highlight=False, soft_wrap=not err.is_terminal)
 
 
-def load_recipe_from_options(recipe: Optional[str], sets: Optional[List[str]]):
+def load_recipe_from_options(recipe: str | None, sets: list[str] | None):
     """Load the recipe named on the command line with its ``--set`` overrides."""
     from ..recipe import load_recipe
 
     return load_recipe(recipe, sets or ())
 
 
-def number_table(title: str | None, header: Sequence[str], rows: Iterable[Sequence[str]], *, left: int = 1,
-                 **kwargs) -> Table:
+def number_table(
+    title: str | None, header: Sequence[str], rows: Iterable[Sequence[str]], *, left: int = 1, **kwargs
+) -> Table:
     """A Rich table that never cuts a value with '…'.
 
     At 80 columns (a standard terminal, or any log file) a wide table squeezes its columns;
@@ -110,8 +120,9 @@ class RateColumn(ProgressColumn):
             return Text("")
         if speed is None:
             return Text(f"-- {self.unit}/s", style="progress.data.speed")
-        return Text(f"{speed:,.1f} {self.unit}/s" if speed < 10 else f"{speed:,.0f} {self.unit}/s",
-                    style="progress.data.speed")
+        return Text(
+            f"{speed:,.1f} {self.unit}/s" if speed < 10 else f"{speed:,.0f} {self.unit}/s", style="progress.data.speed"
+        )
 
 
 def describe_phase(base: str, fields: dict) -> tuple[str, str]:
@@ -153,8 +164,12 @@ class _LogProgress:
         if seconds >= 1.0 and done > self.first:  # no rate for a sub-second phase (0.0 img/s said nothing)
             text += f", {(done - self.first) / seconds:,.1f} {self.unit}/s"
         text += f", {seconds:,.0f}s" if seconds >= 1.0 else ", <1s"
-        err.print(text + (f", {info}" if info else "") + (f" ({ending})" if final else ""), highlight=False,
-                  markup=False, soft_wrap=True)
+        err.print(
+            text + (f", {info}" if info else "") + (f" ({ending})" if final else ""),
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
         self.printed = time.monotonic()
 
     def __call__(self, done: int, total: int | None = None, **fields) -> None:
@@ -196,8 +211,10 @@ class FittingProgress(Progress):
                 narrow = True
             elif step in kept:
                 kept = [i for i in kept if i != step]
-            yield [self.narrow_bar if narrow and isinstance(self.all_columns[i], BarColumn) else self.all_columns[i]
-                   for i in kept]
+            yield [
+                self.narrow_bar if narrow and isinstance(self.all_columns[i], BarColumn) else self.all_columns[i]
+                for i in kept
+            ]
 
     @staticmethod
     def _width(column, task: Task) -> int:
@@ -225,8 +242,9 @@ class FittingProgress(Progress):
 
 
 @contextmanager
-def progress_callback(description: str, *, quiet: bool = False, unit: str = "img", transient: bool = False,
-                      interval: float = 30.0) -> Iterator[Progress]:
+def progress_callback(
+    description: str, *, quiet: bool = False, unit: str = "img", transient: bool = False, interval: float = 30.0
+) -> Iterator[Progress]:
     """Yield the one progress callback the library functions take: ``callback(done, total, **fields)``.
 
     On a terminal it drives a Rich bar on stderr (count, rate, elapsed, remaining; reset

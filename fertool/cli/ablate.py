@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
@@ -12,45 +11,58 @@ from ._common import EngineOption, QuietOption, RecipeOption, SetOption, err, nu
 
 def ablate_cli(
     checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="LHC-Net or LHC-NetC checkpoint (.pt)."),
-    csv: Optional[Path] = typer.Option(None, "--csv", help="FER2013 CSV: images made the reference way (docs/protocol.md §1)."),
-    images: Optional[Path] = typer.Option(
+    csv: Path | None = typer.Option(
+        None, "--csv", help="FER2013 CSV: images made the reference way (docs/protocol.md §1)."
+    ),
+    images: Path | None = typer.Option(
         None, "--images", help="Prepared image folder (fertool prepare) or a folder of class subfolders."
     ),
     split: str = typer.Option("PrivateTest", "--split", help="Split to evaluate on."),
-    modes: Optional[str] = typer.Option(
-        None, "--modes", help="Comma list: off (bypass), detrain (reset to the initial weights; needs the LHC "
+    modes: str | None = typer.Option(
+        None,
+        "--modes",
+        help="Comma list: off (bypass), detrain (reset to the initial weights; needs the LHC "
         "seed, which imported checkpoints lack: skipped by default there) "
-        "[default: recipe ablate.modes = off,detrain]."
+        "[default: recipe ablate.modes = off,detrain].",
     ),
-    subsets: Optional[str] = typer.Option(
-        None, "--subsets", help="Comma list: single, cumulative (from the first and from the last module), "
-        "all (every non-empty subset) [default: recipe ablate.sets = single,cumulative]."
+    subsets: str | None = typer.Option(
+        None,
+        "--subsets",
+        help="Comma list: single, cumulative (from the first and from the last module), "
+        "all (every non-empty subset) [default: recipe ablate.sets = single,cumulative].",
     ),
-    old_sets: Optional[str] = typer.Option(None, "--sets", hidden=True, help="Old name of --subsets."),
+    old_sets: str | None = typer.Option(None, "--sets", hidden=True, help="Old name of --subsets."),
     tta: bool = typer.Option(False, "--tta", help="Also measure every set with test-time augmentation."),
-    tta_preset: Optional[str] = typer.Option(
+    tta_preset: str | None = typer.Option(
         None, "--tta-preset", help="TTA preset of the recipe's tta.presets (implies --tta) [default: tta.preset]."
     ),
-    tolerance: Optional[float] = typer.Option(
-        None, "--tolerance", help="Accuracy drop (fraction, 0.005 = half a point) a kept set may lose "
-        "[default: recipe ablate.tolerance]."
+    tolerance: float | None = typer.Option(
+        None,
+        "--tolerance",
+        help="Accuracy drop (fraction, 0.005 = half a point) a kept set may lose [default: recipe ablate.tolerance].",
     ),
     heads: bool = typer.Option(True, "--heads/--no-heads", help="Head correlation analysis (no extra inference)."),
     pictures: int = typer.Option(4, "--pictures", min=0, help="Images with attention pictures (0: none)."),
-    out_dir: Optional[Path] = typer.Option(
+    out_dir: Path | None = typer.Option(
         None, "--out", "-o", help="Output folder (default: <checkpoint dir>/ablate-<split>/)."
     ),
     batch_size: int = typer.Option(256, "--batch-size", min=1, help="Images per forward pass."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     engine: str = EngineOption,
-    precision: Optional[str] = typer.Option(
-        None, "--precision", help="fp32, tf32 or bf16 for the forward passes [default: recipe train.eval_precision, fp32]."
+    precision: str | None = typer.Option(
+        None,
+        "--precision",
+        help="fp32, tf32 or bf16 for the forward passes [default: recipe train.eval_precision, fp32].",
     ),
-    max_images: Optional[int] = typer.Option(None, "--max-images", min=1, help="Use only the first N images."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Write into an existing folder that is not this "
-                                   "command's own output (fertool's files are replaced; nothing else is removed)."),
-    recipe: Optional[str] = RecipeOption,
-    set_: Optional[List[str]] = SetOption,
+    max_images: int | None = typer.Option(None, "--max-images", min=1, help="Use only the first N images."),
+    overwrite: bool = typer.Option(
+        False,
+        "--overwrite",
+        help="Write into an existing folder that is not this "
+        "command's own output (fertool's files are replaced; nothing else is removed).",
+    ),
+    recipe: str | None = RecipeOption,
+    set_: list[str] | None = SetOption,
     quiet: bool = QuietOption,
 ) -> None:
     """Ablate the LHC modules without retraining; head correlations and attention pictures.
@@ -99,20 +111,23 @@ def ablate_cli(
     for note in report["notes"]:
         err.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
     if not quiet:
-        err.print(f"wrote {report['out_dir']}/ ({', '.join(report['files'][:4])}"
-                  + (", ..." if len(report["files"]) > 4 else "") + ")")
+        err.print(
+            f"wrote {report['out_dir']}/ ({', '.join(report['files'][:4])}"
+            + (", ..." if len(report["files"]) > 4 else "")
+            + ")"
+        )
 
 
-def _short(names: List[str]) -> str:
+def _short(names: list[str]) -> str:
     """``["lhc1", "lhc2"]`` -> ``"1+2"`` (the table is about LHC modules), ``[]`` -> ``"none"``."""
     return "+".join(n[3:] if n.startswith("lhc") and n[3:].isdigit() else n for n in names) or "none"
 
 
-def _pct(v: Optional[float]) -> str:
+def _pct(v: float | None) -> str:
     return "-" if v is None else f"{100 * v:.2f}"
 
 
-def _delta(v: Optional[float]) -> str:
+def _delta(v: float | None) -> str:
     return "-" if v is None else f"{100 * v:+.2f}"
 
 
@@ -125,27 +140,46 @@ def render(report: dict) -> None:
     rows = []
     for r in report["results"]:
         mark = " *" if (r["mode"], tuple(r["kept"])) in best else ""
-        cells = [r["mode"], _short(r["set"]), _short(r["kept"]) + mark, f"{r['heads_kept']}/{total}",
-                 _pct(r["accuracy"]), _delta(r["delta"])]
+        cells = [
+            r["mode"],
+            _short(r["set"]),
+            _short(r["kept"]) + mark,
+            f"{r['heads_kept']}/{total}",
+            _pct(r["accuracy"]),
+            _delta(r["delta"]),
+        ]
         if has_tta:
             cells += [_pct(r["tta_accuracy"]), _delta(r["tta_delta"])]
         rows.append(cells)
     header = ["mode", "ablated", "kept", "heads", "acc %", "change"] + (["TTA %", "change"] if has_tta else [])
-    out.print(number_table(f"{report['arch']} on {report['split']} ({report['n']:,} images): full model "
-                           f"{_pct(full['accuracy'])}%" + (f", TTA {_pct(full['tta_accuracy'])}%" if has_tta else ""),
-                           header, rows, left=3))
+    out.print(
+        number_table(
+            f"{report['arch']} on {report['split']} ({report['n']:,} images): full model "
+            f"{_pct(full['accuracy'])}%" + (f", TTA {_pct(full['tta_accuracy'])}%" if has_tta else ""),
+            header,
+            rows,
+            left=3,
+        )
+    )
     for mode, kinds in report["smallest_kept"].items():
         for key, k in kinds.items():
             label = "TTA accuracy" if key == "tta_accuracy" else "accuracy"
-            out.print(f"* {mode}, {label}: smallest kept set within {100 * report['tolerance']:.2f} points "
-                      f"({k['searched']}): {'+'.join(k['modules']) or 'none'}, {k['heads']} of {k['total_heads']} "
-                      f"heads, {_pct(k[key])}% ({_delta(k['delta'])})", highlight=False)
+            out.print(
+                f"* {mode}, {label}: smallest kept set within {100 * report['tolerance']:.2f} points "
+                f"({k['searched']}): {'+'.join(k['modules']) or 'none'}, {k['heads']} of {k['total_heads']} "
+                f"heads, {_pct(k[key])}% ({_delta(k['delta'])})",
+                highlight=False,
+            )
     hd = report.get("heads")
     if hd:
         ctrl = hd.get("controller") or {}
         rows, unplotted = [], []
         for name, e in hd["modules"].items():
-            cells = [name, str(e["heads"]), "n/a" if e["mean_abs_offdiag"] is None else f"{100 * e['mean_abs_offdiag']:.1f}%"]
+            cells = [
+                name,
+                str(e["heads"]),
+                "n/a" if e["mean_abs_offdiag"] is None else f"{100 * e['mean_abs_offdiag']:.1f}%",
+            ]
             if e["correlation"] is None:
                 unplotted.append(f"{name} ({e.get('note') or 'n/a'})")
             if ctrl:
@@ -157,8 +191,10 @@ def render(report: dict) -> None:
         header = ["module", "heads", "mean |rho|"] + (["w", "tanh(w)", "1+tanh(w)"] if ctrl else [])
         out.print(number_table("head redundancy: mean |correlation| between heads", header, rows))
         if unplotted:
-            err.print(f"note: no heads-<module>.png for {', '.join(unplotted)}: a correlation needs two heads",
-                      highlight=False)
+            err.print(
+                f"note: no heads-<module>.png for {', '.join(unplotted)}: a correlation needs two heads",
+                highlight=False,
+            )
 
 
 def register(app: typer.Typer) -> None:

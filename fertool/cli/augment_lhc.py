@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
@@ -11,13 +10,15 @@ from ._common import QuietOption, RecipeOption, SetOption, err, out
 
 
 def augment_lhc_cli(
-    checkpoint: Optional[Path] = typer.Option(
+    checkpoint: Path | None = typer.Option(
         None, "--checkpoint", "-c", help="Trained backbone (or LHC-Net with --controller) checkpoint."
     ),
-    out_path: Optional[Path] = typer.Option(None, "--out", "-o", help="Checkpoint to write."),
-    run: Optional[Path] = typer.Option(
-        None, "--run", help="Run folder: read stage3/best.pt, write stage4/init.pt "
-        "(with --controller: stage4/best.pt -> controller/init.pt)."
+    out_path: Path | None = typer.Option(None, "--out", "-o", help="Checkpoint to write."),
+    run: Path | None = typer.Option(
+        None,
+        "--run",
+        help="Run folder: read stage3/best.pt, write stage4/init.pt "
+        "(with --controller: stage4/best.pt -> controller/init.pt).",
     ),
     controller: bool = typer.Option(
         False, "--controller", help="Add the LHC-NetC controllers (model.controller_init) too / instead."
@@ -25,8 +26,8 @@ def augment_lhc_cli(
     seed: int = typer.Option(0, "--seed", help="Seed of the new LHC modules' initial weights."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output checkpoint."),
     force: bool = typer.Option(False, "--force", hidden=True, help="Old name of --overwrite."),
-    recipe: Optional[str] = RecipeOption,
-    sets: Optional[List[str]] = SetOption,
+    recipe: str | None = RecipeOption,
+    sets: list[str] | None = SetOption,
     quiet: bool = QuietOption,
 ) -> None:
     """Build LHC-Net from a trained ResNet34v2 checkpoint, or LHC-NetC with --controller.
@@ -49,15 +50,23 @@ def augment_lhc_cli(
     checkpoint_file(checkpoint)  # before the import of torch (seconds)
     from ..surgery import augment_lhc_file
 
-    result = augment_lhc_file(checkpoint, out_path, recipe=recipe, overrides=sets or (), controller=controller,
-                              seed=seed, overwrite=overwrite or force)
+    result = augment_lhc_file(
+        checkpoint,
+        out_path,
+        recipe=recipe,
+        overrides=sets or (),
+        controller=controller,
+        seed=seed,
+        overwrite=overwrite or force,
+    )
     ckpt = result["checkpoint"]
     what = "LHC modules" if result["added"] == "lhc" else "controllers"
     if result["added"] == "lhc" and ckpt["arch_args"].get("controller_init") is not None:
         what = "LHC modules and controllers"
     n = len(ckpt["arch_args"].get("lhc") or [])
-    out.print(f"{result['out']}: {result['arch']} ({what} added to {checkpoint}, {n} modules, "
-              f"LHC seed {result['lhc_seed']})")
+    out.print(
+        f"{result['out']}: {result['arch']} ({what} added to {checkpoint}, {n} modules, LHC seed {result['lhc_seed']})"
+    )
     if not quiet:
         err.print(f"wrote {result['out']} and {result['recipe']}")
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from contextlib import ExitStack
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
@@ -13,31 +12,41 @@ from ._common import EngineOption, QuietOption, RecipeOption, SetOption, err, nu
 
 def evaluate_cli(
     checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="fertool checkpoint (.pt) to evaluate."),
-    csv: Optional[Path] = typer.Option(None, "--csv", help="FER2013 CSV: images made the reference way (docs/protocol.md §1)."),
-    images: Optional[Path] = typer.Option(
+    csv: Path | None = typer.Option(
+        None, "--csv", help="FER2013 CSV: images made the reference way (docs/protocol.md §1)."
+    ),
+    images: Path | None = typer.Option(
         None, "--images", help="Prepared image folder (fertool prepare) or a folder of class subfolders."
     ),
     split: str = typer.Option("PrivateTest", "--split", help="Split to evaluate: Training, PublicTest, PrivateTest."),
     tta: bool = typer.Option(False, "--tta", help="Also evaluate with test-time augmentation (docs/protocol.md §5)."),
-    tta_preset: Optional[str] = typer.Option(
-        None, "--tta-preset", metavar="PRESET",
+    tta_preset: str | None = typer.Option(
+        None,
+        "--tta-preset",
+        metavar="PRESET",
         help="TTA preset from the recipe's tta.presets (paper, flip, ...); implies --tta. "
         "Default: the recipe's tta.preset (paper).",
     ),
-    out_dir: Optional[Path] = typer.Option(
+    out_dir: Path | None = typer.Option(
         None, "--out", "-o", help="Output folder (default: <checkpoint dir>/eval-<split>/)."
     ),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Write into an existing folder that is not this "
-                                   "command's own output (fertool's files are replaced; nothing else is removed)."),
+    overwrite: bool = typer.Option(
+        False,
+        "--overwrite",
+        help="Write into an existing folder that is not this "
+        "command's own output (fertool's files are replaced; nothing else is removed).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print metrics.json to stdout and nothing else."),
     batch_size: int = typer.Option(256, "--batch-size", min=1, help="Images per forward pass."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     engine: str = EngineOption,
-    precision: Optional[str] = typer.Option(
-        None, "--precision", help="fp32, tf32 or bf16 for the forward passes [default: recipe train.eval_precision, fp32]."
+    precision: str | None = typer.Option(
+        None,
+        "--precision",
+        help="fp32, tf32 or bf16 for the forward passes [default: recipe train.eval_precision, fp32].",
     ),
-    recipe: Optional[str] = RecipeOption,
-    sets: Optional[List[str]] = SetOption,
+    recipe: str | None = RecipeOption,
+    sets: list[str] | None = SetOption,
     quiet: bool = QuietOption,
 ) -> None:
     """Evaluate a checkpoint on one split, plain and with the paper's TTA.
@@ -100,8 +109,9 @@ def provenance_notes(report: dict) -> list[str]:
     if is_synthetic(report.get("model_data")):
         notes.append(f"the model was trained on {describe(report['model_data'])}, not on real faces")
     if is_synthetic(report.get("data")):
-        notes.append(f"evaluated on {describe(report['data'])}: these figures are about synthetic cartoon faces, "
-                     "not FER2013")
+        notes.append(
+            f"evaluated on {describe(report['data'])}: these figures are about synthetic cartoon faces, not FER2013"
+        )
     return notes
 
 
@@ -126,8 +136,13 @@ def render_report(report: dict) -> None:
         ("macro-F1", lambda m: _pct(m["macro_f1"])),
         ("tied top predictions", lambda m: str(m["ties"])),
     ]
-    out.print(number_table(title, ["metric"] + [name for name, _ in variants],
-                           [[label] + [fmt(m) for _, m in variants] for label, fmt in rows]))
+    out.print(
+        number_table(
+            title,
+            ["metric"] + [name for name, _ in variants],
+            [[label] + [fmt(m) for _, m in variants] for label, fmt in rows],
+        )
+    )
 
     header = ["class", "n"]
     for name, _ in variants:
@@ -143,10 +158,18 @@ def render_report(report: dict) -> None:
 
     short = [cls[:3] for cls in report["class_names"]]
     for name, m in variants:
-        rows = [[cls] + [f"{c}\n{100 * r:.0f}%" for c, r in zip(counts, rates)]
-                for cls, counts, rates in zip(report["class_names"], m["confusion"], m["confusion_normalised"])]
-        out.print(number_table(f"confusion, {name}: rows true class, columns predicted, count and % of row",
-                               ["true"] + short, rows, show_lines=True))
+        rows = [
+            [cls] + [f"{c}\n{100 * r:.0f}%" for c, r in zip(counts, rates)]
+            for cls, counts, rates in zip(report["class_names"], m["confusion"], m["confusion_normalised"])
+        ]
+        out.print(
+            number_table(
+                f"confusion, {name}: rows true class, columns predicted, count and % of row",
+                ["true"] + short,
+                rows,
+                show_lines=True,
+            )
+        )
 
 
 def register(app: typer.Typer) -> None:

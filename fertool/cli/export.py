@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 from enum import Enum
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -19,16 +18,22 @@ class ExportFormat(str, Enum):
 
 def export_cmd(
     checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="fertool checkpoint (.pt) to export."),
-    fmt: ExportFormat = typer.Option(..., "--format", "-f", help="onnx (needs the 'export' extra: onnx, onnxruntime) or torchscript."),
+    fmt: ExportFormat = typer.Option(
+        ..., "--format", "-f", help="onnx (needs the 'export' extra: onnx, onnxruntime) or torchscript."
+    ),
     out_path: Path = typer.Option(..., "--out", "-o", help="Output file (.onnx / .pt); replaced only on success."),
     opset: int = typer.Option(17, "--opset", min=9, help="ONNX opset version."),
-    batch: int = typer.Option(2, "--batch", min=1, help="Batch size of the tracing example (the batch axis stays dynamic)."),
+    batch: int = typer.Option(
+        2, "--batch", min=1, help="Batch size of the tracing example (the batch axis stays dynamic)."
+    ),
     samples: int = typer.Option(4, "--samples", min=1, help="Random 0..255 images for the parity check."),
     tolerance: float = typer.Option(
         1e-4, "--tolerance", min=0.0, help="Largest accepted |probability difference| from the PyTorch model."
     ),
-    quantize: Optional[str] = typer.Option(
-        None, "--quantize", metavar="int8",
+    quantize: str | None = typer.Option(
+        None,
+        "--quantize",
+        metavar="int8",
         help="int8: ONNX Runtime static quantization (QDQ), calibrated on prepared faces of the synthetic sample; "
         "the check then reports the difference and top-1 agreement instead of enforcing --tolerance.",
     ),
@@ -49,7 +54,13 @@ def export_cmd(
     status = err.status(f"exporting to {fmt.value} and checking parity...") if not quiet else contextlib.nullcontext()
     with status:
         info = export_model(
-            checkpoint, out_path, fmt=fmt.value, opset=opset, batch=batch, samples=samples, tolerance=tolerance,
+            checkpoint,
+            out_path,
+            fmt=fmt.value,
+            opset=opset,
+            batch=batch,
+            samples=samples,
+            tolerance=tolerance,
             quantize=quantize,
         )
     meta = info["metadata"]

@@ -8,7 +8,6 @@ started from) and the authors' TensorFlow checkpoints of LHC-Net / LHC-NetC.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -17,19 +16,26 @@ from ._common import QuietOption, err, out, progress_callback
 
 def import_cli(
     source: Path = typer.Argument(
-        ..., metavar="FILE-OR-PREFIX",
+        ...,
+        metavar="FILE-OR-PREFIX",
         help="Keras weight file (.h5 or .h5.gz, no-top or whole model), or a TensorFlow checkpoint: its prefix "
         "(e.g. LHC_Net/LHC_Net), its .index file, or the folder holding its 'checkpoint' file.",
     ),
     out_path: Path = typer.Option(..., "--out", "-o", help="fertool checkpoint to write."),
-    input_size: Optional[int] = typer.Option(
-        None, "--input-size", min=32, show_default=False, help="Keras files: input size the model will take (default 224)."
+    input_size: int | None = typer.Option(
+        None,
+        "--input-size",
+        min=32,
+        show_default=False,
+        help="Keras files: input size the model will take (default 224).",
     ),
-    num_classes: Optional[int] = typer.Option(
+    num_classes: int | None = typer.Option(
         None, "--num-classes", min=2, show_default=False, help="Keras files: classes of the head (default 7)."
     ),
-    seed: Optional[int] = typer.Option(
-        None, "--seed", show_default=False,
+    seed: int | None = typer.Option(
+        None,
+        "--seed",
+        show_default=False,
         help="Keras files: seed of the head when the file has none that fits (default 0).",
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output checkpoint."),
@@ -55,13 +61,17 @@ def import_cli(
     extra = ckpt["extra"]
     if "keras_version" in extra:
         n = sum(v.numel() for k, v in ckpt["state_dict"].items() if not k.startswith("head.") and v.is_floating_point())
-        out.print(f"{out_path}: resnet34v2, {n:,} backbone values from {source} "
-                  f"(Keras {extra['keras_version']}); head {extra['keras_head']}")
+        out.print(
+            f"{out_path}: resnet34v2, {n:,} backbone values from {source} "
+            f"(Keras {extra['keras_version']}); head {extra['keras_head']}"
+        )
     else:
         n = sum(v.numel() for v in ckpt["state_dict"].values() if v.is_floating_point())
         files = ", ".join(f"{f['name']} (sha256 {f['sha256'][:12]}...)" for f in extra["source_files"])
-        out.print(f"{out_path}: {ckpt['arch']}, {extra['tensors']} tensors = {n:,} values from {files}; "
-                  f"{extra['skipped_entries']} optimizer/bookkeeping entries skipped")
+        out.print(
+            f"{out_path}: {ckpt['arch']}, {extra['tensors']} tensors = {n:,} values from {files}; "
+            f"{extra['skipped_entries']} optimizer/bookkeeping entries skipped"
+        )
     if not quiet:
         err.print(f"wrote {out_path}")
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
@@ -12,10 +11,10 @@ from ._common import QuietOption, RecipeOption, SetOption, out
 
 
 def info_cli(
-    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c", help="fertool checkpoint."),
+    checkpoint: Path | None = typer.Option(None, "--checkpoint", "-c", help="fertool checkpoint."),
     kind: str = typer.Option("lhc", "--kind", help="With --recipe: backbone, lhc or controller."),
-    recipe: Optional[str] = RecipeOption,
-    sets: Optional[List[str]] = SetOption,
+    recipe: str | None = RecipeOption,
+    sets: list[str] | None = SetOption,
     quiet: bool = QuietOption,  # accepted like every command's; info writes no notes
 ) -> None:
     """Table of a model's modules, from a checkpoint or a recipe.
@@ -31,8 +30,8 @@ def info_cli(
         checkpoint_file(checkpoint)  # before the import of torch (seconds)
     from ..checkpoint import load_checkpoint
     from ..models import arch_from_recipe, build_model
-    from ..recipe import load_recipe
     from ..models.summary import summarize
+    from ..recipe import load_recipe
 
     if checkpoint is not None:
         from ._artifacts import resolve_checkpoint
@@ -53,12 +52,16 @@ def info_cli(
     size = int(args.get("input_size", 224))
     render(summarize(model, size), title=f"{arch} at {size}x{size} — {source}", ckpt=ckpt)
     widths = "-".join(str(c) for c in model.channels)
-    out.print(f"width: stem {model.stem_width}, stages {widths}"
-              + (" (the paper's)" if (model.stem_width, widths) == (64, "64-128-256-512") else ""))
+    out.print(
+        f"width: stem {model.stem_width}, stages {widths}"
+        + (" (the paper's)" if (model.stem_width, widths) == (64, "64-128-256-512") else "")
+    )
     if ckpt is None or ckpt.get("recipe"):
         train = rcp.train if ckpt is None else load_recipe(ckpt["recipe"], stored=True).train
-        out.print(f"precision: training {train.precision}, evaluation {train.eval_precision}"
-                  + (" (the checkpoint's recipe)" if ckpt is not None else ""))
+        out.print(
+            f"precision: training {train.precision}, evaluation {train.eval_precision}"
+            + (" (the checkpoint's recipe)" if ckpt is not None else "")
+        )
         from ..engine.schedule import active_options, describe_options
 
         stages = [str(ckpt.get("stage"))] if ckpt is not None else list(train.stages)
@@ -87,27 +90,44 @@ def render(summary, *, title: str, ckpt: dict | None = None) -> None:
     table.add_section()
     table.add_row("total", f"{summary.params:,}", "", _fmt_flops(summary.flops), style="bold")
     out.print(table)
-    out.print(f"parameters: {summary.params:,} (PyTorch) = {summary.keras_params:,} in Keras counting "
-              f"(+{summary.bn_moving:,} BatchNorm moving statistics)")
+    out.print(
+        f"parameters: {summary.params:,} (PyTorch) = {summary.keras_params:,} in Keras counting "
+        f"(+{summary.bn_moving:,} BatchNorm moving statistics)"
+    )
     if summary.lhc_params:
-        out.print(f"LHC modules: {summary.lhc_params:,} parameters = {100 * summary.lhc_share:.1f}% of the "
-                  f"Keras total; {100 * summary.lhc_flop_share:.1f}% of the FLOPs")
+        out.print(
+            f"LHC modules: {summary.lhc_params:,} parameters = {100 * summary.lhc_share:.1f}% of the "
+            f"Keras total; {100 * summary.lhc_flop_share:.1f}% of the FLOPs"
+        )
     else:
         out.print("LHC modules: none")
     out.print("FLOPs: convolutions and matrix products, 2 per multiply-add")
     if ckpt is not None:
-        metrics = ", ".join(f"{printable(k)} {v:.4f}" for k, v in (ckpt.get("metrics") or {}).items() if isinstance(v, float))
-        out.print(f"checkpoint: stage {printable(ckpt.get('stage'))}, epoch {ckpt.get('epoch')}"
-                  + (f", {metrics}" if metrics else "")
-                  + (f", LHC seed {ckpt['extra']['lhc_seed']}" if (ckpt.get("extra") or {}).get("lhc_seed") is not None else ""),
-                  markup=False, highlight=False)
+        metrics = ", ".join(
+            f"{printable(k)} {v:.4f}" for k, v in (ckpt.get("metrics") or {}).items() if isinstance(v, float)
+        )
+        out.print(
+            f"checkpoint: stage {printable(ckpt.get('stage'))}, epoch {ckpt.get('epoch')}"
+            + (f", {metrics}" if metrics else "")
+            + (
+                f", LHC seed {ckpt['extra']['lhc_seed']}"
+                if (ckpt.get("extra") or {}).get("lhc_seed") is not None
+                else ""
+            ),
+            markup=False,
+            highlight=False,
+        )
         from ..checkpoint import checkpoint_classes
 
         classes = checkpoint_classes(ckpt)
         data = (ckpt.get("extra") or {}).get("data") or {}
         source = f" ({data['dataset']}, {data.get('label_mode', 'majority')} labels)" if data.get("dataset") else ""
-        out.print(printable(f"classes{source}: {len(classes)}: {', '.join(classes)}"), highlight=False,
-                  markup=False, soft_wrap=True)
+        out.print(
+            printable(f"classes{source}: {len(classes)}: {', '.join(classes)}"),
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
 
 
 def register(app: typer.Typer) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
@@ -11,18 +10,32 @@ from ._common import QuietOption, err, number_table, out
 
 
 def report_cli(
-    run_dirs: List[Path] = typer.Argument(..., metavar="RUN", help="Run folders (RUN/<stage>/eval-<split>/metrics.json, "
-                                          "or a pipeline folder with seed-<S>/ runs); searched recursively."),
+    run_dirs: list[Path] = typer.Argument(
+        ...,
+        metavar="RUN",
+        help="Run folders (RUN/<stage>/eval-<split>/metrics.json, "
+        "or a pipeline folder with seed-<S>/ runs); searched recursively.",
+    ),
     group_by: str = typer.Option("model", "--group-by", help="Group runs by model, stage or recipe."),
     split: str = typer.Option("PrivateTest", "--split", help="Which evaluation to summarise (eval-<split>)."),
-    out_dir: Optional[Path] = typer.Option(None, "--out", "-o",
-                                           help="Output folder (default: report/ in the runs' common parent)."),
-    tta: Optional[bool] = typer.Option(None, "--tta/--no-tta",
-                                       help="Include TTA statistics (default: when every run has them)."),
-    html: bool = typer.Option(False, "--html", help="Also write index.html: every result of the runs on one "
-                              "self-contained page (pictures embedded; no JavaScript)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Write into an existing folder that is not this "
-                                   "command's own output (fertool's files are replaced; nothing else is removed)."),
+    out_dir: Path | None = typer.Option(
+        None, "--out", "-o", help="Output folder (default: report/ in the runs' common parent)."
+    ),
+    tta: bool | None = typer.Option(
+        None, "--tta/--no-tta", help="Include TTA statistics (default: when every run has them)."
+    ),
+    html: bool = typer.Option(
+        False,
+        "--html",
+        help="Also write index.html: every result of the runs on one "
+        "self-contained page (pictures embedded; no JavaScript).",
+    ),
+    overwrite: bool = typer.Option(
+        False,
+        "--overwrite",
+        help="Write into an existing folder that is not this "
+        "command's own output (fertool's files are replaced; nothing else is removed).",
+    ),
     quiet: bool = QuietOption,
 ) -> None:
     """Run statistics (Table 7): top 40% / 25% (with and without the best), best, mean, std per group.
@@ -46,11 +59,17 @@ def report_cli(
         out.print(seeds, highlight=False, soft_wrap=True)
     rejected = [r for r in data["runs"] if r["status"] == "rejected"]
     if rejected:
-        out.print(f"rejected by the selection rule ({len(rejected)}): "
-                  + ", ".join(f"{r['run']} ({r['stage']})" for r in rejected), soft_wrap=True)
+        out.print(
+            f"rejected by the selection rule ({len(rejected)}): "
+            + ", ".join(f"{r['run']} ({r['stage']})" for r in rejected),
+            soft_wrap=True,
+        )
     if not quiet:
-        err.print(f"wrote {data['out_dir']}/report.md, report.json, runs.png" + (", index.html" if html else ""),
-                  highlight=False, soft_wrap=True)
+        err.print(
+            f"wrote {data['out_dir']}/report.md, report.json, runs.png" + (", index.html" if html else ""),
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 def register(app: typer.Typer) -> None:

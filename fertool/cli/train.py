@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
-from ._common import (QuietOption, RecipeOption, SetOption, err, load_recipe_from_options, log_line, out,
-                      progress_callback)
+from ._common import (
+    QuietOption,
+    RecipeOption,
+    SetOption,
+    err,
+    load_recipe_from_options,
+    log_line,
+    out,
+    progress_callback,
+)
 
 _HEADER = f"{'epoch':>9}  {'loss':>8}  {'acc':>7}  {'val loss':>8}  {'val acc':>7}  {'img/s':>7}  {'time':>7}"
 
@@ -17,36 +24,48 @@ _HEADER = f"{'epoch':>9}  {'loss':>8}  {'acc':>7}  {'val loss':>8}  {'val acc':>
 def _epoch_line(row: dict) -> str:
     epoch = f"{row['epoch']}/{row['max_epochs']}"
     mark = "  [green]best[/green]" if row.get("best") else f"  [dim]wait {row['wait']}/{row['patience']}[/dim]"
-    return (f"{epoch:>9}  {row['train_loss']:8.4f}  {row['train_accuracy']:7.4f}  {row['val_loss']:8.4f}  "
-            f"{row['val_accuracy']:7.4f}  {row['images_per_s']:7.1f}  {row['seconds']:6.1f}s{mark}")
+    return (
+        f"{epoch:>9}  {row['train_loss']:8.4f}  {row['train_accuracy']:7.4f}  {row['val_loss']:8.4f}  "
+        f"{row['val_accuracy']:7.4f}  {row['images_per_s']:7.1f}  {row['seconds']:6.1f}s{mark}"
+    )
 
 
 def train_cli(
-    recipe: Optional[str] = RecipeOption,
+    recipe: str | None = RecipeOption,
     stage: str = typer.Option(..., "--stage", "-s", help="Stage to train: 1, 2, 3, 4 or controller."),
     run: Path = typer.Option(
-        ..., "--run", "--run-dir",
+        ...,
+        "--run",
+        "--run-dir",
         help="Run directory; the stage writes RUN/<stage>/.  Under torchrun write --run-dir (torchrun's own "
         "parser takes --run for its --run-path).",
     ),
-    csv: Optional[Path] = typer.Option(
-        None, "--csv", help="FER2013 CSV: validation images made the reference way; training images too when no --images."
+    csv: Path | None = typer.Option(
+        None,
+        "--csv",
+        help="FER2013 CSV: validation images made the reference way; training images too when no --images.",
     ),
-    images: Optional[Path] = typer.Option(
+    images: Path | None = typer.Option(
         None, "--images", help="Prepared image folder (`fertool prepare`) or a folder of class subfolders."
     ),
-    init: Optional[Path] = typer.Option(None, "--init", help="Start from this checkpoint instead of the previous stage."),
-    seed: int = typer.Option(0, "--seed", "--data-seed", help="Data seed: data order and augmentation (the paper's run sets vary it)."),
-    init_seed: Optional[int] = typer.Option(
-        None, "--init-seed", help="Seed of new weights (LHC modules, head) and dropout [default: recipe train.init_seed, 0]."
+    init: Path | None = typer.Option(None, "--init", help="Start from this checkpoint instead of the previous stage."),
+    seed: int = typer.Option(
+        0, "--seed", "--data-seed", help="Data seed: data order and augmentation (the paper's run sets vary it)."
+    ),
+    init_seed: int | None = typer.Option(
+        None,
+        "--init-seed",
+        help="Seed of new weights (LHC modules, head) and dropout [default: recipe train.init_seed, 0].",
     ),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted stage from RUN/<stage>/last.pt."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Train a stage again even though its folder has results."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Train a stage again even though its folder has results."
+    ),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     allow_test_selection: bool = typer.Option(
         False, "--allow-test-selection", help="Allow data.val_split to be the test split (recorded as a warning)."
     ),
-    sets: Optional[List[str]] = SetOption,
+    sets: list[str] | None = SetOption,
     quiet: bool = QuietOption,
 ) -> None:
     """Train one stage; a stage starts from the previous stage's best checkpoint.
@@ -65,7 +84,6 @@ def train_cli(
         checkpoint_file(init)
     from ..engine.train import format_epoch, normalise_stage, train_stage
     from ..protocol import stage_dir
-
     from ._artifacts import resolve_csv
 
     stage = normalise_stage(stage)
@@ -86,14 +104,29 @@ def train_cli(
             header_done = True
         err.print(_epoch_line(row), highlight=False)
 
-    made = [p for p in (stage_dir(run, stage), Path(run), *Path(run).parents)  # folders this call creates
-            if not os.path.lexists(p)]
+    made = [
+        p
+        for p in (stage_dir(run, stage), Path(run), *Path(run).parents)  # folders this call creates
+        if not os.path.lexists(p)
+    ]
     try:
         with progress_callback(f"stage {stage}", quiet=quiet, transient=True) as progress:
             summary = train_stage(
-                resolved, stage, run, csv=csv, images=images, init=init, seed=seed, init_seed=init_seed,
-                resume=resume, overwrite=overwrite, device=device, allow_test_selection=allow_test_selection,
-                progress=None if quiet else progress, log=log_line, on_epoch=on_epoch,
+                resolved,
+                stage,
+                run,
+                csv=csv,
+                images=images,
+                init=init,
+                seed=seed,
+                init_seed=init_seed,
+                resume=resume,
+                overwrite=overwrite,
+                device=device,
+                allow_test_selection=allow_test_selection,
+                progress=None if quiet else progress,
+                log=log_line,
+                on_epoch=on_epoch,
             )
     except BaseException as exc:
         for folder in made:  # a run that failed before writing anything leaves no empty run folder
@@ -128,9 +161,14 @@ def train_cli(
     selection = summary.get("selection")
     if selection:
         verdict = "accepted" if selection["accepted"] else "[red]rejected[/red]"
-        rows.append(("selection rule", f"train loss {selection['train_loss']:.4f} / starting "
-                                       f"{selection['reference_train_loss']:.4f} = {selection['ratio']:.3f} "
-                                       f"(< {selection['factor']}): {verdict}"))
+        rows.append(
+            (
+                "selection rule",
+                f"train loss {selection['train_loss']:.4f} / starting "
+                f"{selection['reference_train_loss']:.4f} = {selection['ratio']:.3f} "
+                f"(< {selection['factor']}): {verdict}",
+            )
+        )
     for warning in summary.get("warnings") or []:
         rows.append(("[yellow]warning[/yellow]", warning))
     for key, value in rows:

@@ -188,9 +188,7 @@ class KerasAugment:
             theta = _to_normalised(keras_matrices(params, h, w), h, w)  # (B, 2, 3) float64 numpy
             theta = torch.from_numpy(theta).to(device=x.device, dtype=x.dtype)
             grid = _affine_grid(theta, h, w)  # (B, H, W, 2)
-            out = F.grid_sample(
-                plane, grid, mode="bilinear", padding_mode=_PADDING[self.fill], align_corners=False
-            )
+            out = F.grid_sample(plane, grid, mode="bilinear", padding_mode=_PADDING[self.fill], align_corners=False)
             if self.fill == "constant":  # scipy 'constant': cval 0 outside [0, S-1], no blending
                 col = (grid[..., 0] + 1) * (w / 2) - 0.5  # (B, H, W) input column of each output pixel
                 row = (grid[..., 1] + 1) * (h / 2) - 0.5

@@ -52,8 +52,10 @@ def check_split_file(path: str | os.PathLike) -> None:
     line = _first_line(path)
     if not _is_split_header(line):
         n = line.count(b";") + 1 if line else 0
-        raise DataError(f"{path}:1: not the authors' split format: expected a header of {FIELDS} ';'-separated "
-                        f"fields (label, unused, {PIXELS} pixels), found {n}")
+        raise DataError(
+            f"{path}:1: not the authors' split format: expected a header of {FIELDS} ';'-separated "
+            f"fields (label, unused, {PIXELS} pixels), found {n}"
+        )
 
 
 def is_split_source(path: str | os.PathLike) -> bool:
@@ -71,18 +73,29 @@ def split_files(path: str | os.PathLike) -> list[tuple[Path, str]]:
         found = [(path / name, usage) for name, usage in SPLIT_FILES.items() if (path / name).is_file()]
         missing = [name for name in SPLIT_FILES if not (path / name).is_file()]
         if missing:
-            raise DataError(f"{path}: the authors' split files are incomplete: {', '.join(missing)} missing "
-                            f"(expected {', '.join(SPLIT_FILES)})")
+            raise DataError(
+                f"{path}: the authors' split files are incomplete: {', '.join(missing)} missing "
+                f"(expected {', '.join(SPLIT_FILES)})"
+            )
         return found
     usage = SPLIT_FILES.get(path.name)
     if usage is None:
-        raise DataError(f"{path}: an authors' split file must be named {', '.join(SPLIT_FILES)} "
-                        "(the name says its split)")
+        raise DataError(
+            f"{path}: an authors' split file must be named {', '.join(SPLIT_FILES)} (the name says its split)"
+        )
     return [(path, usage)]
 
 
-def _convert_file(path: Path, usage: str, out, bad: list[tuple[Path, BadRow]], counts: dict,
-                  progress: Progress | None, done: list[int], total: int) -> None:
+def _convert_file(
+    path: Path,
+    usage: str,
+    out,
+    bad: list[tuple[Path, BadRow]],
+    counts: dict,
+    progress: Progress | None,
+    done: list[int],
+    total: int,
+) -> None:
     check_split_file(path)
     suffix = b"," + usage.encode()
     rows, lines, data = [], [], []
@@ -107,8 +120,17 @@ def _convert_file(path: Path, usage: str, out, bad: list[tuple[Path, BadRow]], c
                 continue
             fields = raw.split(b";")
             if len(fields) != FIELDS:
-                bad.append((path, BadRow(row, line_no, f"expected {FIELDS} ';'-separated fields "
-                                                       f"(label, unused, {PIXELS} pixels), got {len(fields)}")))
+                bad.append(
+                    (
+                        path,
+                        BadRow(
+                            row,
+                            line_no,
+                            f"expected {FIELDS} ';'-separated fields "
+                            f"(label, unused, {PIXELS} pixels), got {len(fields)}",
+                        ),
+                    )
+                )
                 row += 1
                 continue
             rows.append(row)

@@ -32,10 +32,10 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -103,8 +103,10 @@ def open_image_split(
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         where = "make the image folder writable or copy it to a writable place" if default_dir else "choose another one"
-        raise DataError(f"{folder}: cannot create the image cache folder ({exc.strerror or exc}); "
-                        f"decoded images are kept there: {where}") from None
+        raise DataError(
+            f"{folder}: cannot create the image cache folder ({exc.strerror or exc}); "
+            f"decoded images are kept there: {where}"
+        ) from None
 
     base = folder / f"{_safe(source.tag)}-{source.key}"
     images_path, meta_path = base.with_name(base.name + ".npy"), base.with_name(base.name + ".meta.npz")
@@ -189,8 +191,9 @@ def _prepared_source(root: Path, split: str) -> _Source:
             except (ValueError, AttributeError):
                 votes.append([])
             if len(votes[-1]) != len(classes) or min(votes[-1]) < 0:
-                raise DataError(f"{manifest} line {line}: votes must be {len(classes)} counts >= 0, "
-                                f"got {rec['votes']!r}")
+                raise DataError(
+                    f"{manifest} line {line}: votes must be {len(classes)} counts >= 0, got {rec['votes']!r}"
+                )
         files.append(root / _inside(rec["path"], f"{manifest} line {line}"))
         labels.append(label)
         rows.append(row)
@@ -205,8 +208,16 @@ def _prepared_source(root: Path, split: str) -> _Source:
     digest.update(manifest_bytes + b"\0" + prepare_bytes)
     digest.update(_file_stamps(files, lines, manifest))  # an image changed, replaced or truncated
     targets = vote_distribution(np.asarray(votes, np.float64)) if soft else None
-    return _Source(split, files, np.asarray(labels, np.int64), np.asarray(rows, np.int64), digest.hexdigest()[:16],
-                   str(manifest), tuple(classes), targets)
+    return _Source(
+        split,
+        files,
+        np.asarray(labels, np.int64),
+        np.asarray(rows, np.int64),
+        digest.hexdigest()[:16],
+        str(manifest),
+        tuple(classes),
+        targets,
+    )
 
 
 def _file_stamps(files: Sequence[Path], lines: Sequence[int], manifest: Path) -> bytes:
@@ -216,20 +227,32 @@ def _file_stamps(files: Sequence[Path], lines: Sequence[int], manifest: Path) ->
         try:
             st = os.stat(path)
         except OSError as exc:
-            raise DataError(f"{printable(path)}: listed in {manifest} line {line} but cannot be read "
-                            f"({exc.strerror or exc}); the prepared folder changed: prepare it again") from None
+            raise DataError(
+                f"{printable(path)}: listed in {manifest} line {line} but cannot be read "
+                f"({exc.strerror or exc}); the prepared folder changed: prepare it again"
+            ) from None
         parts.append(f"{st.st_size}:{st.st_mtime_ns}")
     return "\0".join(parts).encode()
 
 
-def _check_counts(manifest: Path, prepare_json: Path, prepare_bytes: bytes, split: str,
-                  classes: Sequence[str], files: Sequence[Path], labels: Sequence[int], lines: Sequence[int]) -> None:
+def _check_counts(
+    manifest: Path,
+    prepare_json: Path,
+    prepare_bytes: bytes,
+    split: str,
+    classes: Sequence[str],
+    files: Sequence[Path],
+    labels: Sequence[int],
+    lines: Sequence[int],
+) -> None:
     """The manifest's rows of ``split`` against prepare.json's counts; no image listed twice."""
     seen: dict[Path, int] = {}
     for path, line in zip(files, lines):
         if path in seen:
-            raise DataError(f"{manifest} line {line}: {printable(path.name)} is listed twice "
-                            f"(also line {seen[path]}); the manifest was edited: prepare the folder again")
+            raise DataError(
+                f"{manifest} line {line}: {printable(path.name)} is listed twice "
+                f"(also line {seen[path]}); the manifest was edited: prepare the folder again"
+            )
         seen[path] = line
     try:
         counts = json.loads(prepare_bytes or b"{}").get("counts", {}).get(split)
@@ -243,9 +266,11 @@ def _check_counts(manifest: Path, prepare_json: Path, prepare_bytes: bytes, spli
         got[classes[label]] = got.get(classes[label], 0) + 1
     if got != want:
         expected, found = sum(v for v in want.values() if isinstance(v, int)), len(labels)
-        raise DataError(f"{manifest}: split {split!r} has {found:,} rows, {prepare_json} counts {expected:,}"
-                        + ("" if expected != found else " (per class they differ)")
-                        + "; the manifest was edited: prepare the folder again")
+        raise DataError(
+            f"{manifest}: split {split!r} has {found:,} rows, {prepare_json} counts {expected:,}"
+            + ("" if expected != found else " (per class they differ)")
+            + "; the manifest was edited: prepare the folder again"
+        )
 
 
 def folder_data(images_dir: str | os.PathLike) -> dict:
@@ -259,8 +284,12 @@ def folder_data(images_dir: str | os.PathLike) -> dict:
     raw = path.read_bytes()
     classes, soft = _prepared_classes(path, raw)
     summary = json.loads(raw)
-    return {"dataset": str(summary.get("dataset", "fer2013")), "classes": list(classes),
-            "label_mode": str(summary.get("label_mode", "majority")), "prepare": summary.get("recipe")}
+    return {
+        "dataset": str(summary.get("dataset", "fer2013")),
+        "classes": list(classes),
+        "label_mode": str(summary.get("label_mode", "majority")),
+        "prepare": summary.get("recipe"),
+    }
 
 
 def _prepared_classes(path: Path, raw: bytes) -> tuple[tuple[str, ...], bool]:
@@ -286,8 +315,10 @@ def _inside(rel: str, where: str) -> PurePosixPath:
     """A manifest path, refused unless it is relative and stays inside the folder."""
     path = PurePosixPath(rel)
     if not rel or path.is_absolute() or ".." in path.parts or "\\" in rel or PureWindowsPath(rel).drive:
-        raise DataError(f"{where}: path '{printable(rel)}' must be relative to the prepared folder and stay "
-                        "inside it; re-run `fertool prepare`")
+        raise DataError(
+            f"{where}: path '{printable(rel)}' must be relative to the prepared folder and stay "
+            "inside it; re-run `fertool prepare`"
+        )
     return path
 
 
@@ -453,8 +484,14 @@ def _load_cache(images_path: Path, meta_path: Path, source: _Source) -> ArraySpl
     if images.ndim not in (3, 4) or images.shape[1] != images.shape[2] or images.ndim == 4 and images.shape[3] != 3:
         return None  # damaged: rebuilt, not blamed on the recipe's size
     targets = torch.from_numpy(source.targets) if source.targets is not None else None
-    return ArraySplit(images=images, labels=torch.from_numpy(labels), name=source.tag, class_names=source.classes,
-                      rows=rows, targets=targets)
+    return ArraySplit(
+        images=images,
+        labels=torch.from_numpy(labels),
+        name=source.tag,
+        class_names=source.classes,
+        rows=rows,
+        targets=targets,
+    )
 
 
 def _remove_stale(folder: Path, tag: str, key: str) -> None:

@@ -35,9 +35,10 @@ import csv as _csv
 import dataclasses
 import os
 import re
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Iterator, NamedTuple, Sequence
+from typing import IO, NamedTuple
 
 import numpy as np
 
@@ -223,8 +224,10 @@ def open_csv(path: str | os.PathLike) -> tuple[Layout, IO[bytes]]:
         head = fh.peek(1 << 16)[: 1 << 16]
         for magic, what, command in _COMPRESSED:
             if head.startswith(magic):
-                raise DataError(f"{path}: is {what}, not a CSV; decompress it first "
-                                f"({command.replace('FILE', str(path))}) and give the .csv")
+                raise DataError(
+                    f"{path}: is {what}, not a CSV; decompress it first "
+                    f"({command.replace('FILE', str(path))}) and give the .csv"
+                )
         newline = _detect_newline(head)
         if newline != b"\n":
             fh = _CRFile(fh)
@@ -293,7 +296,7 @@ class _CRFile:
     def close(self) -> None:
         self._raw.close()
 
-    def __enter__(self) -> "_CRFile":
+    def __enter__(self) -> _CRFile:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -304,9 +307,7 @@ def _blank(line: bytes) -> bool:
     return not line or line.isspace()  # isspace() stops at the first non-space byte
 
 
-def iter_chunks(
-    fh: IO[bytes], *, chunk_rows: int = 128, hasher=None
-) -> Iterator[RawChunk]:
+def iter_chunks(fh: IO[bytes], *, chunk_rows: int = 128, hasher=None) -> Iterator[RawChunk]:
     """Group the remaining lines of ``fh`` (after the header) into :class:`RawChunk`.
 
     Blank lines are skipped and get no row index.  ``hasher`` (a ``hashlib`` object),
@@ -569,9 +570,7 @@ def bad_rows_error(path: str | os.PathLike, bad: Sequence[BadRow], *, hint: str 
     return DataError("\n".join([head, *format_bad(path, bad)]))
 
 
-def iter_rows(
-    path: str | os.PathLike, *, skip_bad: bool = False, bad: list[BadRow] | None = None
-) -> Iterator[Row]:
+def iter_rows(path: str | os.PathLike, *, skip_bad: bool = False, bad: list[BadRow] | None = None) -> Iterator[Row]:
     """Stream the valid rows of a FER2013 CSV, one :class:`Row` at a time.
 
     Bad rows: by default the first one raises :class:`DataError` (``FILE:LINE: problem``).
@@ -638,4 +637,3 @@ def load_split(path: str | os.PathLike, split: str, *, skip_bad: bool = False) -
         labels=np.concatenate(labels),
         rows=np.concatenate(rows),
     )
-

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import abc
 import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -75,8 +75,10 @@ class ArraySplit(ImageSplit):
         if len(self.images) != len(self.labels):
             raise DataError(f"{self.name}: {len(self.images)} images but {len(self.labels)} labels")
         if self.targets is not None and tuple(self.targets.shape) != (len(self.labels), len(self.class_names)):
-            raise DataError(f"{self.name}: soft targets of shape {tuple(self.targets.shape)}, expected "
-                            f"({len(self.labels)}, {len(self.class_names)})")
+            raise DataError(
+                f"{self.name}: soft targets of shape {tuple(self.targets.shape)}, expected "
+                f"({len(self.labels)}, {len(self.class_names)})"
+            )
         self.size = int(self.images.shape[1])
 
     def load(self, index: torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:

@@ -52,7 +52,14 @@ from .csv import SPLITS, read_error
 
 #: The eight FER+ emotions, in the label file's column order (the model's output order).
 FERPLUS_CLASSES: tuple[str, ...] = (
-    "Neutral", "Happiness", "Surprise", "Sadness", "Anger", "Disgust", "Fear", "Contempt",
+    "Neutral",
+    "Happiness",
+    "Surprise",
+    "Sadness",
+    "Anger",
+    "Disgust",
+    "Fear",
+    "Contempt",
 )
 #: The label file's vote columns: the eight emotions, then the two "no emotion" columns.
 VOTE_COLUMNS: tuple[str, ...] = tuple(c.lower() for c in FERPLUS_CLASSES) + ("unknown", "nf")
@@ -99,10 +106,14 @@ class FerPlusLabels:
             here = self.splits == code
             if here.any():
                 per_split[split] = {
-                    "rule": SPLIT_RULES[self.mode][split], "rows": int(here.sum()),
+                    "rule": SPLIT_RULES[self.mode][split],
+                    "rows": int(here.sum()),
                     "kept": int((here & (self.labels >= 0)).sum()),
-                    "dropped": {reason: n for i, reason in enumerate(DROP_REASONS)
-                                if (n := int((here & (self.reasons == i)).sum()))},
+                    "dropped": {
+                        reason: n
+                        for i, reason in enumerate(DROP_REASONS)
+                        if (n := int((here & (self.reasons == i)).sum()))
+                    },
                 }
         return {"count": len(rows), "by_reason": by_reason, "per_split": per_split, "rows": rows.tolist()}
 
@@ -171,8 +182,9 @@ def ferplus_crossentropy(votes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.
     return labels, reasons, targets
 
 
-def mode_labels(votes: np.ndarray, splits: np.ndarray, mode: str,
-                named: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def mode_labels(
+    votes: np.ndarray, splits: np.ndarray, mode: str, named: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Labels of a label mode (:data:`SPLIT_RULES` says which rule labels which split):
     (labels or -1, reasons or -1, (N, 8) training-target vote counts)."""
     if mode not in SPLIT_RULES:
@@ -242,8 +254,9 @@ def read_ferplus(path: str | os.PathLike, mode: str = "majority") -> FerPlusLabe
     try:
         raw = path.read_bytes()
     except OSError as exc:
-        raise read_error(path, exc, expected="the FER+ label file (fer2013new.csv)",
-                         missing=" (the FER+ label file, fer2013new.csv)") from None
+        raise read_error(
+            path, exc, expected="the FER+ label file (fer2013new.csv)", missing=" (the FER+ label file, fer2013new.csv)"
+        ) from None
     lines = raw.decode("utf-8-sig", errors="replace").splitlines()  # a byte-order mark is not part of "Usage"
     if not lines or not lines[0].strip():
         raise DataError(f"{path}: empty file; expected a header 'Usage,Image name,{','.join(VOTE_COLUMNS)}'")
@@ -286,10 +299,31 @@ def read_ferplus(path: str | os.PathLike, mode: str = "majority") -> FerPlusLabe
         raise DataError(f"{path}: no data rows after the header (line 1)")
     votes_arr, splits_arr, named_arr = np.asarray(votes, np.int64), np.asarray(splits, np.int8), np.asarray(named)
     labels, reasons, targets = mode_labels(votes_arr, splits_arr, mode, named_arr)
-    return FerPlusLabels(path=path, sha256=hashlib.sha256(raw).hexdigest(), votes=votes_arr, splits=splits_arr,
-                         labels=labels, reasons=reasons, mode=mode, targets=targets, named=named_arr)
+    return FerPlusLabels(
+        path=path,
+        sha256=hashlib.sha256(raw).hexdigest(),
+        votes=votes_arr,
+        splits=splits_arr,
+        labels=labels,
+        reasons=reasons,
+        mode=mode,
+        targets=targets,
+        named=named_arr,
+    )
 
 
-__all__ = ("FERPLUS_CLASSES", "VOTE_COLUMNS", "LABEL_MODES", "SOFT_MODES", "DROP_REASONS", "SPLIT_RULES",
-           "FerPlusLabels", "majority_labels", "ferplus_majority", "ferplus_crossentropy", "mode_labels",
-           "vote_distribution", "read_ferplus")
+__all__ = (
+    "FERPLUS_CLASSES",
+    "VOTE_COLUMNS",
+    "LABEL_MODES",
+    "SOFT_MODES",
+    "DROP_REASONS",
+    "SPLIT_RULES",
+    "FerPlusLabels",
+    "majority_labels",
+    "ferplus_majority",
+    "ferplus_crossentropy",
+    "mode_labels",
+    "vote_distribution",
+    "read_ferplus",
+)

@@ -31,9 +31,9 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -110,8 +110,7 @@ def match_classes(found: Sequence[str], classes: Sequence[str], where: str) -> d
         index[key] = i
     unknown = [name for name in found if emotion_key(name) not in index]
     if unknown:
-        raise DataError(f"{where}: class(es) {', '.join(unknown)} are not in data.classes "
-                        f"({', '.join(classes)})")
+        raise DataError(f"{where}: class(es) {', '.join(unknown)} are not in data.classes ({', '.join(classes)})")
     return {name: index[emotion_key(name)] for name in found}
 
 
@@ -127,8 +126,11 @@ def _subdirs(folder: Path) -> list[Path]:
 
 
 def _images_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir()
-                  if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS)
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
+    )
 
 
 def _split_of(name: str) -> str | None:
@@ -146,8 +148,9 @@ def _readable(scan):
         except OSError as exc:
             raise DataError(f"{exc.filename or root}: cannot read ({exc.strerror or exc})") from None
         if len(images.classes) < 2:
-            raise DataError(f"{root}: {len(images.classes)} class ({', '.join(images.classes)}); "
-                            "a classifier needs at least two")
+            raise DataError(
+                f"{root}: {len(images.classes)} class ({', '.join(images.classes)}); a classifier needs at least two"
+            )
         return images
 
     return wrapper
@@ -169,8 +172,10 @@ def scan_folder(root: str | os.PathLike, classes: Sequence[str] | None = None) -
         split_dirs[split] = d
     if "Training" not in split_dirs:
         found = ", ".join(d.name for d in _subdirs(root)) or "none"
-        raise DataError(f"{root}: no training folder (train/ or training/; folders found: {found}); "
-                        "expected ROOT/<split>/<class>/ images with splits train, val (optional), test")
+        raise DataError(
+            f"{root}: no training folder (train/ or training/; folders found: {found}); "
+            "expected ROOT/<split>/<class>/ images with splits train, val (optional), test"
+        )
     per_split: dict[str, dict[str, list[Path]]] = {}
     for split in SPLITS:
         if split not in split_dirs:
@@ -178,8 +183,9 @@ def scan_folder(root: str | os.PathLike, classes: Sequence[str] | None = None) -
         folders = _subdirs(split_dirs[split])
         stray = _images_in(split_dirs[split])
         if stray:
-            raise DataError(f"{split_dirs[split]}: holds images directly ({stray[0].name}...); "
-                            "images go into one folder per class")
+            raise DataError(
+                f"{split_dirs[split]}: holds images directly ({stray[0].name}...); images go into one folder per class"
+            )
         per_split[split] = {d.name: _images_in(d) for d in folders}
     found = sorted({name for folders in per_split.values() for name in folders})
     if not found:
@@ -201,11 +207,15 @@ def scan_folder(root: str | os.PathLike, classes: Sequence[str] | None = None) -
             splits += [SPLITS.index(split)] * len(folders[name])
     if not files:
         raise DataError(f"{root}: no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) in the class folders")
-    source = {"path": str(root.resolve()), "layout": "ROOT/<split>/<class>/<image>",
-              "split_folders": {split: d.name for split, d in split_dirs.items()},
-              "class_folders": {name: class_list[mapping[name]] for name in found}}
-    return ImageSet(root, "folder", class_list, tuple(files), np.asarray(labels, np.int64),
-                    np.asarray(splits, np.int8), source)
+    source = {
+        "path": str(root.resolve()),
+        "layout": "ROOT/<split>/<class>/<image>",
+        "split_folders": {split: d.name for split, d in split_dirs.items()},
+        "class_folders": {name: class_list[mapping[name]] for name in found},
+    }
+    return ImageSet(
+        root, "folder", class_list, tuple(files), np.asarray(labels, np.int64), np.asarray(splits, np.int8), source
+    )
 
 
 def find_rafdb_label_file(root: Path) -> Path:
@@ -273,15 +283,29 @@ def scan_rafdb(root: str | os.PathLike, classes: Sequence[str] | None = None) ->
         labels.append(mapping[RAFDB_CLASSES[int(label) - 1]])
         splits.append(SPLITS.index(split))
     if missing:
-        raise DataError(f"{label_file}: {len(missing):,} listed image(s) not found, e.g. {missing[0]} "
-                        f"(looked for NAME and NAME_aligned in {', '.join(str(f) for f in folders)})")
+        raise DataError(
+            f"{label_file}: {len(missing):,} listed image(s) not found, e.g. {missing[0]} "
+            f"(looked for NAME and NAME_aligned in {', '.join(str(f) for f in folders)})"
+        )
     if not files:
         raise DataError(f"{label_file}: no images listed")
     order = np.lexsort((np.arange(len(files)), np.asarray(labels), np.asarray(splits)))  # split, class, file order
-    source = {"path": str(root.resolve()), "layout": "RAF-DB basic", "label_file": str(label_file.resolve()),
-              "label_order": list(RAFDB_CLASSES), "image_folders": [str(f) for f in folders]}
-    return ImageSet(root, "rafdb", class_list, tuple(files[i] for i in order),
-                    np.asarray(labels, np.int64)[order], np.asarray(splits, np.int8)[order], source)
+    source = {
+        "path": str(root.resolve()),
+        "layout": "RAF-DB basic",
+        "label_file": str(label_file.resolve()),
+        "label_order": list(RAFDB_CLASSES),
+        "image_folders": [str(f) for f in folders],
+    }
+    return ImageSet(
+        root,
+        "rafdb",
+        class_list,
+        tuple(files[i] for i in order),
+        np.asarray(labels, np.int64)[order],
+        np.asarray(splits, np.int8)[order],
+        source,
+    )
 
 
 def carve_validation(images: ImageSet, fraction: float, seed: int) -> tuple[ImageSet, dict | None]:
@@ -295,8 +319,10 @@ def carve_validation(images: ImageSet, fraction: float, seed: int) -> tuple[Imag
     if (images.splits == val).any():
         return images, None
     if not 0 < fraction < 1:
-        raise DataError(f"prepare.val_fraction: {images.root} has no validation split to keep, and a fraction of "
-                        f"{fraction} carves none; use a value in (0, 1)")
+        raise DataError(
+            f"prepare.val_fraction: {images.root} has no validation split to keep, and a fraction of "
+            f"{fraction} carves none; use a value in (0, 1)"
+        )
     rng = np.random.default_rng(seed)
     splits = images.splits.copy()
     for label in range(len(images.classes)):
@@ -308,12 +334,31 @@ def carve_validation(images: ImageSet, fraction: float, seed: int) -> tuple[Imag
     carved = int((splits == val).sum())
     if carved == 0:
         raise DataError(f"{images.root}: too few training images to carve a validation split from")
-    record = {"from": "Training", "to": "PublicTest", "fraction": fraction, "seed": seed, "images": carved,
-              "per_class": dict(zip(images.classes, np.bincount(images.labels[splits == val],
-                                                                  minlength=len(images.classes)).tolist()))}
+    record = {
+        "from": "Training",
+        "to": "PublicTest",
+        "fraction": fraction,
+        "seed": seed,
+        "images": carved,
+        "per_class": dict(
+            zip(images.classes, np.bincount(images.labels[splits == val], minlength=len(images.classes)).tolist())
+        ),
+    }
     return replace(images, splits=splits), record
 
 
-__all__ = ("IMAGE_EXTENSIONS", "CLASS_ALIASES", "SPLIT_ALIASES", "RAFDB_CLASSES", "RAFDB_LABEL_FILE", "ImageSet",
-           "emotion_key", "match_classes", "infer_classes", "scan_folder", "scan_rafdb", "find_rafdb_label_file",
-           "carve_validation")
+__all__ = (
+    "IMAGE_EXTENSIONS",
+    "CLASS_ALIASES",
+    "SPLIT_ALIASES",
+    "RAFDB_CLASSES",
+    "RAFDB_LABEL_FILE",
+    "ImageSet",
+    "emotion_key",
+    "match_classes",
+    "infer_classes",
+    "scan_folder",
+    "scan_rafdb",
+    "find_rafdb_label_file",
+    "carve_validation",
+)

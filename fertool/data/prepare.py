@@ -53,15 +53,16 @@ import select
 import shutil
 import threading
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
 from .. import CLASS_NAMES, __version__
-from ..errors import DataError, FertoolError
+from ..errors import DataError
 from ..faults import pause_point
 from ..locks import holding_lock
 from ..progress import Progress
@@ -93,8 +94,11 @@ RESIZE_BLOCK = 8
 #: are done in-process (a pool costs a fork per worker and a few chunks of latency).
 ROWS_PER_AUTO_WORKER = 500
 
-_SAMPLING = {"4:4:4": "IMWRITE_JPEG_SAMPLING_FACTOR_444", "4:2:2": "IMWRITE_JPEG_SAMPLING_FACTOR_422",
-             "4:2:0": "IMWRITE_JPEG_SAMPLING_FACTOR_420"}
+_SAMPLING = {
+    "4:4:4": "IMWRITE_JPEG_SAMPLING_FACTOR_444",
+    "4:2:2": "IMWRITE_JPEG_SAMPLING_FACTOR_422",
+    "4:2:0": "IMWRITE_JPEG_SAMPLING_FACTOR_420",
+}
 
 
 # --------------------------------------------------------------------------- pixels
@@ -125,8 +129,12 @@ def prepare_pixels(grey: np.ndarray, *, size: int = 224, rgb: bool = True, trunc
 
 def jpeg_params(quality: int, subsampling: str) -> list[int]:
     """OpenCV ``imencode`` parameters: quality and chroma sampling (4:4:4 = none)."""
-    return [cv2.IMWRITE_JPEG_QUALITY, int(quality),
-            cv2.IMWRITE_JPEG_SAMPLING_FACTOR, int(getattr(cv2, _SAMPLING[subsampling]))]
+    return [
+        cv2.IMWRITE_JPEG_QUALITY,
+        int(quality),
+        cv2.IMWRITE_JPEG_SAMPLING_FACTOR,
+        int(getattr(cv2, _SAMPLING[subsampling])),
+    ]
 
 
 def encode_jpeg(image: np.ndarray, params: list[int]) -> bytes:
@@ -241,8 +249,10 @@ def _work(task: _Task) -> _Result:
     if task.write and len(pixels):
         images = prepare_pixels(pixels, size=task.size, rgb=False, truncate=task.truncate)
         params = list(task.params)
-        paths = [image_relpath(SPLITS[s], label, row, task.classes)
-                 for row, label, s in zip(rows.tolist(), labels.tolist(), splits.tolist())]
+        paths = [
+            image_relpath(SPLITS[s], label, row, task.classes)
+            for row, label, s in zip(rows.tolist(), labels.tolist(), splits.tolist())
+        ]
         for folder in {os.path.dirname(p) for p in paths}:
             os.makedirs(os.path.join(task.root, folder), exist_ok=True)
         for image, rel in zip(images, paths):
@@ -250,8 +260,9 @@ def _work(task: _Task) -> _Result:
                 image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
             with open(os.path.join(task.root, rel), "wb") as fh:
                 fh.write(encode_jpeg(image, params))
-    return _Result(rows, labels, splits, b"".join(digests), parsed.bad, len(chunk.rows), parsed.labels,
-                   parsed.splits, mismatch)
+    return _Result(
+        rows, labels, splits, b"".join(digests), parsed.bad, len(chunk.rows), parsed.labels, parsed.splits, mismatch
+    )
 
 
 def _relabel(task: _Task, rows: np.ndarray, splits: np.ndarray, pixels: np.ndarray, digests: list[bytes]):
@@ -265,8 +276,7 @@ def _relabel(task: _Task, rows: np.ndarray, splits: np.ndarray, pixels: np.ndarr
     labels = np.full(len(rows), -1, np.int64)
     labels[known] = task.relabel[offset[known]]
     keep = labels >= 0
-    return (rows[keep], labels[keep], splits[keep], pixels[keep], [d for d, k in zip(digests, keep) if k],
-            mismatch)
+    return (rows[keep], labels[keep], splits[keep], pixels[keep], [d for d, k in zip(digests, keep) if k], mismatch)
 
 
 # --------------------------------------------------------------------------- checks
@@ -444,12 +454,24 @@ def _run(
     return _summary(csv_path, tally, layout, config, nworkers, ferplus, classes)
 
 
-def _stream(csv_path: Path, tmp: Path, layout: Layout, config: PrepareConfig, params: tuple[int, ...],
-            skip_bad: bool, nworkers: int, total: int, progress: Progress | None,
-            ferplus: FerPlusLabels | None, classes: Sequence[str]) -> _Tally:
+def _stream(
+    csv_path: Path,
+    tmp: Path,
+    layout: Layout,
+    config: PrepareConfig,
+    params: tuple[int, ...],
+    skip_bad: bool,
+    nworkers: int,
+    total: int,
+    progress: Progress | None,
+    ferplus: FerPlusLabels | None,
+    classes: Sequence[str],
+) -> _Tally:
     """The CSV's chunks through the worker pool: images into ``tmp``, one manifest line per image."""
-    tally = _Tally(counts=np.zeros((len(SPLITS), len(classes)), np.int64),
-                   source_counts=np.zeros((len(SPLITS), len(CLASS_NAMES)), np.int64))
+    tally = _Tally(
+        counts=np.zeros((len(SPLITS), len(classes)), np.int64),
+        source_counts=np.zeros((len(SPLITS), len(CLASS_NAMES)), np.int64),
+    )
     write = True
     hasher = hashlib.sha256()
     manifest = open(tmp / "manifest.csv", "w", encoding="utf-8", newline="\n")
@@ -465,8 +487,9 @@ def _stream(csv_path: Path, tmp: Path, layout: Layout, config: PrepareConfig, pa
         np.add.at(tally.source_counts, (result.source_splits.astype(np.int64), result.source_labels), 1)
         tally.mismatch.extend(result.mismatch)
         lines = []
-        for i, (row, label, split) in enumerate(zip(result.rows.tolist(), result.labels.tolist(),
-                                                    result.splits.tolist())):
+        for i, (row, label, split) in enumerate(
+            zip(result.rows.tolist(), result.labels.tolist(), result.splits.tolist())
+        ):
             digest = result.digests[32 * i : 32 * (i + 1)].hex()
             name = SPLITS[split]
             line = f"{row},{name},{label},{classes[label]},{image_relpath(name, label, row, classes)},{digest}"
@@ -486,7 +509,9 @@ def _stream(csv_path: Path, tmp: Path, layout: Layout, config: PrepareConfig, pa
             progress(0, total)
         if nworkers > 1:
             executor = concurrent.futures.ProcessPoolExecutor(
-                max_workers=nworkers, mp_context=_mp_context(), initializer=_init_worker_process,
+                max_workers=nworkers,
+                mp_context=_mp_context(),
+                initializer=_init_worker_process,
                 initargs=(os.getpid(),),
             )
         pending: collections.deque = collections.deque()
@@ -495,8 +520,18 @@ def _stream(csv_path: Path, tmp: Path, layout: Layout, config: PrepareConfig, pa
             fh.seek(0)
             hasher.update(fh.readline())  # the header line; iter_chunks hashes the rest
             for span in iter_spans(fh, chunk_rows=CHUNK_ROWS, hasher=hasher):
-                task = _Task(layout, str(csv_path), span, str(tmp), config.size, config.rgb, config.truncate,
-                             params, write, classes)
+                task = _Task(
+                    layout,
+                    str(csv_path),
+                    span,
+                    str(tmp),
+                    config.size,
+                    config.rgb,
+                    config.truncate,
+                    params,
+                    write,
+                    classes,
+                )
                 if ferplus is not None:
                     rows = slice(span.first_row, span.first_row + CHUNK_ROWS)
                     task = dataclasses.replace(task, relabel=ferplus.labels[rows], usage=ferplus.splits[rows])
@@ -528,13 +563,21 @@ def _check_tally(csv_path: Path, tally: _Tally, skip_bad: bool, ferplus: FerPlus
         raise DataError(f"{csv_path}: all {tally.done:,} data rows are bad; nothing to prepare")
 
 
-def _summary(csv_path: Path, tally: _Tally, layout: Layout, config: PrepareConfig, nworkers: int,
-             ferplus: FerPlusLabels | None, classes: Sequence[str]) -> dict:
+def _summary(
+    csv_path: Path,
+    tally: _Tally,
+    layout: Layout,
+    config: PrepareConfig,
+    nworkers: int,
+    ferplus: FerPlusLabels | None,
+    classes: Sequence[str],
+) -> dict:
     """prepare.json's content (``recipe`` and ``output`` filled in by :func:`prepare`)."""
     counts, bad = tally.counts, tally.bad
     per_split = {SPLITS[s]: counts[s].tolist() for s in range(len(SPLITS)) if counts[s].any()}
-    source_split = {SPLITS[s]: tally.source_counts[s].tolist() for s in range(len(SPLITS))
-                    if tally.source_counts[s].any()}
+    source_split = {
+        SPLITS[s]: tally.source_counts[s].tolist() for s in range(len(SPLITS)) if tally.source_counts[s].any()
+    }
     differences = canonical_differences(source_split)
     warnings = [f"{CANONICAL_PREFIX}: {d}" for d in differences]
     if bad:
@@ -542,12 +585,18 @@ def _summary(csv_path: Path, tally: _Tally, layout: Layout, config: PrepareConfi
     extra: dict = {}
     if ferplus is not None:
         dropped = ferplus.dropped()
-        extra["ferplus"] = {"labels": str(ferplus.path.resolve()), "sha256": ferplus.sha256,
-                            "label_mode": config.label_mode, "dropped": dropped}
+        extra["ferplus"] = {
+            "labels": str(ferplus.path.resolve()),
+            "sha256": ferplus.sha256,
+            "label_mode": config.label_mode,
+            "dropped": dropped,
+        }
         rules = sorted({s["rule"] for s in dropped["per_split"].values()})
-        warnings.append(f"FER+: dropped {dropped['count']:,} rows by the {' / '.join(rules)} rule "
-                        f"({', '.join(f'{n:,} {why}' for why, n in dropped['by_reason'].items() if n)}; "
-                        "per split in prepare.json)")
+        warnings.append(
+            f"FER+: dropped {dropped['count']:,} rows by the {' / '.join(rules)} rule "
+            f"({', '.join(f'{n:,} {why}' for why, n in dropped['by_reason'].items() if n)}; "
+            "per split in prepare.json)"
+        )
     return {
         "fertool_version": __version__,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -574,8 +623,9 @@ def _summary(csv_path: Path, tally: _Tally, layout: Layout, config: PrepareConfi
     }
 
 
-def _check_ferplus_alignment(csv_path: Path, ferplus: FerPlusLabels, rows: int,
-                             mismatch: list[tuple[int, int, int]]) -> None:
+def _check_ferplus_alignment(
+    csv_path: Path, ferplus: FerPlusLabels, rows: int, mismatch: list[tuple[int, int, int]]
+) -> None:
     """One row of the label file per CSV row, with the same Usage; else a DataError."""
     if rows != len(ferplus):
         raise DataError(

@@ -40,7 +40,7 @@ from ..locks import holding_lock
 from ..progress import Progress
 from .csv import SPLITS
 from .folders import ImageSet, carve_validation
-from .prepare import check_destination, build_folder, encode_jpeg, jpeg_params
+from .prepare import build_folder, check_destination, encode_jpeg, jpeg_params
 
 if TYPE_CHECKING:
     from ..recipe import PrepareConfig, Recipe
@@ -66,8 +66,18 @@ def fit_image(image: np.ndarray, *, size: int, fit: str, colour: str, rgb: bool)
     return image
 
 
-def prepared_photo(image_bgr: np.ndarray, *, size: int, fit: str = "crop", colour: str = "keep", rgb: bool = True,
-                   jpeg_quality: int = 100, subsampling: str = "4:4:4", jpeg: bool = True, **_ignored) -> np.ndarray:
+def prepared_photo(
+    image_bgr: np.ndarray,
+    *,
+    size: int,
+    fit: str = "crop",
+    colour: str = "keep",
+    rgb: bool = True,
+    jpeg_quality: int = 100,
+    subsampling: str = "4:4:4",
+    jpeg: bool = True,
+    **_ignored,
+) -> np.ndarray:
     """A BGR photo or face crop -> (size, size, 3) RGB uint8, as its prepared JPEG decodes.
 
     The keyword arguments are a recipe's ``prepare`` section (others are ignored): what
@@ -131,19 +141,30 @@ def prepare_images(
         summary = _write(images, tmp, config, params, skip_bad, nworkers, progress)
         summary.update(recipe=to_dict(recipe.prepare), output=str(out_dir.resolve()), validation=carved)
         if carved is not None:
-            summary["warnings"].append(f"no validation split: carved {carved['images']:,} training images "
-                                       f"({config.val_fraction:g} per class, seed {config.val_seed}) into PublicTest")
+            summary["warnings"].append(
+                f"no validation split: carved {carved['images']:,} training images "
+                f"({config.val_fraction:g} per class, seed {config.val_seed}) into PublicTest"
+            )
         (tmp / "recipe.yaml").write_text(dump_recipe(recipe), encoding="utf-8")
         (tmp / "prepare.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return summary
 
 
-def _write(images: ImageSet, tmp: Path, config: PrepareConfig, params: list[int], skip_bad: bool, nworkers: int,
-           progress: Progress | None) -> dict:
+def _write(
+    images: ImageSet,
+    tmp: Path,
+    config: PrepareConfig,
+    params: list[int],
+    skip_bad: bool,
+    nworkers: int,
+    progress: Progress | None,
+) -> dict:
     """Convert every file into ``tmp``, write the manifest; the summary without recipe/output."""
     n = len(images.files)
-    rels = [f"{SPLITS[s]}/{images.classes[label]}/{row:05d}.jpg"
-            for row, (label, s) in enumerate(zip(images.labels.tolist(), images.splits.tolist()))]
+    rels = [
+        f"{SPLITS[s]}/{images.classes[label]}/{row:05d}.jpg"
+        for row, (label, s) in enumerate(zip(images.labels.tolist(), images.splits.tolist()))
+    ]
     for folder in sorted({os.path.dirname(r) for r in rels}):
         (tmp / folder).mkdir(parents=True, exist_ok=True)
     if progress is not None:
@@ -158,18 +179,27 @@ def _write(images: ImageSet, tmp: Path, config: PrepareConfig, params: list[int]
     if bad and not skip_bad:
         listing = [f"{path}: {problem}" for path, problem in bad[:_LIST_LIMIT]]
         more = [f"... and {len(bad) - _LIST_LIMIT} more"] if len(bad) > _LIST_LIMIT else []
-        raise DataError("\n".join([f"{images.root}: {len(bad)} unreadable image(s); nothing was written "
-                                   "(--skip-bad leaves them out):", *listing, *more]))
+        raise DataError(
+            "\n".join(
+                [
+                    f"{images.root}: {len(bad)} unreadable image(s); nothing was written (--skip-bad leaves them out):",
+                    *listing,
+                    *more,
+                ]
+            )
+        )
     counts = np.zeros((len(SPLITS), len(images.classes)), np.int64)
     lines = [IMAGES_MANIFEST_HEADER + "\n"]
     for row, ((digest, problem), path, label, split) in enumerate(
-            zip(results, images.files, images.labels.tolist(), images.splits.tolist())):
+        zip(results, images.files, images.labels.tolist(), images.splits.tolist())
+    ):
         if problem is not None:
             continue
         counts[split, label] += 1
         source = path.relative_to(images.root).as_posix() if path.is_relative_to(images.root) else str(path)
-        lines.append(f"{row},{SPLITS[split]},{label},{images.classes[label]},{rels[row]},"
-                     f"{_csv_field(source)},{digest}\n")
+        lines.append(
+            f"{row},{SPLITS[split]},{label},{images.classes[label]},{rels[row]},{_csv_field(source)},{digest}\n"
+        )
     if not counts.any():
         raise DataError(f"{images.root}: none of the {n:,} images could be read; nothing to prepare")
     (tmp / "manifest.csv").write_text("".join(lines), encoding="utf-8", newline="\n")

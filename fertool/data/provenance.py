@@ -20,8 +20,9 @@ import functools
 import hashlib
 import json
 import os
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from ..files import sha256_file
 from .csv import count_lines

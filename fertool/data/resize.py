@@ -79,7 +79,7 @@ class TFBilinear:
         return top
 
 
-def resize_bilinear(x: "torch.Tensor", size: int | tuple[int, int]) -> "torch.Tensor":
+def resize_bilinear(x: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
     """Resize the last two axes of ``x`` (..., H, W) to ``size`` exactly as TF does, in torch.
 
     ``x`` is converted to float32; the result is float32 (..., out_h, out_w) on ``x``'s

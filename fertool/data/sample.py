@@ -154,12 +154,20 @@ def draw_face(rng: np.random.Generator, label: int) -> np.ndarray:
         pts = np.array([_pt(*inner), _pt(*mid), _pt(*outer)], np.int32)
         cv2.polylines(img, [pts], False, dark, stroke + 1, cv2.LINE_AA, 4)
     # Nose, and wrinkles for disgust.
-    cv2.line(img, _pt(cx, eye_y + 1 * u), _pt(cx + rng.normal(0, 0.4) * u, cy + 3 * u), skin * 0.7, stroke,
-             cv2.LINE_AA, 4)
+    cv2.line(
+        img, _pt(cx, eye_y + 1 * u), _pt(cx + rng.normal(0, 0.4) * u, cy + 3 * u), skin * 0.7, stroke, cv2.LINE_AA, 4
+    )
     if asym > 0.5:
         for k in (-1, 1):
-            cv2.line(img, _pt(cx + k * 1.5 * u, cy + 0.5 * u), _pt(cx + k * 3.0 * u, cy + 2.0 * u), skin * 0.6,
-                     stroke, cv2.LINE_AA, 4)
+            cv2.line(
+                img,
+                _pt(cx + k * 1.5 * u, cy + 0.5 * u),
+                _pt(cx + k * 3.0 * u, cy + 2.0 * u),
+                skin * 0.6,
+                stroke,
+                cv2.LINE_AA,
+                4,
+            )
     # Mouth: a parabola y = curve * (x/w)^2 through the corners, opened by an ellipse.
     my = cy + rng.uniform(8.5, 10.0) * u
     mw = 5.5 * width * u
@@ -177,18 +185,36 @@ def draw_face(rng: np.random.Generator, label: int) -> np.ndarray:
         shade = rng.uniform(0, 255)
         if rng.random() < 0.5:
             y = rng.uniform(0.2, 0.9) * c
-            cv2.rectangle(img, _pt(rng.uniform(-0.2, 0.4) * c, y), _pt(rng.uniform(0.6, 1.2) * c, y + rng.uniform(3, 9) * u),
-                          shade, -1, cv2.LINE_AA, 4)
+            cv2.rectangle(
+                img,
+                _pt(rng.uniform(-0.2, 0.4) * c, y),
+                _pt(rng.uniform(0.6, 1.2) * c, y + rng.uniform(3, 9) * u),
+                shade,
+                -1,
+                cv2.LINE_AA,
+                4,
+            )
         else:
-            cv2.ellipse(img, _pt(rng.uniform(0, 1) * c, rng.uniform(0.4, 1) * c),
-                        _pt(rng.uniform(5, 12) * u, rng.uniform(5, 12) * u), rng.uniform(0, 180), 0, 360, shade, -1,
-                        cv2.LINE_AA, 4)
+            cv2.ellipse(
+                img,
+                _pt(rng.uniform(0, 1) * c, rng.uniform(0.4, 1) * c),
+                _pt(rng.uniform(5, 12) * u, rng.uniform(5, 12) * u),
+                rng.uniform(0, 180),
+                0,
+                360,
+                shade,
+                -1,
+                cv2.LINE_AA,
+                4,
+            )
     # Pose: rotation, scale and shift about the centre, down to 48x48.
     angle = rng.normal(0, 6)
     scale = rng.uniform(0.95, 1.2) / _UP
     m = cv2.getRotationMatrix2D((c / 2, c / 2), angle, scale)
     m[:, 2] += (SIDE / 2 - c / 2) + rng.normal(0, 1.5, size=2)
-    small = cv2.warpAffine(img.astype(np.float32), m, (SIDE, SIDE), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REPLICATE)
+    small = cv2.warpAffine(
+        img.astype(np.float32), m, (SIDE, SIDE), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REPLICATE
+    )
     # Lighting: gain, bias and a directional gradient; then sensor noise.
     yy, xx = _GRID
     theta = rng.uniform(0, 2 * math.pi)
@@ -208,7 +234,7 @@ def generate_faces(per_class: int = 60, seed: int = 0) -> tuple[np.ndarray, np.n
         raise DataError(f"per_class must be >= 1, got {per_class}")
     rng = np.random.default_rng(seed)
     labels, splits = [], []
-    for code, (split, n) in enumerate(split_sizes(per_class).items()):
+    for code, (_split, n) in enumerate(split_sizes(per_class).items()):
         order = rng.permutation(np.repeat(np.arange(len(CLASS_NAMES)), n))
         labels.append(order)
         splits.append(np.full(len(order), code, np.int8))
@@ -281,8 +307,10 @@ def _write_folder(out_dir: str | os.PathLike, overwrite: bool, fill) -> Path:
 
 def _class_draws(rng: np.random.Generator, n_classes: int, per_class: int) -> list[tuple[int, np.ndarray]]:
     """Per split code: labels (shuffled, ``n`` per class) in FER2013 split order."""
-    return [(code, rng.permutation(np.repeat(np.arange(n_classes), n)))
-            for code, n in enumerate(split_sizes(per_class).values())]
+    return [
+        (code, rng.permutation(np.repeat(np.arange(n_classes), n)))
+        for code, n in enumerate(split_sizes(per_class).values())
+    ]
 
 
 def _ferplus_votes(rng: np.random.Generator, label: int) -> list[int]:
@@ -312,8 +340,9 @@ def _dropped_votes(rng: np.random.Generator, kind: int) -> list[int]:
     return votes
 
 
-def generate_ferplus_sample(out_dir: str | os.PathLike, *, per_class: int = 60, seed: int = 0,
-                            overwrite: bool = False) -> Path:
+def generate_ferplus_sample(
+    out_dir: str | os.PathLike, *, per_class: int = 60, seed: int = 0, overwrite: bool = False
+) -> Path:
     """``out_dir/fer2013.csv`` and ``out_dir/fer2013new.csv``: synthetic FER2013 + FER+ labels.
 
     Each split has the split size of :func:`split_sizes` per FER+ class, plus a few rows
@@ -341,8 +370,10 @@ def generate_ferplus_sample(out_dir: str | os.PathLike, *, per_class: int = 60, 
     # numbers skip them (rows pair with the CSV by position)
     named = [v[-1] < 10 for v in votes]
     numbers = np.cumsum(named) - 1
-    label_lines = [header] + [f"{SPLITS[u]},{f'fer{n:07d}.png' if ok else ''},{','.join(map(str, v))}\n"
-                              for u, v, ok, n in zip(usages, votes, named, numbers)]
+    label_lines = [header] + [
+        f"{SPLITS[u]},{f'fer{n:07d}.png' if ok else ''},{','.join(map(str, v))}\n"
+        for u, v, ok, n in zip(usages, votes, named, numbers)
+    ]
 
     def fill(tmp: Path) -> None:
         _write_lines(tmp / "fer2013.csv", _csv_lines(np.stack(images), labels, usages))
@@ -361,16 +392,19 @@ def _colour_photo(rng: np.random.Generator, grey: np.ndarray, size: tuple[int, i
     return cv2.resize(photo, size, interpolation=cv2.INTER_LINEAR)
 
 
-def generate_folder_sample(out_dir: str | os.PathLike, *, per_class: int = 60, seed: int = 0,
-                           overwrite: bool = False) -> Path:
+def generate_folder_sample(
+    out_dir: str | os.PathLike, *, per_class: int = 60, seed: int = 0, overwrite: bool = False
+) -> Path:
     """``out_dir/{train,test}/<class>/NNNN.{jpg,png}``: five classes (:data:`FOLDER_CLASSES`),
     colour photos of random non-square sizes (40..96 pixels a side); no validation split."""
     import cv2
 
     rng = np.random.default_rng(seed)
     sizes = split_sizes(per_class)
-    draws = [(split, rng.permutation(np.repeat(np.arange(len(FOLDER_CLASSES)), sizes[split])))
-             for split in ("Training", "PrivateTest")]
+    draws = [
+        (split, rng.permutation(np.repeat(np.arange(len(FOLDER_CLASSES)), sizes[split])))
+        for split in ("Training", "PrivateTest")
+    ]
     photos = []
     for split, draw in draws:
         for i, label in enumerate(draw.tolist()):
@@ -389,8 +423,9 @@ def generate_folder_sample(out_dir: str | os.PathLike, *, per_class: int = 60, s
     return _write_folder(out_dir, overwrite, fill)
 
 
-def generate_rafdb_sample(out_dir: str | os.PathLike, *, per_class: int = 60, seed: int = 0,
-                          overwrite: bool = False) -> Path:
+def generate_rafdb_sample(
+    out_dir: str | os.PathLike, *, per_class: int = 60, seed: int = 0, overwrite: bool = False
+) -> Path:
     """RAF-DB basic's layout: ``EmoLabel/list_patition_label.txt`` and 100x100 colour
     ``Image/aligned/{train_NNNNN,test_NNNN}_aligned.jpg``; training and test splits only."""
     import cv2
@@ -403,8 +438,12 @@ def generate_rafdb_sample(out_dir: str | os.PathLike, *, per_class: int = 60, se
         for i, label in enumerate(draw.tolist(), start=1):
             name = f"{prefix}_{i:0{digits}d}"
             lines.append(f"{name}.jpg {label + 1}\n")
-            photos.append((f"Image/aligned/{name}_aligned.jpg",
-                           _colour_photo(rng, draw_face(rng, _DRAW_RAFDB[label]), (100, 100))))
+            photos.append(
+                (
+                    f"Image/aligned/{name}_aligned.jpg",
+                    _colour_photo(rng, draw_face(rng, _DRAW_RAFDB[label]), (100, 100)),
+                )
+            )
 
     def fill(tmp: Path) -> None:
         _write_lines(tmp / "EmoLabel" / RAFDB_LABEL_FILE, lines)

@@ -67,8 +67,9 @@ def verify_prepared(folder: str | os.PathLike, *, progress: Progress | None = No
     checked = _check_sources(root, summary, records, problems, notes)
     if problems:
         more = [f"... and {len(problems) - _LIST_LIMIT} more"] if len(problems) > _LIST_LIMIT else []
-        raise DataError("\n".join([f"{printable(root)}: {len(problems)} problem(s) found:",
-                                   *problems[:_LIST_LIMIT], *more]))
+        raise DataError(
+            "\n".join([f"{printable(root)}: {len(problems)} problem(s) found:", *problems[:_LIST_LIMIT], *more])
+        )
     return {"images": total, "splits": splits, "sources_checked": checked, "notes": notes}
 
 
@@ -81,8 +82,10 @@ def _check_sources(root: Path, summary: dict, records: list[dict], problems: lis
             notes.append(f"source CSV {printable(path)} is not there: its sha256 was not checked")
             return 0
         if sha256_file(path) != source.get("sha256"):
-            problems.append(f"{printable(path)}: the source CSV changed since the folder was prepared "
-                            "(its sha256 differs from prepare.json's)")
+            problems.append(
+                f"{printable(path)}: the source CSV changed since the folder was prepared "
+                "(its sha256 differs from prepare.json's)"
+            )
         return 1
     base = Path(str(source.get("path", "")))
     checked = missing = 0
@@ -96,8 +99,10 @@ def _check_sources(root: Path, summary: dict, records: list[dict], problems: lis
             continue
         checked += 1
         if sha256_file(path) != digest:
-            problems.append(f"{printable(path)}: changed since it was prepared (row {rec.get('row')}: "
-                            "sha256 differs from the manifest's)")
+            problems.append(
+                f"{printable(path)}: changed since it was prepared (row {rec.get('row')}: "
+                "sha256 differs from the manifest's)"
+            )
     if missing:
         notes.append(f"{missing:,} source image(s) are not there: their sha256 was not checked")
     return checked

@@ -29,8 +29,9 @@ import json
 import os
 import warnings
 import zipfile
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -62,12 +63,15 @@ PREPARATION = (
 def photo_preparation_text(prepare: Mapping[str, Any]) -> str:
     """The preparation of a model trained on photos (class folders, RAF-DB), in words."""
     fit = "centred square crop" if prepare.get("fit", "crop") == "crop" else "the whole crop stretched to a square"
-    colour = ("converted to grey and replicated to 3 channels" if prepare.get("colour") == "grey"
-              else "kept in colour (RGB)")
-    return (f"face crop (square, with a margin) -> {fit} -> resize to SxS (cv2.INTER_AREA when shrinking, "
-            f"bilinear when enlarging) -> {colour} -> JPEG quality {prepare.get('jpeg_quality', 100)}, "
-            f"{prepare.get('subsampling', '4:4:4')} round trip (as the stored training images) -> float32 NCHW, "
-            "raw values 0..255 (no mean/std). fertool.data.prepare_images.prepared_photo does the resizing.")
+    colour = (
+        "converted to grey and replicated to 3 channels" if prepare.get("colour") == "grey" else "kept in colour (RGB)"
+    )
+    return (
+        f"face crop (square, with a margin) -> {fit} -> resize to SxS (cv2.INTER_AREA when shrinking, "
+        f"bilinear when enlarging) -> {colour} -> JPEG quality {prepare.get('jpeg_quality', 100)}, "
+        f"{prepare.get('subsampling', '4:4:4')} round trip (as the stored training images) -> float32 NCHW, "
+        "raw values 0..255 (no mean/std). fertool.data.prepare_images.prepared_photo does the resizing."
+    )
 
 
 class _WithSoftmax(nn.Module):
@@ -110,8 +114,11 @@ def export_metadata(ckpt: Mapping[str, Any], *, fmt: str, checkpoint_path: str |
             "value_range": [0.0, 255.0],
             "normalisation": "none",
         },
-        "output": {"name": OUTPUT_NAME, "shape": ["batch", len(classes)],
-                   "meaning": "softmax probabilities in class_names order"},
+        "output": {
+            "name": OUTPUT_NAME,
+            "shape": ["batch", len(classes)],
+            "meaning": "softmax probabilities in class_names order",
+        },
         "preparation": PREPARATION if photo is None else photo_preparation_text(photo),
     }
 
@@ -138,9 +145,7 @@ def _require_onnx():
     try:
         import onnx
     except ImportError:
-        raise FertoolError(
-            "ONNX export needs the 'onnx' package: pip install onnx onnxruntime"
-        ) from None
+        raise FertoolError("ONNX export needs the 'onnx' package: pip install onnx onnxruntime") from None
     return onnx
 
 

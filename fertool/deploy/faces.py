@@ -42,9 +42,10 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Protocol
 
 import cv2
 import numpy as np
@@ -141,8 +142,14 @@ def _rescale(boxes: list[Box], f: float) -> list[Box]:
     if f == 1.0:
         return boxes
     return [
-        Box(round(b.x / f), round(b.y / f), round(b.w / f), round(b.h / f), b.score,
-            tuple((px / f, py / f) for px, py in b.landmarks) if b.landmarks is not None else None)
+        Box(
+            round(b.x / f),
+            round(b.y / f),
+            round(b.w / f),
+            round(b.h / f),
+            b.score,
+            tuple((px / f, py / f) for px, py in b.landmarks) if b.landmarks is not None else None,
+        )
         for b in boxes
     ]
 
@@ -191,7 +198,9 @@ class HaarDetector:
             )
         if cascade_path is None:
             if not haar_available():
-                raise FertoolError(f"OpenCV {cv2.__version__} does not ship {HAAR_FILE}: use --detector lbp or a YuNet .onnx model")
+                raise FertoolError(
+                    f"OpenCV {cv2.__version__} does not ship {HAAR_FILE}: use --detector lbp or a YuNet .onnx model"
+                )
             cascade_path = os.path.join(cv2.data.haarcascades, HAAR_FILE)
         self.path = str(cascade_path)
         try:
@@ -229,7 +238,11 @@ class LBPDetector:
     name = "lbp"
 
     def __init__(
-        self, cascade_path: str | os.PathLike | None = None, *, min_size: int = 24, max_side: int | None = 640,
+        self,
+        cascade_path: str | os.PathLike | None = None,
+        *,
+        min_size: int = 24,
+        max_side: int | None = 640,
         min_face: int = 0,
     ) -> None:
         try:
@@ -244,7 +257,9 @@ class LBPDetector:
         try:
             self.cascade = Cascade(self.path)
         except Exception as exc:  # skimage raises assorted errors for foreign XML
-            raise FertoolError(f"{self.path}: not an LBP cascade scikit-image can read ({type(exc).__name__})") from None
+            raise FertoolError(
+                f"{self.path}: not an LBP cascade scikit-image can read ({type(exc).__name__})"
+            ) from None
         self.min_size = min_size
         self.max_side = max_side
         self.min_face = min_face
@@ -380,7 +395,11 @@ class BlazeFaceDetector:
     SIZE = 192
 
     def __init__(
-        self, model_path: str | os.PathLike | None = None, *, score_threshold: float = 0.5, nms_threshold: float = 0.3,
+        self,
+        model_path: str | os.PathLike | None = None,
+        *,
+        score_threshold: float = 0.5,
+        nms_threshold: float = 0.3,
         min_face: int = 0,
     ) -> None:
         try:
@@ -394,7 +413,9 @@ class BlazeFaceDetector:
         try:
             self.session = ort.InferenceSession(self.path, options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception types
-            raise FertoolError(f"{self.path}: cannot load the BlazeFace model ({str(exc).splitlines()[0][:200]})") from None
+            raise FertoolError(
+                f"{self.path}: cannot load the BlazeFace model ({str(exc).splitlines()[0][:200]})"
+            ) from None
         self.input = self.session.get_inputs()[0].name
         self.anchors = _blazeface_anchors(self.SIZE)
         self.score_threshold = score_threshold
@@ -408,8 +429,15 @@ class BlazeFaceDetector:
         side = max(h, w)
         # letterbox: the image centred on a square of side max(h, w), then 192x192
         pad_x, pad_y = (side - w) / 2.0, (side - h) / 2.0
-        square = cv2.copyMakeBorder(image_bgr, int(pad_y), side - h - int(pad_y), int(pad_x), side - w - int(pad_x),
-                                    cv2.BORDER_CONSTANT, value=(0, 0, 0))
+        square = cv2.copyMakeBorder(
+            image_bgr,
+            int(pad_y),
+            side - h - int(pad_y),
+            int(pad_x),
+            side - w - int(pad_x),
+            cv2.BORDER_CONSTANT,
+            value=(0, 0, 0),
+        )
         interp = cv2.INTER_AREA if side > self.SIZE else cv2.INTER_LINEAR
         small = cv2.resize(square, (self.SIZE, self.SIZE), interpolation=interp)
         x = cv2.cvtColor(small, cv2.COLOR_BGR2RGB).astype(np.float32) / 127.5 - 1.0  # (192, 192, 3) in [-1, 1]
@@ -490,7 +518,9 @@ def load_detector(
             except FertoolError as exc:  # a damaged cached file: still detect faces, and say why
                 problem = f"the cached YuNet model could not be loaded ({exc})"
         try:
-            return _noted(BlazeFaceDetector(min_face=min_face, **scored), f"{problem}: using the bundled BlazeFace detector")
+            return _noted(
+                BlazeFaceDetector(min_face=min_face, **scored), f"{problem}: using the bundled BlazeFace detector"
+            )
         except FertoolError as exc:
             note = f"{problem} and {exc}"
         if haar_available():

@@ -27,9 +27,10 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 import cv2
 
@@ -46,14 +47,22 @@ from ..data.folders import IMAGE_EXTENSIONS
 from ..data.prepare_images import prepared_photo
 from ..data.provenance import checkpoint_provenance
 from ..errors import DataError, FertoolError
-from ..imagecap import decode_image
 from ..evaluation.runtimes import RECHECK_MARGIN, CheckedEngine, build_engine, choose_engine, recheck_margin
 from ..files import atomic_path, check_output_dir, mark_output
-from ..tempfiles import sweep_stale
+from ..imagecap import decode_image
 from ..progress import Progress
+from ..tempfiles import sweep_stale
 from . import file_mode
 from .faces import (
-    Box, FaceDetector, aligned_crop, crop_face, expand_box, face_to_48, gui_problem, load_detector, prepare_faces,
+    Box,
+    FaceDetector,
+    aligned_crop,
+    crop_face,
+    expand_box,
+    face_to_48,
+    gui_problem,
+    load_detector,
+    prepare_faces,
 )
 from .tracking import FrameTable, Smoother, Tally, Tracker, plot_tracks, read_table
 
@@ -78,7 +87,6 @@ VIDEO_EXTENSIONS = frozenset({".mp4", ".m4v", ".avi", ".mov", ".mkv", ".webm", "
 #: Most bytes of decoded photos / video frames held while their faces wait for a batch
 #: (only when annotated copies are written; otherwise only the small prepared faces are kept).
 MAX_BUFFER_BYTES = 256 * 2**20
-
 
 
 # --------------------------------------------------------------------------- results
@@ -244,8 +252,9 @@ class FaceClassifier:
         #: recomputed in float32, see :class:`~fertool.evaluation.runtimes.CheckedEngine`)
         if precision == "int8":  # ONNX Runtime static int8, calibrated on the first batch's faces
             if self.device.type != "cpu" or engine not in ("auto", "onnxruntime"):
-                raise FertoolError(f"precision int8: runs on the CPU with ONNX Runtime only (device {self.device}, "
-                                   f"engine {engine})")
+                raise FertoolError(
+                    f"precision int8: runs on the CPU with ONNX Runtime only (device {self.device}, engine {engine})"
+                )
             self.engine_name, self.precision = "onnxruntime-int8", precision
         else:
             self.engine_name, self.precision = choose_engine(engine, self.device, precision), precision
@@ -278,7 +287,7 @@ class FaceClassifier:
         precision: str = "fp32",
         recheck: float = RECHECK_MARGIN,
         align: bool | None = None,
-    ) -> "FaceClassifier":
+    ) -> FaceClassifier:
         """Load a fertool checkpoint (path or loaded dict); ``tta`` names a preset; ``align``
         None: what the checkpoint records (:func:`face_alignment`)."""
         from ..checkpoint import load_checkpoint
@@ -317,8 +326,9 @@ class FaceClassifier:
             self._engine = Int8Engine(self.model, calibration_images(faces))
             self.build_seconds += time.perf_counter() - built
         if self._engine is None:  # built at the first batch (an ONNX export takes seconds)
-            self._engine = build_engine(self.model, self.engine_name, device=self.device, precision=self.precision,
-                                        recheck=self.recheck)
+            self._engine = build_engine(
+                self.model, self.engine_name, device=self.device, precision=self.precision, recheck=self.recheck
+            )
             self.build_seconds += time.perf_counter() - built
 
         split = ArraySplit(
@@ -339,7 +349,9 @@ class FaceClassifier:
     def _dict(self, p: np.ndarray) -> dict[str, float]:
         return {name: float(v) for name, v in zip(self.class_names, p)}
 
-    def result(self, path: str, frame: int | None, face: int, box: Box, p: np.ndarray, tta_p: np.ndarray | None) -> FaceResult:
+    def result(
+        self, path: str, frame: int | None, face: int, box: Box, p: np.ndarray, tta_p: np.ndarray | None
+    ) -> FaceResult:
         tta_probs = self._dict(tta_p) if tta_p is not None else None
         return FaceResult(
             path=path,
@@ -381,8 +393,10 @@ def expand_inputs(
         if path.is_dir():
             inner = skip if skip is not None and skip != path.resolve() else None
             found = sorted(
-                p for p in path.rglob("*")
-                if p.is_file() and input_kind(p) is not None
+                p
+                for p in path.rglob("*")
+                if p.is_file()
+                and input_kind(p) is not None
                 and not any(part.startswith(".") for part in p.relative_to(path).parts)
                 and not (inner is not None and p.resolve().is_relative_to(inner))
             )
@@ -547,11 +561,17 @@ class _Predictor:
         align = self.classifier.align
         if photo is not None:  # a model of photos: colour crops, fitted as its training images were
             size = self.classifier.size
-            crops = [aligned_crop(image, b, self.margin) if align and b.landmarks is not None else image[y0:y1, x0:x1]
-                     for b, (x0, y0, x1, y1) in
-                     ((b, expand_box(b, self.margin, image.shape[1], image.shape[0])) for b in boxes)]
-            prepared = np.stack([prepared_photo(c, **{**photo, "size": size}, jpeg=self.jpeg) for c in crops]) \
-                if crops else np.zeros((0, size, size, 3), np.uint8)
+            crops = [
+                aligned_crop(image, b, self.margin) if align and b.landmarks is not None else image[y0:y1, x0:x1]
+                for b, (x0, y0, x1, y1) in (
+                    (b, expand_box(b, self.margin, image.shape[1], image.shape[0])) for b in boxes
+                )
+            ]
+            prepared = (
+                np.stack([prepared_photo(c, **{**photo, "size": size}, jpeg=self.jpeg) for c in crops])
+                if crops
+                else np.zeros((0, size, size, 3), np.uint8)
+            )
             return _Work(path, frame, boxes, prepared)
         faces48 = [face_to_48(crop_face(image, b, self.margin, align=align)) for b in boxes]
         prepared = prepare_faces(faces48, self.classifier.size, jpeg=self.jpeg, **self.classifier.preparation)
@@ -617,7 +637,14 @@ class _Predictor:
         tmp: Path | None = None
         writer = None
         table: FrameTable | None = None
-        state = {"faces": 0, "last": [], "labels": {}, "table": None, "smoother": Smoother(self.smooth), "tally": Tally()}
+        state = {
+            "faces": 0,
+            "last": [],
+            "labels": {},
+            "table": None,
+            "smoother": Smoother(self.smooth),
+            "tally": Tally(),
+        }
         tracker = Tracker(max_missed=self.max_missed)
         searched = 0
         index = 0
@@ -685,7 +712,9 @@ class _Predictor:
             yield InputProblem(str(path), "no frame could be decoded (corrupt or not a video)")
             return
         if state["faces"] == 0:
-            yield InputProblem(str(path), f"no face found in any of the {searched} searched frames (every {self.every})")
+            yield InputProblem(
+                str(path), f"no face found in any of the {searched} searched frames (every {self.every})"
+            )
             return
         written = plots = None
         summary = state["tally"].summary(self.classifier.class_names)
@@ -698,15 +727,29 @@ class _Predictor:
             try:
                 plots = tuple(str(p) for p in plot_tracks(classes, tracks, table.path.with_suffix(""), path.name))
                 with atomic_path(table.path.with_suffix(".summary.json")) as tmp_json:
-                    tmp_json.write_text(json.dumps({"video": str(path), "fps": fps, "frames": index,
-                                                    "searched": searched, "faces": summary}, indent=2) + "\n")
+                    tmp_json.write_text(
+                        json.dumps(
+                            {"video": str(path), "fps": fps, "frames": index, "searched": searched, "faces": summary},
+                            indent=2,
+                        )
+                        + "\n"
+                    )
             except OSError as exc:
                 yield InputProblem(str(path), f"cannot write the plots or summary ({exc.strerror or exc})")
                 return
-        yield InputDone(str(path), "video", state["faces"], frames=searched, output=written, labels=state["labels"],
-                        table=str(table.path) if table is not None else None, plots=plots or (),
-                        summary=tuple(summary), frames_read=index,
-                        seconds=time.perf_counter() - started - (self.classifier.build_seconds - building))
+        yield InputDone(
+            str(path),
+            "video",
+            state["faces"],
+            frames=searched,
+            output=written,
+            labels=state["labels"],
+            table=str(table.path) if table is not None else None,
+            plots=plots or (),
+            summary=tuple(summary),
+            frames_read=index,
+            seconds=time.perf_counter() - started - (self.classifier.build_seconds - building),
+        )
 
     def _flush_video(self, pending, writer, state) -> Iterator[Event]:
         _classify(self.classifier, [w for _, _, w in pending if w is not None])
@@ -719,8 +762,11 @@ class _Predictor:
                     if face_id is not None and state["smoother"].tau > 0:
                         p = state["smoother"](face_id, work.time_s, np.array([shown[c] for c in names]))
                         d, label = {c: float(v) for c, v in zip(names, p)}, names[int(np.argmax(p))]
-                        r = replace(r, tta_probs=d, tta_label=label, smoothed=True) if r.tta_probs is not None \
+                        r = (
+                            replace(r, tta_probs=d, tta_label=label, smoothed=True)
+                            if r.tta_probs is not None
                             else replace(r, probs=d, label=label, smoothed=True)
+                        )
                     results.append(replace(r, face_id=face_id, time_s=work.time_s))
                 work.results = results
                 state["last"] = results
@@ -731,8 +777,15 @@ class _Predictor:
                     state["tally"].add(r.face_id, r.time_s, r.best[0])
                 if state["table"] is not None and results:
                     state["table"].add(
-                        (r.path, r.frame, r.time_s, r.face_id, r.box, r.best[0],
-                         [(r.tta_probs if r.tta_probs is not None else r.probs)[c] for c in names])
+                        (
+                            r.path,
+                            r.frame,
+                            r.time_s,
+                            r.face_id,
+                            r.box,
+                            r.best[0],
+                            [(r.tta_probs if r.tta_probs is not None else r.probs)[c] for c in names],
+                        )
                         for r in results
                     )
                 yield from results
@@ -819,8 +872,11 @@ def predict_paths(
     for folder in (out, *(p for p in out.rglob("*") if p.is_dir())):  # dead temporaries of earlier runs
         sweep_stale(folder)
     names = classifier.class_names
-    with atomic_path(out / "predictions.jsonl") as tmp, open(tmp, "w", encoding="utf-8") as log, \
-            atomic_path(out / "predictions.csv") as tmp_csv:
+    with (
+        atomic_path(out / "predictions.jsonl") as tmp,
+        open(tmp, "w", encoding="utf-8") as log,
+        atomic_path(out / "predictions.csv") as tmp_csv,
+    ):
         photos = FrameTable(tmp_csv, names)
         try:
             for event in events:
@@ -828,16 +884,25 @@ def predict_paths(
                     log.write(json.dumps(event.to_dict()) + "\n")
                     if event.frame is None:
                         shown = event.tta_probs if event.tta_probs is not None else event.probs
-                        photos.add([(event.path, None, None, event.face, event.box, event.best[0],
-                                     [shown[c] for c in names])])
+                        photos.add(
+                            [(event.path, None, None, event.face, event.box, event.best[0], [shown[c] for c in names])]
+                        )
                 yield event
         finally:
             photos.close()
         os.chmod(tmp, file_mode())
         os.chmod(tmp_csv, file_mode())
     outputs = predictor.names
-    mark_output(out, "predictions", ["predictions.jsonl", "predictions.csv"] + sorted(
-        p.relative_to(out).as_posix() for p in (outputs.used if outputs is not None else ()) if p.is_relative_to(out)))
+    mark_output(
+        out,
+        "predictions",
+        ["predictions.jsonl", "predictions.csv"]
+        + sorted(
+            p.relative_to(out).as_posix()
+            for p in (outputs.used if outputs is not None else ())
+            if p.is_relative_to(out)
+        ),
+    )
 
 
 def _events(predictor: _Predictor, items: list[tuple[Path, Path | None] | InputProblem]) -> Iterator[Event]:
@@ -895,8 +960,16 @@ def run_webcam(
         raise FertoolError(problem)
     if detector is None or isinstance(detector, (str, os.PathLike)):
         detector = load_detector(detector)
-    predictor = _Predictor(classifier, detector, margin=margin, every=every, jpeg=jpeg, names=None,
-                           progress=None, max_buffer_bytes=MAX_BUFFER_BYTES)
+    predictor = _Predictor(
+        classifier,
+        detector,
+        margin=margin,
+        every=every,
+        jpeg=jpeg,
+        names=None,
+        progress=None,
+        max_buffer_bytes=MAX_BUFFER_BYTES,
+    )
     cap = cv2.VideoCapture(int(camera))
     if not cap.isOpened():
         raise FertoolError(f"camera {camera}: cannot open camera {camera}")

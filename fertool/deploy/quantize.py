@@ -39,8 +39,13 @@ def _ort():
 QUANTIZED_OPS = ("Conv",)
 
 
-def quantize_onnx(graph: bytes | str | os.PathLike, calibration: np.ndarray, *, batch: int = 8,
-                  ops: tuple[str, ...] | None = QUANTIZED_OPS) -> bytes:
+def quantize_onnx(
+    graph: bytes | str | os.PathLike,
+    calibration: np.ndarray,
+    *,
+    batch: int = 8,
+    ops: tuple[str, ...] | None = QUANTIZED_OPS,
+) -> bytes:
     """The int8 (QDQ) version of the float32 ONNX ``graph`` (bytes or a file), calibrated on
     ``calibration`` (N, 3, S, S) float32 images; returns the quantized model's bytes.
     ``ops``: the operator types to quantize (None: every one ONNX Runtime supports)."""
@@ -60,7 +65,7 @@ def quantize_onnx(graph: bytes | str | os.PathLike, calibration: np.ndarray, *, 
     class Reader(CalibrationDataReader):
         def __init__(self, name: str) -> None:
             self.name = name
-            self.batches = iter([calibration[i:i + batch] for i in range(0, len(calibration), batch)])
+            self.batches = iter([calibration[i : i + batch] for i in range(0, len(calibration), batch)])
 
         def get_next(self):
             x = next(self.batches, None)
@@ -83,8 +88,13 @@ def quantize_onnx(graph: bytes | str | os.PathLike, calibration: np.ndarray, *, 
         logging.disable(logging.WARNING)  # the quantizer logs a warning per BatchNorm vector
         try:
             quantize_static(
-                str(pre), str(dst), Reader(name), quant_format=QuantFormat.QDQ, per_channel=True,
-                weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
+                str(pre),
+                str(dst),
+                Reader(name),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                weight_type=QuantType.QInt8,
+                activation_type=QuantType.QUInt8,
                 op_types_to_quantize=list(ops) if ops else None,
             )
         finally:

@@ -163,8 +163,15 @@ class FrameTable:
     def add(self, rows: Iterable[tuple[str, int | None, float | None, int, Box, str, Sequence[float]]]) -> None:
         """Rows ``(video, frame, time_s, face_id, box, label, probs)`` of one frame or photo."""
         lines = [
-            [video, "" if frame is None else frame, "" if t is None else f"{t:.3f}", face_id, *box.as_list(), label,
-             *(_fmt(float(p)) for p in probs)]
+            [
+                video,
+                "" if frame is None else frame,
+                "" if t is None else f"{t:.3f}",
+                face_id,
+                *box.as_list(),
+                label,
+                *(_fmt(float(p)) for p in probs),
+            ]
             for video, frame, t, face_id, box, label, probs in rows
         ]
         self._write(lines)
@@ -179,13 +186,13 @@ def read_table(path: str | os.PathLike) -> tuple[list[str], dict[int, dict[str, 
     with open(path, encoding="utf-8", newline="") as fh:
         reader = csv.reader(fh)
         header = next(reader)
-        classes = [h[2:] for h in header[len(TABLE_COLUMNS):]]
+        classes = [h[2:] for h in header[len(TABLE_COLUMNS) :]]
         series: dict[int, list[tuple[float, str, list[float]]]] = {}
         for row in reader:
             if len(row) != len(header):
                 continue
             t = float(row[2]) if row[2] else 0.0
-            series.setdefault(int(row[3]), []).append((t, row[8], [float(v) for v in row[len(TABLE_COLUMNS):]]))
+            series.setdefault(int(row[3]), []).append((t, row[8], [float(v) for v in row[len(TABLE_COLUMNS) :]]))
     out = {}
     for face_id, rows in sorted(series.items()):
         out[face_id] = {
@@ -214,14 +221,16 @@ class Tally:
         out = []
         for face_id, f in sorted(self.faces.items()):
             share = {c: f["labels"].get(c, 0) / f["frames"] for c in classes}
-            out.append({
-                "face_id": face_id,
-                "frames": f["frames"],
-                "first_s": round(f["first_s"], 3),
-                "last_s": round(f["last_s"], 3),
-                "dominant": max(classes, key=lambda c: (share[c], -list(classes).index(c))),
-                "share": share,
-            })
+            out.append(
+                {
+                    "face_id": face_id,
+                    "frames": f["frames"],
+                    "first_s": round(f["first_s"], 3),
+                    "last_s": round(f["last_s"], 3),
+                    "dominant": max(classes, key=lambda c: (share[c], -list(classes).index(c))),
+                    "share": share,
+                }
+            )
         return out
 
 
@@ -239,7 +248,10 @@ def plot_tracks(classes: Sequence[str], tracks: dict[int, dict[str, np.ndarray]]
             order = np.argsort(s["time_s"], kind="stable")
             t, p = s["time_s"][order], s["probs"][order]
             steps = np.diff(t)
-            if len(steps) and (gaps := np.flatnonzero(steps > 1.5 * np.median(steps[steps > 0] if (steps > 0).any() else 1))).size:
+            if (
+                len(steps)
+                and (gaps := np.flatnonzero(steps > 1.5 * np.median(steps[steps > 0] if (steps > 0).any() else 1))).size
+            ):
                 # the face was absent: break its lines there instead of drawing across
                 t = np.insert(t, gaps + 1, np.nan)
                 p = np.insert(p, gaps + 1, np.nan, axis=0)

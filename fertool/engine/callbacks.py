@@ -28,7 +28,8 @@ fertool's own outputs are callbacks too: :class:`MetricsFile` (``metrics.jsonl``
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from ..files import append_jsonl
 from ..progress import Progress
@@ -104,8 +105,11 @@ class ProgressBar(Callback):
         self.progress = progress
 
     def on_step(self, step: Mapping[str, Any]) -> None:
-        fields = {k: v for k, v in step.items() if k in ("phase", "epoch", "epochs", "stage", "batch", "batches",
-                                                          "loss", "accuracy")}
+        fields = {
+            k: v
+            for k, v in step.items()
+            if k in ("phase", "epoch", "epochs", "stage", "batch", "batches", "loss", "accuracy")
+        }
         self.progress(step["images"], step["images_total"], **fields)
 
 

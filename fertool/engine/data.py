@@ -9,8 +9,8 @@ straight from the CSV, neither floored nor JPEG-compressed (docs/protocol.md, "D
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -30,8 +30,9 @@ __all__ = ["load_stage_data", "data_info", "training_provenance", "with_data_cla
 Log = Callable[[str], None]
 
 
-def load_stage_data(recipe: Recipe, *, csv: str | None, images: str | None, log: Log,
-                    progress: Progress | None) -> tuple[ImageSplit, ImageSplit, list[str]]:
+def load_stage_data(
+    recipe: Recipe, *, csv: str | None, images: str | None, log: Log, progress: Progress | None
+) -> tuple[ImageSplit, ImageSplit, list[str]]:
     """(training split, validation split, notes to record as warnings)."""
     data = recipe.data
     csv = csv or data.csv
@@ -53,8 +54,9 @@ def load_stage_data(recipe: Recipe, *, csv: str | None, images: str | None, log:
     return train, val, notes
 
 
-def _training_split(recipe: Recipe, csv: str | None, images: str | None, log: Log,
-                    cache_progress: Progress) -> ImageSplit:
+def _training_split(
+    recipe: Recipe, csv: str | None, images: str | None, log: Log, cache_progress: Progress
+) -> ImageSplit:
     data, size = recipe.data, recipe.model.input_size
     if images is not None:
         train = open_image_split(images, data.train_split, progress=cache_progress)
@@ -62,16 +64,21 @@ def _training_split(recipe: Recipe, csv: str | None, images: str | None, log: Lo
         return train
     if csv is not None:
         train = csv_training_split(csv, data.train_split, size, truncate=recipe.prepare.truncate)
-        log(f"training images: made in memory from {csv} the way `fertool prepare` does "
+        log(
+            f"training images: made in memory from {csv} the way `fertool prepare` does "
             f"(48x48 -> {size}x{size} float bilinear, {'floor' if recipe.prepare.truncate else 'round'}, no JPEG); "
-            "run `fertool prepare` and pass --images for the reference JPEG round-trip")
+            "run `fertool prepare` and pass --images for the reference JPEG round-trip"
+        )
         return train
-    raise DataError("no training data: pass --images DIR (from `fertool prepare`, or class subfolders) "
-                    "or --csv PATH (or set data.images / data.csv in the recipe)")
+    raise DataError(
+        "no training data: pass --images DIR (from `fertool prepare`, or class subfolders) "
+        "or --csv PATH (or set data.images / data.csv in the recipe)"
+    )
 
 
-def _validation_split(recipe: Recipe, csv: str | None, images: str | None, log: Log,
-                      cache_progress: Progress, *, csv_given: str | None) -> tuple[ImageSplit, list[str]]:
+def _validation_split(
+    recipe: Recipe, csv: str | None, images: str | None, log: Log, cache_progress: Progress, *, csv_given: str | None
+) -> tuple[ImageSplit, list[str]]:
     data, size = recipe.data, recipe.model.input_size
     if data.eval_source == "reference" and csv is not None:
         val = reference_split(csv, data.val_split, size)
@@ -84,8 +91,10 @@ def _validation_split(recipe: Recipe, csv: str | None, images: str | None, log: 
         log(f"validation images: {data.val_split} from {images}")
         return val, []
     why = "no CSV given" if csv_given is None else f"the labels of {csv_given} are not those of its classes"
-    note = (f"validation images: {data.val_split} from the image folder {images} ({why}, so not "
-            "the reference float images of the paper's protocol)")
+    note = (
+        f"validation images: {data.val_split} from the image folder {images} ({why}, so not "
+        "the reference float images of the paper's protocol)"
+    )
     log(note)
     return val, [note]
 
@@ -111,8 +120,10 @@ def data_info(recipe: Recipe, *, csv: str | None, images: str | None) -> tuple[d
     images = images or recipe.data.images
     if images is not None and Path(images).is_dir():
         return folder_data(images), str(images)
-    return ({"dataset": "fer2013", "classes": list(CLASS_NAMES), "label_mode": "majority", "prepare": None},
-            str(csv or recipe.data.csv or "FER2013"))
+    return (
+        {"dataset": "fer2013", "classes": list(CLASS_NAMES), "label_mode": "majority", "prepare": None},
+        str(csv or recipe.data.csv or "FER2013"),
+    )
 
 
 def training_provenance(recipe: Recipe, *, csv: str | None, images: str | None) -> dict:
@@ -129,16 +140,22 @@ def with_data_classes(recipe: Recipe, classes: tuple[str, ...], where: str, log:
     """``recipe`` with ``model.num_classes`` = the number of ``classes``; ``data.classes``,
     when the recipe lists any, must be exactly these."""
     if recipe.data.classes and sorted(recipe.data.classes) == sorted(classes) != list(recipe.data.classes):
-        raise DataError(f"data.classes: the recipe lists the same {len(classes)} names as {where} in another order "
-                        f"(recipe: {', '.join(recipe.data.classes)}; data: {', '.join(classes)}); the labels of "
-                        f"{where} follow the data's order: prepare it again with this recipe's data.classes")
+        raise DataError(
+            f"data.classes: the recipe lists the same {len(classes)} names as {where} in another order "
+            f"(recipe: {', '.join(recipe.data.classes)}; data: {', '.join(classes)}); the labels of "
+            f"{where} follow the data's order: prepare it again with this recipe's data.classes"
+        )
     if recipe.data.classes and tuple(recipe.data.classes) != tuple(classes):
-        raise DataError(f"data.classes: the recipe lists {len(recipe.data.classes)} classes "
-                        f"({', '.join(recipe.data.classes)}) but {where} holds {len(classes)} ({', '.join(classes)})")
+        raise DataError(
+            f"data.classes: the recipe lists {len(recipe.data.classes)} classes "
+            f"({', '.join(recipe.data.classes)}) but {where} holds {len(classes)} ({', '.join(classes)})"
+        )
     if recipe.model.num_classes == len(classes):
         return recipe
-    log(f"model.num_classes: {len(classes)} (was {recipe.model.num_classes}), the classes of {where}: "
-        f"{', '.join(classes)}")
+    log(
+        f"model.num_classes: {len(classes)} (was {recipe.model.num_classes}), the classes of {where}: "
+        f"{', '.join(classes)}"
+    )
     return dataclasses.replace(recipe, model=dataclasses.replace(recipe.model, num_classes=len(classes)))
 
 
@@ -146,5 +163,9 @@ def csv_training_split(csv: str, split: str, size: int, *, truncate: bool) -> Ar
     """The training split prepared in memory: TF-exact resize + floor, no JPEG."""
     arrays = load_split(csv, split)
     out = prepare_pixels(arrays.images, size=size, rgb=False, truncate=truncate)  # (N, S, S) uint8
-    return ArraySplit(images=out, labels=torch.from_numpy(np.asarray(arrays.labels, dtype=np.int64)),
-                      name=split, rows=np.asarray(arrays.rows))
+    return ArraySplit(
+        images=out,
+        labels=torch.from_numpy(np.asarray(arrays.labels, dtype=np.int64)),
+        name=split,
+        rows=np.asarray(arrays.rows),
+    )

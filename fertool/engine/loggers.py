@@ -24,8 +24,9 @@ import contextlib
 import math
 import os
 import tempfile
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
 from ..errors import RecipeError
 from ..recipe import Recipe, dump_recipe, to_dict
@@ -36,8 +37,10 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["TensorBoardLogger", "MLflowLogger", "make_loggers", "check_loggers", "epoch_metrics"]
 
-_EXTRAS = {"tensorboard": ("tensorboard", "torch.utils.tensorboard needs the tensorboard package"),
-           "mlflow": ("mlflow", "needs the MLflow client (mlflow-skinny, or mlflow)")}
+_EXTRAS = {
+    "tensorboard": ("tensorboard", "torch.utils.tensorboard needs the tensorboard package"),
+    "mlflow": ("mlflow", "needs the MLflow client (mlflow-skinny, or mlflow)"),
+}
 
 
 def check_loggers(recipe: Recipe) -> None:
@@ -74,7 +77,7 @@ def epoch_metrics(row: Mapping[str, Any]) -> dict[str, float]:
     return out
 
 
-def _confusion_png(run: "Stage", path: Path) -> bool:
+def _confusion_png(run: Stage, path: Path) -> bool:
     """The confusion matrix of best.pt on the validation split, as a PNG; False without best.pt."""
     import numpy as np
 
@@ -87,13 +90,20 @@ def _confusion_png(run: "Stage", path: Path) -> bool:
     if not run.out.best.is_file() or not len(run.val_split):
         return False
     ckpt = load_checkpoint(run.out.best)
-    probs = np.asarray(predict_probs(model_from_checkpoint(ckpt), run.val_split, device=run.device,
-                                     batch_size=run.recipe.train.eval_batch_size,
-                                     precision=run.eval_precision)["probs"])
+    probs = np.asarray(
+        predict_probs(
+            model_from_checkpoint(ckpt),
+            run.val_split,
+            device=run.device,
+            batch_size=run.recipe.train.eval_batch_size,
+            precision=run.eval_precision,
+        )["probs"]
+    )
     labels = run.val_split.labels.numpy()
     counts = confusion_matrix(labels, probs.argmax(1), len(run.classes))
-    plot_confusion([(f"stage {run.stage} best.pt (epoch {ckpt.get('epoch')}) on {run.val_split.name}", counts)],
-                   run.classes, path)
+    plot_confusion(
+        [(f"stage {run.stage} best.pt (epoch {ckpt.get('epoch')}) on {run.val_split.name}", counts)], run.classes, path
+    )
     return True
 
 
@@ -110,7 +120,7 @@ class TensorBoardLogger(Callback):
         self.run_dir = run_dir
         self.writer = None
 
-    def on_stage_start(self, run: "Stage") -> None:
+    def on_stage_start(self, run: Stage) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
         self.writer = SummaryWriter(log_dir=str(run.out.dir / "tensorboard"))
@@ -130,7 +140,7 @@ class TensorBoardLogger(Callback):
             self.writer.add_scalar(f"epoch/{key}", value, global_step=row["epoch"])
         self.writer.flush()
 
-    def on_stage_end(self, summary: Mapping[str, Any], run: "Stage") -> None:
+    def on_stage_end(self, summary: Mapping[str, Any], run: Stage) -> None:
         if self.writer is None:
             return
         try:
@@ -141,8 +151,9 @@ class TensorBoardLogger(Callback):
                         from PIL import Image
 
                         image = np.asarray(Image.open(png).convert("RGB"))  # (H, W, 3)
-                        self.writer.add_image("confusion/val", image, global_step=summary.get("best_epoch") or 0,
-                                              dataformats="HWC")
+                        self.writer.add_image(
+                            "confusion/val", image, global_step=summary.get("best_epoch") or 0, dataformats="HWC"
+                        )
         finally:
             self.writer.close()
             self.writer = None
@@ -181,7 +192,7 @@ class MLflowLogger(Callback):
         self.client: Any = None
         self.run_id: str | None = None
 
-    def on_stage_start(self, run: "Stage") -> None:
+    def on_stage_start(self, run: Stage) -> None:
         from ..recipe import _flat
 
         self.client = _mlflow_client(mlflow_uri(run.recipe, self.run_dir))
@@ -189,16 +200,23 @@ class MLflowLogger(Callback):
         experiment = self.client.get_experiment_by_name(name)
         experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(name)
         where = run.out.dir.relative_to(self.run_dir) if run.out.dir.is_relative_to(self.run_dir) else run.out.dir
-        created = self.client.create_run(experiment_id, run_name=f"{self.run_dir.name}/{where}",
-                                         tags={"fertool.stage": run.stage, "fertool.run": str(self.run_dir),
-                                               "fertool.stage_dir": str(run.out.dir), "fertool.seed": str(run.start.seed),
-                                               "fertool.resumed_after_epoch": str(run.saved_epoch)})
+        created = self.client.create_run(
+            experiment_id,
+            run_name=f"{self.run_dir.name}/{where}",
+            tags={
+                "fertool.stage": run.stage,
+                "fertool.run": str(self.run_dir),
+                "fertool.stage_dir": str(run.out.dir),
+                "fertool.seed": str(run.start.seed),
+                "fertool.resumed_after_epoch": str(run.saved_epoch),
+            },
+        )
         self.run_id = created.info.run_id
         from mlflow.entities import Param
 
         params = [Param(key, str(value)[:6000]) for key, value in _flat(to_dict(run.recipe)).items()]
         for i in range(0, len(params), 100):  # MLflow takes at most 100 params per call
-            self.client.log_batch(self.run_id, params=params[i:i + 100])
+            self.client.log_batch(self.run_id, params=params[i : i + 100])
 
     def _metrics(self, values: Mapping[str, float], step: int) -> None:
         import time
@@ -218,7 +236,7 @@ class MLflowLogger(Callback):
         if self.run_id is not None:
             self._metrics(epoch_metrics(row), row["epoch"])
 
-    def on_stage_end(self, summary: Mapping[str, Any], run: "Stage") -> None:
+    def on_stage_end(self, summary: Mapping[str, Any], run: Stage) -> None:
         if self.run_id is None:
             return
         status = summary.get("status")
@@ -229,6 +247,12 @@ class MLflowLogger(Callback):
             if run.out.summary.is_file():
                 self.client.log_artifact(self.run_id, str(run.out.summary))
         finally:
-            self.client.set_terminated(self.run_id, "FINISHED" if status in ("finished", "early_stopped")
-                                       else "KILLED" if status == "interrupted" else "FAILED")
+            self.client.set_terminated(
+                self.run_id,
+                "FINISHED"
+                if status in ("finished", "early_stopped")
+                else "KILLED"
+                if status == "interrupted"
+                else "FAILED",
+            )
             self.run_id = None

@@ -15,8 +15,9 @@ import contextlib
 import dataclasses
 import math
 import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -73,8 +74,13 @@ class EarlyStopping:
         return self.epoch > 1 and self.wait >= self.patience
 
     def state_dict(self) -> dict:
-        return {"patience": self.patience, "best": self.best, "best_epoch": self.best_epoch, "wait": self.wait,
-                "epoch": self.epoch}
+        return {
+            "patience": self.patience,
+            "best": self.best,
+            "best_epoch": self.best_epoch,
+            "wait": self.wait,
+            "epoch": self.epoch,
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.best = float(state["best"])
@@ -128,8 +134,9 @@ class _Shard(ImageSplit):
         return self.split.load(self.index[index], device)
 
 
-def _loaded_batches(split: ImageSplit, batches: list[torch.Tensor],
-                    device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
+def _loaded_batches(
+    split: ImageSplit, batches: list[torch.Tensor], device: torch.device
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
     """(images, labels, soft targets or None) of each batch on ``device``; on a GPU the next
     batch is read from the cache by a thread while the current one computes."""
     soft = getattr(split, "targets", None)  # (N, C) vote distributions (FER+ crossentropy mode) or None
@@ -201,8 +208,11 @@ def train_one_epoch(
     ctx = ctx or DistContext(device=device)
     aug_generator = aug_generator if aug_generator is not None else generator
     # The whole epoch's order is drawn first, then the augmentation draws follow batch by batch.
-    batches = list(batch_indices(len(split), batch_size, shuffle=True, generator=generator,
-                                 rank=ctx.rank, world_size=ctx.world_size))
+    batches = list(
+        batch_indices(
+            len(split), batch_size, shuffle=True, generator=generator, rank=ctx.rank, world_size=ctx.world_size
+        )
+    )
     total_images = sum(len(b) for b in batches)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
@@ -229,7 +239,7 @@ def train_one_epoch(
                 n = int(y.shape[0])
                 first = i % accumulate == 0  # the first batch of an optimiser step's group
                 if first:
-                    group = batches[i:i + accumulate]
+                    group = batches[i : i + accumulate]
                     group_images = sum(len(b) for b in group)
                 last = i + 1 == len(batches) or (i + 1) % accumulate == 0
                 log_step = bool(log_every) and last and (step + 1) % log_every == 0
@@ -262,19 +272,38 @@ def train_one_epoch(
                 correct += (logits.detach().argmax(dim=1) == y).sum()
                 seen += n
                 if check:
-                    report = dict(fields, images=seen, images_total=total_images, batch=i + 1,
-                                  batches=len(batches), step=step, loss=float(loss_sum) / seen,
-                                  accuracy=int(correct) / seen, batch_loss=value,
-                                  lr=optimizer.param_groups[0]["lr"], skipped_steps=skipped, log_step=log_step)
+                    report = dict(
+                        fields,
+                        images=seen,
+                        images_total=total_images,
+                        batch=i + 1,
+                        batches=len(batches),
+                        step=step,
+                        loss=float(loss_sum) / seen,
+                        accuracy=int(correct) / seen,
+                        batch_loss=value,
+                        lr=optimizer.param_groups[0]["lr"],
+                        skipped_steps=skipped,
+                        log_step=log_step,
+                    )
                     if progress is not None:
-                        progress(seen, total_images, batch=i + 1, batches=len(batches),
-                                 loss=report["loss"], accuracy=report["accuracy"], **fields)
+                        progress(
+                            seen,
+                            total_images,
+                            batch=i + 1,
+                            batches=len(batches),
+                            loss=report["loss"],
+                            accuracy=report["accuracy"],
+                            **fields,
+                        )
                     if on_step is not None:
                         on_step(report)
         finally:
             batch_iter.close()  # stops the reading thread
     seconds = time.perf_counter() - start
-    totals = ctx.all_reduce(torch.stack([loss_sum.cpu(), correct.cpu().double(), torch.tensor(float(seen), dtype=torch.float64)]))
+    totals = ctx.all_reduce(
+        torch.stack([loss_sum.cpu(), correct.cpu().double(), torch.tensor(float(seen), dtype=torch.float64)])
+    )
     images = float(totals[2])
     return {
         "train_loss": float(totals[0]) / max(images, 1.0),
@@ -308,13 +337,21 @@ def evaluate(
     if ctx.distributed:
         part = _Shard(split, torch.arange(ctx.rank, len(split), ctx.world_size))
     if len(part):
-        out = predict_probs(model, part, batch_size=batch_size, device=device, precision=precision,
-                            channels_last=channels_last, progress=progress)
+        out = predict_probs(
+            model,
+            part,
+            batch_size=batch_size,
+            device=device,
+            precision=precision,
+            channels_last=channels_last,
+            progress=progress,
+        )
         probs = np.asarray(out["probs"], dtype=np.float64)  # (N, C)
         labels = part.labels.numpy()
         picked = np.clip(probs[np.arange(len(labels)), labels], EPSILON, 1.0 - EPSILON)
-        sums = torch.tensor([-np.log(picked).sum(), float((probs.argmax(1) == labels).sum()), float(len(labels))],
-                            dtype=torch.float64)
+        sums = torch.tensor(
+            [-np.log(picked).sum(), float((probs.argmax(1) == labels).sum()), float(len(labels))], dtype=torch.float64
+        )
     else:
         sums = torch.zeros(3, dtype=torch.float64)
     sums = ctx.all_reduce(sums)
@@ -326,6 +363,8 @@ def format_epoch(row: Mapping[str, Any], max_epochs: int | None = None) -> str:
     """One line of an epoch's metrics, e.g. for ``--quiet`` logs."""
     of = f"/{max_epochs}" if max_epochs else ""
     mark = " *" if row.get("best") else ""
-    return (f"epoch {row['epoch']}{of}: loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4f} | "
-            f"val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.4f} | {row['images_per_s']:.0f} img/s "
-            f"{row['seconds']:.1f}s{mark}")
+    return (
+        f"epoch {row['epoch']}{of}: loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4f} | "
+        f"val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.4f} | {row['images_per_s']:.0f} img/s "
+        f"{row['seconds']:.1f}s{mark}"
+    )

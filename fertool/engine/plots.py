@@ -7,8 +7,8 @@ re-running anything (the engine redraws it after every epoch).
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Iterable, Mapping
 
 from ..files import atomic_path, read_jsonl
 
@@ -63,8 +63,7 @@ def plot_curves(
         ax_acc.plot([best_epoch], [best_acc], marker="*", markersize=12, color="C1", linestyle="none")
     # The best epoch is named in the legend, below the axes, where it cannot cover a curve.
     ax_loss.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2, fontsize=9, frameon=False)
-    ax_acc.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2, fontsize=9,
-                  frameon=False)
+    ax_acc.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2, fontsize=9, frameon=False)
     if title:
         fig.suptitle(title)
     try:

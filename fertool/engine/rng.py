@@ -4,7 +4,8 @@ same random streams (bit-identical to an uninterrupted run on the CPU)."""
 from __future__ import annotations
 
 import random
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import torch

@@ -12,8 +12,9 @@ training (dropout and augmentation on) is recorded beside them as extra informat
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
@@ -33,8 +34,15 @@ METHOD = "inference mode, whole training split, no augmentation"
 def training_loss(run: Stage, model: torch.nn.Module) -> float:
     """Mean loss of ``model`` over the whole training split, measured like the authors'
     ``model.predict`` + ``CategoricalCrossentropy``."""
-    return evaluate(model, run.train_split, batch_size=run.recipe.train.eval_batch_size, device=run.device,
-                    precision=run.eval_precision, channels_last=run.channels_last, ctx=run.ctx)["loss"]
+    return evaluate(
+        model,
+        run.train_split,
+        batch_size=run.recipe.train.eval_batch_size,
+        device=run.device,
+        precision=run.eval_precision,
+        channels_last=run.channels_last,
+        ctx=run.ctx,
+    )["loss"]
 
 
 def _starting_resnet(run: Stage) -> tuple[Mapping[str, Any], str] | None:
@@ -72,8 +80,12 @@ def reference_loss(run: Stage) -> dict:
         value = training_loss(run, model_from_checkpoint(ckpt))
     recorded = (ckpt.get("metrics") or {}).get("train_loss")
     run.log(f"selection rule: training loss of {what} {value:.4f} ({METHOD}; {source})")
-    return {"train_loss": value, "source": source, "resnet_found": found is not None,
-            "running_train_loss": float(recorded) if isinstance(recorded, (int, float)) else None}
+    return {
+        "train_loss": value,
+        "source": source,
+        "resnet_found": found is not None,
+        "running_train_loss": float(recorded) if isinstance(recorded, (int, float)) else None,
+    }
 
 
 def selection(run: Stage) -> dict | None:
@@ -88,10 +100,19 @@ def selection(run: Stage) -> dict | None:
     factor = run.recipe.train.selection_factor
     ratio = loss / ref if ref > 0 else math.inf
     accepted = bool(ratio < factor)
-    run.log(f"selection rule: stage-4 training loss {loss:.4f} vs starting ResNet {ref:.4f} "
-            f"(ratio {ratio:.3f}, factor {factor}): {'accepted' if accepted else 'REJECTED'}")
-    return {"train_loss": loss, "reference_train_loss": ref, "ratio": ratio, "factor": factor,
-            "accepted": accepted, "method": METHOD, "reference_source": run.reference["source"],
-            "reference_is_resnet": run.reference.get("resnet_found", True),
-            "running_train_loss": float(run.best_row["train_loss"]),
-            "reference_running_train_loss": run.reference.get("running_train_loss")}
+    run.log(
+        f"selection rule: stage-4 training loss {loss:.4f} vs starting ResNet {ref:.4f} "
+        f"(ratio {ratio:.3f}, factor {factor}): {'accepted' if accepted else 'REJECTED'}"
+    )
+    return {
+        "train_loss": loss,
+        "reference_train_loss": ref,
+        "ratio": ratio,
+        "factor": factor,
+        "accepted": accepted,
+        "method": METHOD,
+        "reference_source": run.reference["source"],
+        "reference_is_resnet": run.reference.get("resnet_found", True),
+        "running_train_loss": float(run.best_row["train_loss"]),
+        "reference_running_train_loss": run.reference.get("running_train_loss"),
+    }

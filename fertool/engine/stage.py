@@ -21,9 +21,10 @@ ones) and last.pt the trained weights (extra ``ema_state_dict`` and the EMA's st
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -36,15 +37,14 @@ from ..files import read_json, write_json
 from ..progress import Progress
 from ..protocol import FINISHED
 from ..recipe import Recipe, StageConfig, to_dict
-from .distributed import DistContext
 from .callbacks import CallbackList
+from .distributed import DistContext
 from .loop import EarlyStopping
 from .rng import rng_state
 from .schedule import active_options
 from .start import Start
 
-__all__ = ["StageOutputs", "Stage", "STAGE_OUTPUTS", "check_stage_folder", "save_best", "save_last",
-           "write_summary"]
+__all__ = ["StageOutputs", "Stage", "STAGE_OUTPUTS", "check_stage_folder", "save_best", "save_last", "write_summary"]
 
 Log = Callable[[str], None]
 
@@ -142,8 +142,13 @@ def check_stage_folder(out: StageOutputs, stage: str, *, resume: bool, overwrite
 
 def _checkpoint(run: Stage, epoch: int, metrics: Mapping[str, Any], *, with_state: bool) -> dict:
     start = run.start
-    extra: dict[str, Any] = {**start.init_extra, "seed": start.seed, "init_seed": start.init_seed,
-                             "init": start.label, "data": run.data_info}
+    extra: dict[str, Any] = {
+        **start.init_extra,
+        "seed": start.seed,
+        "init_seed": start.init_seed,
+        "init": start.label,
+        "data": run.data_info,
+    }
     weights = run.model.state_dict()
     if run.ema is not None:
         # best.pt: the EMA weights (validated, used downstream) and the trained ones beside them;
@@ -173,10 +178,17 @@ def _checkpoint(run: Stage, epoch: int, metrics: Mapping[str, Any], *, with_stat
         if run.scaler is not None:
             extra["resume"]["scaler"] = run.scaler.state_dict()
     return make_checkpoint(
-        arch=run.arch, arch_args=dict(start.ckpt["arch_args"]), state_dict=weights,
+        arch=run.arch,
+        arch_args=dict(start.ckpt["arch_args"]),
+        state_dict=weights,
         optimizer_state=run.optimizer.state_dict() if with_state else None,
-        stage=run.stage, epoch=epoch, metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float))},
-        recipe=to_dict(run.recipe), class_names=run.classes, lineage=start.lineage, extra=extra,
+        stage=run.stage,
+        epoch=epoch,
+        metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+        recipe=to_dict(run.recipe),
+        class_names=run.classes,
+        lineage=start.lineage,
+        extra=extra,
     )
 
 

@@ -9,9 +9,10 @@ checkpoint) or from scratch; every other stage from ``--init`` or the previous s
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
 
@@ -58,19 +59,46 @@ class Start:
     resumed: Resumed | None = None
 
 
-def resolve_start(recipe: Recipe, stage: str, run_dir: Path, *, init: str | None, seed: int, init_seed: int,
-                  resume: bool, overwrite: bool, is_main: bool, log: Log,
-                  classes: tuple[str, ...] = CLASS_NAMES) -> Start:
+def resolve_start(
+    recipe: Recipe,
+    stage: str,
+    run_dir: Path,
+    *,
+    init: str | None,
+    seed: int,
+    init_seed: int,
+    resume: bool,
+    overwrite: bool,
+    is_main: bool,
+    log: Log,
+    classes: tuple[str, ...] = CLASS_NAMES,
+) -> Start:
     """The :class:`Start` of ``stage``: ``last.pt`` when resuming, else the initial checkpoint."""
     sdir = stage_dir(run_dir, stage)
     if resume:
         start = _resumed_start(sdir / "last.pt", recipe, stage, seed, init_seed, log)
     else:
-        ckpt, label, parent = _initial_checkpoint(recipe, stage, run_dir, sdir, init=init, seed=init_seed,
-                                                  overwrite=overwrite, is_main=is_main, log=log, classes=classes)
-        start = Start(ckpt=ckpt, label=label, seed=seed, init_seed=init_seed, parent=parent,
-                      lineage=list(ckpt.get("lineage") or []) + [lineage_entry(label, ckpt)],
-                      init_extra={k: v for k, v in (ckpt.get("extra") or {}).items() if k == "lhc_seed"})
+        ckpt, label, parent = _initial_checkpoint(
+            recipe,
+            stage,
+            run_dir,
+            sdir,
+            init=init,
+            seed=init_seed,
+            overwrite=overwrite,
+            is_main=is_main,
+            log=log,
+            classes=classes,
+        )
+        start = Start(
+            ckpt=ckpt,
+            label=label,
+            seed=seed,
+            init_seed=init_seed,
+            parent=parent,
+            lineage=list(ckpt.get("lineage") or []) + [lineage_entry(label, ckpt)],
+            init_extra={k: v for k, v in (ckpt.get("extra") or {}).items() if k == "lhc_seed"},
+        )
     size = (start.ckpt.get("arch_args") or {}).get("input_size")
     if size is not None and int(size) != recipe.model.input_size:
         raise ModelError(
@@ -89,15 +117,30 @@ def _resumed_start(path: Path, recipe: Recipe, stage: str, seed: int, init_seed:
     state = last["extra"]["resume"]
     saved_init_seed = int(state.get("init_seed", state["seed"]))  # one seed for both before
     if (state["seed"], saved_init_seed) != (seed, init_seed):
-        log(f"resuming with the run's data seed {state['seed']} and init seed {saved_init_seed} "
-            f"(--seed {seed} / --init-seed {init_seed} ignored)")
-    resumed = Resumed(epoch=int(last["epoch"]), optimizer_state=last.get("optimizer_state"),
-                      early_stopping=state["early_stopping"], best_row=state.get("best_row"),
-                      order_generator=state["order_generator"], rng=state["rng"], state=state)
-    return Start(ckpt=last, label=state["init"], seed=int(state["seed"]), init_seed=saved_init_seed,
-                 lineage=list(last.get("lineage") or []),
-                 init_extra=dict(state["init_extra"]), reference=state.get("selection_reference"),
-                 warnings=list(dict.fromkeys(list(state.get("warnings", [])) + accepted)), resumed=resumed)
+        log(
+            f"resuming with the run's data seed {state['seed']} and init seed {saved_init_seed} "
+            f"(--seed {seed} / --init-seed {init_seed} ignored)"
+        )
+    resumed = Resumed(
+        epoch=int(last["epoch"]),
+        optimizer_state=last.get("optimizer_state"),
+        early_stopping=state["early_stopping"],
+        best_row=state.get("best_row"),
+        order_generator=state["order_generator"],
+        rng=state["rng"],
+        state=state,
+    )
+    return Start(
+        ckpt=last,
+        label=state["init"],
+        seed=int(state["seed"]),
+        init_seed=saved_init_seed,
+        lineage=list(last.get("lineage") or []),
+        init_extra=dict(state["init_extra"]),
+        reference=state.get("selection_reference"),
+        warnings=list(dict.fromkeys(list(state.get("warnings", [])) + accepted)),
+        resumed=resumed,
+    )
 
 
 def _check_resume_recipe(last: Mapping[str, Any], recipe: Recipe, stage: str, path: Path) -> list[str]:
@@ -105,23 +148,40 @@ def _check_resume_recipe(last: Mapping[str, Any], recipe: Recipe, stage: str, pa
     the changes that are safe come back as warnings."""
     refused, accepted = resume_changes(last.get("recipe") or {}, recipe, stage, epochs_done=int(last.get("epoch") or 0))
     if refused:
-        raise RecipeError([f"{path}: stage {stage} was started with another recipe; --resume continues it with "
-                           f"the same one (saved in {path.parent / 'recipe.yaml'}), changed here:",
-                           *(f"  {change}" for change in refused)])
+        raise RecipeError(
+            [
+                f"{path}: stage {stage} was started with another recipe; --resume continues it with "
+                f"the same one (saved in {path.parent / 'recipe.yaml'}), changed here:",
+                *(f"  {change}" for change in refused),
+            ]
+        )
     return [f"resumed with a changed recipe: {change}" for change in accepted]
 
 
-def _initial_checkpoint(recipe: Recipe, stage: str, run_dir: Path, sdir: Path, *, init: str | None, seed: int,
-                        overwrite: bool, is_main: bool, log: Log,
-                        classes: tuple[str, ...]) -> tuple[dict, str, dict | None]:
+def _initial_checkpoint(
+    recipe: Recipe,
+    stage: str,
+    run_dir: Path,
+    sdir: Path,
+    *,
+    init: str | None,
+    seed: int,
+    overwrite: bool,
+    is_main: bool,
+    log: Log,
+    classes: tuple[str, ...],
+) -> tuple[dict, str, dict | None]:
     """(start checkpoint, where it came from, parent checkpoint when LHC modules were added here)."""
     cfg = recipe.train.stages[stage]
     if init is not None:
         source = Path(init)
         ckpt = load_checkpoint(source)
     elif stage == "1":
-        return (_pretrained_checkpoint(recipe, cfg.model, seed, log, classes), recipe.model.pretrained or "scratch",
-                None)
+        return (
+            _pretrained_checkpoint(recipe, cfg.model, seed, log, classes),
+            recipe.model.pretrained or "scratch",
+            None,
+        )
     elif stage in ("4", "controller") and (sdir / "init.pt").is_file():
         source = sdir / "init.pt"
         ckpt = load_checkpoint(source)
@@ -182,10 +242,20 @@ def _pretrained_checkpoint(recipe: Recipe, kind: str, seed: int, log: Log, class
     lineage: list[dict] = []
     path = recipe.model.pretrained
     if path is None:
-        log("warning: model.pretrained is not set: stage 1 starts from random weights, not ImageNet "
-            "(see `fertool import`)")
-        return make_checkpoint(arch=arch, arch_args=args, state_dict=model.state_dict(), stage=None,
-                               recipe=to_dict(recipe), class_names=classes, lineage=lineage, extra={})
+        log(
+            "warning: model.pretrained is not set: stage 1 starts from random weights, not ImageNet "
+            "(see `fertool import`)"
+        )
+        return make_checkpoint(
+            arch=arch,
+            arch_args=args,
+            state_dict=model.state_dict(),
+            stage=None,
+            recipe=to_dict(recipe),
+            class_names=classes,
+            lineage=lineage,
+            extra={},
+        )
     p = Path(path)
     if not p.is_file() and (path == "imagenet" or path in ("resnet34-imagenet",)):
         from ..artifacts import fetch  # the registry's ImageNet start, fetched once and cached
@@ -203,13 +273,24 @@ def _pretrained_checkpoint(recipe: Recipe, kind: str, seed: int, log: Log, class
         log(f"stage 1 starts from the pre-trained weights of {p} ({label})")
     else:
         if p.name.lower().endswith((".h5", ".hdf5", ".h5.gz", ".hdf5.gz")):
-            source = import_keras(p, input_size=recipe.model.input_size, num_classes=recipe.model.num_classes,
-                                  seed=seed)
+            source = import_keras(
+                p, input_size=recipe.model.input_size, num_classes=recipe.model.num_classes, seed=seed
+            )
         else:
             source = load_checkpoint(p)
         head_copied = load_backbone(model, source["state_dict"], str(p))
         lineage = list(source.get("lineage") or []) + [lineage_entry(p, source)]
-        log(f"stage 1 starts from the pre-trained weights of {p} (classifier head "
-            f"{'copied' if head_copied else 'newly initialised'})")
-    return make_checkpoint(arch=arch, arch_args=args, state_dict=model.state_dict(), stage=None,
-                           recipe=to_dict(recipe), class_names=classes, lineage=lineage, extra={})
+        log(
+            f"stage 1 starts from the pre-trained weights of {p} (classifier head "
+            f"{'copied' if head_copied else 'newly initialised'})"
+        )
+    return make_checkpoint(
+        arch=arch,
+        arch_args=args,
+        state_dict=model.state_dict(),
+        stage=None,
+        recipe=to_dict(recipe),
+        class_names=classes,
+        lineage=lineage,
+        extra={},
+    )

@@ -20,9 +20,10 @@ import functools
 import json
 import math
 import os
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -46,12 +47,26 @@ from .callbacks import Callback, CallbackList, EpochFunction, MetricsFile, Progr
 from .data import data_info, load_stage_data, training_provenance, with_data_classes
 from .distributed import DistContext, setup
 from .loggers import check_loggers
-from .loop import (EarlyStopping, NonFiniteLossError, evaluate, format_epoch, make_optimizer, set_train_mode,
-                   train_one_epoch)
+from .loop import (
+    EarlyStopping,
+    NonFiniteLossError,
+    evaluate,
+    format_epoch,
+    make_optimizer,
+    set_train_mode,
+    train_one_epoch,
+)
 from .rng import rank_seed, set_rng_state
+from .schedule import (
+    active_options,
+    describe_options,
+    has_schedule,
+    learning_rate,
+    make_ema,
+    scaler_for,
+    steps_per_epoch,
+)
 from .selection import reference_loss, selection
-from .schedule import (active_options, describe_options, has_schedule, learning_rate, make_ema, scaler_for,
-                       steps_per_epoch)
 from .stage import STAGE_OUTPUTS, Stage, StageOutputs, check_stage_folder, save_best, save_last, write_summary
 from .start import Start, resolve_start
 
@@ -129,14 +144,22 @@ def train_stage(
     ``torchrun`` every rank calls this; only rank 0 writes files.
     """
     request = StageRequest(
-        recipe=recipe, stage=normalise_stage(stage), run_dir=Path(run_dir),
-        csv=None if csv is None else str(csv), images=None if images is None else str(images),
-        init=None if init is None else str(init), seed=int(seed),
-        init_seed=int(recipe.train.init_seed if init_seed is None else init_seed), resume=resume, overwrite=overwrite,
-        allow_test_selection=allow_test_selection)
+        recipe=recipe,
+        stage=normalise_stage(stage),
+        run_dir=Path(run_dir),
+        csv=None if csv is None else str(csv),
+        images=None if images is None else str(images),
+        init=None if init is None else str(init),
+        seed=int(seed),
+        init_seed=int(recipe.train.init_seed if init_seed is None else init_seed),
+        resume=resume,
+        overwrite=overwrite,
+        allow_test_selection=allow_test_selection,
+    )
     if request.stage not in recipe.train.stages:
-        raise RecipeError(f"train.stages.{request.stage}: the recipe has no such stage "
-                          f"(has: {', '.join(recipe.train.stages)})")
+        raise RecipeError(
+            f"train.stages.{request.stage}: the recipe has no such stage (has: {', '.join(recipe.train.stages)})"
+        )
     check_loggers(recipe)  # a missing extra fails before anything is written
     if (train_data is None) != (val_data is None):
         raise DataError("train_stage: give both train_data and val_data, or neither")
@@ -152,21 +175,42 @@ def train_stage(
         recipe = with_data_classes(recipe, tuple(info["classes"]), where, log)
         request = dataclasses.replace(request, recipe=recipe)
         gen = seed_everything(request.init_seed, data_seed=request.seed, deterministic=recipe.train.deterministic)
-        start = resolve_start(recipe, request.stage, request.run_dir, init=request.init, seed=request.seed,
-                              init_seed=request.init_seed, resume=resume, overwrite=overwrite, is_main=ctx.is_main,
-                              log=log, classes=tuple(info["classes"]))
+        start = resolve_start(
+            recipe,
+            request.stage,
+            request.run_dir,
+            init=request.init,
+            seed=request.seed,
+            init_seed=request.init_seed,
+            resume=resume,
+            overwrite=overwrite,
+            is_main=ctx.is_main,
+            log=log,
+            classes=tuple(info["classes"]),
+        )
         if (start.seed, start.init_seed) != (request.seed, request.init_seed):
             gen = seed_everything(start.init_seed, data_seed=start.seed, deterministic=recipe.train.deterministic)
         check_same_classes(checkpoint_classes(start.ckpt), info["classes"], model=start.label, data=where)
         if train_data is None:
-            train_data, val_data, notes = load_stage_data(recipe, csv=request.csv, images=request.images, log=log,
-                                                          progress=progress if ctx.is_main else None)
+            train_data, val_data, notes = load_stage_data(
+                recipe, csv=request.csv, images=request.images, log=log, progress=progress if ctx.is_main else None
+            )
             info = {**info, "provenance": training_provenance(recipe, csv=request.csv, images=request.images)}
         else:
             notes = []
-        run = build(request, start, ctx, out, gen, train_data, val_data,
-                    warnings=list(dict.fromkeys(start.warnings + warnings)) + notes,
-                    log=log, progress=progress if ctx.is_main else None, on_epoch=on_epoch)
+        run = build(
+            request,
+            start,
+            ctx,
+            out,
+            gen,
+            train_data,
+            val_data,
+            warnings=list(dict.fromkeys(start.warnings + warnings)) + notes,
+            log=log,
+            progress=progress if ctx.is_main else None,
+            on_epoch=on_epoch,
+        )
         run.classes, run.data_info = tuple(info["classes"]), info
         prepare_outputs(request, run)
         if ctx.is_main:
@@ -183,15 +227,24 @@ def _callbacks(run: Stage, request: StageRequest, extra: Sequence[Callback]) -> 
     from .loggers import make_loggers
 
     line = run.on_epoch or (lambda row: run.log(format_epoch(row, row["max_epochs"])))
-    return CallbackList([MetricsFile(run), *([ProgressBar(run.progress)] if run.progress is not None else []),
-                         *make_loggers(run.recipe, request.run_dir), *extra, EpochFunction(line)])
+    return CallbackList(
+        [
+            MetricsFile(run),
+            *([ProgressBar(run.progress)] if run.progress is not None else []),
+            *make_loggers(run.recipe, request.run_dir),
+            *extra,
+            EpochFunction(line),
+        ]
+    )
 
 
 def _data_info(request: StageRequest, train_data: ImageSplit | None) -> tuple[dict, str]:
     """(what the training data is, where it is): ready splits, else :func:`data_info`."""
     if train_data is not None:
-        return ({"dataset": None, "classes": list(train_data.class_names), "provenance": None},
-                f"the training split {train_data.name}")
+        return (
+            {"dataset": None, "classes": list(train_data.class_names), "provenance": None},
+            f"the training split {train_data.name}",
+        )
     return data_info(request.recipe, csv=request.csv, images=request.images)
 
 
@@ -204,8 +257,10 @@ def _test_selection_warnings(recipe: Recipe, allowed: bool, log: Log) -> list[st
             f"data.val_split: '{data.val_split}' is the test split (data.test_split): selecting the model "
             "on the test set inflates the reported accuracy; pass --allow-test-selection to do it anyway"
         )
-    warning = (f"model selection on the test split {data.test_split} (--allow-test-selection): "
-               "test accuracy of this run is optimistic")
+    warning = (
+        f"model selection on the test split {data.test_split} (--allow-test-selection): "
+        "test accuracy of this run is optimistic"
+    )
     log("warning: " + warning)
     return [warning]
 
@@ -213,9 +268,20 @@ def _test_selection_warnings(recipe: Recipe, allowed: bool, log: Log) -> list[st
 # --------------------------------------------------------------------------- build
 
 
-def build(request: StageRequest, start: Start, ctx: DistContext, out: StageOutputs, gen: torch.Generator,
-          train_split: ImageSplit, val_split: ImageSplit, *, warnings: list[str], log: Log,
-          progress: Progress | None, on_epoch: Callable[[dict], None] | None) -> Stage:
+def build(
+    request: StageRequest,
+    start: Start,
+    ctx: DistContext,
+    out: StageOutputs,
+    gen: torch.Generator,
+    train_split: ImageSplit,
+    val_split: ImageSplit,
+    *,
+    warnings: list[str],
+    log: Log,
+    progress: Progress | None,
+    on_epoch: Callable[[dict], None] | None,
+) -> Stage:
     """The model (weights of ``start``, on the device, wrapped), optimiser and loop state."""
     recipe, stage = request.recipe, request.stage
     cfg = recipe.train.stages[stage]
@@ -225,24 +291,51 @@ def build(request: StageRequest, start: Start, ctx: DistContext, out: StageOutpu
     model = build_model(arch, **dict(start.ckpt["arch_args"]))
     missing, unexpected = model.load_state_dict(start.ckpt["state_dict"], strict=False)
     if missing or unexpected:
-        raise CheckpointError(f"{start.label}: weights do not fit '{arch}' "
-                              f"(missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]})")
-    params = (freeze_except_controllers(model) if cfg.model == "controller"
-              else [p for p in model.parameters() if p.requires_grad])
+        raise CheckpointError(
+            f"{start.label}: weights do not fit '{arch}' "
+            f"(missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]})"
+        )
+    params = (
+        freeze_except_controllers(model)
+        if cfg.model == "controller"
+        else [p for p in model.parameters() if p.requires_grad]
+    )
     model.to(ctx.device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(params, cfg)
     scaler = scaler_for(ctx.device, recipe.train.precision)
     if scaler is not None and not on_cuda:
-        log("train.precision fp16 on the CPU: float16 autocast and the gradient scaler run, slowly "
-            "(fp16 is meant for CUDA GPUs without bf16)")
-    run = Stage(recipe=recipe, stage=stage, cfg=cfg, ctx=ctx, out=out, start=start, model=model, net=model,
-                optimizer=optimizer, train_split=train_split, val_split=val_split, gen=gen, aug_gen=None,
-                precision=recipe.train.precision, eval_precision=recipe.train.eval_precision,
-                channels_last=channels_last, log=log, progress=progress,
-                on_epoch=on_epoch, es=EarlyStopping(cfg.patience), warnings=warnings, reference=start.reference,
-                ema=make_ema(model, cfg.ema) if cfg.ema else None, scaler=scaler)
+        log(
+            "train.precision fp16 on the CPU: float16 autocast and the gradient scaler run, slowly "
+            "(fp16 is meant for CUDA GPUs without bf16)"
+        )
+    run = Stage(
+        recipe=recipe,
+        stage=stage,
+        cfg=cfg,
+        ctx=ctx,
+        out=out,
+        start=start,
+        model=model,
+        net=model,
+        optimizer=optimizer,
+        train_split=train_split,
+        val_split=val_split,
+        gen=gen,
+        aug_gen=None,
+        precision=recipe.train.precision,
+        eval_precision=recipe.train.eval_precision,
+        channels_last=channels_last,
+        log=log,
+        progress=progress,
+        on_epoch=on_epoch,
+        es=EarlyStopping(cfg.patience),
+        warnings=warnings,
+        reference=start.reference,
+        ema=make_ema(model, cfg.ema) if cfg.ema else None,
+        scaler=scaler,
+    )
     if start.resumed is not None:
         _resume_options(run, start.resumed.state)
         if start.resumed.optimizer_state is not None:
@@ -264,8 +357,10 @@ def _resume_options(run: Stage, state: Mapping[str, Any]) -> None:
     run.step, run.skipped_steps = int(state.get("step", 0)), int(state.get("skipped_steps", 0))
     if run.ema is not None:
         if "ema" not in state:
-            raise CheckpointError(f"{run.out.last}: holds no EMA of the weights; train.stages.{run.stage}.ema "
-                                  "cannot be switched on when resuming")
+            raise CheckpointError(
+                f"{run.out.last}: holds no EMA of the weights; train.stages.{run.stage}.ema "
+                "cannot be switched on when resuming"
+            )
         run.ema.load_state_dict(state["ema"])
     if run.scaler is not None and state.get("scaler"):
         run.scaler.load_state_dict(state["scaler"])
@@ -300,8 +395,10 @@ def prepare_outputs(request: StageRequest, run: Stage) -> None:
     if ctx.is_main:
         out.dir.mkdir(parents=True, exist_ok=True)
         if not save_run_recipe(run.recipe, request.run_dir / "recipe.yaml"):
-            run.log(f"{request.run_dir / 'recipe.yaml'}: not written by fertool, left as it is "
-                    f"(the resolved recipe is {out.recipe})")
+            run.log(
+                f"{request.run_dir / 'recipe.yaml'}: not written by fertool, left as it is "
+                f"(the resolved recipe is {out.recipe})"
+            )
         save_recipe(run.recipe, out.recipe)
     resumed = run.start.resumed
     if run.stage == "4" and run.reference is None and resumed is None:
@@ -320,8 +417,10 @@ def prepare_outputs(request: StageRequest, run: Stage) -> None:
 def _restore_rng(run: Stage, order_generator: torch.Tensor, ranks: list) -> None:
     run.gen.set_state(order_generator)
     if len(ranks) != run.ctx.world_size:
-        run.log(f"resuming with {run.ctx.world_size} processes where the run had {len(ranks)}: "
-                "the random streams continue from a fresh seed, not bit-exactly")
+        run.log(
+            f"resuming with {run.ctx.world_size} processes where the run had {len(ranks)}: "
+            "the random streams continue from a fresh seed, not bit-exactly"
+        )
         return
     set_rng_state(ranks[run.ctx.rank], run.aug_gen)
 
@@ -335,8 +434,7 @@ def run_epochs(run: Stage) -> dict:
     augment = KerasAugment(cfg.augment)
     batch_size = max(1, cfg.batch_size // ctx.world_size)
     if ctx.distributed and cfg.batch_size % ctx.world_size:
-        run.log(f"batch size {cfg.batch_size} is not divisible by {ctx.world_size} processes: "
-                f"{batch_size} per process")
+        run.log(f"batch size {cfg.batch_size} is not divisible by {ctx.world_size} processes: {batch_size} per process")
     _log_start(run, augment)
     epoch = run.saved_epoch
     status = "early_stopped" if run.es.should_stop else "finished"
@@ -354,8 +452,10 @@ def run_epochs(run: Stage) -> dict:
             _record_epoch(run, epoch, row)
     except KeyboardInterrupt:
         run.callbacks.on_stage_end(write_summary(run, "interrupted", run.saved_epoch), run)
-        run.log(f"stage {run.stage}: interrupted; {run.out.last} holds epoch {run.saved_epoch}, "
-                "training can continue from it")
+        run.log(
+            f"stage {run.stage}: interrupted; {run.out.last} holds epoch {run.saved_epoch}, "
+            "training can continue from it"
+        )
         raise
     return _finish(run, status, epoch, rates)
 
@@ -363,13 +463,18 @@ def run_epochs(run: Stage) -> dict:
 def _log_start(run: Stage, augment: KerasAugment) -> None:
     cfg, ctx = run.cfg, run.ctx
     trainable = sum(p.numel() for p in run.model.parameters() if p.requires_grad)
-    run.log(f"stage {run.stage}: {run.arch}, {trainable:,} trainable parameters, {cfg.optimizer} lr {cfg.lr}, "
-            f"batch {cfg.batch_size}, patience {cfg.patience}, up to {cfg.max_epochs} epochs, "
-            f"{len(run.train_split):,} training / {len(run.val_split):,} validation images, "
-            f"augmentation {augment if augment.active else 'none'}, device {run.device}"
-            + (f" x {ctx.world_size} processes" if ctx.distributed else "")
-            + (f"; options beyond the paper: {describe_options(options)}"
-               if (options := active_options(cfg, run.precision)) else ""))
+    run.log(
+        f"stage {run.stage}: {run.arch}, {trainable:,} trainable parameters, {cfg.optimizer} lr {cfg.lr}, "
+        f"batch {cfg.batch_size}, patience {cfg.patience}, up to {cfg.max_epochs} epochs, "
+        f"{len(run.train_split):,} training / {len(run.val_split):,} validation images, "
+        f"augmentation {augment if augment.active else 'none'}, device {run.device}"
+        + (f" x {ctx.world_size} processes" if ctx.distributed else "")
+        + (
+            f"; options beyond the paper: {describe_options(options)}"
+            if (options := active_options(cfg, run.precision))
+            else ""
+        )
+    )
 
 
 def _one_epoch(run: Stage, epoch: int, augment: KerasAugment, batch_size: int) -> dict:
@@ -380,21 +485,44 @@ def _one_epoch(run: Stage, epoch: int, augment: KerasAugment, batch_size: int) -
     per_rank = math.ceil(len(run.train_split) / run.ctx.world_size)  # batch_indices pads to equal shares
     spe = steps_per_epoch(math.ceil(per_rank / batch_size), cfg.accumulate)
     t = train_one_epoch(
-        run.net, run.train_split, run.optimizer, batch_size=batch_size, device=run.device,
-        generator=run.gen, augment=augment, aug_generator=run.aug_gen, precision=run.precision,
-        channels_last=run.channels_last, ctx=run.ctx, sync_every=1 if run.device.type == "cpu" else 25,
-        fields=fields, label_smoothing=cfg.label_smoothing, accumulate=cfg.accumulate, scaler=run.scaler,
+        run.net,
+        run.train_split,
+        run.optimizer,
+        batch_size=batch_size,
+        device=run.device,
+        generator=run.gen,
+        augment=augment,
+        aug_generator=run.aug_gen,
+        precision=run.precision,
+        channels_last=run.channels_last,
+        ctx=run.ctx,
+        sync_every=1 if run.device.type == "cpu" else 25,
+        fields=fields,
+        label_smoothing=cfg.label_smoothing,
+        accumulate=cfg.accumulate,
+        scaler=run.scaler,
         lr_at=functools.partial(learning_rate, cfg, steps_per_epoch=spe) if has_schedule(cfg) else None,
-        start_step=run.step, ema=run.ema, on_step=run.callbacks.on_step, log_every=train.log_every)
+        start_step=run.step,
+        ema=run.ema,
+        on_step=run.callbacks.on_step,
+        log_every=train.log_every,
+    )
     run.step += t["steps"]
     run.skipped_steps += t["skipped_steps"]
     pause_point("epoch")  # fault tests: killed with the epoch trained, not yet saved
     run.ctx.average_buffers(run.model)  # the same BatchNorm statistics on every rank
     if run.ema is not None:
         run.ctx.average_buffers(run.ema.module)
-    v = evaluate(run.eval_model, run.val_split, batch_size=run.recipe.train.eval_batch_size, device=run.device,
-                 precision=run.eval_precision, channels_last=run.channels_last, ctx=run.ctx,
-                 progress=_val_progress(run, epoch))
+    v = evaluate(
+        run.eval_model,
+        run.val_split,
+        batch_size=run.recipe.train.eval_batch_size,
+        device=run.device,
+        precision=run.eval_precision,
+        channels_last=run.channels_last,
+        ctx=run.ctx,
+        progress=_val_progress(run, epoch),
+    )
     row = {
         "epoch": epoch,
         "train_loss": t["train_loss"],
@@ -419,8 +547,16 @@ def _record_epoch(run: Stage, epoch: int, row: Mapping[str, Any]) -> None:
     """The epoch's callbacks (metrics.jsonl and curves.png first, the epoch's line for the
     user last), then best.pt and last.pt."""
     if run.ctx.is_main:
-        run.callbacks.on_epoch_end(dict(row, stage=run.stage, max_epochs=run.cfg.max_epochs,
-                                        best_epoch=run.es.best_epoch, wait=run.es.wait, patience=run.cfg.patience))
+        run.callbacks.on_epoch_end(
+            dict(
+                row,
+                stage=run.stage,
+                max_epochs=run.cfg.max_epochs,
+                best_epoch=run.es.best_epoch,
+                wait=run.es.wait,
+                patience=run.cfg.patience,
+            )
+        )
         if row["best"]:
             save_best(run, epoch, row)
     save_last(run, epoch)
@@ -429,11 +565,15 @@ def _record_epoch(run: Stage, epoch: int, row: Mapping[str, Any]) -> None:
 def _finish(run: Stage, status: str, epoch: int, rates: list[tuple[float, float]]) -> dict:
     es = run.es
     if status == "early_stopped":
-        run.log(f"stage {run.stage}: early stop after epoch {epoch}: no val accuracy gain for {run.cfg.patience} "
-                f"epochs; best {es.best:.4f} at epoch {es.best_epoch} ({run.out.best})")
+        run.log(
+            f"stage {run.stage}: early stop after epoch {epoch}: no val accuracy gain for {run.cfg.patience} "
+            f"epochs; best {es.best:.4f} at epoch {es.best_epoch} ({run.out.best})"
+        )
     else:
-        run.log(f"stage {run.stage}: finished {epoch} epoch{'s' if epoch != 1 else ''}; best val accuracy {es.best:.4f} at epoch "
-                f"{es.best_epoch} ({run.out.best})")
+        run.log(
+            f"stage {run.stage}: finished {epoch} epoch{'s' if epoch != 1 else ''}; best val accuracy {es.best:.4f} at epoch "
+            f"{es.best_epoch} ({run.out.best})"
+        )
     extra: dict[str, Any] = {
         "seconds": sum(seconds for seconds, _ in rates),
         "images_per_s": float(np.mean([rate for _, rate in rates])) if rates else None,
@@ -453,10 +593,14 @@ def _finish(run: Stage, status: str, epoch: int, rates: list[tuple[float, float]
 
 def _diverged(run: Stage, epoch: int, exc: NonFiniteLossError) -> dict:
     es = run.es
-    where = (f"{run.out.best} (epoch {es.best_epoch}, val accuracy {es.best:.4f}) is intact"
-             if es.best_epoch else "no best checkpoint was written yet")
-    summary = write_summary(run, "diverged", run.saved_epoch,
-                            diverged_at={"epoch": epoch, "batch": exc.batch, "loss": exc.value})
+    where = (
+        f"{run.out.best} (epoch {es.best_epoch}, val accuracy {es.best:.4f}) is intact"
+        if es.best_epoch
+        else "no best checkpoint was written yet"
+    )
+    summary = write_summary(
+        run, "diverged", run.saved_epoch, diverged_at={"epoch": epoch, "batch": exc.batch, "loss": exc.value}
+    )
     run.callbacks.on_stage_end(summary, run)
     raise TrainingError(
         f"stage {run.stage}: the training loss became {exc.value} at epoch {epoch}, batch {exc.batch}; "

@@ -20,24 +20,24 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
-from ..errors import ModelError
 from ..data.provenance import checkpoint_provenance, csv_provenance, images_provenance
+from ..errors import ModelError
 from ..files import atomic_dir, check_output_dir, write_json
 from ..locks import holding_lock, output_folder
 from ..progress import Progress
 from ..recipe import Recipe, TTAPreset, save_recipe
-from .runtimes import build_engine
 from .inference import predict_probs
 from .inputs import load_eval_inputs
+from .runtimes import build_engine
 from .tta import tta_divisor, tta_plan
 
 __all__ = ["evaluate_checkpoint", "metrics_from_probs", "default_out_dir"]
-
 
 
 def default_out_dir(checkpoint_path: str | os.PathLike, split: str) -> Path:
@@ -49,8 +49,9 @@ def _data_provenance(csv, images, rcp: Recipe) -> dict:
     return csv_provenance(csv, sample_seeds=seeds) if csv is not None else images_provenance(images, sample_seeds=seeds)
 
 
-def metrics_from_probs(probs: np.ndarray, labels: np.ndarray, class_names: Sequence[str], *,
-                       resamples: int = 1000, seed: int = 0) -> dict:
+def metrics_from_probs(
+    probs: np.ndarray, labels: np.ndarray, class_names: Sequence[str], *, resamples: int = 1000, seed: int = 0
+) -> dict:
     """The figures of one set of probabilities (also used to redo a report from probs.npz)."""
     from .metrics import classification_metrics
 
@@ -95,15 +96,21 @@ def evaluate_checkpoint(
     ckpt, rcp, data, dev, size = inputs.ckpt, inputs.recipe, inputs.data, inputs.device, inputs.size
     class_names, preset, tta_name = inputs.class_names, inputs.tta, inputs.tta_name
     precision = rcp.train.eval_precision if precision is None else precision
-    runner = build_engine(inputs.model, engine, device=dev, precision=precision,
-                          channels_last=rcp.train.channels_last or dev.type == "cpu")
+    runner = build_engine(
+        inputs.model,
+        engine,
+        device=dev,
+        precision=precision,
+        channels_last=rcp.train.channels_last or dev.type == "cpu",
+    )
     start = time.perf_counter()
     result = predict_probs(None, data, batch_size=batch_size, tta=preset, engine=runner, progress=progress)
     seconds = time.perf_counter() - start
     for key in ("probs", "tta_probs"):  # never a NaN evaluation written as a result
         if result.get(key) is not None and not np.isfinite(result[key]).all():
-            raise ModelError(f"{checkpoint_path}: the model outputs NaN or infinite probabilities on {split}; "
-                             "nothing written")
+            raise ModelError(
+                f"{checkpoint_path}: the model outputs NaN or infinite probabilities on {split}; nothing written"
+            )
     labels = data.labels.numpy()
     rows = getattr(data, "rows", None)
     rows = np.asarray(rows, dtype=np.int64) if rows is not None else np.arange(len(data), dtype=np.int64)
@@ -144,22 +151,38 @@ def evaluate_checkpoint(
     return {**report, "out_dir": str(out), "files": files}
 
 
-def _write_outputs(out: Path, report: dict, rcp: Recipe, rows: np.ndarray, labels: np.ndarray,
-                   result: dict, class_names: Sequence[str], overwrite: bool) -> list[str]:
+def _write_outputs(
+    out: Path,
+    report: dict,
+    rcp: Recipe,
+    rows: np.ndarray,
+    labels: np.ndarray,
+    result: dict,
+    class_names: Sequence[str],
+    overwrite: bool,
+) -> list[str]:
     """Build every file in a temporary sibling folder, then move each into ``out``."""
     from .plots import plot_confusion
 
     with atomic_dir(out, "evaluation", overwrite=overwrite, legacy="metrics.json") as tmp:
         write_json(tmp / "metrics.json", report)
-        arrays = {"rows": rows, "labels": labels.astype(np.int64), "probs": result["probs"],
-                  "class_names": np.asarray(class_names)}
+        arrays = {
+            "rows": rows,
+            "labels": labels.astype(np.int64),
+            "probs": result["probs"],
+            "class_names": np.asarray(class_names),
+        }
         if result["tta_probs"] is not None:
             arrays["tta_probs"] = result["tta_probs"]
         np.savez_compressed(tmp / "probs.npz", **arrays)
         panels = [("plain" + f" ({100 * report['accuracy']:.2f}%)", np.asarray(report["confusion"]))]
         if report["tta"] is not None:
-            panels.append((f"TTA {report['tta']['preset']} ({100 * report['tta']['accuracy']:.2f}%)",
-                           np.asarray(report["tta"]["confusion"])))
+            panels.append(
+                (
+                    f"TTA {report['tta']['preset']} ({100 * report['tta']['accuracy']:.2f}%)",
+                    np.asarray(report["tta"]["confusion"]),
+                )
+            )
         plot_confusion(panels, class_names, tmp / "confusion.png")
         save_recipe(rcp, tmp / "recipe.yaml")
         names = sorted(p.name for p in tmp.iterdir())

@@ -8,9 +8,10 @@ Nothing is written here; every problem is a one-line :class:`~fertool.errors.Fer
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -49,8 +50,9 @@ class EvalInputs:
     def num_classes(self) -> int:
         return len(self.class_names)
 
-    def open_split(self, *, csv: str | os.PathLike | None, images: str | os.PathLike | None, split: str,
-                   what: str = "evaluate") -> ImageSplit:
+    def open_split(
+        self, *, csv: str | os.PathLike | None, images: str | os.PathLike | None, split: str, what: str = "evaluate"
+    ) -> ImageSplit:
         """The images of ``split``: reference images from ``csv``, or ``images``; without
         either, the recipe's ``data.csv`` (then ``data.images``).  ``what`` names the command
         in error messages."""
@@ -59,18 +61,23 @@ class EvalInputs:
         if csv is None and images is None:
             csv, images = self.recipe.data.csv, (self.recipe.data.images if self.recipe.data.csv is None else None)
         if csv is None and images is None:
-            raise DataError(f"{self.checkpoint}: no data to {what} on: pass --csv or --images "
-                            "(the checkpoint's recipe has no data.csv)")
-        data, source = open_split(None if csv is None else str(csv), None if images is None else str(images),
-                                  split, self.size)
-        _check_split(data, str(csv if csv is not None else images), split, self.size, self.class_names,
-                     str(self.checkpoint))
+            raise DataError(
+                f"{self.checkpoint}: no data to {what} on: pass --csv or --images "
+                "(the checkpoint's recipe has no data.csv)"
+            )
+        data, source = open_split(
+            None if csv is None else str(csv), None if images is None else str(images), split, self.size
+        )
+        _check_split(
+            data, str(csv if csv is not None else images), split, self.size, self.class_names, str(self.checkpoint)
+        )
         self.data, self.source = data, source
         return data
 
 
-def resolve_recipe(ckpt: Mapping[str, Any], recipe: Recipe | str | os.PathLike | Mapping | None,
-                   overrides: Sequence[str] = ()) -> Recipe:
+def resolve_recipe(
+    ckpt: Mapping[str, Any], recipe: Recipe | str | os.PathLike | Mapping | None, overrides: Sequence[str] = ()
+) -> Recipe:
     """The recipe given, else the one stored in the checkpoint, else the defaults; then ``overrides``."""
     if isinstance(recipe, Recipe):
         return load_recipe(to_dict(recipe), overrides) if overrides else recipe
@@ -93,8 +100,9 @@ def resolve_tta(recipe: Recipe, tta: str | bool | TTAPreset | None) -> tuple[str
     return tta, recipe.tta.presets[tta]
 
 
-def open_split(csv: str | None, images: str | None, split: str, size: int,
-               progress: Progress | None = None) -> tuple[ImageSplit, dict]:
+def open_split(
+    csv: str | None, images: str | None, split: str, size: int, progress: Progress | None = None
+) -> tuple[ImageSplit, dict]:
     """(the split, where it came from): reference images from a CSV, or an image folder."""
     if csv is not None:
         if not Path(csv).is_file():
@@ -143,6 +151,14 @@ def load_eval_inputs(
     tta_name, preset = resolve_tta(rcp, tta)
     arch_args = dict(ckpt.get("arch_args") or {})
     class_names = list(checkpoint_classes(ckpt))
-    return EvalInputs(checkpoint=checkpoint_path, ckpt=ckpt, model=model_from_checkpoint(ckpt), recipe=rcp,
-                      size=int(arch_args.get("input_size", 224)), class_names=class_names,
-                      device=resolve_device(device), tta_name=tta_name, tta=preset)
+    return EvalInputs(
+        checkpoint=checkpoint_path,
+        ckpt=ckpt,
+        model=model_from_checkpoint(ckpt),
+        recipe=rcp,
+        size=int(arch_args.get("input_size", 224)),
+        class_names=class_names,
+        device=resolve_device(device),
+        tta_name=tta_name,
+        tta=preset,
+    )

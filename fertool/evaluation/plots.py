@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -34,8 +34,12 @@ def plot_confusion(
     k = len(class_names)
     cell = 0.55
     fig, axes = plt.subplots(
-        1, len(panels), figsize=(len(panels) * (k * cell + 0.3) + 1.1, k * cell + 1.7), squeeze=False,
-        constrained_layout=True, sharey=True,
+        1,
+        len(panels),
+        figsize=(len(panels) * (k * cell + 0.3) + 1.1, k * cell + 1.7),
+        squeeze=False,
+        constrained_layout=True,
+        sharey=True,
     )
     for index, (ax, (title, counts)) in enumerate(zip(axes[0], panels)):
         counts = np.asarray(counts)
@@ -44,8 +48,15 @@ def plot_confusion(
         for i in range(k):
             for j in range(k):
                 colour = "white" if rates[i, j] > 0.55 else "black"
-                ax.text(j, i, f"{counts[i, j]}\n{100 * rates[i, j]:.0f}%", ha="center", va="center",
-                        fontsize=9, color=colour)
+                ax.text(
+                    j,
+                    i,
+                    f"{counts[i, j]}\n{100 * rates[i, j]:.0f}%",
+                    ha="center",
+                    va="center",
+                    fontsize=9,
+                    color=colour,
+                )
         ax.set_xticks(range(k), class_names, rotation=45, ha="right", fontsize=9)
         ax.set_yticks(range(k), class_names, fontsize=9)
         ax.set_xlabel("predicted", fontsize=10)

@@ -42,9 +42,22 @@ from ..models.resnet import fold_batchnorm
 from ..recipe import PRECISIONS, RECHECK_MARGIN
 from ..utils import precision as precision_mode
 
-__all__ = ["ENGINES", "PRECISIONS", "RECHECK_MARGIN", "InferenceEngine", "TorchEngine", "OnnxRuntimeEngine", "Int8Engine",
-           "CheckedEngine", "build_engine", "checked_bf16", "recheck_margin", "choose_engine", "bf16_supported",
-           "onnxruntime_available"]
+__all__ = [
+    "ENGINES",
+    "PRECISIONS",
+    "RECHECK_MARGIN",
+    "InferenceEngine",
+    "TorchEngine",
+    "OnnxRuntimeEngine",
+    "Int8Engine",
+    "CheckedEngine",
+    "build_engine",
+    "checked_bf16",
+    "recheck_margin",
+    "choose_engine",
+    "bf16_supported",
+    "onnxruntime_available",
+]
 
 ENGINES = ("auto", "torch", "onnxruntime")
 
@@ -92,8 +105,15 @@ class TorchEngine(InferenceEngine):
 
     name = "torch"
 
-    def __init__(self, model: nn.Module, *, device: torch.device | str = "cpu", precision: str = "fp32",
-                 channels_last: bool = True, copy_model: bool = True) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        device: torch.device | str = "cpu",
+        precision: str = "fp32",
+        channels_last: bool = True,
+        copy_model: bool = True,
+    ) -> None:
         self.device = torch.device(device)
         if precision not in PRECISIONS:
             raise FertoolError(f"precision: unknown precision {precision!r} (known: {', '.join(PRECISIONS)})")
@@ -151,8 +171,9 @@ class CheckedEngine(InferenceEngine):
         return f"{self.fast.describe()}; close calls (< {self.margin:g} x max |logit|) by {self.exact.describe()}"
 
 
-def checked_bf16(model: nn.Module, *, device: torch.device | str = "cpu", margin: float = RECHECK_MARGIN,
-                 channels_last: bool = True) -> CheckedEngine:
+def checked_bf16(
+    model: nn.Module, *, device: torch.device | str = "cpu", margin: float = RECHECK_MARGIN, channels_last: bool = True
+) -> CheckedEngine:
     """bf16 torch engine with float32 rechecks of close calls; both share one model copy."""
     fast = TorchEngine(model, device=device, precision="bf16", channels_last=channels_last)
     exact = TorchEngine(fast.model, device=device, precision="fp32", channels_last=channels_last, copy_model=False)
@@ -200,12 +221,21 @@ class Int8Engine(InferenceEngine):
 
     name = "onnxruntime-int8"
 
-    def __init__(self, model: nn.Module | None = None, calibration: np.ndarray | None = None, *,
-                 graph: bytes | None = None, threads: int | None = None, opset: int = 17) -> None:
+    def __init__(
+        self,
+        model: nn.Module | None = None,
+        calibration: np.ndarray | None = None,
+        *,
+        graph: bytes | None = None,
+        threads: int | None = None,
+        opset: int = 17,
+    ) -> None:
         try:
             import onnxruntime as ort
         except ImportError:
-            raise FertoolError("precision int8: the onnxruntime package is not installed (pip install onnx onnxruntime)") from None
+            raise FertoolError(
+                "precision int8: the onnxruntime package is not installed (pip install onnx onnxruntime)"
+            ) from None
         if graph is None:
             from ..deploy.quantize import quantize_onnx
 
@@ -259,9 +289,15 @@ def choose_engine(engine: str, device: torch.device | str = "cpu", precision: st
     return engine
 
 
-def build_engine(model: nn.Module, engine: str = "auto", *, device: torch.device | str = "cpu",
-                 precision: str = "fp32", channels_last: bool = True,
-                 recheck: float | None = None) -> InferenceEngine:
+def build_engine(
+    model: nn.Module,
+    engine: str = "auto",
+    *,
+    device: torch.device | str = "cpu",
+    precision: str = "fp32",
+    channels_last: bool = True,
+    recheck: float | None = None,
+) -> InferenceEngine:
     """The engine named ``engine`` (``auto``, ``torch``, ``onnxruntime``; see
     :func:`choose_engine`) for ``model`` on ``device``.  The model itself is not modified
     (engines work on a copy).  ``recheck`` (bf16 only): the margin of a

@@ -132,8 +132,13 @@ class LHC(nn.Module):
         name: str = "LHC",
     ) -> None:
         super().__init__()
-        for label, value in (("channels", channels), ("heads", heads), ("dim", dim), ("pool", pool),
-                             ("kernel", kernel)):
+        for label, value in (
+            ("channels", channels),
+            ("heads", heads),
+            ("dim", dim),
+            ("pool", pool),
+            ("kernel", kernel),
+        ):
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ModelError(f"{name}: {label} must be a positive integer, got {value!r}")
         self.name = name
@@ -175,9 +180,7 @@ class LHC(nn.Module):
         if h <= 0 or w <= 0:
             raise ModelError(f"{self.name}: spatial size must be positive, got {h}x{w}")
         if (h * w) % self.heads:
-            raise ModelError(
-                f"{self.name}: H*W = {h}x{w} = {h * w} positions is not divisible by heads = {self.heads}"
-            )
+            raise ModelError(f"{self.name}: H*W = {h}x{w} = {h * w} positions is not divisible by heads = {self.heads}")
         self.spatial = (h, w)
         self.tokens = h * w
         r = self.tokens // self.heads
@@ -219,8 +222,14 @@ class LHC(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:
-        parts = [f"{self.channels}", f"heads={self.heads}", f"dim={self.dim}", f"pool={self.pool}",
-                 f"kernel={self.kernel}", f"scale={self.scale}"]
+        parts = [
+            f"{self.channels}",
+            f"heads={self.heads}",
+            f"dim={self.dim}",
+            f"pool={self.pool}",
+            f"kernel={self.kernel}",
+            f"scale={self.scale}",
+        ]
         if self.spatial is not None:
             parts.append(f"size={self.spatial[0]}x{self.spatial[1]}")
         if self.controller is not None:
@@ -242,9 +251,7 @@ class LHC(nn.Module):
         if c != self.channels:
             raise ModelError(f"{self.name}: expects {self.channels} channels, got an input with {c}")
         if (h * w) % self.heads:
-            raise ModelError(
-                f"{self.name}: H*W = {h}x{w} = {h * w} positions is not divisible by heads = {self.heads}"
-            )
+            raise ModelError(f"{self.name}: H*W = {h}x{w} = {h * w} positions is not divisible by heads = {self.heads}")
         if self.tokens is None:  # lazy module: build the per-head maps for this size
             self._build((h, w))
             self.reset_parameters()

@@ -60,8 +60,14 @@ def arch_from_recipe(model_cfg: Any, kind: str) -> tuple[str, dict]:
         if not model_cfg.lhc:
             raise ModelError("model.lhc: an LHC model needs at least one module")
         args["lhc"] = [
-            {"after": m.after, "heads": int(m.heads), "dim": int(m.dim), "pool": int(m.pool),
-             "kernel": int(m.kernel), "scale": float(m.scale)}
+            {
+                "after": m.after,
+                "heads": int(m.heads),
+                "dim": int(m.dim),
+                "pool": int(m.pool),
+                "kernel": int(m.kernel),
+                "scale": float(m.scale),
+            }
             for m in model_cfg.lhc
         ]
     if kind == "controller":

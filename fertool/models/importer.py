@@ -36,8 +36,10 @@ def source_kind(source: str | os.PathLike) -> str:
             return "keras"
     if not path.exists():
         raise ModelError(f"{path}: no such file or folder (and no {path.name}.index beside it)")
-    raise ModelError(f"{path}: neither a Keras .h5/.h5.gz weight file nor a TensorFlow checkpoint "
-                     "(a prefix, its .index file, or the folder holding the 'checkpoint' file)")
+    raise ModelError(
+        f"{path}: neither a Keras .h5/.h5.gz weight file nor a TensorFlow checkpoint "
+        "(a prefix, its .index file, or the folder holding the 'checkpoint' file)"
+    )
 
 
 def import_weights(
@@ -57,9 +59,12 @@ def import_weights(
     if kind == "keras":
         options = {"input_size": input_size, "num_classes": num_classes, "seed": seed}
         return import_keras(source, **{k: v for k, v in options.items() if v is not None})
-    given = [name for name, v in (("input_size", input_size), ("num_classes", num_classes), ("seed", seed))
-             if v is not None]
+    given = [
+        name for name, v in (("input_size", input_size), ("num_classes", num_classes), ("seed", seed)) if v is not None
+    ]
     if given:
-        raise ModelError(f"{source}: {', '.join(given)}: not applicable to a TensorFlow checkpoint "
-                         "(imported as published: the paper's model, 224 px, 7 classes)")
+        raise ModelError(
+            f"{source}: {', '.join(given)}: not applicable to a TensorFlow checkpoint "
+            "(imported as published: the paper's model, 224 px, 7 classes)"
+        )
     return import_tf_checkpoint(source, progress=progress)

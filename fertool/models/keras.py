@@ -33,8 +33,14 @@ from ..errors import ModelError, printable
 from ..files import sha256_file
 from . import build_model
 
-__all__ = ["import_keras", "read_keras_weights", "keras_to_torch_key", "keras_to_torch", "keras_shape",
-           "file_provenance"]
+__all__ = [
+    "import_keras",
+    "read_keras_weights",
+    "keras_to_torch_key",
+    "keras_to_torch",
+    "keras_shape",
+    "file_provenance",
+]
 
 _BN = {"gamma": "weight", "beta": "bias", "moving_mean": "running_mean", "moving_variance": "running_var"}
 _UNIT = re.compile(r"^(stage\d+_unit\d+)_(bn1|bn2|conv1|conv2|sc)$")
@@ -105,13 +111,16 @@ def _open_h5(path: Path):
             with gzip.open(path, "rb") as fh:
                 data = fh.read(MAX_GZIP_BYTES + 1)
             if len(data) > MAX_GZIP_BYTES:
-                raise ModelError(f"{printable(path)}: decompresses to more than {MAX_GZIP_BYTES:,} bytes, "
-                                 "the most a Keras weight file is read into memory")
+                raise ModelError(
+                    f"{printable(path)}: decompresses to more than {MAX_GZIP_BYTES:,} bytes, "
+                    "the most a Keras weight file is read into memory"
+                )
             return h5py.File(io.BytesIO(data), "r")
         return h5py.File(path, "r")
     except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as exc:
-        raise ModelError(f"{printable(path)}: not a readable Keras HDF5 weight file "
-                         f"({printable(str(exc).splitlines()[0][:120])})") from None
+        raise ModelError(
+            f"{printable(path)}: not a readable Keras HDF5 weight file ({printable(str(exc).splitlines()[0][:120])})"
+        ) from None
 
 
 def check_self_contained(f, path: Path) -> None:
@@ -137,8 +146,9 @@ def check_self_contained(f, path: Path) -> None:
             obj = f.get(name, getlink=False)
             if isinstance(obj, h5py.Dataset):
                 if obj.external:
-                    problems.append(f"{where} is stored in external file(s) "
-                                    f"({', '.join(str(e[0]) for e in obj.external)})")
+                    problems.append(
+                        f"{where} is stored in external file(s) ({', '.join(str(e[0]) for e in obj.external)})"
+                    )
                 elif obj.is_virtual:
                     problems.append(f"{where} is a virtual dataset (its data lives in other files)")
 
@@ -166,8 +176,9 @@ def _layer_weights(group) -> list[tuple[str, str, np.ndarray]]:
         if not isinstance(ds, h5py.Dataset) or ds.dtype.kind not in "fiub":
             raise ModelError(f"weight {ds.name!r} is not a numeric array")
         if ds.size > MAX_WEIGHT_VALUES:
-            raise ModelError(f"weight {ds.name!r} has {ds.size:,} values, more than the {MAX_WEIGHT_VALUES:,} "
-                             "one array may hold")
+            raise ModelError(
+                f"weight {ds.name!r} has {ds.size:,} values, more than the {MAX_WEIGHT_VALUES:,} one array may hold"
+            )
         layer, _, param = wname.rpartition("/")
         layer = layer.rsplit("/", 1)[-1]
         param = param.split(":")[0]
@@ -193,9 +204,10 @@ def read_keras_weights(path: str | os.PathLike) -> dict[str, Any]:
             text = str(exc)
             raise ModelError(text if text.startswith(printable(path)) else f"{printable(path)}: {text}") from None
         except (OSError, KeyError, ValueError, TypeError, RuntimeError) as exc:  # h5py on a malformed file
-            raise ModelError(f"{printable(path)}: malformed Keras HDF5 file "
-                             f"({printable(str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__)})"
-                             ) from None
+            raise ModelError(
+                f"{printable(path)}: malformed Keras HDF5 file "
+                f"({printable(str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__)})"
+            ) from None
 
 
 def _read_open(f, path: Path) -> dict[str, Any]:
@@ -268,12 +280,20 @@ def import_keras(
                 head_state[f"head.fc{i}.bias"] = keras_to_torch(bias)
             head_note = "imported (" + ", ".join(n for n, _, _ in head) + ")"
         else:
-            head_note = (f"left out ({', '.join(n for n, _, _ in head)}: "
-                         f"{' -> '.join(str(s[0]) for s in sizes)} -> {sizes[-1][1]}, "
-                         f"not 512 -> ... -> {num_classes}): initialised")
+            head_note = (
+                f"left out ({', '.join(n for n, _, _ in head)}: "
+                f"{' -> '.join(str(s[0]) for s in sizes)} -> {sizes[-1][1]}, "
+                f"not 512 -> ... -> {num_classes}): initialised"
+            )
 
-    args = {"input_size": int(input_size), "num_classes": int(num_classes), "hidden": hidden,
-            "dropout": 0.4, "bn_eps": 2e-5, "bn_momentum": 0.99}
+    args = {
+        "input_size": int(input_size),
+        "num_classes": int(num_classes),
+        "hidden": hidden,
+        "dropout": 0.4,
+        "bn_eps": 2e-5,
+        "bn_momentum": 0.99,
+    }
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = build_model("resnet34v2", **args)
@@ -297,11 +317,15 @@ def import_keras(
     if missing or unexpected:
         parts = []
         if missing:
-            parts.append(f"missing {len(missing)} ResNet34 tensors ({', '.join(missing[:6])}"
-                         f"{' ...' if len(missing) > 6 else ''})")
+            parts.append(
+                f"missing {len(missing)} ResNet34 tensors ({', '.join(missing[:6])}"
+                f"{' ...' if len(missing) > 6 else ''})"
+            )
         if unexpected:
-            parts.append(f"unexpected {len(unexpected)} weights ({', '.join(unexpected[:6])}"
-                         f"{' ...' if len(unexpected) > 6 else ''})")
+            parts.append(
+                f"unexpected {len(unexpected)} weights ({', '.join(unexpected[:6])}"
+                f"{' ...' if len(unexpected) > 6 else ''})"
+            )
         raise ModelError(f"{path}: not a classification_models ResNet34 weight file: {'; '.join(parts)}")
     state.update(head_state)
     full = {k: state.get(k, v) for k, v in target.items()}
@@ -310,6 +334,11 @@ def import_keras(
         arch_args=args,
         state_dict=full,
         lineage=[{"path": str(path), "arch": "keras:classification_models.resnet34", "stage": None, "epoch": None}],
-        extra={"keras_source": str(path), "keras_version": data["meta"]["keras_version"],
-               "keras_head": head_note, "head_seed": int(seed), "source_files": file_provenance([path])},
+        extra={
+            "keras_source": str(path),
+            "keras_version": data["meta"]["keras_version"],
+            "keras_head": head_note,
+            "head_seed": int(seed),
+            "source_files": file_provenance([path]),
+        },
     )

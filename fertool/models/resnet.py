@@ -18,7 +18,8 @@ backbone's state-dict keys are the same with and without them.
 from __future__ import annotations
 
 import abc
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -209,7 +210,9 @@ class FERResNet(nn.Module, abc.ABC):
                     f"{', '.join(f'{s}:1-{n}' for s, n in enumerate(UNITS, start=1))})"
                 )
             if after in placed:
-                raise ModelError(f"{where}.after: a module is already placed after {after!r} (model.lhc.{placed[after][0]})")
+                raise ModelError(
+                    f"{where}.after: a module is already placed after {after!r} (model.lhc.{placed[after][0]})"
+                )
             placed[after] = (i, spec)
         for k, after in enumerate(sorted(placed, key=order.index), start=1):
             i, spec = placed[after]
@@ -293,8 +296,11 @@ def _bn_args(bn_eps: float, bn_momentum: float) -> dict:
 
 
 def _check_widths(channels: Sequence[int], stem_width: int) -> tuple[tuple[int, ...], int]:
-    if (not isinstance(channels, (list, tuple)) or len(channels) != len(UNITS)
-            or any(not isinstance(c, int) or c <= 0 for c in channels)):
+    if (
+        not isinstance(channels, (list, tuple))
+        or len(channels) != len(UNITS)
+        or any(not isinstance(c, int) or c <= 0 for c in channels)
+    ):
         raise ModelError(f"model.channels: must be {len(UNITS)} positive integers (one per stage), got {channels!r}")
     if not isinstance(stem_width, int) or stem_width <= 0:
         raise ModelError(f"model.stem_width: must be a positive integer, got {stem_width!r}")
@@ -312,8 +318,11 @@ def _check_common(input_size: int, num_classes: int, hidden: Sequence[int], drop
         raise ModelError(f"model.dropout: must be in [0, 1), got {dropout}")
 
 
-@register_backbone("resnet34v2", archs={"backbone": "resnet34v2", "lhc": "lhc_net", "controller": "lhc_netc"},
-                   titles={"resnet34v2": "ResNet34v2", "lhc_net": "LHC-Net", "lhc_netc": "LHC-NetC"})
+@register_backbone(
+    "resnet34v2",
+    archs={"backbone": "resnet34v2", "lhc": "lhc_net", "controller": "lhc_netc"},
+    titles={"resnet34v2": "ResNet34v2", "lhc_net": "LHC-Net", "lhc_netc": "LHC-NetC"},
+)
 class ResNet34v2(FERResNet):
     """Pre-activation ResNet34 (classification_models) + head, optional LHC modules.
 
@@ -352,8 +361,16 @@ class ResNet34v2(FERResNet):
                 in_ch = filters
         self.final_bn = nn.BatchNorm2d(channels[-1], **bn)
         self._init_backbone()
-        self._finish(input_size=input_size, num_classes=num_classes, hidden=hidden, dropout=dropout,
-                     lhc=lhc, controller_init=controller_init, channels=channels, stem_width=stem_width)
+        self._finish(
+            input_size=input_size,
+            num_classes=num_classes,
+            hidden=hidden,
+            dropout=dropout,
+            lhc=lhc,
+            controller_init=controller_init,
+            channels=channels,
+            stem_width=stem_width,
+        )
 
     def _init_backbone(self) -> None:
         # classification_models: he_uniform conv kernels, BN gamma 1 / beta 0.
@@ -381,13 +398,20 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
 
     if model.training:
         raise ModelError("fold_batchnorm: the model must be in eval mode")
-    pairs = {PreActUnit: (("conv1", "bn2"),), Stem: (("conv0", "bn0"),),
-             BasicBlock: (("conv1", "bn1"), ("conv2", "bn2")), ResNet: (("conv1", "bn1"),)}
+    pairs = {
+        PreActUnit: (("conv1", "bn2"),),
+        Stem: (("conv0", "bn0"),),
+        BasicBlock: (("conv1", "bn1"), ("conv2", "bn2")),
+        ResNet: (("conv1", "bn1"),),
+    }
     for module in model.modules():
         names = pairs.get(type(module), ())
         if isinstance(module, nn.Sequential):  # torchvision's downsample: conv, BatchNorm
-            names = [(str(i), str(i + 1)) for i in range(len(module) - 1)
-                     if type(module[i]) is nn.Conv2d and type(module[i + 1]) is nn.BatchNorm2d]
+            names = [
+                (str(i), str(i + 1))
+                for i in range(len(module) - 1)
+                if type(module[i]) is nn.Conv2d and type(module[i + 1]) is nn.BatchNorm2d
+            ]
         for conv, bn in names:
             if isinstance(getattr(module, conv), nn.Conv2d) and isinstance(getattr(module, bn), nn.BatchNorm2d):
                 setattr(module, conv, fuse_conv_bn_eval(getattr(module, conv), getattr(module, bn)))
@@ -409,8 +433,9 @@ def _torchvision_pretrained(model: nn.Module, path) -> str | None:
     return "torchvision-resnet34"
 
 
-@register_backbone("resnet34_tv", titles={"resnet34_tv": "ResNet34 (torchvision)"},
-                   load_pretrained=_torchvision_pretrained)
+@register_backbone(
+    "resnet34_tv", titles={"resnet34_tv": "ResNet34 (torchvision)"}, load_pretrained=_torchvision_pretrained
+)
 class TorchvisionResNet34(FERResNet):
     """torchvision's ResNet34 (v1, post-activation) trunk + the paper's head.
 
@@ -457,8 +482,16 @@ class TorchvisionResNet34(FERResNet):
         for s in range(1, 5):
             for u, block in enumerate(getattr(trunk, f"layer{s}"), start=1):
                 self.units[f"stage{s}_unit{u}"] = block
-        self._finish(input_size=input_size, num_classes=num_classes, hidden=hidden, dropout=dropout,
-                     lhc=lhc, controller_init=controller_init, channels=channels, stem_width=stem_width)
+        self._finish(
+            input_size=input_size,
+            num_classes=num_classes,
+            hidden=hidden,
+            dropout=dropout,
+            lhc=lhc,
+            controller_init=controller_init,
+            channels=channels,
+            stem_width=stem_width,
+        )
 
     def stem(self, x: torch.Tensor) -> torch.Tensor:
         t = self.trunk
@@ -523,4 +556,6 @@ def load_torchvision_weights(model: TorchvisionResNet34, path: str | None = None
     try:
         model.trunk.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise ModelError(f"{path}: shapes do not fit torchvision ResNet34 ({str(exc).splitlines()[-1].strip()})") from None
+        raise ModelError(
+            f"{path}: shapes do not fit torchvision ResNet34 ({str(exc).splitlines()[-1].strip()})"
+        ) from None

@@ -74,7 +74,7 @@ def _blocks(model: nn.Module) -> list[tuple[str, str, list[str], nn.Module]]:
     else:
         rows.append(("stem", "backbone", ["stem"], model.stem))
         unit_paths = {name: f"units.{name}" for name in model.units}
-    lhc_rows = {pos: name for pos, name in model.lhc_after.items()}
+    lhc_rows = dict(model.lhc_after)
 
     def add_lhc(position: str) -> None:
         if position in lhc_rows:
@@ -92,8 +92,9 @@ def _blocks(model: nn.Module) -> list[tuple[str, str, list[str], nn.Module]]:
 
 
 def _params_under(model: nn.Module, prefixes: list[str]) -> int:
-    return sum(p.numel() for n, p in model.named_parameters()
-               if any(n == pre or n.startswith(pre + ".") for pre in prefixes))
+    return sum(
+        p.numel() for n, p in model.named_parameters() if any(n == pre or n.startswith(pre + ".") for pre in prefixes)
+    )
 
 
 def summarize(model: nn.Module, input_size: int = 224) -> ModelSummary:
@@ -123,8 +124,13 @@ def summarize(model: nn.Module, input_size: int = 224) -> ModelSummary:
         return int(sum(sum(counts.get(f"{root}.{pre}", {}).values()) for pre in prefixes))
 
     rows = [
-        SummaryRow(name=name, kind=kind, params=_params_under(model, prefixes), shape=shapes.get(name, ()),
-                   flops=flops_under(prefixes))
+        SummaryRow(
+            name=name,
+            kind=kind,
+            params=_params_under(model, prefixes),
+            shape=shapes.get(name, ()),
+            flops=flops_under(prefixes),
+        )
         for name, kind, prefixes, _module in blocks
     ]
     bn_moving = sum(b.numel() for n, b in model.named_buffers() if n.endswith(("running_mean", "running_var")))

@@ -26,9 +26,9 @@ import mmap
 import os
 import re
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import google_crc32c
 import numpy as np
@@ -79,12 +79,12 @@ def _proto_fields(buf: bytes) -> Iterator[tuple[int, int | bytes]]:
         if wire == 0:
             value, pos = _varint(buf, pos)
         elif wire == 1:
-            value, pos = int.from_bytes(buf[pos:pos + 8], "little"), pos + 8
+            value, pos = int.from_bytes(buf[pos : pos + 8], "little"), pos + 8
         elif wire == 2:
             n, pos = _varint(buf, pos)
-            value, pos = buf[pos:pos + n], pos + n
+            value, pos = buf[pos : pos + n], pos + n
         elif wire == 5:
-            value, pos = int.from_bytes(buf[pos:pos + 4], "little"), pos + 4
+            value, pos = int.from_bytes(buf[pos : pos + 4], "little"), pos + 4
         else:
             raise _Corrupt(f"protobuf wire type {wire}")
         if pos > len(buf):
@@ -140,7 +140,7 @@ def _block(data: bytes, offset: int, size: int) -> bytes:
         raise _Corrupt(f"block at byte {offset} runs past the end of the file")
     kind = data[end]
     (stored,) = struct.unpack_from("<I", data, end + 1)
-    if masked_crc32c(data[offset:end + 1]) != stored:
+    if masked_crc32c(data[offset : end + 1]) != stored:
         raise _Corrupt(f"crc32c mismatch in the block at byte {offset}")
     if kind != 0:
         raise _Corrupt(f"block at byte {offset} is compressed (type {kind}); only uncompressed tables are read")
@@ -162,9 +162,9 @@ def _block_entries(block: bytes) -> Iterator[tuple[bytes, bytes]]:
         vlen, pos = _varint(block, pos)
         if shared > len(key) or pos + unshared + vlen > limit:
             raise _Corrupt("bad block entry")
-        key = key[:shared] + block[pos:pos + unshared]
+        key = key[:shared] + block[pos : pos + unshared]
         pos += unshared
-        yield key, block[pos:pos + vlen]
+        yield key, block[pos : pos + vlen]
         pos += vlen
 
 
@@ -244,7 +244,9 @@ class TensorBundle:
             needed[entry.shard] = max(needed[entry.shard], entry.offset + entry.size)
         missing = [p for p in self.data_paths if not p.is_file()]
         if missing:
-            raise CheckpointError(f"{missing[0]}: data shard missing ({len(missing)} of {self.num_shards} shards absent)")
+            raise CheckpointError(
+                f"{missing[0]}: data shard missing ({len(missing)} of {self.num_shards} shards absent)"
+            )
         for path, end in zip(self.data_paths, needed):
             size = path.stat().st_size
             if size < end:
@@ -277,7 +279,7 @@ class TensorBundle:
             raise CheckpointError(
                 f"{path}: truncated ({len(mm):,} bytes; tensor {name!r} needs bytes up to {entry.offset + entry.size:,})"
             )
-        raw = mm[entry.offset:entry.offset + entry.size]  # reads only these pages of the file
+        raw = mm[entry.offset : entry.offset + entry.size]  # reads only these pages of the file
         if masked_crc32c(raw) != entry.crc32c:
             raise CheckpointError(f"{path}: crc32c mismatch in tensor {name!r} (corrupt data file)")
         return np.frombuffer(raw, dtype=dtype, count=count).reshape(entry.shape).copy()
@@ -287,7 +289,7 @@ class TensorBundle:
             mm.close()
         self._maps.clear()
 
-    def __enter__(self) -> "TensorBundle":
+    def __enter__(self) -> TensorBundle:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -314,6 +316,10 @@ def latest_prefix(folder: str | os.PathLike) -> Path:
         return folder / name.name
     inside = folder.resolve()
     if inside != (folder / name).resolve() and inside not in (folder / name).resolve().parents:
-        raise CheckpointError(printable(f"{folder / 'checkpoint'}: model_checkpoint_path {name} leads out of "
-                                        f"{folder}; pass the checkpoint's .index file itself to read it"))
+        raise CheckpointError(
+            printable(
+                f"{folder / 'checkpoint'}: model_checkpoint_path {name} leads out of "
+                f"{folder}; pass the checkpoint's .index file itself to read it"
+            )
+        )
     return folder / name

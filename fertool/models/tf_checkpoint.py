@@ -28,9 +28,9 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 import torch
 
@@ -66,8 +66,7 @@ class Target:
 def is_model_tensor(name: str) -> bool:
     """False for optimizer state (both layouts) and bundle bookkeeping."""
     return not (
-        name.startswith(("optimizer/", "save_counter/", "_CHECKPOINTABLE_OBJECT_GRAPH"))
-        or "/.OPTIMIZER_SLOT/" in name
+        name.startswith(("optimizer/", "save_counter/", "_CHECKPOINTABLE_OBJECT_GRAPH")) or "/.OPTIMIZER_SLOT/" in name
     )
 
 
@@ -157,8 +156,9 @@ def _listing(what: str, items: list[str]) -> str:
     return f"{what} {len(items)} ({', '.join(items[:5])}{', ...' if len(items) > 5 else ''})"
 
 
-def _match(bundle: TensorBundle, names: list[str], target: Mapping[str, torch.Tensor],
-           lhc_after: Mapping[str, str], label: str) -> dict[str, Target]:
+def _match(
+    bundle: TensorBundle, names: list[str], target: Mapping[str, torch.Tensor], lhc_after: Mapping[str, str], label: str
+) -> dict[str, Target]:
     """checkpoint name -> fertool tensor for every model tensor, each used once with its shape.
 
     Refuses, listing the names, when a tensor is missing, unexpected, mis-shaped or not float32.
@@ -183,9 +183,16 @@ def _match(bundle: TensorBundle, names: list[str], target: Mapping[str, torch.Te
             plan[name] = t
     missing = [str(t) for t in expected if t not in seen]
     if extra or misshaped or missing or wrong_dtype:
-        parts = [_listing(what, items) for what, items in
-                 (("missing model tensors:", missing), ("unexpected checkpoint tensors:", extra),
-                  ("mis-shaped:", misshaped), ("not float32:", wrong_dtype)) if items]
+        parts = [
+            _listing(what, items)
+            for what, items in (
+                ("missing model tensors:", missing),
+                ("unexpected checkpoint tensors:", extra),
+                ("mis-shaped:", misshaped),
+                ("not float32:", wrong_dtype),
+            )
+            if items
+        ]
         raise ModelError(f"{bundle.index_path}: not the authors' {label} (Table 2): {'; '.join(parts)}")
     return plan
 
@@ -208,8 +215,10 @@ def import_tf_checkpoint(
         names = [n for n in bundle.entries if is_model_tensor(n)]
         controllers = any(re.match(r"controller\d/w/", n) for n in names)
         if not any("/LHC_Module/" in n for n in names):
-            raise ModelError(f"{bundle.index_path}: no LHC_Module tensors: not a checkpoint of the authors' LHC-Net "
-                             f"({len(names)} model tensors, e.g. {', '.join(names[:3])})")
+            raise ModelError(
+                f"{bundle.index_path}: no LHC_Module tensors: not a checkpoint of the authors' LHC-Net "
+                f"({len(names)} model tensors, e.g. {', '.join(names[:3])})"
+            )
         kind = "controller" if controllers else "lhc"
         rcp = load_recipe("paper")
         arch, args = arch_from_recipe(rcp.model, kind)
@@ -220,8 +229,11 @@ def import_tf_checkpoint(
         plan = _match(bundle, names, target, model.lhc_after, "LHC-NetC" if controllers else "LHC-Net")
 
         # per-head Wqk kernels are stacked into one tensor; the BN counters stay 0
-        state = {k: torch.zeros(v.shape, dtype=v.dtype) for k, v in target.items()
-                 if k.endswith(("num_batches_tracked", ".qk_weight", ".qk_bias"))}
+        state = {
+            k: torch.zeros(v.shape, dtype=v.dtype)
+            for k, v in target.items()
+            if k.endswith(("num_batches_tracked", ".qk_weight", ".qk_bias"))
+        }
         for done, (name, t) in enumerate(plan.items(), start=1):
             arr = bundle.read(name)
             if t.head is None:
@@ -240,6 +252,5 @@ def import_tf_checkpoint(
         recipe=to_dict(rcp),
         class_names=CLASS_NAMES,
         lineage=[{"path": str(prefix), "arch": f"tensorflow:{prefix.name}", "stage": None, "epoch": None}],
-        extra={"tf_source": str(prefix), "source_files": sources, "tensors": len(plan),
-               "skipped_entries": skipped},
+        extra={"tf_source": str(prefix), "source_files": sources, "tensors": len(plan), "skipped_entries": skipped},
     )
