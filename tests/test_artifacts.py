@@ -325,6 +325,11 @@ def write_split_folder(folder: Path, n: int = 3, seed: int = 0) -> dict:
     return out
 
 
+#: The authors' models at full size (32M parameters): the fetched and imported files take
+#: 1.2 GB of temporary space, so these tests run with the slow ones (``pytest -m slow``).
+FULL_SIZE = pytest.mark.slow
+
+
 @pytest.fixture(scope="module")
 def tf_files(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("tf")
@@ -372,6 +377,7 @@ def lhc_env(lhc_home, monkeypatch):
     return home, s
 
 
+@FULL_SIZE
 def test_download_lhc_net_imports_and_records_sha256(lhc_env, tf_files, cli_runner):
     home, s = lhc_env
     result = cli_runner.invoke(app, ["download", "lhc-net"])
@@ -399,6 +405,7 @@ def test_download_lhc_net_imports_and_records_sha256(lhc_env, tf_files, cli_runn
     assert len(s.requests) == before
 
 
+@FULL_SIZE
 def test_commands_take_lhc_net_by_name(lhc_env, tmp_path, cli_runner):
     import json
 
@@ -466,6 +473,7 @@ def test_fer2013_fetch_checks_the_files(home, server, tmp_path):
         assert (path / name).read_bytes() == (folder / name).read_bytes()
 
 
+@FULL_SIZE
 def test_reproduce_plain_only_prints_the_table_beside_the_paper(lhc_env, tmp_path, cli_runner):
     import json
 
