@@ -8,6 +8,7 @@ reference tests skip with a clear reason.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -97,3 +98,27 @@ def pytest_terminal_summary(terminalreporter) -> None:
     ]
     if survived:
         terminalreporter.write_line(f"fault injection: {len(survived)} kill -9 points survived ({', '.join(survived)})")
+
+
+_FAILED_MODULES: set[str] = set()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = (yield).get_result()
+    if report.failed:
+        _FAILED_MODULES.add(item.module.__name__)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _module_temporaries(request, tmp_path_factory):
+    """The folders a module's fixtures made (``tmp_path_factory.mktemp``) are removed when the
+    module ends, unless one of its tests failed: pytest removes them only when the whole run
+    ends, so a run's temporary space would be the sum of every module's instead of the largest
+    one's.  (A passed test's own ``tmp_path`` goes at once: setup.cfg's retention policy.)"""
+    base = tmp_path_factory.getbasetemp()
+    before = set(base.iterdir())
+    yield
+    if request.module.__name__ not in _FAILED_MODULES:
+        for folder in set(base.iterdir()) - before:
+            shutil.rmtree(folder, ignore_errors=True)

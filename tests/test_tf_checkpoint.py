@@ -31,6 +31,10 @@ from fertool.surgery import model_from_checkpoint
 from tests._reference_weights import load_json, reference_state_dict
 from tests.conftest import load_reference, reference_file
 
+#: The fixtures are the authors' models at full size: decompressed and imported they take
+#: 0.75 GB of temporary space, so the whole module runs with the slow tests (pytest -m slow).
+pytestmark = pytest.mark.slow
+
 #: sha256 of the uncompressed data files, as documented with the fixture.
 DATA_SHA256 = {
     "LHC_Net": "22d41213f97b34610b9b0a630f8081483dfc2a666c2b433149108c87421a2cbd",
@@ -205,7 +209,6 @@ def prepared(tmp_path_factory):
     return folder / "images"
 
 
-@pytest.mark.slow
 def test_evaluate_and_ablate_accept_the_imported_checkpoint(imported, prepared, cli_runner, tmp_path):
     import cv2
 
