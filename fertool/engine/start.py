@@ -239,25 +239,30 @@ def _pretrained_checkpoint(recipe: Recipe, kind: str, seed: int, log: Log, class
     arch, args = arch_from_recipe(recipe.model, kind)
     torch.manual_seed(seed)
     model = build_model(arch, **args)
-    lineage: list[dict] = []
+    lineage = _load_pretrained(model, recipe, seed, log)
+    return make_checkpoint(
+        arch=arch,
+        arch_args=args,
+        state_dict=model.state_dict(),
+        stage=None,
+        recipe=to_dict(recipe),
+        class_names=classes,
+        lineage=lineage,
+        extra={},
+    )
+
+
+def _load_pretrained(model: torch.nn.Module, recipe: Recipe, seed: int, log: Log) -> list[dict]:
+    """Loads ``model.pretrained`` into ``model`` (nothing when it is unset); returns the lineage."""
     path = recipe.model.pretrained
     if path is None:
         log(
             "warning: model.pretrained is not set: stage 1 starts from random weights, not ImageNet "
             "(see `fertool import`)"
         )
-        return make_checkpoint(
-            arch=arch,
-            arch_args=args,
-            state_dict=model.state_dict(),
-            stage=None,
-            recipe=to_dict(recipe),
-            class_names=classes,
-            lineage=lineage,
-            extra={},
-        )
+        return []
     p = Path(path)
-    if not p.is_file() and (path == "imagenet" or path in ("resnet34-imagenet",)):
+    if not p.is_file() and path in ("imagenet", "resnet34-imagenet"):
         from ..artifacts import fetch  # the registry's ImageNet start, fetched once and cached
 
         p = fetch("resnet34-imagenet", note=log)
@@ -269,28 +274,15 @@ def _pretrained_checkpoint(recipe: Recipe, kind: str, seed: int, log: Log, class
     reader = BACKBONES[recipe.model.backbone].load_pretrained
     label = reader(model, p) if reader is not None else None  # a file of the backbone's own kind
     if label is not None:
-        lineage.append({"path": str(p), "arch": label, "stage": None, "epoch": None})
         log(f"stage 1 starts from the pre-trained weights of {p} ({label})")
+        return [{"path": str(p), "arch": label, "stage": None, "epoch": None}]
+    if p.name.lower().endswith((".h5", ".hdf5", ".h5.gz", ".hdf5.gz")):
+        source = import_keras(p, input_size=recipe.model.input_size, num_classes=recipe.model.num_classes, seed=seed)
     else:
-        if p.name.lower().endswith((".h5", ".hdf5", ".h5.gz", ".hdf5.gz")):
-            source = import_keras(
-                p, input_size=recipe.model.input_size, num_classes=recipe.model.num_classes, seed=seed
-            )
-        else:
-            source = load_checkpoint(p)
-        head_copied = load_backbone(model, source["state_dict"], str(p))
-        lineage = list(source.get("lineage") or []) + [lineage_entry(p, source)]
-        log(
-            f"stage 1 starts from the pre-trained weights of {p} (classifier head "
-            f"{'copied' if head_copied else 'newly initialised'})"
-        )
-    return make_checkpoint(
-        arch=arch,
-        arch_args=args,
-        state_dict=model.state_dict(),
-        stage=None,
-        recipe=to_dict(recipe),
-        class_names=classes,
-        lineage=lineage,
-        extra={},
+        source = load_checkpoint(p)
+    head_copied = load_backbone(model, source["state_dict"], str(p))
+    log(
+        f"stage 1 starts from the pre-trained weights of {p} (classifier head "
+        f"{'copied' if head_copied else 'newly initialised'})"
     )
+    return list(source.get("lineage") or []) + [lineage_entry(p, source)]
