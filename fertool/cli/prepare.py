@@ -44,7 +44,10 @@ def prepare_cli(
     recipe: str | None = RecipeOption,
     sets: list[str] | None = SetOption,
     overwrite: bool = typer.Option(
-        False, "--overwrite", help="Replace an existing prepared folder (kept until the new one is complete)."
+        False,
+        "--overwrite",
+        help="Write into an existing folder: fertool's own files are replaced once the new "
+        "ones are complete, nothing else in it is removed.",
     ),
     skip_bad: bool = typer.Option(
         False, "--skip-bad", help="Write the good rows and list the bad ones in prepare.json (default: refuse the CSV)."
