@@ -152,3 +152,22 @@ def test_a_tf_checkpoint_file_names_only_files_inside_its_folder(tmp_path):
         latest_prefix(folder)
     (folder / "checkpoint").write_text('model_checkpoint_path: "sub/model"\n')
     assert latest_prefix(folder) == folder / "sub" / "model"
+
+
+def test_a_damaged_png_is_not_decodable_and_libpng_stays_silent(capfd):
+    """A PNG with a flipped IDAT byte (libpng: 'IDAT: CRC error') or cut in half (OpenCV:
+    'PNG input buffer is incomplete') never reaches OpenCV: nothing is written on fd 2."""
+    import cv2
+    import numpy as np
+
+    from fertool.imagecap import decode_image
+
+    pixels = np.random.default_rng(0).integers(0, 256, (64, 64, 3), np.uint8)
+    data = cv2.imencode(".png", pixels)[1].tobytes()
+    i = data.index(b"IDAT") + 100
+    flipped = data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1 :]
+    capfd.readouterr()
+    assert decode_image(flipped, "flipped.png") is None
+    assert decode_image(data[: len(data) // 2], "cut.png") is None
+    assert capfd.readouterr().err == ""
+    assert np.array_equal(decode_image(data, "whole.png"), pixels)  # an intact PNG decodes as before
