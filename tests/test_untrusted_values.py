@@ -243,3 +243,21 @@ def test_every_command_escapes_the_names_it_echoes(tiny, tmp_path, cli_runner, c
     assert res.exit_code == code, res.output
     _assert_clean(res.output)
     assert "line[bold]" in res.output  # shown, not eaten as markup
+
+
+def test_log_lines_and_sample_data_escape_names(tmp_path, cli_runner, monkeypatch):
+    """The log lines of train/pipeline (run folders, checkpoint paths) and sample-data's own lines."""
+    import io
+
+    from rich.console import Console
+
+    from fertool.cli import _common
+
+    buffer = io.StringIO()
+    monkeypatch.setattr(_common, "err", Console(file=buffer, width=200, color_system=None))
+    _common.log_line(f"resuming from {HOSTILE}/last.pt")
+    _assert_clean(buffer.getvalue())
+    assert "line[bold]" in buffer.getvalue()
+    res = cli_runner.invoke(app, ["sample-data", "--out", str(tmp_path / (HOSTILE + ".csv")), "--per-class", "1"])
+    assert res.exit_code == 0, res.output
+    _assert_clean(res.output)

@@ -83,7 +83,7 @@ def _cell(text: str) -> Text:
 
 def log_line(message: str) -> None:
     """One log line on stderr: wrapped on a terminal, one physical line in a log file."""
-    err.print(f"[dim]·[/dim] {escape(message)}", highlight=False, soft_wrap=not err.is_terminal)
+    err.print(f"[dim]·[/dim] {shown(message)}", highlight=False, soft_wrap=not err.is_terminal)
 
 
 def load_recipe_from_options(recipe: str | None, sets: list[str] | None):
