@@ -29,7 +29,11 @@ def export_cmd(
     ),
     samples: int = typer.Option(4, "--samples", min=1, help="Random 0..255 images for the parity check."),
     tolerance: float = typer.Option(
-        1e-4, "--tolerance", min=0.0, help="Largest accepted |probability difference| from the PyTorch model."
+        1e-4,
+        "--tolerance",
+        min=0.0,
+        help="Largest accepted |probability difference| from the PyTorch model, "
+        "per unit of the largest |logit| (when above 1): float32 rounding grows with the logits.",
     ),
     quantize: str | None = typer.Option(
         None,
