@@ -245,7 +245,7 @@ def _merge_into(
     marker = _read_marker(path)
     before = set(marker[1] if marker and marker[0] == kind else []) | set(ours)
     write_json(path / OUTPUT_MARKER, {"kind": kind, "files": sorted(before | set(files))})
-    if last is not None:
+    if last is not None and last in files:  # the old output no longer looks complete
         (path / last).unlink(missing_ok=True)
     pause_point(fault or f"merge:{path.name}")  # fault tests: killed with the old output no longer complete
     for rel in files:
