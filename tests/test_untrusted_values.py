@@ -180,6 +180,7 @@ def _hostile_cases(tiny, tmp_path, request):
     import yaml
 
     from tests.test_ablation import TINY_LHC, _write_csv
+    from tests.test_report import _five_runs
 
     name = tmp_path / HOSTILE
     name.mkdir()
@@ -202,6 +203,10 @@ def _hostile_cases(tiny, tmp_path, request):
             0,
         ),
         "report": (["report", str(name)], 1),
+        "report-out": lambda: (
+            _five_runs(name / "runs") or ["report", str(name / "runs"), "--out", str(name / "o"), "--no-tta"],
+            0,
+        ),
         "export": (["export", "-c", str(garbage), "-f", "torchscript", "-o", str(tmp_path / "x.pt")], 1),
         "export-out": (["export", "-c", str(tiny), "-f", "torchscript", "-o", str(name / "m.pt"), "--samples", "2"], 0),
         "import": (["import", str(h5), "-o", str(tmp_path / "i.pt")], 1),
@@ -223,6 +228,7 @@ CASES = [
     "ablate",
     "ablate-out",
     "report",
+    "report-out",
     "export",
     "export-out",
     "import",
