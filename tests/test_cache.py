@@ -409,3 +409,18 @@ def test_prepare_verify(tmp_path, cli_runner):
     res = cli_runner.invoke(app, ["prepare", "--verify", str(prep), "-q"])
     assert res.exit_code == 1
     assert f"{victim}: not a readable image" in res.output and "the source CSV changed" in res.output
+
+
+def test_dead_temporaries_are_swept_even_when_the_cache_is_reused(tmp_path):
+    import cv2
+
+    root = tmp_path / "images"
+    for cls in ("Anger", "Happiness"):
+        (root / cls).mkdir(parents=True)
+        for i in range(2):
+            cv2.imwrite(str(root / cls / f"{i}.png"), np.full((8, 8, 3), 40 * i, np.uint8))
+    open_image_split(root, None)  # built
+    dead = root / ".cache" / ".None-0123456789abcdef.npy.999999999-abc.tmp"  # a killed build's (no such pid)
+    dead.write_bytes(b"\0" * 100)
+    open_image_split(root, None)  # reused
+    assert not dead.exists()

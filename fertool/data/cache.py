@@ -110,6 +110,7 @@ def open_image_split(
             f"decoded images are kept there: {where}"
         ) from None
 
+    sweep_stale(folder)  # temporaries of builds killed earlier (kill -9; a full disk was a SIGBUS)
     base = folder / f"{_safe(source.tag)}-{source.key}"
     images_path, meta_path = base.with_name(base.name + ".npy"), base.with_name(base.name + ".meta.npz")
     split_obj = _load_cache(images_path, meta_path, source)
@@ -119,7 +120,6 @@ def open_image_split(
     with _exclusive(folder / f".{base.name}.lock"):
         split_obj = _load_cache(images_path, meta_path, source)
         if split_obj is None:
-            sweep_stale(folder)  # temporaries of builds killed earlier (kill -9, a full disk's SIGBUS)
             _build_cache(source, images_path, meta_path, progress=progress, workers=workers)
             if default_dir:
                 _remove_stale(folder, _safe(source.tag), source.key)
