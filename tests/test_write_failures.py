@@ -156,7 +156,10 @@ def test_an_image_cache_too_big_for_the_disk_is_an_error_not_a_sigbus(small_disk
             cv2.imwrite(str(tmp_path / "images" / cls / f"{i}.png"), rng.integers(0, 256, (160, 160, 3), np.uint8))
     cache = small_disk / "cache"
     cache.mkdir()
-    dead = cache / ".None-0123456789abcdef.npy.999999999-abc-grey.tmp"  # left by a killed build (no such pid)
+    from fertool.data.cache import _folder_source
+
+    source = _folder_source(tmp_path / "images", None)
+    dead = cache / f".{source.tag}-{source.key}.npy.999999999-abc-grey.tmp"  # left by a killed build (no such pid)
     dead.write_bytes(b"\0" * 300_000)
     code = (
         "import sys\n"

@@ -110,7 +110,6 @@ def open_image_split(
             f"decoded images are kept there: {where}"
         ) from None
 
-    sweep_stale(folder)  # temporaries of builds killed earlier (kill -9; a full disk was a SIGBUS)
     base = folder / f"{_safe(source.tag)}-{source.key}"
     images_path, meta_path = base.with_name(base.name + ".npy"), base.with_name(base.name + ".meta.npz")
     split_obj = _load_cache(images_path, meta_path, source)
@@ -120,6 +119,10 @@ def open_image_split(
     with _exclusive(folder / f".{base.name}.lock"):
         split_obj = _load_cache(images_path, meta_path, source)
         if split_obj is None:
+            # Temporaries of this cache's builds killed earlier (kill -9; a full disk was a SIGBUS):
+            # under its lock, so no live build of it (on any host sharing the lock) loses its files.
+            sweep_stale(folder, images_path.name)
+            sweep_stale(folder, meta_path.name)
             _build_cache(source, images_path, meta_path, progress=progress, workers=workers)
             if default_dir:
                 _remove_stale(folder, _safe(source.tag), source.key)
