@@ -28,6 +28,7 @@ __all__ = [
     "write_failure",
     "atomic_path",
     "atomic_dir",
+    "install_dir",
     "check_output_dir",
     "mark_output",
     "output_kind",
@@ -222,17 +223,39 @@ def mark_output(path: str | os.PathLike, kind: str, files: list[str]) -> None:
     write_json(path / OUTPUT_MARKER, {"kind": kind, "files": sorted(set(before) | set(files))})
 
 
-def _merge_into(tmp: Path, path: Path, kind: str, files: list[str]) -> None:
-    """Move ``files`` (and the marker, last) from ``tmp`` into ``path``; drop our stale ones."""
+def _merge_into(
+    tmp: Path,
+    path: Path,
+    kind: str,
+    files: list[str],
+    *,
+    last: str | None = None,
+    ours: tuple[str, ...] = (),
+    fault: str | None = None,
+) -> None:
+    """Move ``files`` (and the marker, last) from ``tmp`` into ``path``; drop our stale ones.
+
+    Crash-safe in order: first the marker lists the old and the new files together (a
+    process killed while moving leaves a folder whose marker still names every file fertool
+    put there, so the next run removes them and nothing else); the file ``last`` (the one
+    that says the output is complete, e.g. ``prepare.json``) is removed first and moved in
+    after every other file.  ``ours``: more files of ``path`` that fertool wrote without
+    listing them (a cache, a folder written before markers existed).
+    """
     marker = _read_marker(path)
-    before = marker[1] if marker and marker[0] == kind else []
+    before = set(marker[1] if marker and marker[0] == kind else []) | set(ours)
+    write_json(path / OUTPUT_MARKER, {"kind": kind, "files": sorted(before | set(files))})
+    if last is not None and last in files:  # the old output no longer looks complete
+        (path / last).unlink(missing_ok=True)
+    pause_point(fault or f"merge:{path.name}")  # fault tests: killed with the old output no longer complete
     for rel in files:
+        if rel == last:
+            continue
         dst = path / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp / rel, dst)
-    os.replace(tmp / OUTPUT_MARKER, path / OUTPUT_MARKER)
     root = path.resolve()
-    for rel in sorted(set(before) - set(files)):
+    for rel in sorted(before - set(files)):
         old = path / rel
         if Path(rel).is_absolute() or ".." in Path(rel).parts or root not in old.resolve().parents:
             continue  # a tampered marker names nothing outside the folder
@@ -243,6 +266,42 @@ def _merge_into(tmp: Path, path: Path, kind: str, files: list[str]) -> None:
                     break
                 with contextlib.suppress(OSError):
                     parent.rmdir()
+    if last is not None and last in files:
+        os.replace(tmp / last, path / last)
+    os.replace(tmp / OUTPUT_MARKER, path / OUTPUT_MARKER)
+
+
+def install_dir(
+    tmp: str | os.PathLike,
+    path: str | os.PathLike,
+    kind: str,
+    *,
+    last: str | None = None,
+    ours: tuple[str, ...] = (),
+    fault: str | None = None,
+) -> None:
+    """Put the finished folder ``tmp`` in place as the ``kind`` output ``path``, as :func:`atomic_dir` does.
+
+    A missing or empty ``path`` becomes ``tmp`` renamed; into an existing one fertool's files
+    are moved one by one (:func:`_merge_into`, ``last`` and ``ours`` as there) and no file
+    fertool did not write is removed.  The caller has checked ``path`` (:func:`check_output_dir`).
+    ``fault``: the name of the fault tests' pause point, before the rename or in the middle of the merge.
+    """
+    tmp, path = Path(tmp), Path(path)
+    files = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if not p.is_dir())
+    files = [f for f in files if f != OUTPUT_MARKER]
+    (tmp / OUTPUT_MARKER).write_text(json.dumps({"kind": kind, "files": files}, indent=1) + "\n", encoding="utf-8")
+    if path.is_dir() and not any(os.scandir(path)):
+        path.rmdir()
+    if not path.exists():
+        pause_point(fault or f"install:{path.name}")  # fault tests: killed with the folder complete, not renamed
+        try:
+            os.rename(tmp, path)
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                raise
+    _merge_into(tmp, path, kind, files, last=last, ours=ours, fault=fault)
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:

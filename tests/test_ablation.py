@@ -153,7 +153,7 @@ def test_ablate_end_to_end(ckpts, tmp_path):
         out_dir=out,
         batch_size=n,
         pictures=1,
-        progress=lambda d, t: calls.append((d, t)),
+        progress=lambda d, t, **fields: calls.append((d, t, fields.get("description"))),
     )
     assert report["n"] == n and report["total_heads"] == 19
     assert [r["set"] for r in report["results"][:5]] == [[f"lhc{i}"] for i in range(1, 6)]
@@ -198,7 +198,9 @@ def test_ablate_end_to_end(ckpts, tmp_path):
     from fertool.recipe import load_recipe
 
     assert load_recipe(out / "recipe.yaml").ablate.sets == ("single",)
-    assert calls[-1][0] == calls[-1][1] == n * (1 + 10)  # full model + 10 ablated sets
+    passes = [c for c in calls if c[2] is None]
+    assert passes[-1][0] == passes[-1][1] == n * (1 + 10)  # full model + 10 ablated sets
+    assert calls[-1][0] == calls[-1][1] and calls[-1][2] == "figures"  # then the figures, as a phase of their own
 
 
 def test_all_subsets_and_default_out(ckpts, tmp_path):
@@ -396,3 +398,41 @@ def test_attention_pictures_run_in_the_requested_precision(ckpts, tmp_path):
         torch.backends.cuda.matmul.allow_tf32 = saved
         hook.remove()
     assert seen == [False, True] and after is True
+
+
+def test_an_interrupted_ablate_does_not_say_done(ckpts, tmp_path, cli_runner, monkeypatch):
+    """Ctrl-C in a pass or while drawing the figures (after every pass is done): the last
+    progress line ends '(interrupted)', the passes' line '(done)' only when they all ran."""
+    import fertool.analysis.plots as plots
+    import fertool.evaluation.inference as inference
+    from fertool.cli import app
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    csv = _write_csv(tmp_path / "fer.csv", counts=(("PrivateTest", 3),))
+    args = ["ablate", "-c", str(ckpts["paths"]["trained"]), "--csv", str(csv), "--out", str(tmp_path / "o")]
+    args += ["--modes", "off", "--subsets", "single", "--pictures", "0", "--device", "cpu", "--engine", "torch"]
+    monkeypatch.setattr(plots, "plot_ablation", interrupt)
+    res = cli_runner.invoke(app, args)
+    lines = res.stderr.strip().splitlines()
+    assert res.exit_code == 130 and lines[-1] == "error: interrupted", res.stderr
+    assert lines[-3].startswith("ablate PrivateTest: 18/18 img") and lines[-3].endswith("(done)"), res.stderr
+    assert lines[-2] == "ablate PrivateTest: figures: 0/5 img, <1s (interrupted)", res.stderr
+    assert not (tmp_path / "o").exists()
+
+    real, calls = inference.predict_probs, [0]
+
+    def predict_probs(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 2:  # the second pass, after the first reported its images
+            kwargs["progress"](1)
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(inference, "predict_probs", predict_probs)
+    res = cli_runner.invoke(app, args)
+    lines = res.stderr.strip().splitlines()
+    assert res.exit_code == 130 and lines[-1] == "error: interrupted", res.stderr
+    assert lines[-2].startswith("ablate PrivateTest: 4/18 img") and lines[-2].endswith("(interrupted)"), res.stderr
+    assert "(done)" not in res.stderr

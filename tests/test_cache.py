@@ -409,3 +409,28 @@ def test_prepare_verify(tmp_path, cli_runner):
     res = cli_runner.invoke(app, ["prepare", "--verify", str(prep), "-q"])
     assert res.exit_code == 1
     assert f"{victim}: not a readable image" in res.output and "the source CSV changed" in res.output
+
+
+def test_dead_temporaries_of_a_cache_are_swept_before_it_is_built(tmp_path):
+    import cv2
+
+    from fertool.data.cache import _folder_source
+
+    root = tmp_path / "images"
+    for cls in ("Anger", "Happiness"):
+        (root / cls).mkdir(parents=True)
+        for i in range(2):
+            cv2.imwrite(str(root / cls / f"{i}.png"), np.full((8, 8, 3), 40 * i, np.uint8))
+    source = _folder_source(root, None)
+    name = f"{source.tag}-{source.key}"
+    (root / ".cache").mkdir()
+    dead = [
+        root / ".cache" / f".{name}.npy.999999999-abc-grey.tmp",
+        root / ".cache" / f".{name}.meta.npz.999999999-x.tmp",
+    ]
+    for path in dead:  # a killed build's (no such pid)
+        path.write_bytes(b"\0" * 100)
+    other = root / ".cache" / ".PublicTest-0123456789abcdef.npy.999999999-abc.tmp"  # another cache's: not ours to judge
+    other.write_bytes(b"\0")
+    open_image_split(root, None)
+    assert not any(path.exists() for path in dead) and other.exists()

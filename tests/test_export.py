@@ -151,3 +151,44 @@ def test_cli_prints_the_parity_difference(ckpt_path, tmp_path, cli_runner):
     assert result.exit_code == 0, result.output
     assert f"wrote {out}" in result.stderr and "wrote" not in result.stdout  # notes on stderr, results on stdout
     assert result.stdout.startswith(f"{out}: torchscript, ")
+
+
+def test_the_parity_bound_scales_with_the_logits():
+    """tolerance x max(1, largest |logit|): a logit error proportional to the logits' size (float32
+    rounding) passes through a softmax at most halved; small logits keep the absolute bound."""
+    assert E.parity_bound(1e-4, torch.tensor([[0.2, -0.5, 0.9]])) == pytest.approx(1e-4)
+    assert E.parity_bound(1e-4, torch.tensor([[-30.0, 2.0, 5.0]])) == pytest.approx(3e-3)
+    assert E.parity_bound(0.0, torch.tensor([[-30.0, 2.0]])) == 0.0
+    assert E.parity_bound(1e-4, torch.tensor([[float("nan"), 2.0]])) == pytest.approx(1e-4)
+
+
+@pytest.mark.parametrize("delta,accepted", [(1e-3, True), (5e-2, False)])
+def test_large_logits_widen_the_parity_check_but_a_wrong_graph_is_still_refused(tmp_path, monkeypatch, delta, accepted):
+    """Logits about 20x larger than the tiny model's (head scaled by 20, largest |logit| 20..100):
+    a probability difference of 1e-3 (10x the absolute 1e-4, what such a model's ONNX export
+    shows) is float32 rounding and accepted; 5e-2 is an export that computes something else."""
+    ckpt = torch.load(make_tiny_checkpoint(tmp_path / "base.pt"), weights_only=True)
+    for key in ("head.fc2.weight", "head.fc2.bias"):
+        ckpt["state_dict"][key] = ckpt["state_dict"][key] * 20
+    path = tmp_path / "large.pt"
+    torch.save(ckpt, path)
+    real = E._run_export
+
+    def shifted(file, fmt, x):
+        got, checked_with = real(file, fmt, x)
+        got = got.copy()
+        got[:, 0] += delta
+        got[:, 1] -= delta
+        return got, checked_with
+
+    monkeypatch.setattr(E, "_run_export", shifted)
+    out = tmp_path / "m.pt"
+    if accepted:
+        info = E.export_model(path, out, fmt="torchscript")
+        assert info["max_abs_diff"] == pytest.approx(delta, rel=1e-3) and 2e-3 <= info["bound"] <= 1e-2
+    else:
+        with pytest.raises(
+            ModelError, match=r"max \|p diff\| = 0\.05 > 0\.00\d+ = tolerance 0\.0001 x max\(1, largest \|logit\| \d+"
+        ):
+            E.export_model(path, out, fmt="torchscript")
+        assert not out.exists()

@@ -143,7 +143,7 @@ def prepare_case(tmp_path_factory):
         ("prepare-chunk:2", False),  # workers busy, two chunks written
         ("prepare-chunk:6", False),
         ("prepare-install:1", False),  # complete, not yet renamed into place
-        ("prepare-install:1", True),  # --overwrite: the old folder moved away, the new one not yet in place
+        ("prepare-install:1", True),  # --overwrite: the old prepare.json removed, the new files not yet moved in
     ],
 )
 def test_kill_prepare(prepare_case, tmp_path, point, existing):
@@ -152,10 +152,18 @@ def test_kill_prepare(prepare_case, tmp_path, point, existing):
     args = ["prepare", "--csv", str(csv), "--out", str(out), "--workers", "2", "-q"]
     if existing:
         shutil.copytree(root / "reference", out)
+        (out / "Training" / "notes.txt").write_text("the user's")  # survives the kill and the rerun
         args.append("--overwrite")
     kill_at(args, point, tmp_path)
+    notes = (out / "Training" / "notes.txt").read_text() if existing else None
+    (out / "Training" / "notes.txt").unlink(missing_ok=True)
     assert not (out / "prepare.json").exists() or _prepared_files(out) == reference  # nothing half-made looks done
+    if existing:
+        (out / "Training" / "notes.txt").write_text(notes)
     run_fertool(args + ([] if "--overwrite" in args or not out.exists() else ["--overwrite"]), tmp_path)
+    if existing:
+        assert notes == (out / "Training" / "notes.txt").read_text() == "the user's"
+        (out / "Training" / "notes.txt").unlink()
     assert _prepared_files(out) == reference  # bit-identical images, manifest, recipe
     assert hidden_siblings(out) == []  # the killed run's temporaries and lock were cleaned up
 

@@ -118,7 +118,9 @@ def test_prepare_images_crop_stretch_colour_and_grey(tmp_path):
 
 def test_folder_sample_prepares_into_the_fer2013_layout(tmp_path):
     root = generate_folder_sample(tmp_path / "raw", per_class=8, seed=1)
-    shapes = {cv2.imread(str(p)).shape[:2] for p in root.rglob("*.*")}
+    shapes = {
+        cv2.imread(str(p)).shape[:2] for p in root.rglob("*.*") if not p.name.startswith(".")
+    }  # the marker is hidden
     assert all(h != w for h, w in shapes) and len(shapes) > 5  # non-square, assorted sizes
     summary = prepare_images(scan_folder(root), tmp_path / "out", config=PrepareConfig(size=24), workers=2)
     assert summary["classes"] == list(FOLDER_CLASSES)

@@ -24,6 +24,7 @@ from fertool.data.prepare import (
 )
 from fertool.data.resize import TFBilinear, resize_bilinear
 from fertool.errors import DataError, FertoolError
+from fertool.files import OUTPUT_MARKER
 from fertool.recipe import PrepareConfig, load_recipe
 
 from .conftest import load_reference
@@ -299,9 +300,21 @@ def test_refuses_a_non_empty_folder_and_overwrite_replaces(reference_csv, tmp_pa
     prepare(csv_path, out, config=small(), workers=1)  # an existing EMPTY folder is fine
     with pytest.raises(DataError, match=re.escape(f"{out}: directory exists and is not empty (use --overwrite")):
         prepare(csv_path, out, config=small(), workers=1)
-    (out / "stale.txt").write_text("from the old run")
+    (out / "notes.txt").write_text("the user's")  # planted among fertool's files: never removed
+    (out / "PublicTest" / "mine.jpg").write_bytes(b"not fertool's")
+    (out / ".cache").mkdir()
+    (out / ".cache" / "PublicTest-0123456789abcdef.npy").write_bytes(b"old cache")  # fertool's: goes
+    (out / OUTPUT_MARKER).unlink()  # a prepared folder from before markers: its manifest says what is fertool's
+    old_image = next(p for p in (out / "Training").rglob("*.jpg"))
+    old_image.rename(old_image.with_name("99999.jpg"))  # an image of the old run the new one does not have
+    listed = (out / "manifest.csv").read_text().replace(f"/{old_image.name}", "/99999.jpg")
+    (out / "manifest.csv").write_text(listed)
     summary = prepare(csv_path, out, config=small(16), workers=1, overwrite=True)
-    assert summary["recipe"]["size"] == 16 and not (out / "stale.txt").exists()
+    assert summary["recipe"]["size"] == 16
+    assert (out / "notes.txt").read_text() == "the user's"
+    assert (out / "PublicTest" / "mine.jpg").read_bytes() == b"not fertool's"
+    assert not (out / ".cache").exists() and not old_image.with_name("99999.jpg").exists()
+    assert old_image.is_file() and Image.open(old_image).size == (16, 16)
     assert siblings(out) == []
 
 
@@ -323,13 +336,19 @@ def test_overwrite_keeps_the_old_data_when_the_new_run_fails(reference_csv, tmp_
     assert after == before and siblings(out) == []
 
 
-def test_overwrite_refuses_folders_that_are_not_prepared_datasets(reference_csv, tmp_path):
+def test_a_folder_that_is_not_a_prepared_dataset_keeps_its_files(reference_csv, tmp_path):
     csv_path, *_ = reference_csv
     precious = tmp_path / "home"
     precious.mkdir()
     (precious / "thesis.tex").write_text("...")
+    (precious / "manifest.csv").write_text("the user's own manifest")  # a name fertool writes: replaced, as asked
     with pytest.raises(DataError, match="not a fertool prepared dataset"):
-        prepare(csv_path, precious, config=small(), workers=1, overwrite=True)
+        prepare(csv_path, precious, config=small(), workers=1)
+    assert sorted(p.name for p in precious.iterdir()) == ["manifest.csv", "thesis.tex"]
+    prepare(csv_path, precious, config=small(), workers=1, overwrite=True)
+    assert (precious / "thesis.tex").read_text() == "..."
+    assert (precious / "prepare.json").is_file() and siblings(precious) == []
+    prepare(csv_path, precious, config=small(16), workers=1, overwrite=True)  # now fertool's: replaced again
     assert (precious / "thesis.tex").read_text() == "..."
     # nor a prepared folder that holds the CSV itself
     out = tmp_path / "out"

@@ -102,3 +102,17 @@ def test_cli_sample_data_formats(cli_runner, tmp_path):
         result.exit_code == 1
         and "--format affectnet: unknown format (expected csv, ferplus, folder, rafdb)" in result.stderr
     )
+
+
+def test_sample_data_overwrite_keeps_the_files_it_did_not_write(tmp_path, cli_runner):
+    from fertool.cli import app
+
+    out = tmp_path / "folder"
+    args = ["sample-data", "--format", "folder", "--out", str(out), "--per-class", "1"]
+    assert cli_runner.invoke(app, args).exit_code == 0
+    (out / "notes.txt").write_text("mine")
+    (out / "prepare.json").write_text("{}")  # a name prepare writes, but not sample-data: the user's
+    result = cli_runner.invoke(app, [*args, "--overwrite", "--seed", "3"])
+    assert result.exit_code == 0, result.output
+    assert (out / "notes.txt").read_text() == "mine" and (out / "prepare.json").read_text() == "{}"
+    assert (out / "train").is_dir() and not [p for p in tmp_path.iterdir() if p.name.startswith(".folder.")]

@@ -11,6 +11,7 @@ import torch
 from fertool.checkpoint import load_checkpoint, save_checkpoint
 from fertool.cli import app
 from fertool.errors import CheckpointError
+from tests.test_ablation import ckpts  # noqa: F401 - a fixture: an LHC-Net checkpoint for ablate
 from tests.test_predict import make_tiny_checkpoint
 
 HOSTILE = "x\x1b[2J\x1b]0;owned\x07\nfake: line[bold]"
@@ -152,3 +153,117 @@ def test_a_tf_checkpoint_file_names_only_files_inside_its_folder(tmp_path):
         latest_prefix(folder)
     (folder / "checkpoint").write_text('model_checkpoint_path: "sub/model"\n')
     assert latest_prefix(folder) == folder / "sub" / "model"
+
+
+def test_a_damaged_png_is_not_decodable_and_libpng_stays_silent(capfd):
+    """A PNG with a flipped IDAT byte (libpng: 'IDAT: CRC error') or cut in half (OpenCV:
+    'PNG input buffer is incomplete') never reaches OpenCV: nothing is written on fd 2."""
+    import cv2
+    import numpy as np
+
+    from fertool.imagecap import decode_image
+
+    pixels = np.random.default_rng(0).integers(0, 256, (64, 64, 3), np.uint8)
+    data = cv2.imencode(".png", pixels)[1].tobytes()
+    i = data.index(b"IDAT") + 100
+    flipped = data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1 :]
+    capfd.readouterr()
+    assert decode_image(flipped, "flipped.png") is None
+    assert decode_image(data[: len(data) // 2], "cut.png") is None
+    assert capfd.readouterr().err == ""
+    assert np.array_equal(decode_image(data, "whole.png"), pixels)  # an intact PNG decodes as before
+
+
+def _hostile_cases(tiny, tmp_path, request):
+    """(command line, expected exit code) of every command that echoes a file name: a name with
+    an escape sequence, a bell, a newline and markup goes through its error or its output."""
+    import yaml
+
+    from tests.test_ablation import TINY_LHC, _write_csv
+    from tests.test_report import _five_runs
+
+    name = tmp_path / HOSTILE
+    name.mkdir()
+    garbage = tmp_path / (HOSTILE + ".pt")
+    garbage.write_bytes(b"not a checkpoint")
+    csv = _write_csv(tmp_path / "fer.csv", counts=(("PrivateTest", 2),))
+    bad_csv = tmp_path / (HOSTILE + ".csv")
+    bad_csv.write_text("emotion,pixels,Usage\n9,1 2 3,Training\n")
+    h5 = tmp_path / (HOSTILE + ".h5")
+    h5.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 64)
+    recipe = tmp_path / "tiny-lhc.yaml"  # LHC modules that fit the tiny model's 32x32 input
+    recipe.write_text(yaml.safe_dump({"model": {"input_size": 32, "lhc": TINY_LHC}}))
+    return {
+        "evaluate": (["evaluate", "-c", str(garbage), "--csv", str(csv), "--device", "cpu"], 1),
+        "evaluate-out": (["evaluate", "-c", str(tiny), "--csv", str(csv), "-o", str(name / "e"), "--device", "cpu"], 0),
+        "ablate": (["ablate", "-c", str(garbage), "--csv", str(csv), "--device", "cpu"], 1),
+        "ablate-out": lambda: (
+            ["ablate", "-c", str(request.getfixturevalue("ckpts")["paths"]["trained"]), "--csv", str(csv)]
+            + ["--out", str(name / "a"), "--modes", "off", "--subsets", "single", "--pictures", "0", "--device", "cpu"],
+            0,
+        ),
+        "report": (["report", str(name)], 1),
+        "report-out": lambda: (
+            _five_runs(name / "runs") or ["report", str(name / "runs"), "--out", str(name / "o"), "--no-tta"],
+            0,
+        ),
+        "export": (["export", "-c", str(garbage), "-f", "torchscript", "-o", str(tmp_path / "x.pt")], 1),
+        "export-out": (["export", "-c", str(tiny), "-f", "torchscript", "-o", str(name / "m.pt"), "--samples", "2"], 0),
+        "import": (["import", str(h5), "-o", str(tmp_path / "i.pt")], 1),
+        "train": (["train", "-s", "1", "--run", str(tmp_path / "r"), "-r", str(tmp_path / (HOSTILE + ".yaml"))], 1),
+        "augment-lhc": (["augment-lhc", "-c", str(garbage), "-o", str(tmp_path / "a.pt")], 1),
+        "augment-lhc-out": (
+            ["augment-lhc", "-c", str(tiny), "-o", str(name / "a.pt"), "-r", str(recipe)],
+            0,
+        ),
+        "prepare": (["prepare", "--csv", str(bad_csv), "--out", str(tmp_path / "p")], 1),
+        "prepare-out": (["prepare", "--csv", str(csv), "--out", str(name / "p"), "--workers", "1"], 0),
+        "download": (["download", HOSTILE], 1),
+    }
+
+
+CASES = [
+    "evaluate",
+    "evaluate-out",
+    "ablate",
+    "ablate-out",
+    "report",
+    "report-out",
+    "export",
+    "export-out",
+    "import",
+    "train",
+    "augment-lhc",
+    "augment-lhc-out",
+    "prepare",
+    "prepare-out",
+    "download",
+]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_every_command_escapes_the_names_it_echoes(tiny, tmp_path, cli_runner, case, request):
+    entry = _hostile_cases(tiny, tmp_path, request)[case]
+    args, code = entry() if callable(entry) else entry
+    res = cli_runner.invoke(app, args)
+    assert res.exit_code == code, res.output
+    _assert_clean(res.output)
+    assert "line[bold]" in res.output  # shown, not eaten as markup
+
+
+def test_log_lines_and_sample_data_escape_names(tmp_path, cli_runner, monkeypatch):
+    """The log lines of train/pipeline (run folders, checkpoint paths) and sample-data's own lines."""
+    import io
+
+    from rich.console import Console
+
+    from fertool.cli import _common
+
+    buffer = io.StringIO()
+    monkeypatch.setattr(_common, "err", Console(file=buffer, width=200, color_system=None))
+    _common.log_line(f"resuming from {HOSTILE}/last.pt")
+    _assert_clean(buffer.getvalue())
+    assert "line[bold]" in buffer.getvalue()
+    res = cli_runner.invoke(app, ["sample-data", "--out", str(tmp_path / (HOSTILE + ".csv")), "--per-class", "1"])
+    assert res.exit_code == 0, res.output
+    _assert_clean(res.output)

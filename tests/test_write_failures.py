@@ -122,3 +122,56 @@ def test_dead_temporaries_of_an_output_are_swept(tmp_path):
     dead.write_text("left by kill -9")
     write_json(tmp_path / "out.json", {})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """An empty 1 MiB tmpfs, or a skip."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    try:
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True, timeout=20
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        pytest.skip("mount is not available here")
+    if done.returncode != 0:
+        pytest.skip("mounting a tmpfs is not permitted here")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True, timeout=20)
+
+
+def test_an_image_cache_too_big_for_the_disk_is_an_error_not_a_sigbus(small_disk, tmp_path):
+    """The cache's file is allocated before it is filled: a full disk is ENOSPC naming the cache
+    (a sparse memory map died of SIGBUS), its temporaries are removed, dead ones swept."""
+    import cv2
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for cls in ("Anger", "Happiness"):
+        (tmp_path / "images" / cls).mkdir(parents=True)
+        for i in range(12):  # 24 x 160 x 160 x 3 bytes: 1.8 MB, more than the 1 MiB disk
+            cv2.imwrite(str(tmp_path / "images" / cls / f"{i}.png"), rng.integers(0, 256, (160, 160, 3), np.uint8))
+    cache = small_disk / "cache"
+    cache.mkdir()
+    from fertool.data.cache import _folder_source
+
+    source = _folder_source(tmp_path / "images", None)
+    dead = cache / f".{source.tag}-{source.key}.npy.999999999-abc-grey.tmp"  # left by a killed build (no such pid)
+    dead.write_bytes(b"\0" * 300_000)
+    code = (
+        "import sys\n"
+        "from fertool.data.cache import open_image_split\n"
+        "from fertool.errors import FertoolError\n"
+        "try:\n"
+        f"    open_image_split({str(tmp_path / 'images')!r}, None, cache_dir={str(cache)!r}, workers=1)\n"
+        "except FertoolError as exc:\n"
+        "    print(exc)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, (done.returncode, done.stderr)  # -7: SIGBUS
+    assert done.stdout.startswith(f"{cache}/") and done.stdout.strip().endswith(": No space left on device")
+    assert ".tmp" not in done.stdout  # the cache is named, not its temporary
+    assert [p.name for p in cache.iterdir() if not p.name.endswith(".lock")] == []  # dead one swept, own removed

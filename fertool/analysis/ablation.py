@@ -40,7 +40,7 @@ import dataclasses
 import itertools
 import os
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -395,6 +395,7 @@ def ablate(
         precision=precision,
         overwrite=overwrite,
         title=f"{ckpt.get('arch')} on {split} ({n} images): full {100 * full['accuracy']:.2f}%",
+        progress=progress,
     )
     return {**report, "out_dir": str(out)}
 
@@ -540,14 +541,32 @@ def _write_outputs(
     precision: str,
     overwrite: bool,
     title: str,
+    progress: Progress | None = None,
 ) -> None:
-    """``out``'s files (ablation.json, plots, pictures, recipe.yaml), built in a temporary folder."""
+    """``out``'s files (ablation.json, plots, pictures, recipe.yaml), built in a temporary folder.
+
+    ``progress`` hears of every figure as its own phase ("figures"): the passes' phase ends
+    when its images are done, and a command interrupted while drawing says so there.
+    """
     from ..files import write_json
     from ..recipe import save_recipe
     from .plots import plot_ablation, plot_head_correlation
 
+    with_corr = [e for e in report.get("heads", {}).get("modules", {}).values() if e["correlation"] is not None]
+    drawn, total = (
+        [0],
+        1 + len(with_corr) + (min(pictures, len(data)) * len(model.lhc_modules()) if pictures > 0 else 0),
+    )
+
+    def tick(k: int = 1) -> None:
+        drawn[0] += k
+        if progress is not None:
+            progress(min(drawn[0], total), total, description="figures")
+
+    tick(0)
     with atomic_dir(out, "ablation", overwrite=overwrite, legacy="ablation.json") as tmp:
         plot_ablation(rows, tmp / "ablation.png", title=title)
+        tick()
         files = ["ablation.json", "ablation.png"]
         if "heads" in report:
             for nm, entry in report["heads"]["modules"].items():
@@ -561,17 +580,25 @@ def _write_outputs(
                         + ("n/a" if value is None else f"{value:.2f}"),
                     )
                     files.append(f"heads-{nm}.png")
+                    tick()
         if pictures > 0:
-            report["pictures"] = _pictures(model, data, pictures, tmp / "pictures", device, precision)
+            report["pictures"] = _pictures(model, data, pictures, tmp / "pictures", device, precision, tick)
             files += [f"pictures/{p}" for item in report["pictures"] for p in item["files"]]
         save_recipe(rcp_out, tmp / "recipe.yaml")
         files.append("recipe.yaml")
         report["files"] = files
         write_json(tmp / "ablation.json", report)
+    tick(total)  # every figure written (fewer than counted when a module recorded nothing)
 
 
 def _pictures(
-    model: nn.Module, data: ImageSplit, count: int, folder: Path, device: torch.device, mode: str = "fp32"
+    model: nn.Module,
+    data: ImageSplit,
+    count: int,
+    folder: Path,
+    device: torch.device,
+    mode: str = "fp32",
+    tick: Callable[[], None] = lambda: None,
 ) -> list[dict]:
     """Attention pictures of ``count`` images evenly spaced in ``data`` (see plot_attention),
     computed in precision ``mode`` as the accuracies are (TF32 switched explicitly)."""
@@ -630,5 +657,6 @@ def _pictures(
                 f"{module.heads} head(s), {module.channels} channels, {h}x{w}",
             )
             item["files"].append(fname)
+            tick()
         out.append(item)
     return out

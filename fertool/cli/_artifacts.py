@@ -18,6 +18,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
+from ..errors import printable
 from ._common import err, log_line
 
 
@@ -37,7 +38,7 @@ def byte_progress(quiet: bool = False) -> Iterator:
             key = fields.get("description", "")
             if total and done >= total and key not in seen:
                 seen[key] = True
-                err.print(f"{key}: {_size(done)}", highlight=False, markup=False, soft_wrap=True)
+                err.print(f"{printable(key)}: {_size(done)}", highlight=False, markup=False, soft_wrap=True)
 
         yield log
         return

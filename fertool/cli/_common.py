@@ -70,9 +70,20 @@ def safe(text: object) -> Text:
     return Text(printable(text))
 
 
+def shown(text: object) -> str:
+    """Untrusted text to put inside a Rich markup string (``f"wrote {shown(path)}"``): control
+    characters escaped and the brackets of markup escaped."""
+    return escape(printable(text))
+
+
+def _cell(text: str) -> Text:
+    """A table cell: each of its lines escaped (the tables' own cells are two lines, count and %)."""
+    return Text("\n".join(printable(line) for line in text.split("\n")))
+
+
 def log_line(message: str) -> None:
     """One log line on stderr: wrapped on a terminal, one physical line in a log file."""
-    err.print(f"[dim]·[/dim] {escape(message)}", highlight=False, soft_wrap=not err.is_terminal)
+    err.print(f"[dim]·[/dim] {shown(message)}", highlight=False, soft_wrap=not err.is_terminal)
 
 
 def load_recipe_from_options(recipe: str | None, sets: list[str] | None):
@@ -92,18 +103,18 @@ def number_table(
     one word per line, and a value that still does not fit folds onto a second line.  The first ``left``
     columns are left-aligned (names), the others right-aligned (numbers).
     """
-    rows = [[str(cell) for cell in row] for row in rows]
+    rows = [[str(_cell(str(cell))) for cell in row] for row in rows]
     kwargs.setdefault("show_edge", False)  # four more columns for the values
     if title:  # a table narrower than its title would wrap it ("PrivateTest (56 / images)")
         kwargs.setdefault("min_width", min(len(title), 80))
-    table = Table(title=title, title_justify="left", **kwargs)
+    table = Table(title=safe(title) if title else None, title_justify="left", **kwargs)
     for i, name in enumerate(header):
         widest = max((len(line) for row in rows for line in row[i].splitlines()), default=0)
         if len(name) > widest:  # one word per line: "paper\nparams" is as wide as "27.6M"
             name = "\n".join(name.split())
         table.add_column(name, justify="left" if i < left else "right", overflow="fold", min_width=widest)
     for row in rows:
-        table.add_row(*row)
+        table.add_row(*(Text(cell) for cell in row))
     return table
 
 

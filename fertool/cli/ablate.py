@@ -6,7 +6,18 @@ from pathlib import Path
 
 import typer
 
-from ._common import EngineOption, QuietOption, RecipeOption, SetOption, err, number_table, out, progress_callback
+from ..errors import printable
+from ._common import (
+    EngineOption,
+    QuietOption,
+    RecipeOption,
+    SetOption,
+    err,
+    number_table,
+    out,
+    progress_callback,
+    shown,
+)
 
 
 def ablate_cli(
@@ -109,10 +120,10 @@ def ablate_cli(
         )
     render(report)
     for note in report["notes"]:
-        err.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
+        err.print(f"[yellow]note:[/] {shown(note)}", highlight=False, soft_wrap=True)
     if not quiet:
         err.print(
-            f"wrote {report['out_dir']}/ ({', '.join(report['files'][:4])}"
+            f"wrote {shown(report['out_dir'])}/ ({shown(', '.join(report['files'][:4]))}"
             + (", ..." if len(report["files"]) > 4 else "")
             + ")"
         )
@@ -169,6 +180,7 @@ def render(report: dict) -> None:
                 f"({k['searched']}): {'+'.join(k['modules']) or 'none'}, {k['heads']} of {k['total_heads']} "
                 f"heads, {_pct(k[key])}% ({_delta(k['delta'])})",
                 highlight=False,
+                markup=False,
             )
     hd = report.get("heads")
     if hd:
@@ -192,8 +204,9 @@ def render(report: dict) -> None:
         out.print(number_table("head redundancy: mean |correlation| between heads", header, rows))
         if unplotted:
             err.print(
-                f"note: no heads-<module>.png for {', '.join(unplotted)}: a correlation needs two heads",
+                f"note: no heads-<module>.png for {printable(', '.join(unplotted))}: a correlation needs two heads",
                 highlight=False,
+                markup=False,
             )
 
 

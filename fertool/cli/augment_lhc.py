@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from ._common import QuietOption, RecipeOption, SetOption, err, out
+from ._common import QuietOption, RecipeOption, SetOption, err, out, shown
 
 
 def augment_lhc_cli(
@@ -65,10 +65,11 @@ def augment_lhc_cli(
         what = "LHC modules and controllers"
     n = len(ckpt["arch_args"].get("lhc") or [])
     out.print(
-        f"{result['out']}: {result['arch']} ({what} added to {checkpoint}, {n} modules, LHC seed {result['lhc_seed']})"
+        f"{shown(result['out'])}: {shown(result['arch'])} ({what} added to {shown(checkpoint)}, {n} modules, "
+        f"LHC seed {result['lhc_seed']})"
     )
     if not quiet:
-        err.print(f"wrote {result['out']} and {result['recipe']}")
+        err.print(f"wrote {shown(result['out'])} and {shown(result['recipe'])}")
 
 
 def register(app: typer.Typer) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from ._common import QuietOption, err, log_line, number_table, out
+from ._common import QuietOption, err, log_line, number_table, out, shown
 
 
 def download_cli(
@@ -117,7 +117,7 @@ def reproduce_cli(
     title = f"FER2013 PrivateTest ({n:,} images): the authors' published models"
     out.print(number_table(title, ["model", "accuracy", "paper", "with TTA", "paper TTA"], rows))
     if not quiet:
-        err.print(f"wrote {out_dir}/ (one evaluation report per model)")
+        err.print(f"wrote {shown(out_dir)}/ (one evaluation report per model)")
 
 
 def _duration(seconds: float) -> str:

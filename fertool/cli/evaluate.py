@@ -7,7 +7,18 @@ from pathlib import Path
 
 import typer
 
-from ._common import EngineOption, QuietOption, RecipeOption, SetOption, err, number_table, out, progress_callback
+from ..errors import printable
+from ._common import (
+    EngineOption,
+    QuietOption,
+    RecipeOption,
+    SetOption,
+    err,
+    number_table,
+    out,
+    progress_callback,
+    shown,
+)
 
 
 def evaluate_cli(
@@ -96,9 +107,9 @@ def evaluate_cli(
         return
     render_report(report)
     for note in provenance_notes(report):
-        err.print(f"note: {note}", highlight=False, markup=False, soft_wrap=True)
+        err.print(f"note: {printable(note)}", highlight=False, markup=False, soft_wrap=True)
     if not quiet:
-        err.print(f"wrote {report['out_dir']}/ (metrics.json, probs.npz, confusion.png, recipe.yaml)")
+        err.print(f"wrote {shown(report['out_dir'])}/ (metrics.json, probs.npz, confusion.png, recipe.yaml)")
 
 
 def provenance_notes(report: dict) -> list[str]:

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import typer
 
-from ._common import QuietOption, err, out
+from ..errors import printable
+from ._common import QuietOption, err, out, shown
 
 
 class ExportFormat(str, Enum):
@@ -28,7 +29,11 @@ def export_cmd(
     ),
     samples: int = typer.Option(4, "--samples", min=1, help="Random 0..255 images for the parity check."),
     tolerance: float = typer.Option(
-        1e-4, "--tolerance", min=0.0, help="Largest accepted |probability difference| from the PyTorch model."
+        1e-4,
+        "--tolerance",
+        min=0.0,
+        help="Largest accepted |probability difference| from the PyTorch model, "
+        "per unit of the largest |logit| (when above 1): float32 rounding grows with the logits.",
     ),
     quantize: str | None = typer.Option(
         None,
@@ -64,11 +69,11 @@ def export_cmd(
             quantize=quantize,
         )
     meta = info["metadata"]
-    out.print(f"{info['path']}: {fmt.value}, {info['bytes'] / 2**20:.1f} MiB", highlight=False, soft_wrap=True)
+    out.print(f"{shown(info['path'])}: {fmt.value}, {info['bytes'] / 2**20:.1f} MiB", highlight=False, soft_wrap=True)
     out.print(
-        f"  {meta['arch']}: input float32 (batch, 3, {meta['input']['size']}, {meta['input']['size']}) "
+        f"  {shown(meta['arch'])}: input float32 (batch, 3, {meta['input']['size']}, {meta['input']['size']}) "
         f"raw 0..255, {meta['input']['channels']} -> softmax over {len(meta['class_names'])} classes "
-        f"({', '.join(meta['class_names'])})"
+        f"({shown(', '.join(meta['class_names']))})"
     )
     if info["max_abs_diff"] is None:
         out.print("  parity: not checked (onnxruntime is not installed: pip install onnxruntime)")
@@ -79,7 +84,7 @@ def export_cmd(
             + (f"; int8: top-1 agreement {info['top1_agreement']:.0%}" if info.get("quantize") else "")
         )
     if not quiet:
-        err.print(f"wrote {info['path']}", highlight=False, markup=False, soft_wrap=True)
+        err.print(f"wrote {printable(info['path'])}", highlight=False, markup=False, soft_wrap=True)
         err.print("the preprocessing contract is in the file's metadata (fertool.deploy.export.read_export_metadata)")
 
 

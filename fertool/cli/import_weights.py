@@ -11,7 +11,7 @@ from pathlib import Path
 
 import typer
 
-from ._common import QuietOption, err, out, progress_callback
+from ._common import QuietOption, err, out, progress_callback, shown
 
 
 def import_cli(
@@ -62,18 +62,18 @@ def import_cli(
     if "keras_version" in extra:
         n = sum(v.numel() for k, v in ckpt["state_dict"].items() if not k.startswith("head.") and v.is_floating_point())
         out.print(
-            f"{out_path}: resnet34v2, {n:,} backbone values from {source} "
-            f"(Keras {extra['keras_version']}); head {extra['keras_head']}"
+            f"{shown(out_path)}: resnet34v2, {n:,} backbone values from {shown(source)} "
+            f"(Keras {shown(extra['keras_version'])}); head {shown(extra['keras_head'])}"
         )
     else:
         n = sum(v.numel() for v in ckpt["state_dict"].values() if v.is_floating_point())
-        files = ", ".join(f"{f['name']} (sha256 {f['sha256'][:12]}...)" for f in extra["source_files"])
+        files = ", ".join(f"{shown(f['name'])} (sha256 {f['sha256'][:12]}...)" for f in extra["source_files"])
         out.print(
-            f"{out_path}: {ckpt['arch']}, {extra['tensors']} tensors = {n:,} values from {files}; "
+            f"{shown(out_path)}: {shown(ckpt['arch'])}, {extra['tensors']} tensors = {n:,} values from {files}; "
             f"{extra['skipped_entries']} optimizer/bookkeeping entries skipped"
         )
     if not quiet:
-        err.print(f"wrote {out_path}")
+        err.print(f"wrote {shown(out_path)}")
 
 
 def register(app: typer.Typer) -> None:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from ..errors import printable
 from ._common import (
     QuietOption,
     SetOption,
@@ -134,7 +135,7 @@ def pipeline_cli(
     )
     out.print(table)
     report_dir = Path(result["run"]) / "report"
-    err.print(f"run directory: {result['run']}", highlight=False, markup=False, soft_wrap=True)
+    err.print(f"run directory: {printable(result['run'])}", highlight=False, markup=False, soft_wrap=True)
     err.print(
         f"report: {report_dir / 'index.html'} (one page), {report_dir / 'report.md'}",
         highlight=False,
@@ -142,7 +143,7 @@ def pipeline_cli(
         soft_wrap=True,
     )
     for note in result["notes"]:
-        err.print(f"[yellow]note:[/yellow] {escape(note)}", highlight=False, soft_wrap=True)
+        err.print(f"[yellow]note:[/yellow] {escape(printable(note))}", highlight=False, soft_wrap=True)
     failed = [job for job in result.get("jobs", []) if job["returncode"] != 0]
     if failed:  # the others' results are above; the command still fails
         raise FertoolError(

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from ..errors import printable
-from ._common import QuietOption, RecipeOption, SetOption, err, load_recipe_from_options, out, progress_callback
+from ._common import QuietOption, RecipeOption, SetOption, err, load_recipe_from_options, out, progress_callback, shown
 
 
 def prepare_cli(
@@ -44,7 +44,10 @@ def prepare_cli(
     recipe: str | None = RecipeOption,
     sets: list[str] | None = SetOption,
     overwrite: bool = typer.Option(
-        False, "--overwrite", help="Replace an existing prepared folder (kept until the new one is complete)."
+        False,
+        "--overwrite",
+        help="Write into an existing folder: fertool's own files are replaced once the new "
+        "ones are complete, nothing else in it is removed.",
     ),
     skip_bad: bool = typer.Option(
         False, "--skip-bad", help="Write the good rows and list the bad ones in prepare.json (default: refuse the CSV)."
@@ -104,7 +107,7 @@ def prepare_cli(
     for warning in summary["warnings"]:
         if warning.startswith(CANONICAL_PREFIX):
             continue
-        err.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+        err.print(f"[yellow]warning:[/] {shown(warning)}", highlight=False, soft_wrap=True)
     if check["match"]:
         err.print("canonical FER2013: yes (35,887 rows; 28,709 / 3,589 / 3,589)", highlight=False)
     else:
@@ -115,7 +118,7 @@ def prepare_cli(
             soft_wrap=True,
         )
         for difference in check["differences"]:
-            err.print(f"  - {difference}", highlight=False, soft_wrap=True)
+            err.print(f"  - {shown(difference)}", highlight=False, soft_wrap=True)
 
 
 def _prepare_images(
@@ -147,21 +150,23 @@ def _prepare_images(
         )
     _print_counts(summary)
     for warning in summary["warnings"]:
-        err.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+        err.print(f"[yellow]warning:[/] {shown(warning)}", highlight=False, soft_wrap=True)
 
 
 def _print_counts(summary: dict) -> None:
     from rich.table import Table
 
     counts = summary["counts"]
-    table = Table(title=f"{summary['images']:,} images of {len(summary['classes'])} classes in {summary['output']}")
+    table = Table(
+        title=f"{summary['images']:,} images of {len(summary['classes'])} classes in {shown(summary['output'])}"
+    )
     table.add_column("class")
     for split in counts:
         table.add_column(split, justify="right")
     table.add_column("total", justify="right")
     for name in summary["classes"]:
         row = [counts[split][name] for split in counts]
-        table.add_row(name, *(f"{n:,}" for n in row), f"{sum(row):,}")
+        table.add_row(shown(name), *(f"{n:,}" for n in row), f"{sum(row):,}")
     totals = [summary["split_totals"][split] for split in counts]
     table.add_row("[bold]total", *(f"[bold]{n:,}" for n in totals), f"[bold]{sum(totals):,}")
     out.print(table)

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import typer
 
-from ._common import QuietOption, err, number_table, out
+from ..errors import printable
+from ._common import QuietOption, err, number_table, out, shown
 
 
 def report_cli(
@@ -56,17 +57,18 @@ def report_cli(
 
     seeds = seed_line(data["seeds"])
     if seeds:  # results of seeds still running or failed are not the run's final numbers
-        out.print(seeds, highlight=False, soft_wrap=True)
+        out.print(printable(seeds), highlight=False, markup=False, soft_wrap=True)
     rejected = [r for r in data["runs"] if r["status"] == "rejected"]
     if rejected:
         out.print(
             f"rejected by the selection rule ({len(rejected)}): "
-            + ", ".join(f"{r['run']} ({r['stage']})" for r in rejected),
+            + printable(", ".join(f"{r['run']} ({r['stage']})" for r in rejected)),
+            markup=False,
             soft_wrap=True,
         )
     if not quiet:
         err.print(
-            f"wrote {data['out_dir']}/report.md, report.json, runs.png" + (", index.html" if html else ""),
+            f"wrote {shown(data['out_dir'])}/report.md, report.json, runs.png" + (", index.html" if html else ""),
             highlight=False,
             soft_wrap=True,
         )

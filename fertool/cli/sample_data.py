@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from ..errors import printable
 from ._common import QuietOption, err, out
 
 
@@ -46,9 +47,9 @@ def sample_data_cli(
         path = make(out_path, per_class=per_class, seed=seed, overwrite=overwrite)
         files = sum(1 for p in path.rglob("*") if p.is_file())
         what = f"the {fmt} layout ({files:,} files)"
-    out.print(f"{path}: {what}, seed {seed}", highlight=False, soft_wrap=True)
+    out.print(f"{printable(path)}: {what}, seed {seed}", highlight=False, markup=False, soft_wrap=True)
     if not quiet:
-        err.print(f"wrote {path}", highlight=False, markup=False, soft_wrap=True)
+        err.print(f"wrote {printable(path)}", highlight=False, markup=False, soft_wrap=True)
         err.print("note: synthetic cartoon faces for demos and tests, not real data", highlight=False)
 
 

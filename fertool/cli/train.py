@@ -16,6 +16,7 @@ from ._common import (
     log_line,
     out,
     progress_callback,
+    shown,
 )
 
 _HEADER = f"{'epoch':>9}  {'loss':>8}  {'acc':>7}  {'val loss':>8}  {'val acc':>7}  {'img/s':>7}  {'time':>7}"
@@ -170,9 +171,9 @@ def train_cli(
             )
         )
     for warning in summary.get("warnings") or []:
-        rows.append(("[yellow]warning[/yellow]", warning))
+        rows.append(("[yellow]warning[/yellow]", shown(warning)))
     for key, value in rows:
-        table.add_row(key, value)
+        table.add_row(key, value if key == "selection rule" else shown(value))
     out.print(table)
 
 

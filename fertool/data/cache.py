@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import hashlib
 import json
 import os
@@ -42,9 +43,10 @@ import torch
 
 from .. import CLASS_NAMES
 from ..errors import DataError, printable
+from ..files import write_failure
 from ..imagecap import decode_image
 from ..progress import Progress
-from ..tempfiles import temp_file
+from ..tempfiles import sweep_stale, temp_file
 from .datasets import ArraySplit
 from .ferplus import SOFT_MODES, vote_distribution
 from .folders import IMAGE_EXTENSIONS, SPLIT_ALIASES, emotion_key
@@ -117,6 +119,10 @@ def open_image_split(
     with _exclusive(folder / f".{base.name}.lock"):
         split_obj = _load_cache(images_path, meta_path, source)
         if split_obj is None:
+            # Temporaries of this cache's builds killed earlier (kill -9; a full disk was a SIGBUS):
+            # under its lock, so no live build of it (on any host sharing the lock) loses its files.
+            sweep_stale(folder, images_path.name)
+            sweep_stale(folder, meta_path.name)
             _build_cache(source, images_path, meta_path, progress=progress, workers=workers)
             if default_dir:
                 _remove_stale(folder, _safe(source.tag), source.key)
@@ -438,9 +444,9 @@ def _build_cache(
                     i = start + offset
                     size = _check_size(source.files[i], img, size, source.files[0])
                     if out is None:
-                        out = np.lib.format.open_memmap(tmp_grey, mode="w+", dtype=np.uint8, shape=(n, size, size))
+                        out = _allocated_memmap(tmp_grey, (n, size, size))
                     if grey and img.ndim == 3:  # first colour image: switch the whole cache to RGB
-                        rgb = np.lib.format.open_memmap(tmp_images, mode="w+", dtype=np.uint8, shape=(n, size, size, 3))
+                        rgb = _allocated_memmap(tmp_images, (n, size, size, 3))
                         for j in range(0, i, _DECODE_CHUNK):  # (k, S, S) -> (k, S, S, 3)
                             rgb[j : min(i, j + _DECODE_CHUNK)] = out[j : min(i, j + _DECODE_CHUNK), ..., None]
                         del out
@@ -459,9 +465,34 @@ def _build_cache(
             np.savez(fh, labels=source.labels, rows=rows, has_rows=np.asarray(source.rows is not None))
         os.replace(tmp_meta, meta_path)
         os.replace(tmp_images, images_path)  # last: its presence marks a complete cache
+    except OSError as exc:  # a full disk, a read-only or vanished cache folder: named, no traceback
+        named = Path(os.fsdecode(exc.filename)) if isinstance(exc.filename, (str, bytes)) else None
+        path, tmp = (meta_path, tmp_meta) if named == tmp_meta else (images_path, named)
+        raise write_failure(exc, path, tmp) or DataError(f"{images_path}: {exc}") from None
     finally:
         for tmp in (tmp_images, tmp_grey, tmp_meta):
             tmp.unlink(missing_ok=True)
+
+
+def _allocated_memmap(path: Path, shape: tuple[int, ...]) -> np.ndarray:
+    """A new uint8 ``.npy`` memory map at ``path`` whose disk space is reserved before a byte is written.
+
+    ``open_memmap`` makes a sparse file; filling it on a full disk is a SIGBUS that kills the
+    process with no message and leaves the temporaries.  ``posix_fallocate`` claims the blocks
+    first, so a disk without room is an ENOSPC OSError here (glibc writes zeros itself on file
+    systems without ``fallocate``; a platform without the call keeps the sparse file).
+    """
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)
+    if hasattr(os, "posix_fallocate"):
+        fd = os.open(path, os.O_RDWR)
+        try:
+            os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.ENOSYS):
+                raise OSError(exc.errno, exc.strerror, os.fspath(path)) from None
+        finally:
+            os.close(fd)
+    return out
 
 
 def _load_cache(images_path: Path, meta_path: Path, source: _Source) -> ArraySplit | None:

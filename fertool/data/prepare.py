@@ -35,7 +35,8 @@ resize, encode and write it; at most a few chunks are in flight, so memory stays
 however long the CSV is.  Everything is built in a
 hidden temporary sibling of ``DIR`` that is renamed into place only when complete, so an
 interrupted run never leaves a dataset that looks finished, and ``overwrite`` keeps the
-old ``DIR`` until the new one is complete.
+old ``DIR`` until the new one is complete, then replaces fertool's own files in it and
+removes nothing it did not write.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import contextlib
+import csv as csvlib
 import dataclasses
 import datetime
 import hashlib
@@ -62,8 +64,9 @@ import cv2
 import numpy as np
 
 from .. import CLASS_NAMES, __version__
-from ..errors import DataError
+from ..errors import DataError, printable
 from ..faults import pause_point
+from ..files import install_dir, output_kind, write_failure
 from ..locks import holding_lock
 from ..progress import Progress
 from ..tempfiles import pid_alive, temp_dir
@@ -303,21 +306,30 @@ def canonical_differences(counts: dict[str, list[int]]) -> list[str]:
 
 
 def check_destination(out_dir: Path, source: Path, overwrite: bool) -> None:
-    """Refuse an ``out_dir`` that is not ours to fill or replace (``source``: the input)."""
+    """Refuse an ``out_dir`` that is not ours to fill (``source``: the input).
+
+    A missing or empty folder is filled; a prepared folder (or any other) only with
+    ``overwrite``, and then fertool replaces its own files and removes nothing else
+    (:func:`_install`).  A folder holding the source itself is always refused.
+    """
     if out_dir.exists() and not out_dir.is_dir():
-        raise DataError(f"{out_dir}: exists and is not a directory")
+        raise DataError(f"{printable(out_dir)}: exists and is not a directory")
     if not out_dir.is_dir() or not any(out_dir.iterdir()):
         return
     if not overwrite:
-        raise DataError(f"{out_dir}: directory exists and is not empty (use --overwrite to replace it)")
-    if not (out_dir / "prepare.json").is_file():
+        if (out_dir / "prepare.json").is_file() or output_kind(out_dir) == PREPARED_KIND:
+            raise DataError(f"{printable(out_dir)}: directory exists and is not empty (use --overwrite to replace it)")
         raise DataError(
-            f"{out_dir}: not a fertool prepared dataset (no prepare.json); refusing to replace it, "
-            "even with --overwrite: choose another --out"
+            f"{printable(out_dir)}: exists and is not a fertool prepared dataset (no prepare.json); refusing to "
+            "write into it (choose another --out, or --overwrite to add the prepared images to it: "
+            "nothing else in it is removed)"
         )
     if out_dir.resolve() == source.resolve() or out_dir.resolve() in source.resolve().parents:
         kind = "the CSV" if source.is_file() else "the source folder"
-        raise DataError(f"{source}: {kind} is inside {out_dir}, which --overwrite would delete; move it first")
+        raise DataError(
+            f"{printable(source)}: {kind} is inside {printable(out_dir)}; refusing to write the prepared "
+            "dataset around its own source: move it first"
+        )
 
 
 def _auto_workers(workers: int | None, total: int) -> int:
@@ -329,27 +341,38 @@ def _auto_workers(workers: int | None, total: int) -> int:
     return max(1, min(cores, total // ROWS_PER_AUTO_WORKER))
 
 
-def _install(tmp: Path, out_dir: Path) -> None:
-    """Move the finished ``tmp`` folder to ``out_dir``; an old ``out_dir`` goes last."""
-    if out_dir.is_dir() and not any(out_dir.iterdir()):
-        out_dir.rmdir()
-    if not out_dir.exists():
-        pause_point("prepare-install")  # fault tests: killed with the folder complete, not renamed
-        os.rename(tmp, out_dir)
-        return
-    old = temp_dir(out_dir, ".old")
-    os.rename(out_dir, old / "data")
-    try:
-        pause_point("prepare-install")  # fault tests: killed between the two renames
-        os.rename(tmp, out_dir)
-    except BaseException:
-        os.rename(old / "data", out_dir)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
+#: The kind of output (:data:`fertool.files.OUTPUT_MARKER`) of a prepared folder.
+PREPARED_KIND = "prepared dataset"
+
+
+def _ours(out_dir: Path) -> tuple[str, ...]:
+    """Files of an existing ``out_dir`` that fertool wrote without listing them in a marker:
+    its image cache, and (a prepared folder written before markers existed) what its
+    manifest and summary name."""
+    ours = [p.relative_to(out_dir).as_posix() for p in (out_dir / ".cache").rglob("*") if not p.is_dir()]
+    if output_kind(out_dir) is None and (out_dir / "prepare.json").is_file():
+        ours += ["prepare.json", "recipe.yaml", "manifest.csv"]
+        with contextlib.suppress(OSError, ValueError, KeyError, csvlib.Error):
+            with open(out_dir / "manifest.csv", encoding="utf-8", newline="") as fh:
+                ours += [row["path"] for row in csvlib.DictReader(fh) if row.get("path")]
+    return tuple(ours)
+
+
+def _install(tmp: Path, out_dir: Path, kind: str = PREPARED_KIND) -> None:
+    """Put the finished ``tmp`` folder in place at ``out_dir``.
+
+    A new (or empty) ``out_dir`` is ``tmp`` renamed.  Into an existing one fertool's own
+    files are moved one by one and the old ones it no longer has removed; a file fertool did
+    not write is never removed (:func:`fertool.files.install_dir`).  ``prepare.json`` goes
+    first and comes back last, so a process killed meanwhile leaves a folder that does not
+    look prepared, and the next ``--overwrite`` completes it.
+    """
+    ours = _ours(out_dir) if out_dir.is_dir() else ()
+    install_dir(tmp, out_dir, kind, last="prepare.json", ours=ours, fault="prepare-install")
 
 
 @contextlib.contextmanager
-def build_folder(out_dir: Path, check: Callable[[], None] = lambda: None) -> Iterator[Path]:
+def build_folder(out_dir: Path, check: Callable[[], None] = lambda: None, kind: str = PREPARED_KIND) -> Iterator[Path]:
     """A hidden temporary sibling of ``out_dir`` to fill in the ``with`` block.
 
     When the block completes, ``check()`` runs (a last look at the destination) and the
@@ -364,10 +387,12 @@ def build_folder(out_dir: Path, check: Callable[[], None] = lambda: None) -> Ite
     try:
         yield tmp
         check()
-        _install(tmp, out_dir)
+        _install(tmp, out_dir, kind)
+        shutil.rmtree(tmp, ignore_errors=True)  # what is left of it after a merge: empty folders
     except OSError as exc:  # disk full, permissions...
         shutil.rmtree(tmp, ignore_errors=True)
-        raise DataError(f"{exc.filename or out_dir}: {exc.strerror or exc}; nothing was written") from None
+        failure = write_failure(exc, out_dir, tmp)
+        raise DataError(f"{failure}; nothing was written" if failure else f"{printable(out_dir)}: {exc}") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

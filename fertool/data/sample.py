@@ -300,7 +300,7 @@ def _write_folder(out_dir: str | os.PathLike, overwrite: bool, fill) -> Path:
             raise DataError(f"{out_dir}: directory exists and is not empty (use --overwrite to replace it)")
 
     check()
-    with build_folder(out_dir, check) as tmp:
+    with build_folder(out_dir, check, kind="sample data") as tmp:
         fill(tmp)
     return out_dir
 

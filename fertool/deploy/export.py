@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from .. import __version__
-from ..errors import FertoolError, ModelError
+from ..errors import FertoolError, ModelError, printable
 from ..files import write_failure
 from ..tempfiles import sweep_stale, temp_file
 from . import file_mode
@@ -227,8 +227,9 @@ def export_model(
     ``fmt``: ``onnx`` or ``torchscript``.  ``batch``: batch size of the example input
     used for tracing (the batch axis stays dynamic: the check runs ``samples`` images at
     once).  Returns ``{"max_abs_diff": float | None, "checked_with": str | None,
-    "metadata": dict, "path": str, "bytes": int}``; a difference above ``tolerance``
-    raises :class:`ModelError` and leaves ``out_path`` as it was.
+    "metadata": dict, "path": str, "bytes": int, "bound": float}``; a probability difference
+    above ``bound`` (:func:`parity_bound`: ``tolerance`` per unit of the largest |logit|, at
+    least 1) raises :class:`ModelError` and leaves ``out_path`` as it was.
     ``quantize="int8"`` (ONNX only): the graph is quantized statically (int8 QDQ,
     :mod:`fertool.deploy.quantize`), calibrated on ``calibration`` (N, 3, S, S) float32 images,
     by default 64 prepared faces of the synthetic sample; the check then reports the largest
@@ -286,14 +287,17 @@ def export_model(
             _export_torchscript(wrapped, sample, tmp, metadata)
         tick("parity check")
         with torch.no_grad():
-            expected = wrapped(check).numpy()  # (samples, C)
+            logits = model(check)
+            expected = torch.softmax(logits, dim=-1).numpy()  # (samples, C): what wrapped(check) gives
         got, checked_with = _run_export(tmp, fmt, check)
         max_abs_diff = float(np.abs(got - expected).max()) if got is not None else None
         agreement = float((got.argmax(1) == expected.argmax(1)).mean()) if got is not None else None
-        if max_abs_diff is not None and not quantize and not max_abs_diff <= tolerance:
+        bound = parity_bound(tolerance, logits)
+        if max_abs_diff is not None and not quantize and not max_abs_diff <= bound:
             raise ModelError(
-                f"{out_path}: exported model disagrees with PyTorch (max |p diff| = {max_abs_diff:.3g} "
-                f"> tolerance {tolerance:g}, {checked_with}); nothing written"
+                f"{printable(out_path)}: exported model disagrees with PyTorch (max |p diff| = {max_abs_diff:.3g} "
+                f"> {bound:.3g} = tolerance {tolerance:g} x max(1, largest |logit| "
+                f"{float(logits.abs().max()):.3g}), {checked_with}); nothing written"
             )
         tick("done")
         os.chmod(tmp, file_mode())
@@ -314,7 +318,26 @@ def export_model(
         "metadata": metadata,
         "quantize": quantize,
         "top1_agreement": agreement,
+        "bound": bound if not quantize else None,
     }
+
+
+def parity_bound(tolerance: float, logits: torch.Tensor) -> float:
+    """The largest probability difference accepted between an export and PyTorch.
+
+    ``tolerance`` scaled by the largest |logit| of the reference output (at least 1).  Why:
+    float32 keeps about 7 significant digits and every operation rounds relative to its
+    operands, so two correct runtimes (different kernels, fused or reordered sums) differ in
+    the logits by an amount proportional to their magnitude, not by a fixed amount; and a
+    softmax turns a logit error into a probability error at most half its size
+    (``dp_i = p_i (dz_i - sum_j p_j dz_j)``).  A fixed absolute bound therefore refuses
+    sound exports of models with large logits (an augment-lhc'd stage-1 model: 1.76e-4
+    against 1e-4), while a wrong graph (a missing layer, swapped channels) changes the
+    probabilities by orders of magnitude more than ``tolerance x |logit|``.  A model whose
+    logits stay within 1 keeps ``tolerance`` as an absolute bound.
+    """
+    scale = float(logits.detach().abs().max()) if logits.numel() else 1.0
+    return float(tolerance) * max(1.0, scale if np.isfinite(scale) else 1.0)
 
 
 def _quantize_file(path: Path, size: int, calibration: np.ndarray | None) -> None:
