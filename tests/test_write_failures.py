@@ -4,6 +4,7 @@ writers that raise."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import subprocess
@@ -18,20 +19,28 @@ from fertool.errors import FertoolError
 from fertool.files import atomic_dir, atomic_path, write_failure, write_json
 
 
-@pytest.fixture
-def full_disk(tmp_path):
-    """A 2 MiB tmpfs holding ``previous.txt`` and filled to the last byte, or a skip."""
-    mnt = tmp_path / "full"
+@contextlib.contextmanager
+def _tmpfs(mnt: Path, size: str):
+    """A tmpfs of ``size`` mounted at the new folder ``mnt`` (unmounted afterwards), or a skip."""
     mnt.mkdir()
     try:
         done = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], capture_output=True, timeout=20
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], capture_output=True, timeout=20
         )
     except (OSError, subprocess.TimeoutExpired):
         pytest.skip("mount is not available here")
     if done.returncode != 0:
         pytest.skip("mounting a tmpfs is not permitted here")
     try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True, timeout=20)
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 2 MiB tmpfs holding ``previous.txt`` and filled to the last byte, or a skip."""
+    with _tmpfs(tmp_path / "full", "2m") as mnt:
         (mnt / "previous.txt").write_text("previous")
         fd = os.open(mnt / "filler", os.O_WRONLY | os.O_CREAT)
         try:
@@ -43,8 +52,6 @@ def full_disk(tmp_path):
         finally:
             os.close(fd)
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True, timeout=20)
 
 
 def _leftovers(folder: Path) -> list[str]:
@@ -127,20 +134,8 @@ def test_dead_temporaries_of_an_output_are_swept(tmp_path):
 @pytest.fixture
 def small_disk(tmp_path):
     """An empty 1 MiB tmpfs, or a skip."""
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    try:
-        done = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True, timeout=20
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        pytest.skip("mount is not available here")
-    if done.returncode != 0:
-        pytest.skip("mounting a tmpfs is not permitted here")
-    try:
+    with _tmpfs(tmp_path / "small", "1m") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True, timeout=20)
 
 
 def test_an_image_cache_too_big_for_the_disk_is_an_error_not_a_sigbus(small_disk, tmp_path):
