@@ -5,6 +5,7 @@ seconds themselves are measured by benchmarks/cli.py, not here)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -79,3 +80,21 @@ def test_a_missing_file_is_reported_before_heavy_imports(tmp_path, args, message
     assert f"error: {message}" in output
     assert "Traceback" not in output
     assert loaded == [], f"{args[0]} imported {loaded} before saying the file is missing"
+
+
+def test_deterministic_mode_does_not_load_inductor_and_compile_still_sees_it():
+    """Deterministic seeding switches torch's flag without importing Inductor (1.5 s of a
+    training process); a later ``torch.compile`` finds Inductor's flag set all the same."""
+    code = """
+import json, sys, torch
+from fertool.utils import seed_everything
+seed_everything(0, deterministic=True)
+before = "torch._inductor" in sys.modules
+import torch._inductor.config as inductor
+print(json.dumps([before, torch.are_deterministic_algorithms_enabled(),
+                  torch.is_deterministic_algorithms_warn_only_enabled(), inductor.deterministic]))
+"""
+    env = {k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_DETERMINISTIC"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == [False, True, True, True]

@@ -356,6 +356,25 @@ def test_interrupted_and_resumed_stage_ends_bit_identical(tmp_path, data):
     assert again == full and any("already done" in n for n in notes)
 
 
+@pytest.mark.parametrize("redraw_s, drawings", [(0.0, 3), (3600.0, 1)])
+def test_curves_are_redrawn_at_most_every_redraw_s_and_once_at_the_end(tmp_path, data, monkeypatch, redraw_s, drawings):
+    from fertool.engine import callbacks, plots
+
+    drawn = []
+    real = plots.plot_curves
+    monkeypatch.setattr(
+        plots,
+        "plot_curves",
+        lambda metrics, out, **kw: drawn.append(len(read_jsonl(metrics))) or real(metrics, out, **kw),
+    )
+    monkeypatch.setattr(callbacks.MetricsFile, "redraw_s", redraw_s)
+    train, val = data
+    train_stage(tiny_recipe(max_epochs=3, patience=5), "1", tmp_path, seed=5, train_data=train, val_data=val)
+    # every epoch when the interval is 0 (the end adds nothing new); once, with all 3 epochs, otherwise
+    assert drawn == ([1, 2, 3] if drawings == 3 else [3])
+    assert (tmp_path / "stage1/curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_keep_best_drops_last_pt_once_the_stage_is_done(tmp_path, data):
     train, val = data
     recipe = dataclasses.replace(

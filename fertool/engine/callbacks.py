@@ -22,12 +22,13 @@ them on the main process only:
     stage; then before the exception propagates).
 
 fertool's own outputs are callbacks too: :class:`MetricsFile` (``metrics.jsonl`` and
-``curves.png``), :class:`ProgressBar` (the ``progress`` argument), :class:`EpochFunction`
+``curves.png``, redrawn every 30 s and at the end), :class:`ProgressBar` (the ``progress`` argument), :class:`EpochFunction`
 (the ``on_epoch`` argument) and the loggers of ``train.log`` (:mod:`.loggers`).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -85,17 +86,38 @@ ROW_CONTEXT = ("stage", "max_epochs", "best_epoch", "wait", "patience")
 
 
 class MetricsFile(Callback):
-    """``metrics.jsonl`` (one line per epoch) and ``curves.png`` (redrawn per epoch)."""
+    """``metrics.jsonl`` (one line per epoch) and ``curves.png``.
+
+    The curves are redrawn when an epoch ends at least :attr:`redraw_s` seconds after the
+    last drawing, and when the stage ends: a stage of long epochs gets a fresh picture every
+    epoch, a stage of sub-second epochs does not spend its time in matplotlib.
+    """
+
+    #: Seconds between redrawings of ``curves.png`` while a stage runs.
+    redraw_s = 30.0
 
     def __init__(self, run: Stage):
         self.run = run
+        self._drawn_at = time.monotonic()
+        self._stale = False
 
     def on_epoch_end(self, row: Mapping[str, Any]) -> None:
+        append_jsonl(self.run.out.metrics, {k: v for k, v in row.items() if k not in ROW_CONTEXT})
+        self._stale = True
+        if time.monotonic() - self._drawn_at >= self.redraw_s:
+            self._draw()
+
+    def on_stage_end(self, summary: Mapping[str, Any], run: Stage) -> None:
+        out = self.run.out
+        if self._stale or (not out.curves.exists() and out.metrics.exists() and out.metrics.stat().st_size):
+            self._draw()
+
+    def _draw(self) -> None:
         from .plots import plot_curves
 
         run = self.run
-        append_jsonl(run.out.metrics, {k: v for k, v in row.items() if k not in ROW_CONTEXT})
         plot_curves(run.out.metrics, run.out.curves, title=f"stage {run.stage} ({run.arch}, seed {run.start.seed})")
+        self._drawn_at, self._stale = time.monotonic(), False
 
 
 class ProgressBar(Callback):

@@ -1,7 +1,7 @@
 """Training curves (loss and accuracy, train vs validation) drawn from ``metrics.jsonl``.
 
 The plot is made from the metrics file alone, so it can be redrawn at any time without
-re-running anything (the engine redraws it after every epoch).
+re-running anything (the engine redraws it during a stage and when it ends).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@
                    epoch (``--resume`` continues from it; written at epoch 0 too)
     metrics.jsonl  one JSON line per epoch: epoch, train_loss, train_accuracy, val_loss,
                    val_accuracy, lr, seconds, images_per_s
-    recipe.yaml    the resolved recipe;  curves.png  loss/accuracy curves (redrawn per epoch)
+    recipe.yaml    the resolved recipe;  curves.png  loss/accuracy curves (redrawn every 30 s and at the end)
     summary.json   stage, status (finished | early_stopped | interrupted | diverged), seed (data
                    seed), init_seed,
                    epochs, best_epoch, best_val_accuracy, best_train_loss, init, options (the
