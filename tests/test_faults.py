@@ -4,7 +4,9 @@ Each kill happens where ``fertool.faults.pause_point`` parks the process (inside
 with a checkpoint's temporary file written but not renamed, between the renames that
 install a prepared folder...).  After every kill: no process of the killed command is left
 (workers, fork server, resource tracker), nothing that looks complete is left half-written,
-and re-running (``--resume`` for a stage) ends bit-identical to an uninterrupted run.
+and re-running (``--resume`` for a stage) ends bit-identical to an uninterrupted run.  The
+killed commands run in processes of their own; the uninterrupted references and the re-runs
+run in the test's process.
 
 Run alone with ``pytest -m faults``; Linux only (processes are found through /proc).
 """
@@ -65,19 +67,20 @@ def _env(tag: str, pause_at: str | None, pause_file: Path) -> dict:
     return env
 
 
-def run_fertool(args: list[str], tmp: Path, *, timeout: float = 240) -> subprocess.CompletedProcess:
-    """Run the CLI to the end; fail on a non-zero exit."""
-    tag = uuid.uuid4().hex
-    result = subprocess.run(
-        [sys.executable, "-m", "fertool", *args],
-        env=_env(tag, None, tmp / "unused"),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    assert result.returncode == 0, result.stderr
-    assert "Traceback" not in result.stderr
-    return result
+def run_fertool(args: list[str]) -> None:
+    """Run the CLI to the end in this process; fail on a non-zero exit or a traceback.
+
+    Only the killed runs need a process of their own; the reference and the re-runs read and
+    write the same files in here, without a second interpreter start (torch's import alone
+    is a few seconds of CPU).
+    """
+    from typer.testing import CliRunner
+
+    from fertool.cli import app
+
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "Traceback" not in result.output and result.exception is None
 
 
 def kill_at(args: list[str], point: str, tmp: Path, *, timeout: float = 240) -> None:
@@ -133,7 +136,7 @@ def prepare_case(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("faults-prepare")
     csv = generate_sample(root / "sample.csv", per_class=40, seed=1)  # 490 rows: 8 chunks of 64
-    run_fertool(["prepare", "--csv", str(csv), "--out", str(root / "reference"), "--workers", "2", "-q"], root)
+    run_fertool(["prepare", "--csv", str(csv), "--out", str(root / "reference"), "--workers", "2", "-q"])
     return root, csv, _prepared_files(root / "reference")
 
 
@@ -160,7 +163,7 @@ def test_kill_prepare(prepare_case, tmp_path, point, existing):
     assert not (out / "prepare.json").exists() or _prepared_files(out) == reference  # nothing half-made looks done
     if existing:
         (out / "Training" / "notes.txt").write_text(notes)
-    run_fertool(args + ([] if "--overwrite" in args or not out.exists() else ["--overwrite"]), tmp_path)
+    run_fertool(args + ([] if "--overwrite" in args or not out.exists() else ["--overwrite"]))
     if existing:
         assert notes == (out / "Training" / "notes.txt").read_text() == "the user's"
         (out / "Training" / "notes.txt").unlink()
@@ -242,7 +245,7 @@ def train_case(tmp_path_factory):
     recipe = root / "tiny.yaml"
     recipe.write_text(yaml.safe_dump(TINY))
     args = ["train", "--stage", "1", "--csv", str(csv), "-r", str(recipe), "--seed", "3", "--device", "cpu", "-q"]
-    run_fertool(args + ["--run", str(root / "reference")], root)
+    run_fertool(args + ["--run", str(root / "reference")])
     return args, _stage_state(root / "reference" / "stage1")
 
 
@@ -263,7 +266,7 @@ def test_kill_train(train_case, tmp_path, point):
     summary = stage / "summary.json"
     assert not summary.exists() or json.loads(summary.read_text())["status"] not in ("finished", "early_stopped")
     resume = ["--resume"] if (stage / "last.pt").exists() else []
-    run_fertool(args + ["--run", str(run), *resume], tmp_path)
+    run_fertool(args + ["--run", str(run), *resume])
     assert _same(_stage_state(stage), reference)  # bit-identical to the uninterrupted run
     assert [p.name for p in stage.iterdir() if p.name.startswith(".")] == []  # the killed run's temporaries
     assert hidden_siblings(stage) == []  # and its lock are gone
@@ -290,5 +293,5 @@ def test_sigterm_during_train_records_interrupted_and_resumes(train_case, tmp_pa
     assert "Traceback" not in stderr
     summary = json.loads((run / "stage1" / "summary.json").read_text())
     assert summary["status"] == "interrupted" and summary["epochs"] == 1
-    run_fertool(args + ["--run", str(run), "--resume"], tmp_path)
+    run_fertool(args + ["--run", str(run), "--resume"])
     assert _same(_stage_state(run / "stage1"), reference)
