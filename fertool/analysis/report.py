@@ -66,7 +66,7 @@ import yaml
 
 from ..data.provenance import SYNTHETIC
 from ..errors import DataError, FertoolError
-from ..files import atomic_dir, check_output_dir, read_json, write_json
+from ..files import atomic_dir, check_output_dir, parse_yaml, read_json, write_json
 from ..protocol import MODEL_NAMES, PAPER_TABLE7, RUN_SETS, STAGE_ARCH, STAGE_FOLDERS, paper_set
 from .stats import STAT_COLUMNS, pct, run_statistics, table_rows, top_count
 from .verdict import EXCLUDED, stage4_verdict
@@ -156,7 +156,7 @@ def _run_recipe(*folders: Path | None) -> dict | None:
     for folder in folders:
         if folder is not None and (folder / "recipe.yaml").is_file():
             try:
-                raw = yaml.safe_load((folder / "recipe.yaml").read_text(encoding="utf-8"))
+                raw = parse_yaml((folder / "recipe.yaml").read_text(encoding="utf-8"))
             except (OSError, yaml.YAMLError):
                 return None
             return dict(raw) if isinstance(raw, dict) else None
