@@ -1,4 +1,4 @@
-"""Training throughput: the input pipeline alone vs a full training step (issue 4).
+"""Training throughput: the input pipeline alone vs a full training step.
 
     python benchmarks/train.py [--device cpu|cuda|auto] [--images 512] [--steps 3]
 
@@ -10,7 +10,7 @@
     at 224: batch 8 in float32 on the CPU; batch 128 with bf16 autocast and
     channels_last on CUDA.
 
-Target (issue 4): (a) >= 5x (b) on the CPU; LHC-Net >= 3,000 images/s on one H100.
+Target: (a) >= 5x (b) on the CPU; LHC-Net >= 3,000 images/s on one H100.
 Prints numbers only; nothing here is a test.
 """
 
