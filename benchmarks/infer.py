@@ -256,10 +256,7 @@ def main() -> None:
         fast_line = f"{best['eager'] / best['predict bf16']:.2f} agreement: {100 * a['checked']:.1f}%"
     else:
         fast_line = "n/a (no native bf16 on this CPU) agreement: n/a"
-    print(
-        f"ratio inference lhc_net fertool/onnxruntime: {ort_time / best['fertool (auto)']:.2f}"
-        "      (goal >= 1.00)"
-    )
+    print(f"ratio inference lhc_net fertool/onnxruntime: {ort_time / best['fertool (auto)']:.2f}      (goal >= 1.00)")
     print(f"ratio predict lhc_net fast/eager: {fast_line}   (goal >= 2.00 with P >= 99)")
     fp32 = best["fertool (auto)"]  # what predict runs in float32
     n, agree8 = int8_agreement(model, contenders["predict int8"], args.size, args.batch)

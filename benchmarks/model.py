@@ -317,12 +317,10 @@ def main() -> None:
     if args.profile:
         profile_modules(models["lhc_net"], batch, device, 3)
     print(
-        f"ratio train lhc_net/resnet34v2: {best['lhc_net'] / best['resnet34v2']:.2f}"
-        "                   (goal <= 1.25)"
+        f"ratio train lhc_net/resnet34v2: {best['lhc_net'] / best['resnet34v2']:.2f}                   (goal <= 1.25)"
     )
     print(
-        f"ratio train lhc_net/tv_resnet34: {best['lhc_net'] / best['resnet34_tv']:.2f}"
-        "                  (goal <= 1.30)"
+        f"ratio train lhc_net/tv_resnet34: {best['lhc_net'] / best['resnet34_tv']:.2f}                  (goal <= 1.30)"
     )
 
 
