@@ -5,6 +5,8 @@
   the network was trained on (docs/protocol.md §1);
 * :mod:`fertool.deploy.predict` — ``predict_paths`` over images, folders and videos
   (streamed), annotated outputs, the live webcam loop;
+* :mod:`fertool.deploy.results` — what prediction yields (per-face results, per-input
+  events), the faces waiting for a classification batch, the annotation drawing;
 * :mod:`fertool.deploy.tracking` — face ids across video frames, smoothing, per-frame CSV
   tables, per-face plots and summaries;
 * :mod:`fertool.deploy.export` — ONNX / TorchScript export with the preprocessing

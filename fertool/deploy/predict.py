@@ -28,7 +28,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +64,16 @@ from .faces import (
     load_detector,
     prepare_faces,
 )
+from .results import (
+    Event,
+    FaceResult,
+    InputDone,
+    InputProblem,
+    PendingFaces,
+    annotate,
+    classify_pending,
+    label_counts,
+)
 from .tracking import FrameTable, Smoother, Tally, Tracker, plot_tracks, read_table
 
 __all__ = [
@@ -87,89 +97,6 @@ VIDEO_EXTENSIONS = frozenset({".mp4", ".m4v", ".avi", ".mov", ".mkv", ".webm", "
 #: Most bytes of decoded photos / video frames held while their faces wait for a batch
 #: (only when annotated copies are written; otherwise only the small prepared faces are kept).
 MAX_BUFFER_BYTES = 256 * 2**20
-
-
-# --------------------------------------------------------------------------- results
-
-
-@dataclass(frozen=True)
-class FaceResult:
-    """One classified face. ``frame`` is the 0-based video frame index (None for a photo)."""
-
-    path: str
-    frame: int | None
-    face: int  # index of the face in its image/frame, largest first
-    box: Box
-    probs: dict[str, float]
-    label: str
-    tta_probs: dict[str, float] | None = None
-    tta_label: str | None = None
-    face_id: int | None = None  # video: the face's track id (persists across frames)
-    time_s: float | None = None  # video: the frame's time in seconds
-    smoothed: bool = False  # video with --smooth: probs/label are the track's smoothed ones
-
-    @property
-    def probability(self) -> float:
-        return self.probs[self.label]
-
-    @property
-    def best(self) -> tuple[str, float]:
-        """The label and probability to show: the TTA ones when TTA ran."""
-        if self.tta_probs is not None and self.tta_label is not None:
-            return self.tta_label, self.tta_probs[self.tta_label]
-        return self.label, self.probability
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "path": self.path,
-            "frame": self.frame,
-            "time_s": self.time_s,
-            "face": self.face,
-            "face_id": self.face_id,
-            "box": self.box.as_list(),
-            "detector_score": self.box.score,
-            "label": self.label,
-            "probability": self.probability,
-            "probs": self.probs,
-        }
-        if self.smoothed:
-            out["smoothed"] = True
-        if self.tta_probs is not None:
-            out["tta_label"] = self.tta_label
-            out["tta_probability"] = self.tta_probs[self.tta_label]
-            out["tta_probs"] = self.tta_probs
-        return out
-
-
-@dataclass(frozen=True)
-class InputDone:
-    """An input that was processed: ``faces`` classified, ``frames`` searched (videos)."""
-
-    path: str
-    kind: str  # "image" | "video"
-    faces: int
-    frames: int | None = None
-    output: str | None = None
-    labels: dict[str, int] = field(default_factory=dict)  # faces per (shown) label
-    table: str | None = None  # video with --out: the per-frame CSV
-    plots: tuple[str, ...] = ()  # video with --out: one expression-over-time PNG per face
-    summary: tuple[dict, ...] = ()  # video: per tracked face (see fertool.deploy.tracking.summarise)
-    seconds: float | None = None  # video: wall time of the input, without the one-off engine build
-    frames_read: int | None = None  # video: frames decoded or grabbed
-
-
-@dataclass(frozen=True)
-class InputProblem:
-    """An input that could not be processed, with a one-line reason."""
-
-    path: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.path}: {self.message}"
-
-
-Event = FaceResult | InputDone | InputProblem
 
 
 # --------------------------------------------------------------------------- classifier
@@ -426,27 +353,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     return image
 
 
-# --------------------------------------------------------------------------- drawing
-
-
-def annotate(image_bgr: np.ndarray, results: Sequence[FaceResult]) -> np.ndarray:
-    """A copy of the image with each face's box and ``label probability`` drawn on it."""
-    out = image_bgr.copy()
-    h, w = out.shape[:2]
-    thick = max(1, round(min(h, w) / 300))
-    scale = max(0.4, min(h, w) / 900)
-    font = cv2.FONT_HERSHEY_SIMPLEX
-    colour = (60, 200, 60)  # BGR green
-    for r in results:
-        x, y, bw, bh = r.box.as_list()
-        cv2.rectangle(out, (x, y), (x + bw, y + bh), colour, thick)
-        label, p = r.best
-        text = f"{label} {p:.0%}" if r.face_id is None else f"#{r.face_id} {label} {p:.0%}"
-        (tw, th), base = cv2.getTextSize(text, font, scale, thick)
-        top = y - th - base - 4 if y - th - base - 4 >= 0 else min(h - th - base - 4, y + bh)
-        cv2.rectangle(out, (x, top), (x + tw + 4, top + th + base + 4), colour, -1)
-        cv2.putText(out, text, (x + 2, top + th + 2), font, scale, (0, 0, 0), thick, cv2.LINE_AA)
-    return out
+# --------------------------------------------------------------------------- outputs
 
 
 def _write_image(path: Path, image: np.ndarray) -> Path:
@@ -490,45 +397,6 @@ class _Names:
 # --------------------------------------------------------------------------- the pipeline
 
 
-@dataclass
-class _Work:
-    """Faces of one image or searched video frame, waiting for a classification batch."""
-
-    path: str
-    frame: int | None
-    boxes: list[Box]
-    faces: np.ndarray  # (k, S, S) uint8 prepared faces
-    image: np.ndarray | None = None  # kept only when an annotated copy is written
-    out: Path | None = None
-    results: list[FaceResult] = field(default_factory=list)
-    ids: list[int] | None = None  # video: track ids of the boxes
-    time_s: float | None = None  # video: the frame's time
-
-
-def _classify(classifier: FaceClassifier, works: Sequence[_Work]) -> None:
-    """Classify the faces of all ``works`` in one call and store their results."""
-    todo = [w for w in works if w.boxes]
-    if not todo:
-        return
-    faces = np.concatenate([w.faces for w in todo])  # (N, S, S) uint8
-    probs, tta = classifier.classify(faces)
-    i = 0
-    for w in todo:
-        w.results = [
-            classifier.result(w.path, w.frame, j, box, probs[i + j], tta[i + j] if tta is not None else None)
-            for j, box in enumerate(w.boxes)
-        ]
-        i += len(w.boxes)
-
-
-def _label_counts(results: Iterable[FaceResult]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for r in results:
-        label = r.best[0]
-        counts[label] = counts.get(label, 0) + 1
-    return counts
-
-
 class _Predictor:
     def __init__(
         self,
@@ -555,7 +423,7 @@ class _Predictor:
         self.smooth = smooth
         self.max_missed = max_missed
 
-    def faces_of(self, image: np.ndarray, path: str, frame: int | None) -> _Work:
+    def faces_of(self, image: np.ndarray, path: str, frame: int | None) -> PendingFaces:
         boxes = self.detector.detect(image)
         photo = self.classifier.photo
         align = self.classifier.align
@@ -572,16 +440,16 @@ class _Predictor:
                 if crops
                 else np.zeros((0, size, size, 3), np.uint8)
             )
-            return _Work(path, frame, boxes, prepared)
+            return PendingFaces(path, frame, boxes, prepared)
         faces48 = [face_to_48(crop_face(image, b, self.margin, align=align)) for b in boxes]
         prepared = prepare_faces(faces48, self.classifier.size, jpeg=self.jpeg, **self.classifier.preparation)
-        return _Work(path, frame, boxes, prepared)
+        return PendingFaces(path, frame, boxes, prepared)
 
     # ------------------------------------------------------------------ photos
 
     def images(self, items: Sequence[tuple[Path, Path | None] | InputProblem]) -> Iterator[Event]:
         """Photos (and problems) in order; faces of consecutive photos share batches."""
-        pending: list[_Work | InputProblem] = []
+        pending: list[PendingFaces | InputProblem] = []
         n_faces = n_bytes = 0
         total = sum(1 for it in items if not isinstance(it, InputProblem))
         done = 0
@@ -612,8 +480,8 @@ class _Predictor:
                 pending, n_faces, n_bytes = [], 0, 0
         yield from self._flush_images(pending)
 
-    def _flush_images(self, pending: list[_Work | InputProblem]) -> Iterator[Event]:
-        _classify(self.classifier, [w for w in pending if isinstance(w, _Work)])
+    def _flush_images(self, pending: list[PendingFaces | InputProblem]) -> Iterator[Event]:
+        classify_pending(self.classifier, [w for w in pending if isinstance(w, PendingFaces)])
         for w in pending:
             if isinstance(w, InputProblem):
                 yield w
@@ -622,7 +490,7 @@ class _Predictor:
             written = None
             if w.out is not None and w.image is not None:
                 written = str(_write_image(w.out, annotate(w.image, w.results)))
-            yield InputDone(w.path, "image", len(w.results), output=written, labels=_label_counts(w.results))
+            yield InputDone(w.path, "image", len(w.results), output=written, labels=label_counts(w.results))
 
     # ------------------------------------------------------------------ videos
 
@@ -652,7 +520,7 @@ class _Predictor:
         total = total if total > 0 else None
         fps = cap.get(cv2.CAP_PROP_FPS)
         fps = fps if fps and fps > 0 else 25.0
-        pending: list[tuple[int, np.ndarray | None, _Work | None]] = []
+        pending: list[tuple[int, np.ndarray | None, PendingFaces | None]] = []
         n_faces = n_bytes = 0
         try:
             if out_path is not None:
@@ -752,7 +620,7 @@ class _Predictor:
         )
 
     def _flush_video(self, pending, writer, state) -> Iterator[Event]:
-        _classify(self.classifier, [w for _, _, w in pending if w is not None])
+        classify_pending(self.classifier, [w for _, _, w in pending if w is not None])
         names = self.classifier.class_names
         for _, frame, work in pending:
             if work is not None:  # a searched frame: its faces replace the previous ones
@@ -771,7 +639,7 @@ class _Predictor:
                 work.results = results
                 state["last"] = results
                 state["faces"] += len(results)
-                for label, n in _label_counts(results).items():
+                for label, n in label_counts(results).items():
                     state["labels"][label] = state["labels"].get(label, 0) + n
                 for r in results:
                     state["tally"].add(r.face_id, r.time_s, r.best[0])
@@ -982,7 +850,7 @@ def run_webcam(
                 break
             if shown % every == 0:
                 work = predictor.faces_of(frame, f"webcam:{camera}", shown)
-                _classify(classifier, [work])
+                classify_pending(classifier, [work])
                 last = work.results
                 if on_results is not None:
                     on_results(last)
