@@ -28,7 +28,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -397,6 +397,18 @@ class _Names:
 # --------------------------------------------------------------------------- the pipeline
 
 
+@dataclass
+class _VideoState:
+    """What the batches of one video have added up to so far."""
+
+    smoother: Smoother  # each track's averaged probabilities (tau 0: off)
+    table: FrameTable | None = None  # the per-frame CSV, with an output folder
+    faces: int = 0  # faces classified
+    labels: dict[str, int] = field(default_factory=dict)  # faces per shown label
+    tally: Tally = field(default_factory=Tally)  # labels per track: the summary
+    last: list[FaceResult] = field(default_factory=list)  # the last searched frame's faces, drawn until the next
+
+
 class _Predictor:
     def __init__(
         self,
@@ -504,15 +516,7 @@ class _Predictor:
         out_path = self.names(path, root, ".mp4") if self.names is not None else None
         tmp: Path | None = None
         writer = None
-        table: FrameTable | None = None
-        state = {
-            "faces": 0,
-            "last": [],
-            "labels": {},
-            "table": None,
-            "smoother": Smoother(self.smooth),
-            "tally": Tally(),
-        }
+        state = _VideoState(Smoother(self.smooth))
         tracker = Tracker(max_missed=self.max_missed)
         searched = 0
         index = 0
@@ -524,7 +528,7 @@ class _Predictor:
         n_faces = n_bytes = 0
         try:
             if out_path is not None:
-                table = state["table"] = FrameTable(out_path.with_suffix(".csv"), self.classifier.class_names)
+                state.table = FrameTable(out_path.with_suffix(".csv"), self.classifier.class_names)
             while True:
                 search = index % self.every == 0
                 if search or out_path is not None:
@@ -570,31 +574,31 @@ class _Predictor:
             cap.release()
             if writer is not None:
                 writer.release()
-            if tmp is not None and (state["faces"] == 0 or writer is not None):
+            if tmp is not None and (state.faces == 0 or writer is not None):
                 tmp.unlink(missing_ok=True)
-            if table is not None:
-                table.close()
-                if state["faces"] == 0:
-                    table.path.unlink(missing_ok=True)
+            if state.table is not None:
+                state.table.close()
+                if state.faces == 0:
+                    state.table.path.unlink(missing_ok=True)
         if index == 0:
             yield InputProblem(str(path), "no frame could be decoded (corrupt or not a video)")
             return
-        if state["faces"] == 0:
+        if state.faces == 0:
             yield InputProblem(
                 str(path), f"no face found in any of the {searched} searched frames (every {self.every})"
             )
             return
         written = plots = None
-        summary = state["tally"].summary(self.classifier.class_names)
+        summary = state.tally.summary(self.classifier.class_names)
         if tmp is not None and out_path is not None:
             os.chmod(tmp, file_mode())
             os.replace(tmp, out_path)
             written = str(out_path)
-        if table is not None:
-            classes, tracks = read_table(table.path)
+        if state.table is not None:
+            classes, tracks = read_table(state.table.path)
             try:
-                plots = tuple(str(p) for p in plot_tracks(classes, tracks, table.path.with_suffix(""), path.name))
-                with atomic_path(table.path.with_suffix(".summary.json")) as tmp_json:
+                plots = tuple(str(p) for p in plot_tracks(classes, tracks, state.table.path.with_suffix(""), path.name))
+                with atomic_path(state.table.path.with_suffix(".summary.json")) as tmp_json:
                     tmp_json.write_text(
                         json.dumps(
                             {"video": str(path), "fps": fps, "frames": index, "searched": searched, "faces": summary},
@@ -608,18 +612,23 @@ class _Predictor:
         yield InputDone(
             str(path),
             "video",
-            state["faces"],
+            state.faces,
             frames=searched,
             output=written,
-            labels=state["labels"],
-            table=str(table.path) if table is not None else None,
+            labels=state.labels,
+            table=str(state.table.path) if state.table is not None else None,
             plots=plots or (),
             summary=tuple(summary),
             frames_read=index,
             seconds=time.perf_counter() - started - (self.classifier.build_seconds - building),
         )
 
-    def _flush_video(self, pending, writer, state) -> Iterator[Event]:
+    def _flush_video(
+        self,
+        pending: list[tuple[int, np.ndarray | None, PendingFaces | None]],
+        writer: cv2.VideoWriter | None,
+        state: _VideoState,
+    ) -> Iterator[Event]:
         classify_pending(self.classifier, [w for _, _, w in pending if w is not None])
         names = self.classifier.class_names
         for _, frame, work in pending:
@@ -627,8 +636,8 @@ class _Predictor:
                 results = []
                 for r, face_id in zip(work.results, work.ids or [None] * len(work.results)):
                     shown = r.tta_probs if r.tta_probs is not None else r.probs
-                    if face_id is not None and state["smoother"].tau > 0:
-                        p = state["smoother"](face_id, work.time_s, np.array([shown[c] for c in names]))
+                    if face_id is not None and state.smoother.tau > 0:
+                        p = state.smoother(face_id, work.time_s, np.array([shown[c] for c in names]))
                         d, label = {c: float(v) for c, v in zip(names, p)}, names[int(np.argmax(p))]
                         r = (
                             replace(r, tta_probs=d, tta_label=label, smoothed=True)
@@ -637,14 +646,14 @@ class _Predictor:
                         )
                     results.append(replace(r, face_id=face_id, time_s=work.time_s))
                 work.results = results
-                state["last"] = results
-                state["faces"] += len(results)
+                state.last = results
+                state.faces += len(results)
                 for label, n in label_counts(results).items():
-                    state["labels"][label] = state["labels"].get(label, 0) + n
+                    state.labels[label] = state.labels.get(label, 0) + n
                 for r in results:
-                    state["tally"].add(r.face_id, r.time_s, r.best[0])
-                if state["table"] is not None and results:
-                    state["table"].add(
+                    state.tally.add(r.face_id, r.time_s, r.best[0])
+                if state.table is not None and results:
+                    state.table.add(
                         (
                             r.path,
                             r.frame,
@@ -658,7 +667,7 @@ class _Predictor:
                     )
                 yield from results
             if writer is not None and frame is not None:
-                writer.write(annotate(frame, state["last"]))
+                writer.write(annotate(frame, state.last))
 
 
 def predict_paths(
