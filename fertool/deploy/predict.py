@@ -1,8 +1,5 @@
 """Classify the facial expressions of the faces in photos, folders, videos and a webcam.
 
-(Kept as one file: the input kinds -- photos, folders, videos, a webcam -- share the
-event stream and the batch classifier; splitting them would scatter that contract.)
-
 :func:`predict_paths` is the library side of ``fertool predict``: it expands the inputs
 (files, folders searched recursively), finds faces (:mod:`fertool.deploy.faces`), prepares
 every face exactly like the training images (docs/protocol.md §1, see :func:`fertool.deploy.faces.prepare_face`),
@@ -14,30 +11,22 @@ a TTA preset of docs/protocol.md §5 when asked) and yields, in input order:
 * :class:`InputProblem` for an input that failed (missing, unreadable, not an image or
   video, empty folder, no face): the others are still processed.
 
-Videos are streamed: frames are read one at a time, every ``every``-th frame is
-searched for faces, and at most ``batch_size`` faces plus a bounded frame buffer
-(``MAX_BUFFER_BYTES``, only when annotated copies are written) are held at once, so
-memory does not grow with the video's length.  Frames that are not searched are only
-grabbed, not decoded, unless they are written out.
+Photos are handled here (the faces of consecutive photos share batches of at most
+``batch_size`` faces and ``MAX_BUFFER_BYTES`` of decoded images); each video is streamed by
+:class:`fertool.deploy.video.VideoPredictor`.  Both yield the events of
+:mod:`fertool.deploy.results` and batch their faces through its ``classify_pending``.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import cv2
-
-# FFmpeg's own log lines ("moov atom not found") are noise: a bad video is reported as an
-# InputProblem naming the file. OpenCV reads this when its FFmpeg backend first starts (so
-# here, before any capture or writer); a value the user set wins.
-os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 import numpy as np
 import torch
 
@@ -74,7 +63,8 @@ from .results import (
     classify_pending,
     label_counts,
 )
-from .tracking import FrameTable, Smoother, Tally, Tracker, plot_tracks, read_table
+from .tracking import FrameTable
+from .video import VideoPredictor
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -397,18 +387,6 @@ class _Names:
 # --------------------------------------------------------------------------- the pipeline
 
 
-@dataclass
-class _VideoState:
-    """What the batches of one video have added up to so far."""
-
-    smoother: Smoother  # each track's averaged probabilities (tau 0: off)
-    table: FrameTable | None = None  # the per-frame CSV, with an output folder
-    faces: int = 0  # faces classified
-    labels: dict[str, int] = field(default_factory=dict)  # faces per shown label
-    tally: Tally = field(default_factory=Tally)  # labels per track: the summary
-    last: list[FaceResult] = field(default_factory=list)  # the last searched frame's faces, drawn until the next
-
-
 class _Predictor:
     def __init__(
         self,
@@ -427,13 +405,21 @@ class _Predictor:
         self.classifier = classifier
         self.detector = detector
         self.margin = margin
-        self.every = every
         self.jpeg = jpeg
         self.names = names
         self.progress = progress
         self.max_buffer_bytes = max_buffer_bytes
-        self.smooth = smooth
-        self.max_missed = max_missed
+        #: the events of one video: ``self.video(path, root)``
+        self.video = VideoPredictor(
+            classifier,
+            self.faces_of,
+            every=every,
+            names=names,
+            progress=progress,
+            max_buffer_bytes=max_buffer_bytes,
+            smooth=smooth,
+            max_missed=max_missed,
+        )
 
     def faces_of(self, image: np.ndarray, path: str, frame: int | None) -> PendingFaces:
         boxes = self.detector.detect(image)
@@ -503,171 +489,6 @@ class _Predictor:
             if w.out is not None and w.image is not None:
                 written = str(_write_image(w.out, annotate(w.image, w.results)))
             yield InputDone(w.path, "image", len(w.results), output=written, labels=label_counts(w.results))
-
-    # ------------------------------------------------------------------ videos
-
-    def video(self, path: Path, root: Path | None) -> Iterator[Event]:
-        started, building = time.perf_counter(), self.classifier.build_seconds
-        cap = cv2.VideoCapture(str(path))
-        if not cap.isOpened():
-            cap.release()
-            yield InputProblem(str(path), "not a video OpenCV can open (corrupt or another kind of file)")
-            return
-        out_path = self.names(path, root, ".mp4") if self.names is not None else None
-        tmp: Path | None = None
-        writer = None
-        state = _VideoState(Smoother(self.smooth))
-        tracker = Tracker(max_missed=self.max_missed)
-        searched = 0
-        index = 0
-        total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
-        total = total if total > 0 else None
-        fps = cap.get(cv2.CAP_PROP_FPS)
-        fps = fps if fps and fps > 0 else 25.0
-        pending: list[tuple[int, np.ndarray | None, PendingFaces | None]] = []
-        n_faces = n_bytes = 0
-        try:
-            if out_path is not None:
-                state.table = FrameTable(out_path.with_suffix(".csv"), self.classifier.class_names)
-            while True:
-                search = index % self.every == 0
-                if search or out_path is not None:
-                    ok, frame = cap.read()
-                else:
-                    ok, frame = cap.grab(), None  # skipped frames are not decoded
-                if not ok:
-                    break
-                if out_path is not None and writer is None:
-                    out_path.parent.mkdir(parents=True, exist_ok=True)
-                    fd, name = tempfile.mkstemp(prefix=f".{out_path.stem}.", suffix=".tmp.mp4", dir=out_path.parent)
-                    os.close(fd)
-                    tmp = Path(name)
-                    h, w = frame.shape[:2]
-                    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
-                    if not writer.isOpened():
-                        raise DataError(f"{out_path}: OpenCV cannot write an mp4v video here")
-                work = None
-                if search:
-                    searched += 1
-                    work = self.faces_of(frame, str(path), index)
-                    work.ids, work.time_s = tracker.update(work.boxes), index / fps
-                    n_faces += len(work.boxes)
-                if out_path is not None:
-                    pending.append((index, frame, work))
-                    n_bytes += frame.nbytes
-                elif work is not None and work.boxes:
-                    pending.append((index, None, work))
-                index += 1
-                if self.progress is not None:
-                    self.progress(index, total, description=path.name)
-                if n_faces >= self.classifier.batch_size or n_bytes >= self.max_buffer_bytes:
-                    yield from self._flush_video(pending, writer, state)
-                    pending, n_faces, n_bytes = [], 0, 0
-            yield from self._flush_video(pending, writer, state)
-            if writer is not None:
-                writer.release()
-                writer = None
-        except DataError as exc:
-            yield InputProblem(str(path), str(exc))
-            return
-        finally:
-            cap.release()
-            if writer is not None:
-                writer.release()
-            if tmp is not None and (state.faces == 0 or writer is not None):
-                tmp.unlink(missing_ok=True)
-            if state.table is not None:
-                state.table.close()
-                if state.faces == 0:
-                    state.table.path.unlink(missing_ok=True)
-        if index == 0:
-            yield InputProblem(str(path), "no frame could be decoded (corrupt or not a video)")
-            return
-        if state.faces == 0:
-            yield InputProblem(
-                str(path), f"no face found in any of the {searched} searched frames (every {self.every})"
-            )
-            return
-        written = plots = None
-        summary = state.tally.summary(self.classifier.class_names)
-        if tmp is not None and out_path is not None:
-            os.chmod(tmp, file_mode())
-            os.replace(tmp, out_path)
-            written = str(out_path)
-        if state.table is not None:
-            classes, tracks = read_table(state.table.path)
-            try:
-                plots = tuple(str(p) for p in plot_tracks(classes, tracks, state.table.path.with_suffix(""), path.name))
-                with atomic_path(state.table.path.with_suffix(".summary.json")) as tmp_json:
-                    tmp_json.write_text(
-                        json.dumps(
-                            {"video": str(path), "fps": fps, "frames": index, "searched": searched, "faces": summary},
-                            indent=2,
-                        )
-                        + "\n"
-                    )
-            except OSError as exc:
-                yield InputProblem(str(path), f"cannot write the plots or summary ({exc.strerror or exc})")
-                return
-        yield InputDone(
-            str(path),
-            "video",
-            state.faces,
-            frames=searched,
-            output=written,
-            labels=state.labels,
-            table=str(state.table.path) if state.table is not None else None,
-            plots=plots or (),
-            summary=tuple(summary),
-            frames_read=index,
-            seconds=time.perf_counter() - started - (self.classifier.build_seconds - building),
-        )
-
-    def _flush_video(
-        self,
-        pending: list[tuple[int, np.ndarray | None, PendingFaces | None]],
-        writer: cv2.VideoWriter | None,
-        state: _VideoState,
-    ) -> Iterator[Event]:
-        classify_pending(self.classifier, [w for _, _, w in pending if w is not None])
-        names = self.classifier.class_names
-        for _, frame, work in pending:
-            if work is not None:  # a searched frame: its faces replace the previous ones
-                results = []
-                for r, face_id in zip(work.results, work.ids or [None] * len(work.results)):
-                    shown = r.tta_probs if r.tta_probs is not None else r.probs
-                    if face_id is not None and state.smoother.tau > 0:
-                        p = state.smoother(face_id, work.time_s, np.array([shown[c] for c in names]))
-                        d, label = {c: float(v) for c, v in zip(names, p)}, names[int(np.argmax(p))]
-                        r = (
-                            replace(r, tta_probs=d, tta_label=label, smoothed=True)
-                            if r.tta_probs is not None
-                            else replace(r, probs=d, label=label, smoothed=True)
-                        )
-                    results.append(replace(r, face_id=face_id, time_s=work.time_s))
-                work.results = results
-                state.last = results
-                state.faces += len(results)
-                for label, n in label_counts(results).items():
-                    state.labels[label] = state.labels.get(label, 0) + n
-                for r in results:
-                    state.tally.add(r.face_id, r.time_s, r.best[0])
-                if state.table is not None and results:
-                    state.table.add(
-                        (
-                            r.path,
-                            r.frame,
-                            r.time_s,
-                            r.face_id,
-                            r.box,
-                            r.best[0],
-                            [(r.tta_probs if r.tta_probs is not None else r.probs)[c] for c in names],
-                        )
-                        for r in results
-                    )
-                yield from results
-            if writer is not None and frame is not None:
-                writer.write(annotate(frame, state.last))
 
 
 def predict_paths(
