@@ -94,7 +94,7 @@ class InputDone:
     labels: dict[str, int] = field(default_factory=dict)  # faces per (shown) label
     table: str | None = None  # video with --out: the per-frame CSV
     plots: tuple[str, ...] = ()  # video with --out: one expression-over-time PNG per face
-    summary: tuple[dict, ...] = ()  # video: per tracked face (see fertool.deploy.tracking.summarise)
+    summary: tuple[dict, ...] = ()  # video: per tracked face (see fertool.deploy.tracking.Tally.summary)
     seconds: float | None = None  # video: wall time of the input, without the one-off engine build
     frames_read: int | None = None  # video: frames decoded or grabbed
 
