@@ -3,8 +3,12 @@
 * :mod:`fertool.deploy.faces` — face detection (the bundled BlazeFace on ONNX Runtime,
   OpenCV YuNet DNN, OpenCV Haar cascade, scikit-image LBP cascade), eyes-level alignment, and the preparation of a face crop into exactly the input
   the network was trained on (docs/protocol.md §1);
-* :mod:`fertool.deploy.predict` — ``predict_paths`` over images, folders and videos
-  (streamed), annotated outputs, the live webcam loop;
+* :mod:`fertool.deploy.predict` — ``predict_paths`` over images, folders and videos,
+  annotated outputs, the live webcam loop;
+* :mod:`fertool.deploy.video` — one video, streamed: tracked faces, the annotated mp4, the
+  per-frame CSV, per-face plots and the summary;
+* :mod:`fertool.deploy.results` — what prediction yields (per-face results, per-input
+  events), the faces waiting for a classification batch, the annotation drawing;
 * :mod:`fertool.deploy.tracking` — face ids across video frames, smoothing, per-frame CSV
   tables, per-face plots and summaries;
 * :mod:`fertool.deploy.export` — ONNX / TorchScript export with the preprocessing

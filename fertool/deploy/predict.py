@@ -1,8 +1,5 @@
 """Classify the facial expressions of the faces in photos, folders, videos and a webcam.
 
-(Kept as one file: the input kinds -- photos, folders, videos, a webcam -- share the
-event stream and the batch classifier; splitting them would scatter that contract.)
-
 :func:`predict_paths` is the library side of ``fertool predict``: it expands the inputs
 (files, folders searched recursively), finds faces (:mod:`fertool.deploy.faces`), prepares
 every face exactly like the training images (docs/protocol.md §1, see :func:`fertool.deploy.faces.prepare_face`),
@@ -14,30 +11,22 @@ a TTA preset of docs/protocol.md §5 when asked) and yields, in input order:
 * :class:`InputProblem` for an input that failed (missing, unreadable, not an image or
   video, empty folder, no face): the others are still processed.
 
-Videos are streamed: frames are read one at a time, every ``every``-th frame is
-searched for faces, and at most ``batch_size`` faces plus a bounded frame buffer
-(``MAX_BUFFER_BYTES``, only when annotated copies are written) are held at once, so
-memory does not grow with the video's length.  Frames that are not searched are only
-grabbed, not decoded, unless they are written out.
+Photos are handled here (the faces of consecutive photos share batches of at most
+``batch_size`` faces and ``MAX_BUFFER_BYTES`` of decoded images); each video is streamed by
+:class:`fertool.deploy.video.VideoPredictor`.  Both yield the events of
+:mod:`fertool.deploy.results` and batch their faces through its ``classify_pending``.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import cv2
-
-# FFmpeg's own log lines ("moov atom not found") are noise: a bad video is reported as an
-# InputProblem naming the file. OpenCV reads this when its FFmpeg backend first starts (so
-# here, before any capture or writer); a value the user set wins.
-os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 import numpy as np
 import torch
 
@@ -64,7 +53,18 @@ from .faces import (
     load_detector,
     prepare_faces,
 )
-from .tracking import FrameTable, Smoother, Tally, Tracker, plot_tracks, read_table
+from .results import (
+    Event,
+    FaceResult,
+    InputDone,
+    InputProblem,
+    PendingFaces,
+    annotate,
+    classify_pending,
+    label_counts,
+)
+from .tracking import FrameTable
+from .video import VideoPredictor
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -87,89 +87,6 @@ VIDEO_EXTENSIONS = frozenset({".mp4", ".m4v", ".avi", ".mov", ".mkv", ".webm", "
 #: Most bytes of decoded photos / video frames held while their faces wait for a batch
 #: (only when annotated copies are written; otherwise only the small prepared faces are kept).
 MAX_BUFFER_BYTES = 256 * 2**20
-
-
-# --------------------------------------------------------------------------- results
-
-
-@dataclass(frozen=True)
-class FaceResult:
-    """One classified face. ``frame`` is the 0-based video frame index (None for a photo)."""
-
-    path: str
-    frame: int | None
-    face: int  # index of the face in its image/frame, largest first
-    box: Box
-    probs: dict[str, float]
-    label: str
-    tta_probs: dict[str, float] | None = None
-    tta_label: str | None = None
-    face_id: int | None = None  # video: the face's track id (persists across frames)
-    time_s: float | None = None  # video: the frame's time in seconds
-    smoothed: bool = False  # video with --smooth: probs/label are the track's smoothed ones
-
-    @property
-    def probability(self) -> float:
-        return self.probs[self.label]
-
-    @property
-    def best(self) -> tuple[str, float]:
-        """The label and probability to show: the TTA ones when TTA ran."""
-        if self.tta_probs is not None and self.tta_label is not None:
-            return self.tta_label, self.tta_probs[self.tta_label]
-        return self.label, self.probability
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "path": self.path,
-            "frame": self.frame,
-            "time_s": self.time_s,
-            "face": self.face,
-            "face_id": self.face_id,
-            "box": self.box.as_list(),
-            "detector_score": self.box.score,
-            "label": self.label,
-            "probability": self.probability,
-            "probs": self.probs,
-        }
-        if self.smoothed:
-            out["smoothed"] = True
-        if self.tta_probs is not None:
-            out["tta_label"] = self.tta_label
-            out["tta_probability"] = self.tta_probs[self.tta_label]
-            out["tta_probs"] = self.tta_probs
-        return out
-
-
-@dataclass(frozen=True)
-class InputDone:
-    """An input that was processed: ``faces`` classified, ``frames`` searched (videos)."""
-
-    path: str
-    kind: str  # "image" | "video"
-    faces: int
-    frames: int | None = None
-    output: str | None = None
-    labels: dict[str, int] = field(default_factory=dict)  # faces per (shown) label
-    table: str | None = None  # video with --out: the per-frame CSV
-    plots: tuple[str, ...] = ()  # video with --out: one expression-over-time PNG per face
-    summary: tuple[dict, ...] = ()  # video: per tracked face (see fertool.deploy.tracking.summarise)
-    seconds: float | None = None  # video: wall time of the input, without the one-off engine build
-    frames_read: int | None = None  # video: frames decoded or grabbed
-
-
-@dataclass(frozen=True)
-class InputProblem:
-    """An input that could not be processed, with a one-line reason."""
-
-    path: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.path}: {self.message}"
-
-
-Event = FaceResult | InputDone | InputProblem
 
 
 # --------------------------------------------------------------------------- classifier
@@ -426,27 +343,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     return image
 
 
-# --------------------------------------------------------------------------- drawing
-
-
-def annotate(image_bgr: np.ndarray, results: Sequence[FaceResult]) -> np.ndarray:
-    """A copy of the image with each face's box and ``label probability`` drawn on it."""
-    out = image_bgr.copy()
-    h, w = out.shape[:2]
-    thick = max(1, round(min(h, w) / 300))
-    scale = max(0.4, min(h, w) / 900)
-    font = cv2.FONT_HERSHEY_SIMPLEX
-    colour = (60, 200, 60)  # BGR green
-    for r in results:
-        x, y, bw, bh = r.box.as_list()
-        cv2.rectangle(out, (x, y), (x + bw, y + bh), colour, thick)
-        label, p = r.best
-        text = f"{label} {p:.0%}" if r.face_id is None else f"#{r.face_id} {label} {p:.0%}"
-        (tw, th), base = cv2.getTextSize(text, font, scale, thick)
-        top = y - th - base - 4 if y - th - base - 4 >= 0 else min(h - th - base - 4, y + bh)
-        cv2.rectangle(out, (x, top), (x + tw + 4, top + th + base + 4), colour, -1)
-        cv2.putText(out, text, (x + 2, top + th + 2), font, scale, (0, 0, 0), thick, cv2.LINE_AA)
-    return out
+# --------------------------------------------------------------------------- outputs
 
 
 def _write_image(path: Path, image: np.ndarray) -> Path:
@@ -490,45 +387,6 @@ class _Names:
 # --------------------------------------------------------------------------- the pipeline
 
 
-@dataclass
-class _Work:
-    """Faces of one image or searched video frame, waiting for a classification batch."""
-
-    path: str
-    frame: int | None
-    boxes: list[Box]
-    faces: np.ndarray  # (k, S, S) uint8 prepared faces
-    image: np.ndarray | None = None  # kept only when an annotated copy is written
-    out: Path | None = None
-    results: list[FaceResult] = field(default_factory=list)
-    ids: list[int] | None = None  # video: track ids of the boxes
-    time_s: float | None = None  # video: the frame's time
-
-
-def _classify(classifier: FaceClassifier, works: Sequence[_Work]) -> None:
-    """Classify the faces of all ``works`` in one call and store their results."""
-    todo = [w for w in works if w.boxes]
-    if not todo:
-        return
-    faces = np.concatenate([w.faces for w in todo])  # (N, S, S) uint8
-    probs, tta = classifier.classify(faces)
-    i = 0
-    for w in todo:
-        w.results = [
-            classifier.result(w.path, w.frame, j, box, probs[i + j], tta[i + j] if tta is not None else None)
-            for j, box in enumerate(w.boxes)
-        ]
-        i += len(w.boxes)
-
-
-def _label_counts(results: Iterable[FaceResult]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for r in results:
-        label = r.best[0]
-        counts[label] = counts.get(label, 0) + 1
-    return counts
-
-
 class _Predictor:
     def __init__(
         self,
@@ -547,15 +405,23 @@ class _Predictor:
         self.classifier = classifier
         self.detector = detector
         self.margin = margin
-        self.every = every
         self.jpeg = jpeg
         self.names = names
         self.progress = progress
         self.max_buffer_bytes = max_buffer_bytes
-        self.smooth = smooth
-        self.max_missed = max_missed
+        #: the events of one video: ``self.video(path, root)``
+        self.video = VideoPredictor(
+            classifier,
+            self.faces_of,
+            every=every,
+            names=names,
+            progress=progress,
+            max_buffer_bytes=max_buffer_bytes,
+            smooth=smooth,
+            max_missed=max_missed,
+        )
 
-    def faces_of(self, image: np.ndarray, path: str, frame: int | None) -> _Work:
+    def faces_of(self, image: np.ndarray, path: str, frame: int | None) -> PendingFaces:
         boxes = self.detector.detect(image)
         photo = self.classifier.photo
         align = self.classifier.align
@@ -572,16 +438,16 @@ class _Predictor:
                 if crops
                 else np.zeros((0, size, size, 3), np.uint8)
             )
-            return _Work(path, frame, boxes, prepared)
+            return PendingFaces(path, frame, boxes, prepared)
         faces48 = [face_to_48(crop_face(image, b, self.margin, align=align)) for b in boxes]
         prepared = prepare_faces(faces48, self.classifier.size, jpeg=self.jpeg, **self.classifier.preparation)
-        return _Work(path, frame, boxes, prepared)
+        return PendingFaces(path, frame, boxes, prepared)
 
     # ------------------------------------------------------------------ photos
 
     def images(self, items: Sequence[tuple[Path, Path | None] | InputProblem]) -> Iterator[Event]:
         """Photos (and problems) in order; faces of consecutive photos share batches."""
-        pending: list[_Work | InputProblem] = []
+        pending: list[PendingFaces | InputProblem] = []
         n_faces = n_bytes = 0
         total = sum(1 for it in items if not isinstance(it, InputProblem))
         done = 0
@@ -612,8 +478,8 @@ class _Predictor:
                 pending, n_faces, n_bytes = [], 0, 0
         yield from self._flush_images(pending)
 
-    def _flush_images(self, pending: list[_Work | InputProblem]) -> Iterator[Event]:
-        _classify(self.classifier, [w for w in pending if isinstance(w, _Work)])
+    def _flush_images(self, pending: list[PendingFaces | InputProblem]) -> Iterator[Event]:
+        classify_pending(self.classifier, [w for w in pending if isinstance(w, PendingFaces)])
         for w in pending:
             if isinstance(w, InputProblem):
                 yield w
@@ -622,175 +488,7 @@ class _Predictor:
             written = None
             if w.out is not None and w.image is not None:
                 written = str(_write_image(w.out, annotate(w.image, w.results)))
-            yield InputDone(w.path, "image", len(w.results), output=written, labels=_label_counts(w.results))
-
-    # ------------------------------------------------------------------ videos
-
-    def video(self, path: Path, root: Path | None) -> Iterator[Event]:
-        started, building = time.perf_counter(), self.classifier.build_seconds
-        cap = cv2.VideoCapture(str(path))
-        if not cap.isOpened():
-            cap.release()
-            yield InputProblem(str(path), "not a video OpenCV can open (corrupt or another kind of file)")
-            return
-        out_path = self.names(path, root, ".mp4") if self.names is not None else None
-        tmp: Path | None = None
-        writer = None
-        table: FrameTable | None = None
-        state = {
-            "faces": 0,
-            "last": [],
-            "labels": {},
-            "table": None,
-            "smoother": Smoother(self.smooth),
-            "tally": Tally(),
-        }
-        tracker = Tracker(max_missed=self.max_missed)
-        searched = 0
-        index = 0
-        total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
-        total = total if total > 0 else None
-        fps = cap.get(cv2.CAP_PROP_FPS)
-        fps = fps if fps and fps > 0 else 25.0
-        pending: list[tuple[int, np.ndarray | None, _Work | None]] = []
-        n_faces = n_bytes = 0
-        try:
-            if out_path is not None:
-                table = state["table"] = FrameTable(out_path.with_suffix(".csv"), self.classifier.class_names)
-            while True:
-                search = index % self.every == 0
-                if search or out_path is not None:
-                    ok, frame = cap.read()
-                else:
-                    ok, frame = cap.grab(), None  # skipped frames are not decoded
-                if not ok:
-                    break
-                if out_path is not None and writer is None:
-                    out_path.parent.mkdir(parents=True, exist_ok=True)
-                    fd, name = tempfile.mkstemp(prefix=f".{out_path.stem}.", suffix=".tmp.mp4", dir=out_path.parent)
-                    os.close(fd)
-                    tmp = Path(name)
-                    h, w = frame.shape[:2]
-                    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
-                    if not writer.isOpened():
-                        raise DataError(f"{out_path}: OpenCV cannot write an mp4v video here")
-                work = None
-                if search:
-                    searched += 1
-                    work = self.faces_of(frame, str(path), index)
-                    work.ids, work.time_s = tracker.update(work.boxes), index / fps
-                    n_faces += len(work.boxes)
-                if out_path is not None:
-                    pending.append((index, frame, work))
-                    n_bytes += frame.nbytes
-                elif work is not None and work.boxes:
-                    pending.append((index, None, work))
-                index += 1
-                if self.progress is not None:
-                    self.progress(index, total, description=path.name)
-                if n_faces >= self.classifier.batch_size or n_bytes >= self.max_buffer_bytes:
-                    yield from self._flush_video(pending, writer, state)
-                    pending, n_faces, n_bytes = [], 0, 0
-            yield from self._flush_video(pending, writer, state)
-            if writer is not None:
-                writer.release()
-                writer = None
-        except DataError as exc:
-            yield InputProblem(str(path), str(exc))
-            return
-        finally:
-            cap.release()
-            if writer is not None:
-                writer.release()
-            if tmp is not None and (state["faces"] == 0 or writer is not None):
-                tmp.unlink(missing_ok=True)
-            if table is not None:
-                table.close()
-                if state["faces"] == 0:
-                    table.path.unlink(missing_ok=True)
-        if index == 0:
-            yield InputProblem(str(path), "no frame could be decoded (corrupt or not a video)")
-            return
-        if state["faces"] == 0:
-            yield InputProblem(
-                str(path), f"no face found in any of the {searched} searched frames (every {self.every})"
-            )
-            return
-        written = plots = None
-        summary = state["tally"].summary(self.classifier.class_names)
-        if tmp is not None and out_path is not None:
-            os.chmod(tmp, file_mode())
-            os.replace(tmp, out_path)
-            written = str(out_path)
-        if table is not None:
-            classes, tracks = read_table(table.path)
-            try:
-                plots = tuple(str(p) for p in plot_tracks(classes, tracks, table.path.with_suffix(""), path.name))
-                with atomic_path(table.path.with_suffix(".summary.json")) as tmp_json:
-                    tmp_json.write_text(
-                        json.dumps(
-                            {"video": str(path), "fps": fps, "frames": index, "searched": searched, "faces": summary},
-                            indent=2,
-                        )
-                        + "\n"
-                    )
-            except OSError as exc:
-                yield InputProblem(str(path), f"cannot write the plots or summary ({exc.strerror or exc})")
-                return
-        yield InputDone(
-            str(path),
-            "video",
-            state["faces"],
-            frames=searched,
-            output=written,
-            labels=state["labels"],
-            table=str(table.path) if table is not None else None,
-            plots=plots or (),
-            summary=tuple(summary),
-            frames_read=index,
-            seconds=time.perf_counter() - started - (self.classifier.build_seconds - building),
-        )
-
-    def _flush_video(self, pending, writer, state) -> Iterator[Event]:
-        _classify(self.classifier, [w for _, _, w in pending if w is not None])
-        names = self.classifier.class_names
-        for _, frame, work in pending:
-            if work is not None:  # a searched frame: its faces replace the previous ones
-                results = []
-                for r, face_id in zip(work.results, work.ids or [None] * len(work.results)):
-                    shown = r.tta_probs if r.tta_probs is not None else r.probs
-                    if face_id is not None and state["smoother"].tau > 0:
-                        p = state["smoother"](face_id, work.time_s, np.array([shown[c] for c in names]))
-                        d, label = {c: float(v) for c, v in zip(names, p)}, names[int(np.argmax(p))]
-                        r = (
-                            replace(r, tta_probs=d, tta_label=label, smoothed=True)
-                            if r.tta_probs is not None
-                            else replace(r, probs=d, label=label, smoothed=True)
-                        )
-                    results.append(replace(r, face_id=face_id, time_s=work.time_s))
-                work.results = results
-                state["last"] = results
-                state["faces"] += len(results)
-                for label, n in _label_counts(results).items():
-                    state["labels"][label] = state["labels"].get(label, 0) + n
-                for r in results:
-                    state["tally"].add(r.face_id, r.time_s, r.best[0])
-                if state["table"] is not None and results:
-                    state["table"].add(
-                        (
-                            r.path,
-                            r.frame,
-                            r.time_s,
-                            r.face_id,
-                            r.box,
-                            r.best[0],
-                            [(r.tta_probs if r.tta_probs is not None else r.probs)[c] for c in names],
-                        )
-                        for r in results
-                    )
-                yield from results
-            if writer is not None and frame is not None:
-                writer.write(annotate(frame, state["last"]))
+            yield InputDone(w.path, "image", len(w.results), output=written, labels=label_counts(w.results))
 
 
 def predict_paths(
@@ -982,7 +680,7 @@ def run_webcam(
                 break
             if shown % every == 0:
                 work = predictor.faces_of(frame, f"webcam:{camera}", shown)
-                _classify(classifier, [work])
+                classify_pending(classifier, [work])
                 last = work.results
                 if on_results is not None:
                     on_results(last)
