@@ -116,36 +116,59 @@ def agreement(model: torch.nn.Module, size: int, batch: int, margin: float) -> d
     }
 
 
+#: Training faces the ``--trained`` fixture fits (the first of the sample's Training split).
+FIXTURE_FACES = 16
+
+
 def trained_fixture(size: int, minutes: float) -> Path:
     """A checkpoint of LHC-Net trained at ``size`` px on the synthetic sample's Training split for
-    about ``minutes`` (Adam 1e-4, batch 16, from the reference formula weights), so that agreements
-    are measured on confident predictions; cached under fertool's cache folder
-    (``benchmarks/lhc_net_<size>_sample_<minutes>min.pt``) and reused, never committed."""
+    about ``minutes``, so that agreements are measured on confident predictions; cached under
+    fertool's cache folder (``benchmarks/lhc_net_<size>_sample<faces>_<minutes>min.pt``), never committed.
+
+    From scratch, the sample's 420 training faces stay at chance level for many epochs (the
+    demo needs its whole pipeline to reach ~40%; five minutes of that here left every
+    prediction a near-tie), longer than a benchmark can wait.  What the agreement needs is a
+    trained network's confidence, not its accuracy: LHC-Net fits :data:`FIXTURE_FACES`
+    training faces without augmentation (Adam 3e-4, batch 16; the loss is below 0.01 after
+    about 90 steps, four minutes on 2 cores) and then gives confident predictions on faces it
+    has not seen (no near-ties among the 105 PrivateTest faces), at chance accuracy.
+    BatchNorm's statistics are then recomputed over the whole Training split (a short run
+    leaves the moving averages behind the weights).  The script prints the fixture's accuracy
+    and share of near-ties beside the agreements.
+    """
     from fertool.artifacts import cache_dir
 
-    path = cache_dir() / "benchmarks" / f"lhc_net_{size}_sample_{minutes:g}min.pt"
+    path = cache_dir() / "benchmarks" / f"lhc_net_{size}_sample{FIXTURE_FACES}_{minutes:g}min.pt"
     if path.is_file():
         print(f"trained fixture: {path} (cached)")
         return path
-    model, _ = load_model(None, size)
+    torch.manual_seed(0)
+    model = build_model("lhc_net", input_size=size)
     split = sample_split(0, size)
-    n = len(split.labels)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    n = FIXTURE_FACES
+    opt = torch.optim.Adam(model.parameters(), lr=3e-4)
     gen = torch.Generator().manual_seed(0)
     model.train()
-    start, steps = time.perf_counter(), 0
+    start, steps, order = time.perf_counter(), 0, torch.empty(0, dtype=torch.long)
     while time.perf_counter() - start < minutes * 60:
-        idx = torch.randint(0, n, (16,), generator=gen)
-        x = split.load(idx).float()
-        if steps % 2:
-            x = x.flip(-1)
-        loss = torch.nn.functional.cross_entropy(model(x), split.labels[idx])
+        if len(order) < 16:
+            order = torch.randperm(n, generator=gen)
+        idx, order = order[:16], order[16:]
+        loss = torch.nn.functional.cross_entropy(model(split.load(idx).float()), split.labels[idx])
         opt.zero_grad()
         loss.backward()
         opt.step()
         steps += 1
-        if steps % 20 == 0:
+        if steps % 10 == 0:
             print(f"  fixture step {steps}: loss {loss.item():.3f} ({time.perf_counter() - start:.0f} s)", flush=True)
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over the passes below
+    with torch.no_grad():
+        everyone = len(split.labels)
+        for i in range(0, everyone, 32):
+            model(split.load(torch.arange(i, min(i + 32, everyone))).float())
     model.eval()
     path.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(
