@@ -78,3 +78,36 @@ def test_export_quantize_int8_keeps_the_contract(cli_runner, tmp_path, ckpt_path
         app, ["export", "-c", str(ckpt_path), "-f", "torchscript", "-o", str(tmp_path / "m.pt"), "--quantize", "int8"]
     )
     assert bad.exit_code == 1 and "onnx format" in bad.output
+
+
+def test_calibration_methods_give_different_ranges_quietly(ckpt_path, faces, capfd):
+    """Percentile (the default) clips the extreme activations that min/max keeps: the two
+    graphs' activation scales differ, and neither calibrator prints to the terminal."""
+    import io
+
+    import torch
+
+    from fertool.checkpoint import load_checkpoint
+    from fertool.deploy.quantize import quantize_onnx
+    from fertool.evaluation.runtimes import onnx_graph
+    from fertool.surgery import model_from_checkpoint
+
+    buf = io.BytesIO()
+    onnx_graph(model_from_checkpoint(load_checkpoint(ckpt_path)).eval(), torch.zeros(1, 3, SIZE, SIZE), buf)
+    x = calibration_images(faces)
+
+    def scales(graph: bytes) -> np.ndarray:
+        g = onnx.load_from_string(graph).graph
+        inits = {t.name: onnx.numpy_helper.to_array(t) for t in g.initializer}
+        return np.array(
+            [inits[n.input[1]] for n in g.node if n.op_type == "QuantizeLinear" and inits[n.input[1]].ndim == 0]
+        )
+
+    percentile, minmax = (
+        scales(quantize_onnx(buf.getvalue(), x)),
+        scales(quantize_onnx(buf.getvalue(), x, method="minmax")),
+    )
+    assert percentile.shape == minmax.shape and (percentile <= minmax + 1e-12).all() and (percentile < minmax).any()
+    assert capfd.readouterr().out == ""
+    with pytest.raises(FertoolError, match="unknown calibration method 'kl'"):
+        quantize_onnx(buf.getvalue(), x, method="kl")

@@ -3,7 +3,7 @@
 :func:`quantize_onnx` turns a float32 ONNX graph (fertool's export: input ``images`` raw
 0..255, NCHW) into an int8 one: QDQ format, the convolutions (:data:`QUANTIZED_OPS`) with weights int8 per output channel, activations
 uint8 with ranges from running the float32 graph on ``calibration`` images (prepared faces,
-N x 3 x S x S float32, as the model sees them: min/max calibration).
+N x 3 x S x S float32, as the model sees them: percentile calibration by default).
 :class:`fertool.evaluation.runtimes.Int8Engine` runs such a graph (``predict --precision int8``);
 ``fertool export --quantize int8`` writes one.
 The outputs differ from float32 (``benchmarks/infer.py`` measures the top-1 agreement).
@@ -11,6 +11,8 @@ The outputs differ from float32 (``benchmarks/infer.py`` measures the top-1 agre
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
 import tempfile
@@ -20,7 +22,10 @@ import numpy as np
 
 from ..errors import FertoolError
 
-__all__ = ["QUANTIZED_OPS", "quantize_onnx"]
+__all__ = ["CALIBRATION_METHODS", "QUANTIZED_OPS", "quantize_onnx"]
+
+#: Calibration methods of :func:`quantize_onnx` (ONNX Runtime's ``CalibrationMethod``).
+CALIBRATION_METHODS = ("percentile", "minmax", "entropy")
 
 
 def _ort():
@@ -32,10 +37,9 @@ def _ort():
     return ort
 
 
-#: Operators quantized by default: the convolutions only.  On LHC-Net at 224 px (reference
-#: weights, 105 sample faces, 2026-12-02) quantizing every supported operator (the LHC modules'
-#: attention MatMuls and the head too) agreed with float32 on 54.3% of the top-1 labels, the
-#: convolutions alone on 84.8%, at the same speed (2.85 / 2.61 s per batch of 16, loaded machine).
+#: Operators quantized by default: the convolutions only (where the time goes).  The LHC
+#: modules' attention products and the head stay float32: quantizing them too costs far more
+#: top-1 agreement with float32 than it gains in speed (``benchmarks/infer.py`` measures both).
 QUANTIZED_OPS = ("Conv",)
 
 
@@ -45,22 +49,33 @@ def quantize_onnx(
     *,
     batch: int = 8,
     ops: tuple[str, ...] | None = QUANTIZED_OPS,
+    method: str = "percentile",
 ) -> bytes:
     """The int8 (QDQ) version of the float32 ONNX ``graph`` (bytes or a file), calibrated on
     ``calibration`` (N, 3, S, S) float32 images; returns the quantized model's bytes.
-    ``ops``: the operator types to quantize (None: every one ONNX Runtime supports)."""
+    ``ops``: the operator types to quantize (None: every one ONNX Runtime supports).
+    ``method``: how activation ranges are taken from the calibration run, one of
+    :data:`CALIBRATION_METHODS`: ``percentile`` (ONNX Runtime's 99.999th percentile of the
+    absolute values) clips the rare extreme activations that ``minmax`` would spend the
+    256 levels on."""
     _ort()
     from onnxruntime.quantization import (
         CalibrationDataReader,
+        CalibrationMethod,
         QuantFormat,
         QuantType,
         quantize_static,
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    if method not in CALIBRATION_METHODS:
+        raise FertoolError(f"method: unknown calibration method {method!r} (known: {', '.join(CALIBRATION_METHODS)})")
     calibration = np.ascontiguousarray(calibration, dtype=np.float32)
     if calibration.ndim != 4 or len(calibration) == 0:
         raise FertoolError(f"calibration: expected (N, 3, S, S) images, got shape {calibration.shape}")
+
+    # Batches of one size: ONNX Runtime's histogram calibrators stack the batches' outputs.
+    batch = max(d for d in range(1, batch + 1) if len(calibration) % d == 0)
 
     class Reader(CalibrationDataReader):
         def __init__(self, name: str) -> None:
@@ -87,16 +102,18 @@ def quantize_onnx(
         previous = logging.root.manager.disable
         logging.disable(logging.WARNING)  # the quantizer logs a warning per BatchNorm vector
         try:
-            quantize_static(
-                str(pre),
-                str(dst),
-                Reader(name),
-                quant_format=QuantFormat.QDQ,
-                per_channel=True,
-                weight_type=QuantType.QInt8,
-                activation_type=QuantType.QUInt8,
-                op_types_to_quantize=list(ops) if ops else None,
-            )
+            with contextlib.redirect_stdout(io.StringIO()):  # and the histogram calibrators print()
+                quantize_static(
+                    str(pre),
+                    str(dst),
+                    Reader(name),
+                    quant_format=QuantFormat.QDQ,
+                    per_channel=True,
+                    weight_type=QuantType.QInt8,
+                    activation_type=QuantType.QUInt8,
+                    op_types_to_quantize=list(ops) if ops else None,
+                    calibrate_method=getattr(CalibrationMethod, {"minmax": "MinMax"}.get(method, method.title())),
+                )
         finally:
             logging.disable(previous)
         return dst.read_bytes()
