@@ -65,6 +65,7 @@ class _VideoState:
     last: list[FaceResult] = field(default_factory=list)  # the last searched frame's faces, drawn until the next
 
 
+@dataclass
 class VideoPredictor:
     """Yields the events of one video per call: ``predictor(path, root)``.
 
@@ -75,26 +76,14 @@ class VideoPredictor:
     searched frames a track survives without its face.
     """
 
-    def __init__(
-        self,
-        classifier: BatchClassifier,
-        faces_of: Callable[[np.ndarray, str, int | None], PendingFaces],
-        *,
-        every: int,
-        names: Callable[[Path, Path | None, str], Path] | None,
-        progress: Progress | None,
-        max_buffer_bytes: int,
-        smooth: float = 0.0,
-        max_missed: int = 10,
-    ) -> None:
-        self.classifier = classifier
-        self.faces_of = faces_of
-        self.every = every
-        self.names = names
-        self.progress = progress
-        self.max_buffer_bytes = max_buffer_bytes
-        self.smooth = smooth
-        self.max_missed = max_missed
+    classifier: BatchClassifier
+    faces_of: Callable[[np.ndarray, str, int | None], PendingFaces]
+    every: int
+    names: Callable[[Path, Path | None, str], Path] | None
+    progress: Progress | None
+    max_buffer_bytes: int
+    smooth: float = 0.0
+    max_missed: int = 10
 
     def __call__(self, path: Path, root: Path | None) -> Iterator[Event]:
         """The faces of video ``path`` (found under the folder ``root``, or None), then its
