@@ -118,13 +118,12 @@ def _release_memory() -> None:
     of the steps' instead of the largest.  Elsewhere than glibc: nothing.
     """
     import ctypes
-    import ctypes.util
     import gc
 
     gc.collect()
-    try:
-        ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim(0)
-    except (OSError, AttributeError, TypeError):
+    try:  # the running process's own symbols: glibc's when it is the C library
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
         pass
 
 

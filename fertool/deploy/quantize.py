@@ -24,8 +24,9 @@ from ..errors import FertoolError
 
 __all__ = ["CALIBRATION_METHODS", "QUANTIZED_OPS", "quantize_onnx"]
 
-#: Calibration methods of :func:`quantize_onnx` (ONNX Runtime's ``CalibrationMethod``).
-CALIBRATION_METHODS = ("percentile", "minmax", "entropy")
+#: Calibration methods of :func:`quantize_onnx` and their ONNX Runtime ``CalibrationMethod`` names.
+_ORT_CALIBRATION = {"percentile": "Percentile", "minmax": "MinMax", "entropy": "Entropy"}
+CALIBRATION_METHODS = tuple(_ORT_CALIBRATION)
 
 
 def _ort():
@@ -112,7 +113,7 @@ def quantize_onnx(
                     weight_type=QuantType.QInt8,
                     activation_type=QuantType.QUInt8,
                     op_types_to_quantize=list(ops) if ops else None,
-                    calibrate_method=getattr(CalibrationMethod, {"minmax": "MinMax"}.get(method, method.title())),
+                    calibrate_method=getattr(CalibrationMethod, _ORT_CALIBRATION[method]),
                 )
         finally:
             logging.disable(previous)
